@@ -1,0 +1,198 @@
+"""The `shards` command: preprocess, inspect, verify.
+
+The CLI owns the terminal: a progress bar on a terminal, plain log lines otherwise (CI, `ray job
+logs`), a summary at the end, and on failure one line `shards: error: <reason>` with a non-zero
+exit. Arguments are validated before Ray is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from shards.errors import ConfigError, ShardsError
+
+EXIT_USAGE = 2
+EXIT_FAILURE = 1
+LOG_EVERY_SECONDS = 10.0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shards", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="log every reject as it happens")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    run = commands.add_parser("preprocess", help="turn an image folder or manifest into shards, on Ray")
+    add_preprocess_arguments(run)
+
+    inspect = commands.add_parser("inspect", help="summarise a shards run")
+    inspect.add_argument("dest")
+    inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    verify = commands.add_parser("verify", help="check every shard against the manifest")
+    verify.add_argument("dest")
+    return parser
+
+
+def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
+    """The preprocess options, shared by `shards preprocess` and `jobs/preprocess.py`."""
+    parser.add_argument("src", help="folder of class folders, flat folder, or CSV/Parquet with path[,label]")
+    parser.add_argument("dest", help="output folder")
+    parser.add_argument("--size", default="224", help="output size: N or HxW (default 224)")
+    parser.add_argument("--resize", default="crop", help="stretch | crop | pad (default crop)")
+    parser.add_argument("--dtype", default="uint8", help="uint8 | float16 | bfloat16 | float32 (default uint8)")
+    parser.add_argument("--format", default="npy", help="shard format (default npy)")
+    parser.add_argument("--shard-size", default="256MiB", help="image bytes per shard (default 256MiB)")
+    parser.add_argument("--seed", default="0", help="seed of the shard plan's permutation (default 0)")
+    parser.add_argument("--max-rejects", default=None, help="fail past N rejected inputs, or P%% of them")
+    parser.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)")
+    parser.add_argument("--workers", type=int, default=None, help="shard tasks in flight (default: cluster CPUs)")
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--resume", action="store_true", help="keep verified shards of the same run, redo the rest")
+    mode.add_argument("--overwrite", action="store_true", help="replace the run DEST holds")
+
+
+def options_from_arguments(args: argparse.Namespace) -> Any:
+    """Build and validate PreprocessOptions from parsed arguments (raises ConfigError)."""
+    from shards.options import PreprocessOptions, parse_max_rejects
+
+    try:
+        seed = int(args.seed)
+    except ValueError:
+        raise ConfigError(f"--seed must be a non-negative integer, got {args.seed!r}") from None
+    count, fraction = parse_max_rejects(args.max_rejects)
+    return PreprocessOptions(size=args.size, resize=args.resize, dtype=args.dtype, format=args.format,
+                             shard_size=args.shard_size, seed=seed, max_rejects=count,
+                             max_reject_fraction=fraction)
+
+
+def run_preprocess(args: argparse.Namespace) -> int:
+    options = options_from_arguments(args)
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    from shards.run import preprocess
+
+    mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
+    with _ProgressDisplay() as display:
+        summary = preprocess(args.src, args.dest, options, mode=mode, address=args.address,
+                             workers=args.workers, on_progress=display.update)
+    _print_summary(summary)
+    return 0
+
+
+def _print_summary(summary: Any) -> None:
+    rows = [
+        ("inputs", f"{summary.inputs:,}"),
+        ("written", f"{summary.written:,} samples in {summary.shards} shard(s)"
+                    + (f" ({summary.resumed_shards} kept from before)" if summary.resumed_shards else "")),
+        ("rejected", f"{summary.rejected:,}" + "".join(f"\n  {n:,} {reason}" for reason, n in
+                                                       sorted(summary.reject_reasons.items()))),
+        ("output", f"{summary.bytes / 1e6:,.1f} MB in {summary.dest}"),
+        ("time", f"{summary.seconds:.1f} s ({summary.ray_start_seconds:.1f} s starting Ray), "
+                 f"{summary.images_per_second:,.0f} images/s"),
+    ]
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}")
+
+
+class _ProgressDisplay:
+    """A tqdm bar on a terminal; a log line every LOG_EVERY_SECONDS otherwise."""
+
+    def __init__(self) -> None:
+        self._bar: Any = None
+        self._interactive = sys.stderr.isatty()
+        self._last_log = 0.0
+
+    def __enter__(self) -> "_ProgressDisplay":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+    def update(self, progress: Any) -> None:
+        if self._interactive:
+            if self._bar is None:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=progress.inputs_total, unit="img", dynamic_ncols=True)
+            self._bar.n = progress.inputs_done
+            self._bar.set_postfix(shards=f"{progress.shards_done}/{progress.shards_total}",
+                                  rejected=progress.rejected, refresh=False)
+            self._bar.refresh()
+            return
+        now = time.monotonic()
+        finished = progress.shards_done == progress.shards_total
+        if finished or now - self._last_log >= LOG_EVERY_SECONDS:
+            self._last_log = now
+            rate = progress.inputs_done / progress.elapsed if progress.elapsed else 0.0
+            print(f"progress: {progress.inputs_done:,}/{progress.inputs_total:,} images, shards "
+                  f"{progress.shards_done}/{progress.shards_total}, rejected {progress.rejected:,}, "
+                  f"{rate:,.0f} images/s", file=sys.stderr, flush=True)
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    from shards.manifest import load_manifest
+
+    manifest = load_manifest(args.dest, allow_incomplete=True)
+    record = manifest.record
+    summary = {
+        "dest": args.dest, "format": manifest.format, "complete": manifest.complete,
+        "count": manifest.count, "shape": list(manifest.shape), "dtype": manifest.dtype,
+        "classes": dict(zip(manifest.classes, record.get("class_counts", []))),
+        "shards": len(manifest.shards), "bytes": sum(s.bytes for s in manifest.shards),
+        "inputs": record.get("inputs"), "rejected": manifest.rejected, "config": record["config"],
+    }
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    for key in ("dest", "format", "complete", "count", "shape", "dtype", "shards", "inputs", "rejected"):
+        print(f"{key:<9} {summary[key]}")
+    print(f"{'bytes':<9} {summary['bytes'] / 1e6:,.1f} MB")
+    print(f"{'classes':<9} {len(manifest.classes)}")
+    for name, count in summary["classes"].items():
+        print(f"  {name}: {count:,}")
+    return 0
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    from shards.verify import verify_dest
+
+    report = verify_dest(args.dest)
+    for problem in report.problems:
+        print(problem)
+    if report.ok:
+        print(f"ok: {report.shards} shard(s), {report.samples:,} samples verified")
+        return 0
+    raise ShardsError(f"{args.dest}: {len(report.problems)} problem(s) found")
+
+
+COMMANDS = {"preprocess": run_preprocess, "inspect": run_inspect, "verify": run_verify}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the `shards` command; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return COMMANDS[args.command](args)
+    except ConfigError as exc:
+        print(f"shards: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except ShardsError as exc:
+        print(f"shards: error: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("shards: interrupted; rerun with --resume to continue", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

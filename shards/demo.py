@@ -1,0 +1,50 @@
+"""`make demo`: make a small image set, preprocess it on an embedded Ray, stream it back.
+
+Everything happens under one folder (default ./demo-data), which is replaced on each run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+from shards import cli
+from shards.synthetic import make_image_folder
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m shards.demo", description=__doc__.splitlines()[0])
+    parser.add_argument("folder", nargs="?", default="demo-data")
+    parser.add_argument("--images", type=int, default=400)
+    args = parser.parse_args(argv)
+    photos, out = os.path.join(args.folder, "photos"), os.path.join(args.folder, "shards")
+
+    if not os.path.isdir(photos):
+        print(f"making {args.images} JPEG/PNG/WebP images in 4 classes under {photos} ...")
+        make_image_folder(photos, args.images, classes=4, sizes=(200, 900), formats=("jpeg", "jpeg", "png", "webp"))
+        with open(os.path.join(photos, "class_0", "broken.jpg"), "wb") as handle:
+            handle.write(b"\xff\xd8\xff\xe0 this JPEG stops here")
+    print(f"\n$ shards preprocess {photos} {out} --size 128 --shard-size 4MiB --overwrite")
+    status = cli.main(["preprocess", photos, out, "--size", "128", "--shard-size", "4MiB", "--overwrite"])
+    if status:
+        return status
+    print(f"\n$ shards inspect {out}")
+    cli.main(["inspect", out])
+
+    import shards
+
+    dataset = shards.open(out)
+    started = time.perf_counter()
+    seen = 0
+    for images, labels in dataset.batches(64, shuffle=True, seed=1):
+        seen += len(images)
+    seconds = time.perf_counter() - started
+    print(f"\nstreamed one shuffled epoch: {seen} samples of {list(dataset.shape)} {dataset.dtype} "
+          f"in {seconds * 1000:.0f} ms ({seen / seconds:,.0f} samples/s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

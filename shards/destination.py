@@ -1,0 +1,96 @@
+"""Getting DEST ready for a run: refuse to clobber, resume what verifies, or start over.
+
+A DEST that holds a run is never silently overwritten: `--resume` continues the same run (same
+inputs and options) and `--overwrite` removes what a run wrote, nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+
+from shards.errors import DestinationError
+from shards.fileio import TEMP_PREFIX, remove_temporaries
+from shards.manifest import INDEX, MANIFEST, PARTS, REJECTS, Receipt, read_receipt, read_run_record
+from shards.options import PreprocessOptions
+from shards.plan import ShardPlan
+from shards.verify import shard_problems
+
+logger = logging.getLogger(__name__)
+
+MODES = ("new", "resume", "overwrite")
+_RUN_FILE = re.compile(r"shard-\d+\.(images\.npy|labels\.npy|tfrecord(\.gz)?)")
+
+
+def prepare_destination(dest: str, mode: str, key: str, options: PreprocessOptions,
+                        plan: ShardPlan) -> dict[str, Receipt]:
+    """Make DEST ready and return the receipts of shards a resumed run keeps.
+
+    Raises:
+        DestinationError: DEST is a file, holds another dataset, holds a run and neither
+            `resume` nor `overwrite` was asked for, or holds files that are not a run's.
+    """
+    if os.path.exists(dest) and not os.path.isdir(dest):
+        raise DestinationError(f"{dest}: DEST exists and is not a folder")
+    if not os.path.isdir(dest):
+        os.makedirs(dest)
+        return {}
+    entries = os.listdir(dest)
+    record = read_run_record(dest)
+    foreign = [name for name in entries if not _owned_by_run(name)]
+    if record is None:
+        if foreign:
+            raise DestinationError(f"{dest}: DEST is not empty and holds no shards run "
+                                   f"(found {foreign[0]!r}); choose an empty or new folder")
+        _remove_run_files(dest)
+        return {}
+    if mode == "overwrite":
+        _remove_run_files(dest)
+        return {}
+    if record.get("run_key") != key:
+        raise DestinationError(f"{dest}: DEST holds a different dataset ({_difference(record, options)}); "
+                               "use another DEST or --overwrite")
+    if mode == "new":
+        raise DestinationError(f"{dest}: DEST already holds this run; pass --resume to continue it "
+                               "or --overwrite to redo it")
+    remove_temporaries(dest)
+    return _verified_receipts(dest, key, options, plan)
+
+
+def _verified_receipts(dest: str, key: str, options: PreprocessOptions, plan: ShardPlan) -> dict[str, Receipt]:
+    kept: dict[str, Receipt] = {}
+    for spec in plan:
+        receipt = read_receipt(dest, spec.name)
+        if receipt is None or receipt.run_key != key:
+            continue
+        problems = shard_problems(dest, receipt.shard, options.format, options.shape, options.dtype)
+        if problems:
+            logger.warning("redoing %s: %s", spec.name, problems[0])
+            continue
+        kept[spec.name] = receipt
+    return kept
+
+
+def _difference(record: dict, options: PreprocessOptions) -> str:
+    theirs = record.get("config", {})
+    ours = options.to_json()
+    changed = [f"{name} {theirs.get(name)!r} vs {ours[name]!r}" for name in ours if theirs.get(name) != ours[name]]
+    return "options differ: " + ", ".join(changed) if changed else "the inputs differ"
+
+
+def _owned_by_run(name: str) -> bool:
+    return (name in (MANIFEST, INDEX, REJECTS, PARTS) or name.startswith(TEMP_PREFIX)
+            or bool(_RUN_FILE.fullmatch(name)))
+
+
+def _remove_run_files(dest: str) -> None:
+    for name in os.listdir(dest):
+        if not _owned_by_run(name):
+            continue
+        path = os.path.join(dest, name)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.remove(path)

@@ -1,0 +1,111 @@
+"""Atomic, checksummed file writes: a file is either complete under its name or absent.
+
+Every write goes to a hidden temporary name in the same folder, is hashed while it is written
+(no second read), flushed to disk, and renamed over the final name. A crash at any moment leaves
+at most a stray temporary file, which `--resume` and `--overwrite` clean up.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import uuid
+from collections.abc import Iterator
+from typing import BinaryIO
+
+TEMP_PREFIX = ".tmp-"
+_HASH_CHUNK = 8 * 1024 * 1024
+
+
+@dataclasses.dataclass(frozen=True)
+class FileDigest:
+    """What a written file's bytes were: its size and sha256."""
+
+    bytes: int
+    sha256: str
+
+
+class HashingWriter:
+    """A write-only file wrapper that counts and hashes what passes through it."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._hash = hashlib.sha256()
+        self.bytes = 0
+
+    def write(self, data: bytes | memoryview) -> int:
+        self._hash.update(data)
+        self.bytes += len(data)
+        return self._raw.write(data)
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    @property
+    def closed(self) -> bool:
+        return self._raw.closed
+
+    def writable(self) -> bool:
+        return True
+
+    def digest(self) -> FileDigest:
+        return FileDigest(self.bytes, self._hash.hexdigest())
+
+
+@contextlib.contextmanager
+def atomic_write(path: str) -> Iterator[HashingWriter]:
+    """Write `path` atomically; the yielded writer's `digest()` describes what was written."""
+    folder, name = os.path.split(path)
+    temp = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
+    try:
+        with open(temp, "wb") as raw:
+            writer = HashingWriter(raw)
+            yield writer
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(temp)
+        raise
+    _fsync_folder(folder)
+
+
+def write_bytes_atomically(path: str, data: bytes) -> FileDigest:
+    """Write small files (manifest, index, rejects) atomically."""
+    with atomic_write(path) as writer:
+        writer.write(data)
+    return writer.digest()
+
+
+def digest_file(path: str) -> FileDigest:
+    """Hash a file on disk, in chunks, for verification and resume."""
+    digest = hashlib.sha256()
+    size = 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+            size += len(chunk)
+    return FileDigest(size, digest.hexdigest())
+
+
+def remove_temporaries(folder: str) -> int:
+    """Delete temporary files a crashed run left behind; returns how many."""
+    removed = 0
+    for entry in os.scandir(folder):
+        if entry.name.startswith(TEMP_PREFIX) and entry.is_file(follow_symlinks=False):
+            os.remove(entry.path)
+            removed += 1
+    return removed
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make the rename itself durable (POSIX); a no-op where folders cannot be opened."""
+    with contextlib.suppress(OSError):
+        handle = os.open(folder or ".", os.O_RDONLY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)

@@ -1,0 +1,103 @@
+"""What every shard format provides: a writer with a fixed lifecycle, a reader, a verifier."""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+import hashlib
+from typing import Any
+
+import numpy as np
+
+from shards.fileio import FileDigest
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardInfo:
+    """A written shard: its sample count and the digest of each of its files.
+
+    The shard's own `sha256` digests its files' digests in name order, so one value in the
+    manifest covers every byte of the shard.
+    """
+
+    name: str
+    count: int
+    files: dict[str, FileDigest]
+
+    @property
+    def bytes(self) -> int:
+        return sum(digest.bytes for digest in self.files.values())
+
+    @property
+    def sha256(self) -> str:
+        combined = hashlib.sha256()
+        for file_name in sorted(self.files):
+            combined.update(f"{file_name}:{self.files[file_name].sha256}\n".encode())
+        return combined.hexdigest()
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "count": self.count,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "files": {name: dataclasses.asdict(d) for name, d in sorted(self.files.items())},
+        }
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> "ShardInfo":
+        files = {name: FileDigest(int(d["bytes"]), str(d["sha256"])) for name, d in record["files"].items()}
+        return cls(str(record["name"]), int(record["count"]), files)
+
+
+class ShardWriter(abc.ABC):
+    """Open -> `next_row()`/`write()` per sample -> `close()` -> ShardInfo; `abort()` on failure."""
+
+    @abc.abstractmethod
+    def write(self, image: np.ndarray, label: int) -> None:
+        """Append one sample (an array already in the storage dtype)."""
+
+    @abc.abstractmethod
+    def close(self) -> ShardInfo:
+        """Write the shard's files atomically and describe them."""
+
+    @abc.abstractmethod
+    def abort(self) -> None:
+        """Drop everything written so far; no file is left under a final name."""
+
+    def __enter__(self) -> "ShardWriter":
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
+class ShardReader(abc.ABC):
+    """Random access to one shard's samples."""
+
+    count: int
+
+    @abc.abstractmethod
+    def read(self, rows: np.ndarray, images: np.ndarray, labels: np.ndarray) -> None:
+        """Copy the samples at sorted `rows` into `images` and `labels` (preallocated)."""
+
+
+class ShardFormat(abc.ABC):
+    """A shard format: its file names, writer, reader and verifier."""
+
+    name: str
+
+    @abc.abstractmethod
+    def file_names(self, shard: str) -> list[str]:
+        """The files (relative to DEST) that make up shard `shard`."""
+
+    @abc.abstractmethod
+    def open_writer(
+        self, dest: str, shard: str, capacity: int, shape: tuple[int, int, int], dtype: str
+    ) -> ShardWriter:
+        """A writer for at most `capacity` samples."""
+
+    @abc.abstractmethod
+    def open_reader(self, dest: str, info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> ShardReader:
+        """A reader; raises ManifestError when the files do not match the manifest."""

@@ -1,0 +1,176 @@
+"""Encoded bytes -> an oriented RGB array of the output size, or a DecodeError with a reason.
+
+Decoding follows what a careful user does by hand: refuse decompression bombs before any pixel
+is decoded, let libjpeg downscale in the DCT domain (`Image.draft`) when the target is much
+smaller than the source, honour EXIF orientation, bring every Pillow mode to RGB (alpha
+composited on black), and resize with an antialiasing filter in one step straight from the crop
+box, so no intermediate full-size copy is made.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import struct
+import warnings
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from shards.errors import DecodeError
+from shards.options import numpy_storage_dtype
+
+# Pillow's own default bomb limit (~89.5 Mpx, a 0.25 GiB RGB buffer): large enough for any camera,
+# small enough that two workers decoding at once stay well inside a worker's memory budget.
+MAX_PIXELS = 89_478_485
+BACKGROUND = (0, 0, 0)
+RESAMPLE = Image.Resampling.BILINEAR
+
+_EXIF_ORIENTATION = 0x0112
+_TRANSPOSE = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def decode_image(
+    data: bytes, size: tuple[int, int], resize: str = "crop", *, max_pixels: int = MAX_PIXELS
+) -> np.ndarray:
+    """Decode one encoded image into a (height, width, 3) uint8 array of `size`.
+
+    Args:
+        data: the file's bytes (JPEG, PNG, WebP, GIF, BMP, TIFF: whatever Pillow reads).
+        size: the output (height, width).
+        resize: `stretch`, `crop` or `pad` (see `PreprocessOptions`).
+        max_pixels: inputs with more pixels are refused as decompression bombs.
+
+    Raises:
+        DecodeError: the bytes are not a readable image, or exceed `max_pixels`.
+    """
+    if not data:
+        raise DecodeError("empty file")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            image = Image.open(io.BytesIO(data))
+            width, height = image.size
+            if width * height > max_pixels:
+                raise DecodeError(
+                    f"decompression bomb: {width}x{height} is {width * height / 1e6:.0f} Mpx, "
+                    f"over the {max_pixels / 1e6:.0f} Mpx limit"
+                )
+            orientation = _orientation(image)
+            if image.format == "JPEG":
+                image.draft(None, _draft_size(image.size, orientation, size, resize))
+            image.load()
+            if orientation in _TRANSPOSE:
+                image = image.transpose(_TRANSPOSE[orientation])
+            image = _to_rgb(image)
+            return np.asarray(resize_image(image, size, resize))
+    except DecodeError:
+        raise
+    except Image.DecompressionBombError as exc:
+        raise DecodeError(f"decompression bomb: {exc}") from exc
+    except UnidentifiedImageError as exc:
+        raise DecodeError("not an image Pillow can read (unknown or corrupt header)") from exc
+    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, struct.error) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if "truncated" in reason:
+            raise DecodeError(f"truncated image ({reason})") from exc
+        raise DecodeError(f"corrupt image ({reason})") from exc
+    except MemoryError as exc:
+        raise DecodeError("image too large to decode in memory") from exc
+
+
+def _orientation(image: Image.Image) -> int:
+    try:
+        value = image.getexif().get(_EXIF_ORIENTATION, 1)
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose an otherwise good image
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _draft_size(
+    stored: tuple[int, int], orientation: int, size: tuple[int, int], resize: str
+) -> tuple[int, int]:
+    """The smallest stored (width, height) the final resize needs, for JPEG DCT scaling."""
+    swapped = orientation in (5, 6, 7, 8)
+    width, height = (stored[1], stored[0]) if swapped else stored
+    target_h, target_w = size
+    if resize == "stretch":
+        need_w, need_h = target_w, target_h
+    else:
+        pick = max if resize == "crop" else min
+        scale = pick(target_w / width, target_h / height)
+        need_w, need_h = math.ceil(width * scale), math.ceil(height * scale)
+    return (need_h, need_w) if swapped else (need_w, need_h)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    """Bring any Pillow mode to 8-bit RGB; transparency is composited on `BACKGROUND`."""
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    if mode in _SIXTEEN_BIT_MODES or mode in ("I", "F"):
+        return Image.fromarray(_high_depth_to_uint8(np.asarray(image), mode)).convert("RGB")
+    if image.has_transparency_data:
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, BACKGROUND + (255,))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _high_depth_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
+    """Map 16-bit, 32-bit integer and float greyscale to 0..255 without clipping the range."""
+    values = array.astype(np.float64)
+    if mode == "F":
+        finite = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+        scale = 255.0 if finite.size and finite.max() <= 1.0 else 1.0
+        values = finite * scale
+    elif mode in _SIXTEEN_BIT_MODES or values.max(initial=0) > 255:
+        values = values / 257.0
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)
+
+
+def resize_image(image: Image.Image, size: tuple[int, int], resize: str) -> Image.Image:
+    """Resize an RGB image to `size` (height, width) by `stretch`, `crop` or `pad`."""
+    target_h, target_w = size
+    width, height = image.size
+    if resize == "stretch":
+        return image.resize((target_w, target_h), RESAMPLE)
+    if resize == "crop":
+        scale = max(target_w / width, target_h / height)
+        box_w, box_h = min(width, target_w / scale), min(height, target_h / scale)
+        left, top = (width - box_w) / 2, (height - box_h) / 2
+        return image.resize((target_w, target_h), RESAMPLE, box=(left, top, left + box_w, top + box_h))
+    if resize == "pad":
+        scale = min(target_w / width, target_h / height)
+        inner_w = min(target_w, max(1, round(width * scale)))
+        inner_h = min(target_h, max(1, round(height * scale)))
+        canvas = Image.new("RGB", (target_w, target_h), BACKGROUND)
+        canvas.paste(image.resize((inner_w, inner_h), RESAMPLE),
+                     ((target_w - inner_w) // 2, (target_h - inner_h) // 2))
+        return canvas
+    raise ValueError(f"resize must be stretch, crop or pad, got {resize!r}")
+
+
+def to_storage(rgb: np.ndarray, dtype: str) -> np.ndarray:
+    """Cast a uint8 RGB array to the on-disk representation of `dtype`.
+
+    Float dtypes are scaled to [0, 1]; bfloat16 is returned as its uint16 bit pattern (see
+    `shards.options.numpy_storage_dtype`).
+    """
+    if dtype == "uint8":
+        return rgb
+    scaled = np.divide(rgb, np.float32(255.0), dtype=np.float32)
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return scaled.astype(ml_dtypes.bfloat16).view(np.uint16)
+    return scaled.astype(numpy_storage_dtype(dtype))

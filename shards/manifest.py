@@ -1,0 +1,240 @@
+"""What DEST holds: the manifest schema, its version, the index, rejects and per-shard receipts.
+
+The manifest is the commit marker of a run: written last, atomically. Until then each finished
+shard leaves a small receipt in `DEST/.parts/` (its files' digests and its rejects), so a run
+killed at any moment can be resumed by keeping every shard whose receipt and files agree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from shards.errors import ManifestError
+from shards.fileio import atomic_write, write_bytes_atomically
+from shards.formats import ShardInfo
+from shards.options import PreprocessOptions
+
+MANIFEST_VERSION = 1
+MANIFEST = "manifest.json"
+INDEX = "index.parquet"
+REJECTS = "rejects.jsonl"
+PARTS = ".parts"
+RUN_RECORD = "run.json"
+
+_SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_REQUIRED = ("version", "format", "complete", "count", "shape", "dtype", "classes", "rejected",
+             "shards", "config")
+
+
+@dataclasses.dataclass(frozen=True)
+class Reject:
+    """One refused input: its position in the listing, its source and a reason a person reads."""
+
+    position: int
+    source: str
+    reason: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Receipt:
+    """What one shard task wrote, left in `.parts/` before the manifest exists."""
+
+    run_key: str
+    shard: ShardInfo
+    rejects: list[Reject]
+    node: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {"version": MANIFEST_VERSION, "run_key": self.run_key, "shard": self.shard.to_json(),
+                "rejects": [dataclasses.asdict(r) for r in self.rejects], "node": self.node}
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> "Receipt":
+        return cls(record["run_key"], ShardInfo.from_json(record["shard"]),
+                   [Reject(**r) for r in record["rejects"]], record.get("node", ""))
+
+
+@dataclasses.dataclass(frozen=True)
+class Manifest:
+    """A parsed, validated manifest.json."""
+
+    format: str
+    complete: bool
+    count: int
+    shape: tuple[int, int, int]
+    dtype: str
+    classes: list[str]
+    rejected: int
+    shards: list[ShardInfo]
+    config: PreprocessOptions
+    record: dict[str, Any]
+
+
+def check_shard_name(name: str, where: str) -> str:
+    """Refuse names that could point outside DEST (`../x`, `/abs`, hidden files)."""
+    if not isinstance(name, str) or not _SAFE_NAME.fullmatch(name) or ".." in name:
+        raise ManifestError(f"{where}: shard name {name!r} is not a plain file name")
+    return name
+
+
+def run_key(listing_fingerprint: str, options: PreprocessOptions) -> str:
+    """One value that changes whenever the inputs or any output-shaping option change."""
+    import hashlib
+
+    payload = json.dumps({"listing": listing_fingerprint, "config": options.to_json()}, sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def build_manifest(
+    options: PreprocessOptions,
+    classes: list[str],
+    shards: list[ShardInfo],
+    *,
+    inputs: int,
+    rejected: int,
+    class_counts: list[int],
+    source: str,
+    key: str,
+    complete: bool,
+    run: dict[str, Any],
+) -> dict[str, Any]:
+    """The manifest record; everything but `run` is a pure function of inputs and options."""
+    return {
+        "version": MANIFEST_VERSION,
+        "format": options.format,
+        "complete": complete,
+        "count": sum(s.count for s in shards),
+        "shape": list(options.shape),
+        "dtype": options.dtype,
+        "classes": classes,
+        "class_counts": class_counts,
+        "inputs": inputs,
+        "rejected": rejected,
+        "shards": [s.to_json() for s in shards],
+        "config": options.to_json(),
+        "source": source,
+        "run_key": key,
+        "run": run,
+    }
+
+
+def write_manifest(dest: str, record: dict[str, Any]) -> None:
+    """Commit a run: the manifest is written last, atomically."""
+    write_bytes_atomically(os.path.join(dest, MANIFEST), _dumps(record))
+
+
+def load_manifest(dest: str, *, allow_incomplete: bool = False) -> Manifest:
+    """Read and validate DEST/manifest.json.
+
+    Raises:
+        ManifestError: missing, unreadable, of another version, malformed, or incomplete.
+    """
+    path = os.path.join(dest, MANIFEST)
+    record = read_json(path)
+    if record is None:
+        raise ManifestError(f"{dest}: no {MANIFEST}; not a finished shards run")
+    version = record.get("version")
+    if version != MANIFEST_VERSION:
+        raise ManifestError(f"{path}: manifest version {version!r} is not supported "
+                            f"(this shards reads version {MANIFEST_VERSION})")
+    missing = [key for key in _REQUIRED if key not in record]
+    if missing:
+        raise ManifestError(f"{path}: missing field(s) {', '.join(missing)}")
+    if not record["complete"] and not allow_incomplete:
+        raise ManifestError(f"{path}: the run that wrote it did not complete; see rejects.jsonl "
+                            "or run `shards preprocess --resume`")
+    try:
+        shards = [ShardInfo.from_json(s) for s in record["shards"]]
+        for shard in shards:
+            check_shard_name(shard.name, path)
+            for file_name in shard.files:
+                check_shard_name(file_name, path)
+        shape = tuple(int(v) for v in record["shape"])
+        config = PreprocessOptions.from_json(record["config"])
+    except ManifestError:
+        raise
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ManifestError(f"{path}: malformed manifest ({exc})") from exc
+    if len(shape) != 3 or sum(s.count for s in shards) != record["count"]:
+        raise ManifestError(f"{path}: shape or count disagrees with its shards")
+    return Manifest(record["format"], bool(record["complete"]), int(record["count"]), shape,  # type: ignore[arg-type]
+                    str(record["dtype"]), list(record["classes"]), int(record["rejected"]), shards,
+                    config, record)
+
+
+def write_receipt(dest: str, receipt: Receipt) -> None:
+    parts = os.path.join(dest, PARTS)
+    os.makedirs(parts, exist_ok=True)
+    write_bytes_atomically(os.path.join(parts, receipt.shard.name + ".json"), _dumps(receipt.to_json()))
+
+
+def read_receipt(dest: str, shard: str) -> Receipt | None:
+    record = read_json(os.path.join(dest, PARTS, shard + ".json"))
+    if record is None or record.get("version") != MANIFEST_VERSION:
+        return None
+    try:
+        return Receipt.from_json(record)
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+def write_run_record(dest: str, key: str, source: str, options: PreprocessOptions) -> None:
+    """Claim DEST for a run before any shard is written, so a crashed run is still recognised."""
+    os.makedirs(os.path.join(dest, PARTS), exist_ok=True)
+    record = {"version": MANIFEST_VERSION, "run_key": key, "source": source, "config": options.to_json()}
+    write_bytes_atomically(os.path.join(dest, PARTS, RUN_RECORD), _dumps(record))
+
+
+def read_run_record(dest: str) -> dict[str, Any] | None:
+    """The run DEST holds: from its manifest, or from the claim of an unfinished run."""
+    return read_json(os.path.join(dest, MANIFEST)) or read_json(os.path.join(dest, PARTS, RUN_RECORD))
+
+
+def write_index(dest: str, shards: list[ShardInfo], positions: list[np.ndarray], sources: pa.Array,
+                labels: np.ndarray) -> None:
+    """index.parquet: one row per sample, in shard order: shard, row, source, label."""
+    import pyarrow.parquet as pq
+
+    counts = np.array([len(p) for p in positions], np.int64)
+    every = np.concatenate(positions) if positions else np.empty(0, np.int64)
+    shard_ids = np.repeat(np.arange(len(shards), dtype=np.int32), counts)
+    rows = np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if len(counts) else np.empty(0, np.int32)
+    table = pa.table({
+        "shard": pa.DictionaryArray.from_arrays(pa.array(shard_ids), pa.array([s.name for s in shards])),
+        "row": pa.array(rows),
+        "source": sources.take(pa.array(every)),
+        "label": pa.array(labels[every].astype(np.int32)),
+    })
+    with atomic_write(os.path.join(dest, INDEX)) as handle:
+        pq.write_table(table, handle, compression="zstd")
+
+
+def write_rejects(dest: str, rejects: list[Reject]) -> None:
+    """rejects.jsonl: one JSON object a line with `source` and `reason`, in listing order."""
+    lines = [json.dumps({"source": r.source, "reason": r.reason}, ensure_ascii=False) for r in rejects]
+    write_bytes_atomically(os.path.join(dest, REJECTS), ("\n".join(lines) + "\n" if lines else "").encode())
+
+
+def read_json(path: str) -> dict[str, Any] | None:
+    """A JSON object from `path`; None if absent; ManifestError if not a JSON object."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            record = json.load(handle)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise ManifestError(f"{path}: unreadable JSON ({exc})") from exc
+    if not isinstance(record, dict):
+        raise ManifestError(f"{path}: expected a JSON object")
+    return record
+
+
+def _dumps(record: dict[str, Any]) -> bytes:
+    return (json.dumps(record, indent=1, ensure_ascii=False) + "\n").encode()

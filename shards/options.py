@@ -1,0 +1,177 @@
+"""The options of a preprocess run, validated once, before any work starts.
+
+The CLI and the job entry points build a `PreprocessOptions` from their arguments; the library
+takes it as an explicit argument. Everything in it shapes the bytes written, so it is also what
+the manifest records and what `--resume` compares.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from typing import Any
+
+import numpy as np
+
+from shards.errors import ConfigError
+
+RESIZE_MODES = ("stretch", "crop", "pad")
+DTYPES = ("uint8", "float16", "bfloat16", "float32")
+FORMATS = ("npy",)
+DTYPE_BYTES = {"uint8": 1, "float16": 2, "bfloat16": 2, "float32": 4}
+
+_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3,
+          "GB": 1000**3, "T": 1000**4, "TB": 1000**4, "KIB": 1024, "MIB": 1024**2,
+          "GIB": 1024**3, "TIB": 1024**4}
+_MAX_SIDE = 16384
+
+
+def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
+    """Parse `224` or `160x128` (height x width) into (height, width)."""
+    if isinstance(text, tuple):
+        height, width = text
+    elif isinstance(text, int):
+        height = width = text
+    else:
+        match = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", str(text))
+        if not match:
+            raise ConfigError(f"--size must be N or HxW with positive integers, got {text!r}")
+        height = int(match.group(1))
+        width = int(match.group(2) or match.group(1))
+    if not (0 < height <= _MAX_SIDE and 0 < width <= _MAX_SIDE):
+        raise ConfigError(f"--size must be between 1 and {_MAX_SIDE} per side, got {height}x{width}")
+    return int(height), int(width)
+
+
+def parse_bytes(text: str | int) -> int:
+    """Parse a byte count such as `256MiB`, `1GB` or `1048576`."""
+    if isinstance(text, int):
+        value = text
+    else:
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
+        unit = match.group(2).upper() if match else None
+        if not match or unit not in _UNITS:
+            raise ConfigError(f"--shard-size must be a size such as 256MiB or 1GB, got {text!r}")
+        value = int(float(match.group(1)) * _UNITS[unit])
+    if value <= 0:
+        raise ConfigError(f"--shard-size must be positive, got {text!r}")
+    return value
+
+
+def parse_max_rejects(text: str | int | None) -> tuple[int | None, float | None]:
+    """Parse `--max-rejects N` or `P%` into (count, fraction); (None, None) means no limit."""
+    if text is None:
+        return None, None
+    if isinstance(text, int):
+        count = text
+    else:
+        raw = str(text).strip()
+        if raw.endswith("%"):
+            try:
+                percent = float(raw[:-1])
+            except ValueError:
+                percent = -1.0
+            if not 0 <= percent <= 100:
+                raise ConfigError(f"--max-rejects must be N or P% with 0 <= P <= 100, got {text!r}")
+            return None, percent / 100
+        if not raw.isdigit():
+            raise ConfigError(f"--max-rejects must be a count N or a percentage P%, got {text!r}")
+        count = int(raw)
+    if count < 0:
+        raise ConfigError(f"--max-rejects must not be negative, got {text!r}")
+    return count, None
+
+
+@dataclasses.dataclass(frozen=True)
+class PreprocessOptions:
+    """What a preprocess run produces. Equal options on equal inputs give equal bytes.
+
+    Attributes:
+        size: output (height, width) in pixels.
+        resize: `stretch` (ignore aspect), `crop` (shorter side to size, centre crop) or `pad`
+            (longer side to size, letterbox on black).
+        dtype: `uint8` keeps 0..255; float dtypes hold values scaled to [0, 1].
+        format: the shard format (a key of `shards.formats.FORMATS`).
+        shard_size: target bytes of image data per shard; sets the samples per shard.
+        seed: seeds the permutation that mixes classes across shards.
+        max_rejects: the most refused inputs a run accepts before failing, as a count.
+        max_reject_fraction: the same as a fraction of the inputs (from `P%`).
+    """
+
+    size: tuple[int, int] = (224, 224)
+    resize: str = "crop"
+    dtype: str = "uint8"
+    format: str = "npy"
+    shard_size: int = 256 * 1024**2
+    seed: int = 0
+    max_rejects: int | None = None
+    max_reject_fraction: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", parse_size(self.size))
+        object.__setattr__(self, "shard_size", parse_bytes(self.shard_size))
+        if self.resize not in RESIZE_MODES:
+            raise ConfigError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.format not in FORMATS:
+            raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
+            raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The shape of one output sample, [H, W, C]."""
+        return (self.size[0], self.size[1], 3)
+
+    @property
+    def sample_bytes(self) -> int:
+        """Bytes of one output image."""
+        height, width, channels = self.shape
+        return height * width * channels * DTYPE_BYTES[self.dtype]
+
+    @property
+    def samples_per_shard(self) -> int:
+        """A fixed sample count per shard, derived from `shard_size`; at least one."""
+        return max(1, self.shard_size // self.sample_bytes)
+
+    def reject_limit(self, inputs: int) -> int | None:
+        """The most rejects allowed for a run over `inputs` files, or None for no limit."""
+        if self.max_rejects is not None:
+            return self.max_rejects
+        if self.max_reject_fraction is not None:
+            return int(self.max_reject_fraction * inputs)
+        return None
+
+    def to_json(self) -> dict[str, Any]:
+        """The options as the manifest records them."""
+        record = dataclasses.asdict(self)
+        record["size"] = list(self.size)
+        return record
+
+    @classmethod
+    def from_json(cls, record: dict[str, Any]) -> "PreprocessOptions":
+        """The inverse of `to_json`; unknown keys are refused by the dataclass."""
+        record = dict(record)
+        record["size"] = tuple(record["size"])
+        return cls(**record)
+
+
+def numpy_storage_dtype(dtype: str) -> np.dtype:
+    """The NumPy dtype stored on disk for a manifest dtype.
+
+    bfloat16 has no portable .npy descriptor (NumPy writes it as opaque `|V2`), so its bits are
+    stored as little-endian uint16 and viewed as `ml_dtypes.bfloat16` on read.
+    """
+    if dtype == "bfloat16":
+        return np.dtype("<u2")
+    return np.dtype(dtype).newbyteorder("<") if dtype != "uint8" else np.dtype("u1")
+
+
+def numpy_dtype(dtype: str) -> np.dtype:
+    """The NumPy dtype a reader hands out for a manifest dtype."""
+    if dtype == "bfloat16":
+        import ml_dtypes
+
+        return np.dtype(ml_dtypes.bfloat16)
+    return np.dtype(dtype)

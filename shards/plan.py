@@ -1,0 +1,62 @@
+"""The shard plan: which inputs go into which shard, decided before any work starts.
+
+The plan is a pure function of the number of inputs, the samples per shard and the seed, so the
+same input and options give the same shards whatever the number of workers, and `--resume` can
+recompute it and trust every shard that still verifies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+
+import numpy as np
+
+SHARD_NAME_FORMAT = "shard-{:05d}"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardSpec:
+    """One shard to write: its name and the listing positions it holds, in order."""
+
+    index: int
+    name: str
+    positions: np.ndarray
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+    """The permuted listing cut into shards of `samples_per_shard` (the last may be shorter)."""
+
+    order: np.ndarray
+    samples_per_shard: int
+
+    def __len__(self) -> int:
+        return -(-len(self.order) // self.samples_per_shard)
+
+    def __iter__(self) -> Iterator[ShardSpec]:
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, index: int) -> ShardSpec:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        begin = index * self.samples_per_shard
+        return ShardSpec(index, shard_name(index), self.order[begin: begin + self.samples_per_shard])
+
+
+def shard_name(index: int) -> str:
+    """The name of shard `index`: zero-padded so names sort in plan order."""
+    return SHARD_NAME_FORMAT.format(index)
+
+
+def plan_shards(count: int, samples_per_shard: int, seed: int) -> ShardPlan:
+    """Permute `count` listing positions with `seed` and cut them into shards.
+
+    The permutation mixes classes across shards (a folder listing is sorted by class), so any
+    contiguous run of shards is a fair sample of the whole set.
+    """
+    if count < 0 or samples_per_shard < 1:
+        raise ValueError(f"count must be >= 0 and samples_per_shard >= 1, got {count}, {samples_per_shard}")
+    dtype = np.int32 if count < 2**31 else np.int64
+    order = np.random.Generator(np.random.PCG64(seed)).permutation(count).astype(dtype)
+    return ShardPlan(order, samples_per_shard)

@@ -1,0 +1,195 @@
+"""`shards.open(DEST)`: memory-mapped shards behind one dataset, streamed in batches.
+
+A reader holds a few batches, never the dataset: shards are memory-mapped (pages belong to the
+OS cache), and a background thread gathers the next batches while training consumes the
+current one. Reader state is three numbers (epoch, seed, position), so resuming is restoring
+them.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from shards.formats import get_format
+from shards.formats.base import ShardReader
+from shards.manifest import Manifest, load_manifest
+from shards.options import numpy_dtype
+from shards.sampling import batch_count, check_slicing, epoch_order, position_after, rank_batches
+
+_DONE = object()
+
+
+class ShardDataset:
+    """A finished shards run, read-only.
+
+    Attributes:
+        manifest: the validated manifest.
+        shape: one sample's [H, W, C].
+        dtype: the NumPy dtype of the images handed out.
+        classes: the class names labels index into.
+    """
+
+    def __init__(self, dest: str) -> None:
+        self.dest = dest
+        self.manifest: Manifest = load_manifest(dest)
+        self.shape = self.manifest.shape
+        self.dtype = numpy_dtype(self.manifest.dtype)
+        self.classes = self.manifest.classes
+        self._format = get_format(self.manifest.format)
+        self._offsets = np.cumsum([0] + [s.count for s in self.manifest.shards])
+
+    def __len__(self) -> int:
+        return self.manifest.count
+
+    def __repr__(self) -> str:
+        return (f"ShardDataset({self.dest!r}, count={len(self)}, shape={list(self.shape)}, "
+                f"dtype={self.manifest.dtype}, classes={len(self.classes)}, shards={len(self.manifest.shards)})")
+
+    @functools.lru_cache(maxsize=None)  # noqa: B019 - one reader per shard for the dataset's life
+    def _reader(self, shard: int) -> ShardReader:
+        info = self.manifest.shards[shard]
+        return self._format.open_reader(self.dest, info, self.shape, self.manifest.dtype)
+
+    def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The samples at global `indices`, returned in ascending index order.
+
+        Samples of one shard are copied in one pass in storage order, which is what makes a
+        shuffled read close to a plain copy; a batch is a set, so its inner order is free.
+        """
+        indices = np.sort(np.asarray(indices, np.int64))
+        if len(indices) and not (0 <= indices[0] and indices[-1] < len(self)):
+            raise IndexError(f"indices must be in [0, {len(self)})")
+        images = np.empty((len(indices), *self.shape), self.dtype)
+        labels = np.empty(len(indices), np.int32)
+        shard_of = np.searchsorted(self._offsets, indices, side="right") - 1
+        bounds = np.flatnonzero(np.diff(shard_of)) + 1
+        for begin, end in zip(np.r_[0, bounds], np.r_[bounds, len(indices)]):
+            shard = int(shard_of[begin])
+            rows = indices[begin:end] - self._offsets[shard]
+            self._reader(shard).read(rows, images[begin:end], labels[begin:end])
+        return images, labels
+
+    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+                rank: int = 0, world_size: int = 1, drop_last: bool = False, start: int = 0,
+                prefetch: int = 2) -> "BatchStream":
+        """Stream (images, labels) batches of this rank's slice of the epoch.
+
+        Args:
+            batch_size: samples per batch on this rank.
+            shuffle: permute the epoch from (seed, epoch); otherwise storage order.
+            seed: the shuffle seed, the same on every rank.
+            epoch: the epoch number; each epoch has its own order.
+            rank, world_size: this reader's slice of every global batch.
+            drop_last: drop the last incomplete global batch instead of padding it.
+            start: the position in the epoch's global order to resume from (see `BatchStream.state`).
+            prefetch: batches gathered ahead on a background thread.
+        """
+        check_slicing(len(self), batch_size, rank, world_size, start)
+        if prefetch < 0:
+            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
+        order = epoch_order(len(self), shuffle=shuffle, seed=seed, epoch=epoch)
+        return BatchStream(self, order, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
+                           world_size=world_size, drop_last=drop_last, start=start, prefetch=prefetch)
+
+
+class BatchStream(Iterator[tuple[np.ndarray, np.ndarray]]):
+    """An iterator of (images, labels) with a bounded background prefetch and a resumable state."""
+
+    def __init__(self, dataset: ShardDataset, order: np.ndarray, batch_size: int, *, shuffle: bool,
+                 seed: int, epoch: int, rank: int, world_size: int, drop_last: bool, start: int,
+                 prefetch: int) -> None:
+        self._dataset = dataset
+        self._batch_size, self._world_size, self._start = batch_size, world_size, start
+        self._settings = {"shuffle": shuffle, "seed": seed, "epoch": epoch, "drop_last": drop_last}
+        self._length = batch_count(len(dataset), batch_size, world_size=world_size, drop_last=drop_last,
+                                   start=start)
+        self._consumed = 0
+        self._plan = rank_batches(order, batch_size, rank=rank, world_size=world_size,
+                                  drop_last=drop_last, start=start)
+        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._prefetch = prefetch
+
+    def __len__(self) -> int:
+        return self._length
+
+    def __iter__(self) -> "BatchStream":
+        return self
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+        if self._prefetch == 0:
+            indices = next(self._plan, None)
+            item: Any = _DONE if indices is None else self._dataset.read(indices)
+        else:
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=_produce, args=(self._dataset, self._plan, self._queue, self._stop),
+                    name="shards-prefetch", daemon=True)
+                self._thread.start()
+            item = self._queue.get()
+        if item is _DONE:
+            raise StopIteration
+        if isinstance(item, BaseException):
+            self.close()
+            raise item
+        self._consumed += 1
+        return item
+
+    def state(self) -> dict[str, Any]:
+        """Where this stream stands: pass `position` back as `start` (with the same epoch and seed)."""
+        position = position_after(len(self._dataset), self._batch_size, self._consumed,
+                                   world_size=self._world_size, start=self._start)
+        return dict(self._settings, position=position, batches=self._consumed)
+
+    def close(self) -> None:
+        """Stop the prefetch thread and drop what it gathered."""
+        self._stop.set()
+        while True:
+            try:
+                self._queue.get_nowait()
+            except queue.Empty:
+                break
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5)
+
+    def __del__(self) -> None:
+        self._stop.set()
+
+
+def _produce(dataset: ShardDataset, plan: Iterator[np.ndarray], out: queue.Queue[Any],
+             stop: threading.Event) -> None:
+    """The prefetch thread. It holds no reference to its BatchStream, so dropping the stream
+    stops the thread instead of keeping both alive."""
+    try:
+        for indices in plan:
+            if stop.is_set():
+                return
+            _put(out, stop, dataset.read(indices))
+        _put(out, stop, _DONE)
+    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+        _put(out, stop, exc)
+
+
+def _put(out: queue.Queue[Any], stop: threading.Event, item: Any) -> None:
+    while not stop.is_set():
+        try:
+            out.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            continue
+
+
+def open_shards(dest: str) -> ShardDataset:
+    """Open a finished shards run in DEST for reading.
+
+    Raises:
+        ManifestError: DEST holds no complete run, or one this version cannot read.
+    """
+    return ShardDataset(dest)

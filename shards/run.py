@@ -1,0 +1,262 @@
+"""The Ray orchestration of a preprocess run: list, plan, one task per shard, commit.
+
+Everything that can be refused is refused before Ray starts: bad options, a missing or empty
+SRC, a DEST that holds another run. Tasks are submitted with `ray.wait` back-pressure (about one
+per CPU in flight), return only small receipts, and are retried by Ray when a worker dies.
+The manifest is written last.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import datetime
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from shards.destination import MODES, prepare_destination
+from shards.errors import ConfigError, RejectLimitError, ShardsError
+from shards.manifest import (Receipt, build_manifest, run_key, write_index, write_manifest,
+                             write_rejects, write_run_record)
+from shards.options import PreprocessOptions
+from shards.plan import ShardPlan, ShardSpec, plan_shards
+from shards.sources import Listing, list_sources
+from shards.worker import write_shard
+
+logger = logging.getLogger(__name__)
+
+TASK_RETRIES = 3
+
+
+@dataclasses.dataclass(frozen=True)
+class Progress:
+    """Where a run stands, passed to the progress callback after each shard."""
+
+    shards_done: int
+    shards_total: int
+    inputs_done: int
+    inputs_total: int
+    written: int
+    rejected: int
+    elapsed: float
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """What a finished run wrote, for the CLI's summary and for scripts."""
+
+    dest: str
+    inputs: int
+    written: int
+    rejected: int
+    shards: int
+    resumed_shards: int
+    bytes: int
+    seconds: float
+    ray_start_seconds: float
+    reject_reasons: dict[str, int]
+
+    @property
+    def images_per_second(self) -> float:
+        work = self.seconds - self.ray_start_seconds
+        return self.inputs / work if work > 0 else 0.0
+
+
+def preprocess(
+    src: str,
+    dest: str,
+    options: PreprocessOptions,
+    *,
+    mode: str = "new",
+    address: str | None = None,
+    workers: int | None = None,
+    on_progress: Callable[[Progress], None] | None = None,
+) -> RunSummary:
+    """Turn SRC into shards in DEST on Ray.
+
+    Args:
+        src: a folder of class folders, a flat folder, or a CSV/Parquet manifest.
+        dest: the output folder.
+        options: what to produce.
+        mode: `new` (DEST must not hold a run), `resume` (keep verified shards of the same run) or
+            `overwrite` (remove a previous run first).
+        address: a Ray cluster to join; None starts an embedded one (or joins RAY_ADDRESS).
+        workers: the most shard tasks in flight; default: the cluster's CPUs.
+        on_progress: called after every finished shard.
+
+    Raises:
+        ConfigError, SourceError, DestinationError: before any Ray work starts.
+        RejectLimitError: more inputs were refused than the options allow.
+        ShardsError: a shard task failed for a reason other than a bad input.
+    """
+    started = time.perf_counter()
+    if mode not in MODES:
+        raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    dest = os.path.abspath(dest)
+    listing = list_sources(src)
+    key = run_key(listing.fingerprint(), options)
+    plan = plan_shards(len(listing), options.samples_per_shard, options.seed)
+    kept = prepare_destination(dest, mode, key, options, plan)
+    write_run_record(dest, key, src, options)
+
+    ray_started = time.perf_counter()
+    connect_ray(address)
+    ray_start_seconds = time.perf_counter() - ray_started
+    limit = workers or max(1, int(_cluster_cpus()))
+    run = _ShardRun(src, dest, listing, plan, options, key, kept, on_progress, started)
+    try:
+        run.execute(limit)
+    except _RejectLimitReached as exc:
+        run.commit(complete=False, workers=limit, ray_start_seconds=ray_start_seconds)
+        raise RejectLimitError(f"{src}: {exc.rejected} inputs rejected, over the --max-rejects limit of "
+                               f"{run.reject_limit}; see {dest}/rejects.jsonl") from None
+    written = sum(r.shard.count for r in run.receipts.values())
+    summary = run.commit(complete=written > 0, workers=limit, ray_start_seconds=ray_start_seconds)
+    if written == 0:
+        raise RejectLimitError(f"{src}: all {summary.inputs} inputs were rejected; see {dest}/rejects.jsonl")
+    return summary
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS), or start an embedded local one."""
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        kwargs["include_dashboard"] = False
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+        raise ShardsError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}") from exc
+
+
+def _cluster_cpus() -> float:
+    import ray
+
+    return ray.cluster_resources().get("CPU", 1.0)
+
+
+def _write_shard_on_node(*args: Any) -> Receipt:
+    """The Ray task: record the node it ran on, then write the shard."""
+    import ray
+
+    return write_shard(*args, node=ray.get_runtime_context().get_node_id())
+
+
+class _ShardRun:
+    """Submits one task per pending shard with back-pressure and gathers their receipts."""
+
+    def __init__(self, src: str, dest: str, listing: Listing, plan: ShardPlan, options: PreprocessOptions,
+                 key: str, kept: dict[str, Receipt], on_progress: Callable[[Progress], None] | None,
+                 started: float) -> None:
+        self.src, self.dest, self.listing, self.plan, self.options, self.key = src, dest, listing, plan, options, key
+        self.receipts = dict(kept)
+        self.resumed = len(kept)
+        self.on_progress = on_progress
+        self.started = started
+        self.reject_limit = options.reject_limit(len(listing))
+
+    def execute(self, limit: int) -> None:
+        import ray
+
+        task = ray.remote(_write_shard_on_node).options(num_cpus=1, max_retries=TASK_RETRIES)
+        pending = collections.deque(spec for spec in self.plan if spec.name not in self.receipts)
+        in_flight: dict[Any, ShardSpec] = {}
+        self._report()
+        try:
+            while pending or in_flight:
+                while pending and len(in_flight) < limit:
+                    spec = pending.popleft()
+                    in_flight[task.remote(*self._task_args(spec))] = spec
+                ready, _ = ray.wait(list(in_flight), num_returns=1)
+                for ref in ready:
+                    spec = in_flight.pop(ref)
+                    self.receipts[spec.name] = self._result(ref, spec)
+                    self._report()
+                    self._check_rejects()
+        except BaseException:
+            for ref in in_flight:
+                ray.cancel(ref)
+            raise
+
+    def _task_args(self, spec: ShardSpec) -> tuple[Any, ...]:
+        sources = self.listing.sources.take(spec.positions).to_pylist()
+        return (self.dest, spec.name, spec.positions, sources, self.listing.labels[spec.positions],
+                self.options, self.key)
+
+    def _result(self, ref: Any, spec: ShardSpec) -> Receipt:
+        import ray
+
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if exc.cause is not None else exc
+            raise ShardsError(f"{spec.name}: task failed: {type(cause).__name__}: "
+                              f"{str(cause).splitlines()[0] if str(cause) else ''}") from exc
+        except ray.exceptions.RayError as exc:
+            raise ShardsError(f"{spec.name}: task lost after {TASK_RETRIES} retries: "
+                              f"{str(exc).splitlines()[0]}") from exc
+
+    def _rejected(self) -> int:
+        return sum(len(r.rejects) for r in self.receipts.values())
+
+    def _check_rejects(self) -> None:
+        rejected = self._rejected()
+        if self.reject_limit is not None and rejected > self.reject_limit:
+            raise _RejectLimitReached(rejected)
+
+    def _report(self) -> None:
+        if self.on_progress is None:
+            return
+        inputs_done = sum(r.shard.count + len(r.rejects) for r in self.receipts.values())
+        rejected = self._rejected()
+        self.on_progress(Progress(len(self.receipts), len(self.plan), inputs_done, len(self.listing),
+                                  inputs_done - rejected, rejected, time.perf_counter() - self.started))
+
+
+    def commit(self, *, complete: bool, workers: int, ray_start_seconds: float) -> RunSummary:
+        """Write index.parquet, rejects.jsonl and, last, manifest.json, in plan order."""
+        done = [spec for spec in self.plan if spec.name in self.receipts]
+        ordered = [self.receipts[spec.name] for spec in done]
+        positions = []
+        for receipt, spec in zip(ordered, done):
+            refused = np.array([r.position for r in receipt.rejects], np.int64)
+            positions.append(spec.positions[~np.isin(spec.positions, refused)])
+        rejects = sorted((r for receipt in ordered for r in receipt.rejects), key=lambda r: r.position)
+        shards = [r.shard for r in ordered]
+        labels = self.listing.labels[np.concatenate(positions)] if positions else np.empty(0, np.int32)
+        class_counts = np.bincount(labels[labels >= 0], minlength=len(self.listing.classes)).tolist()
+        write_index(self.dest, shards, positions, self.listing.sources, self.listing.labels)
+        write_rejects(self.dest, rejects)
+        seconds = time.perf_counter() - self.started
+        run = {"workers": workers, "seconds": round(seconds, 3),
+               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+               "nodes": {r.shard.name: r.node for r in ordered}}
+        record = build_manifest(self.options, self.listing.classes, shards, inputs=len(self.listing),
+                                rejected=len(rejects), class_counts=class_counts, source=self.src,
+                                key=self.key, complete=complete, run=run)
+        write_manifest(self.dest, record)
+        return RunSummary(self.dest, len(self.listing), int(record["count"]), len(rejects), len(shards),
+                          self.resumed, sum(s.bytes for s in shards), seconds, ray_start_seconds,
+                          dict(collections.Counter(_reason_kind(r.reason) for r in rejects)))
+
+
+class _RejectLimitReached(ShardsError):
+    def __init__(self, rejected: int) -> None:
+        super().__init__(rejected)
+        self.rejected = rejected
+
+
+def _reason_kind(reason: str) -> str:
+    """Group reasons by their first words ("truncated image (...)" -> "truncated image")."""
+    return reason.split(" (")[0].split(":")[0]

@@ -1,0 +1,72 @@
+"""Which samples each rank reads, batch by batch: pure functions of (n, seed, epoch, ranks).
+
+All ranks cut one global order into global batches of `batch_size * world_size` and rank r takes
+the r-th slice of each. So for any world size every sample is seen once per epoch, every rank
+gets the same number of batches, and a position in the global order (`start`) means the same
+thing whatever the world size: resuming with another number of workers neither repeats nor
+skips a sample.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import numpy as np
+
+from shards.errors import ConfigError
+
+
+def epoch_order(count: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
+    """The global order of an epoch: a permutation from (seed, epoch), or storage order."""
+    if not shuffle:
+        return np.arange(count, dtype=np.int64)
+    return np.random.default_rng([seed, epoch]).permutation(count)
+
+
+def check_slicing(count: int, batch_size: int, rank: int, world_size: int, start: int) -> None:
+    """Refuse impossible batch and rank arguments with a message that names them."""
+    if batch_size < 1:
+        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ConfigError(f"rank must be in [0, world_size) with world_size >= 1, got {rank} of {world_size}")
+    if not 0 <= start <= count:
+        raise ConfigError(f"start must be in [0, {count}], got {start}")
+
+
+def rank_batches(order: np.ndarray, batch_size: int, *, rank: int = 0, world_size: int = 1,
+                 drop_last: bool = False, start: int = 0) -> Iterator[np.ndarray]:
+    """Yield rank `rank`'s batches of global sample indices from `order[start:]`.
+
+    With `drop_last`, the last incomplete global batch is dropped, so no sample repeats. Without
+    it, the remainder is padded to a multiple of `world_size` with the first samples of the order
+    (as torch's DistributedSampler pads), so every rank's last batch has the same size.
+    """
+    check_slicing(len(order), batch_size, rank, world_size, start)
+    remaining = order[start:]
+    global_batch = batch_size * world_size
+    if drop_last:
+        remaining = remaining[: len(remaining) // global_batch * global_batch]
+    else:
+        pad = -len(remaining) % world_size
+        if pad:
+            remaining = np.concatenate([remaining, np.resize(order, pad)])
+    for begin in range(0, len(remaining), global_batch):
+        chunk = remaining[begin: begin + global_batch]
+        share = len(chunk) // world_size
+        yield chunk[rank * share: (rank + 1) * share]
+
+
+def batch_count(count: int, batch_size: int, *, world_size: int = 1, drop_last: bool = False,
+                start: int = 0) -> int:
+    """How many batches each rank gets from `rank_batches` with the same arguments."""
+    remaining = count - start
+    global_batch = batch_size * world_size
+    if drop_last:
+        return remaining // global_batch
+    padded = remaining + (-remaining % world_size)
+    return -(-padded // global_batch)
+
+
+def position_after(count: int, batch_size: int, batches: int, *, world_size: int = 1, start: int = 0) -> int:
+    """The global position reached once every rank has consumed `batches` batches from `start`."""
+    return min(count, start + batches * batch_size * world_size)

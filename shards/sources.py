@@ -1,0 +1,216 @@
+"""Listing SRC into (source, label) rows.
+
+SRC is a folder of class folders (sorted names are the classes), a flat folder (no labels), or a
+CSV/Parquet manifest with a `path` column and an optional `label` column. The listing is kept as
+Arrow arrays, so ten million paths cost their bytes and not ten million Python objects.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+from collections.abc import Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from shards.errors import DecodeError, SourceError
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
+)
+MANIFEST_EXTENSIONS = (".csv", ".parquet", ".pq")
+UNLABELED = -1
+_CHUNK = 65536
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """Every input of a run, in a deterministic order.
+
+    Attributes:
+        sources: the path or URI of each input (Arrow strings).
+        labels: an int32 label per input, an index into `classes`, or -1 where unlabeled.
+        classes: the class names.
+    """
+
+    sources: pa.Array
+    labels: np.ndarray
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def fingerprint(self) -> str:
+        """A digest of the sources, labels and classes, cheap even for millions of rows."""
+        digest = hashlib.sha256()
+        sources = self.sources.cast(pa.large_string())
+        _, offsets_buffer, data = sources.buffers()
+        offsets = np.frombuffer(offsets_buffer, np.int64)[sources.offset: sources.offset + len(sources) + 1]
+        digest.update((offsets - offsets[0]).tobytes())
+        if data is not None:
+            digest.update(memoryview(data)[offsets[0]: offsets[-1]])
+        digest.update(np.ascontiguousarray(self.labels, "<i4").tobytes())
+        digest.update("\0".join(self.classes).encode())
+        return digest.hexdigest()
+
+
+def list_sources(src: str) -> Listing:
+    """List SRC: a folder (class folders or flat) or a CSV/Parquet manifest.
+
+    Raises:
+        SourceError: SRC does not exist, holds no images, or its manifest lacks a `path` column.
+    """
+    if "://" in src and not src.startswith("file://"):
+        raise SourceError(f"{src}: object storage sources are not supported in this version")
+    path = src.removeprefix("file://")
+    if os.path.isdir(path):
+        listing = _list_folder(path)
+    elif os.path.isfile(path) and path.lower().endswith(MANIFEST_EXTENSIONS):
+        listing = _list_manifest(path)
+    elif os.path.exists(path):
+        raise SourceError(f"{src}: SRC must be a folder or a .csv/.parquet manifest")
+    else:
+        raise SourceError(f"{src}: no such file or folder")
+    if len(listing) == 0:
+        raise SourceError(f"{src}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+    return listing
+
+
+def is_image_name(name: str) -> bool:
+    """True when a file name has an image extension, in any case."""
+    return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _walk_images(folder: str) -> Iterator[str]:
+    """Yield image paths under `folder`, recursively, skipping hidden entries."""
+    stack = [folder]
+    while stack:
+        current = stack.pop()
+        try:
+            entries = list(os.scandir(current))
+        except OSError as exc:
+            raise SourceError(f"{current}: cannot list folder ({exc.strerror or exc})") from exc
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            if entry.is_dir(follow_symlinks=True):
+                stack.append(entry.path)
+            elif is_image_name(entry.name):
+                # Broken symlinks and unreadable files are listed: they become rejects with a
+                # reason rather than silently vanishing from the run.
+                yield entry.path
+
+
+def _collect(paths: Iterator[str]) -> pa.Array:
+    """Gather paths into one sorted Arrow array, a chunk at a time."""
+    chunks: list[pa.Array] = []
+    batch: list[str] = []
+    for path in paths:
+        batch.append(path)
+        if len(batch) == _CHUNK:
+            chunks.append(pa.array(batch, pa.large_string()))
+            batch = []
+    chunks.append(pa.array(batch, pa.large_string()))
+    array = pa.chunked_array(chunks, pa.large_string()).combine_chunks()
+    return array.take(pc.sort_indices(array))
+
+
+def _list_folder(folder: str) -> Listing:
+    folder = os.path.abspath(folder)
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError as exc:
+        raise SourceError(f"{folder}: cannot list folder ({exc.strerror or exc})") from exc
+    class_dirs = [e for e in entries if not e.name.startswith(".") and e.is_dir(follow_symlinks=True)]
+    top_images = [e for e in entries if not e.name.startswith(".") and not e.is_dir() and is_image_name(e.name)]
+    if not class_dirs:
+        sources = _collect(iter(e.path for e in top_images))
+        return Listing(sources, np.full(len(sources), UNLABELED, np.int32), [])
+    if top_images:
+        raise SourceError(
+            f"{folder}: holds both class folders and {len(top_images)} loose image(s) such as "
+            f"{top_images[0].name!r}; move them into a class folder or use a manifest"
+        )
+    arrays, labels = [], []
+    for label, entry in enumerate(class_dirs):
+        array = _collect(_walk_images(entry.path))
+        arrays.append(array)
+        labels.append(np.full(len(array), label, np.int32))
+    sources = pa.chunked_array(arrays, pa.large_string()).combine_chunks()
+    return Listing(sources, np.concatenate(labels), [e.name for e in class_dirs])
+
+
+def _read_manifest_table(path: str) -> pa.Table:
+    try:
+        if path.lower().endswith(".csv"):
+            import pyarrow.csv as pacsv
+
+            return pacsv.read_csv(
+                path, convert_options=pacsv.ConvertOptions(column_types={"path": pa.large_string()})
+            )
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SourceError(f"{path}: cannot read manifest ({str(exc).splitlines()[0]})") from exc
+
+
+def _list_manifest(path: str) -> Listing:
+    table = _read_manifest_table(path)
+    if "path" not in table.column_names:
+        raise SourceError(f"{path}: manifest needs a 'path' column, found {table.column_names}")
+    sources = table.column("path").cast(pa.large_string()).combine_chunks()
+    if sources.null_count:
+        raise SourceError(f"{path}: 'path' is empty in {sources.null_count} row(s)")
+    base = os.path.dirname(os.path.abspath(path))
+    is_relative = pc.invert(pc.or_(pc.starts_with(sources, "/"), pc.match_substring(sources, "://")))
+    sources = pc.if_else(is_relative, pc.binary_join_element_wise(base, sources, "/"), sources)
+    if "label" not in table.column_names:
+        return Listing(sources, np.full(len(sources), UNLABELED, np.int32), [])
+    labels, classes = _labels_from_column(path, table.column("label").combine_chunks())
+    return Listing(sources, labels, classes)
+
+
+def _labels_from_column(path: str, column: pa.Array) -> tuple[np.ndarray, list[str]]:
+    """Integer labels are kept (classes "0".."K-1"); string labels are sorted into classes."""
+    if pa.types.is_integer(column.type):
+        labels = column.fill_null(UNLABELED).to_numpy().astype(np.int64)
+        if (labels < UNLABELED).any():
+            raise SourceError(f"{path}: integer labels must be >= 0 (or -1 for none), found {labels.min()}")
+        if labels.max(initial=UNLABELED) >= 2**31:
+            raise SourceError(f"{path}: integer label {labels.max()} is too large")
+        count = int(labels.max(initial=UNLABELED)) + 1
+        return labels.astype(np.int32), [str(i) for i in range(count)]
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        column = pc.utf8_trim_whitespace(column)
+        present = pc.and_(pc.is_valid(column), pc.not_equal(column, ""))
+        classes = sorted(pc.unique(pc.filter(column, present)).to_pylist())
+        index = pc.index_in(column, value_set=pa.array(classes, column.type))
+        return index.fill_null(UNLABELED).to_numpy(zero_copy_only=False).astype(np.int32), classes
+    raise SourceError(f"{path}: 'label' must hold integers or class names, found {column.type}")
+
+
+def read_source(source: str) -> bytes:
+    """The bytes of one input; a DecodeError names why a file cannot be read.
+
+    Broken symlinks, missing and unreadable files are refused one by one (they become rejects),
+    never a reason to stop the run.
+    """
+    try:
+        with open(source, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        reason = "broken symlink" if os.path.islink(source) else "file not found"
+        raise DecodeError(reason) from None
+    except PermissionError:
+        raise DecodeError("permission denied") from None
+    except IsADirectoryError:
+        raise DecodeError("is a folder, not a file") from None
+    except OSError as exc:
+        raise DecodeError(f"cannot read ({exc.strerror or exc})") from exc

@@ -1,0 +1,80 @@
+"""Checking shards against what the manifest or a receipt says they are.
+
+Used by `shards verify` over a finished run and by `--resume` to decide which shards to keep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from shards.errors import ManifestError
+from shards.fileio import digest_file
+from shards.formats import ShardInfo, get_format
+from shards.manifest import load_manifest
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyReport:
+    """The outcome of `verify_dest`: the shards checked and one line per problem found."""
+
+    shards: int
+    samples: int
+    problems: list[str]
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def shard_problems(dest: str, info: ShardInfo, format_name: str, shape: tuple[int, int, int],
+                   dtype: str) -> list[str]:
+    """Everything wrong with one shard on disk; an empty list when it verifies."""
+    problems = []
+    for file_name, expected in sorted(info.files.items()):
+        path = os.path.join(dest, file_name)
+        if not os.path.isfile(path):
+            problems.append(f"{info.name}: {file_name} is missing")
+            continue
+        size = os.path.getsize(path)
+        if size != expected.bytes:
+            problems.append(f"{info.name}: {file_name} is {size} bytes, expected {expected.bytes}")
+            continue
+        if digest_file(path).sha256 != expected.sha256:
+            problems.append(f"{info.name}: {file_name} checksum mismatch (sha256 differs)")
+    if not problems:
+        try:
+            get_format(format_name).open_reader(dest, info, shape, dtype)
+        except ManifestError as exc:
+            problems.append(f"{info.name}: {exc}")
+    return problems
+
+
+def verify_dest(dest: str) -> VerifyReport:
+    """Check every shard of a finished run against the manifest, and the index against both.
+
+    Raises:
+        ManifestError: DEST has no readable manifest (nothing to verify against).
+    """
+    import pyarrow.parquet as pq
+
+    manifest = load_manifest(dest, allow_incomplete=True)
+    problems = [] if manifest.complete else [f"{dest}: the manifest marks the run incomplete"]
+    names = [s.name for s in manifest.shards]
+    if len(set(names)) != len(names):
+        problems.append(f"{dest}: the manifest lists a shard twice")
+    for info in manifest.shards:
+        problems += shard_problems(dest, info, manifest.format, manifest.shape, manifest.dtype)
+    try:
+        index = pq.read_table(os.path.join(dest, "index.parquet"), columns=["shard", "row"])
+        counts = index.column("shard").combine_chunks().dictionary_encode().value_counts().to_pylist()
+        by_name = {str(item["values"]): item["counts"] for item in counts}
+        for info in manifest.shards:
+            if by_name.get(info.name, 0) != info.count:
+                problems.append(f"{info.name}: index.parquet lists {by_name.get(info.name, 0)} rows, "
+                                f"the manifest {info.count}")
+        if index.num_rows != manifest.count:
+            problems.append(f"index.parquet: {index.num_rows} rows, the manifest counts {manifest.count}")
+    except (OSError, ValueError) as exc:
+        problems.append(f"index.parquet: unreadable ({str(exc).splitlines()[0]})")
+    return VerifyReport(len(manifest.shards), manifest.count, problems)

@@ -1,0 +1,95 @@
+"""One shard's work, as a Ray task runs it: read, decode, resize, cast, write, receipt.
+
+Nothing here depends on Ray, so it can be called and tested directly. The task returns only the
+small receipt; image bytes never travel through the object store.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import logging
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+
+from shards.errors import DecodeError
+from shards.formats import get_format
+from shards.imaging import decode_image, to_storage
+from shards.manifest import Receipt, Reject, write_receipt
+from shards.options import PreprocessOptions
+from shards.sources import read_source
+
+logger = logging.getLogger(__name__)
+
+READ_THREADS = 4
+READ_AHEAD = 16
+
+
+def write_shard(
+    dest: str,
+    shard: str,
+    positions: np.ndarray,
+    sources: Sequence[str],
+    labels: np.ndarray,
+    options: PreprocessOptions,
+    run_key: str,
+    node: str = "",
+) -> Receipt:
+    """Write shard `shard` from its inputs and leave its receipt in DEST/.parts.
+
+    Args:
+        dest: the local DEST folder.
+        shard: the shard's name.
+        positions: each input's position in the listing (recorded with rejects).
+        sources: each input's path or URI, aligned with `positions`.
+        labels: each input's label, aligned with `positions`.
+        options: the run's options.
+        run_key: identifies the run the receipt belongs to.
+        node: where the shard ran (recorded for the user, not for the data).
+    """
+    shard_format = get_format(options.format)
+    rejects: list[Reject] = []
+    with shard_format.open_writer(dest, shard, len(sources), options.shape, options.dtype) as writer:
+        for i, data in enumerate(_read_ahead(sources)):
+            try:
+                if isinstance(data, DecodeError):
+                    raise data
+                rgb = decode_image(data, options.size, options.resize)
+            except DecodeError as exc:
+                rejects.append(Reject(int(positions[i]), sources[i], str(exc)))
+                logger.info("rejected %s: %s", sources[i], exc)
+                continue
+            writer.write(to_storage(rgb, options.dtype), int(labels[i]))
+        info = writer.close()
+    receipt = Receipt(run_key, info, rejects, node)
+    write_receipt(dest, receipt)
+    return receipt
+
+
+def _read_ahead(sources: Sequence[str]) -> Iterator[bytes | DecodeError]:
+    """Read files on a few threads, a bounded window ahead of the decoder.
+
+    File reads release the GIL, so network or disk latency overlaps decoding, while at most
+    READ_AHEAD encoded files are held at once.
+    """
+    with concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="shards-read") as pool:
+        window: collections.deque[concurrent.futures.Future[bytes | DecodeError]] = collections.deque()
+        upcoming = iter(sources)
+        for source in upcoming:
+            window.append(pool.submit(_read_or_error, source))
+            if len(window) >= READ_AHEAD:
+                break
+        while window:
+            data = window.popleft().result()
+            for source in upcoming:
+                window.append(pool.submit(_read_or_error, source))
+                break
+            yield data
+
+
+def _read_or_error(source: str) -> bytes | DecodeError:
+    try:
+        return read_source(source)
+    except DecodeError as exc:
+        return exc
