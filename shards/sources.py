@@ -170,7 +170,7 @@ def _list_manifest(path: str) -> Listing:
         raise SourceError(f"{path}: 'path' is empty in {sources.null_count} row(s)")
     base = os.path.dirname(os.path.abspath(path))
     is_relative = pc.invert(pc.or_(pc.starts_with(sources, "/"), pc.match_substring(sources, "://")))
-    sources = pc.if_else(is_relative, pc.binary_join_element_wise(base, sources, "/"), sources)
+    sources = pc.if_else(is_relative, pc.binary_join_element_wise(pa.scalar(base, pa.large_string()), sources, pa.scalar("/", pa.large_string())), sources)
     if "label" not in table.column_names:
         return Listing(sources, np.full(len(sources), UNLABELED, np.int32), [])
     labels, classes = _labels_from_column(path, table.column("label").combine_chunks())

@@ -1,0 +1,53 @@
+"""Shared fixtures: one local Ray for the session, image sets made on the fly in tmp folders."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from shards.synthetic import make_image_folder, photo_like
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One embedded Ray for the whole session (as Ray's own ray_start_regular_shared does)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory) -> str:
+    """A labelled folder: 3 classes, 90 JPEG/PNG/WebP files of mixed sizes and aspects."""
+    root = str(tmp_path_factory.mktemp("photos"))
+    make_image_folder(root, 90, classes=3, sizes=(48, 400), formats=("jpeg", "png", "webp"), seed=7)
+    return root
+
+
+def add_bad_files(folder: str) -> dict[str, str]:
+    """Write broken inputs into `folder`; returns file name -> the reason words expected."""
+    os.makedirs(folder, exist_ok=True)
+    good = photo_like(np.random.default_rng(1), 120, 160, (200, 60, 50))
+    Image.fromarray(good).save(os.path.join(folder, "whole.jpg"), quality=90)
+    data = open(os.path.join(folder, "whole.jpg"), "rb").read()
+    os.remove(os.path.join(folder, "whole.jpg"))
+    with open(os.path.join(folder, "truncated.jpg"), "wb") as handle:
+        handle.write(data[: len(data) // 2])
+    open(os.path.join(folder, "empty.jpg"), "wb").close()
+    with open(os.path.join(folder, "notes.png"), "wb") as handle:
+        handle.write(b"this is a text file with an image extension\n" * 20)
+    bomb = Image.new("L", (12000, 12000))  # 144 Mpx: over the 89 Mpx limit, tiny once compressed
+    bomb.save(os.path.join(folder, "bomb.png"), optimize=False)
+    return {"truncated.jpg": "truncated", "empty.jpg": "empty file", "notes.png": "not an image",
+            "bomb.png": "decompression bomb"}
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """Peak signal-to-noise ratio of two uint8 images, in dB."""
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)

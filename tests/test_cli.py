@@ -1,0 +1,110 @@
+"""The `shards` command as users run it: real processes, exit codes, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import shards
+from shards import cli
+from shards.options import PreprocessOptions
+
+SHARDS = [sys.executable, "-m", "shards.cli"]
+
+
+def run(*args, env=None, timeout=180):
+    environment = dict(os.environ, **(env or {}))
+    return subprocess.run([*SHARDS, *args], capture_output=True, text=True, timeout=timeout, env=environment)
+
+
+@pytest.fixture()
+def held_run(ray_cluster, photos, tmp_path):
+    dest = str(tmp_path / "held")
+    shards.preprocess(photos, dest, PreprocessOptions(size=20, shard_size=20 * 20 * 3 * 30))
+    return dest
+
+
+@pytest.mark.parametrize("args, words", [
+    (["preprocess", "/no/such/folder", "OUT"], "no such file or folder"),
+    (["preprocess", "PHOTOS", "OUT", "--dtype", "int3"], "--dtype must be one of"),
+    (["preprocess", "PHOTOS", "OUT", "--size", "0"], "--size must be"),
+    (["preprocess", "PHOTOS", "OUT", "--shard-size", "lots"], "--shard-size"),
+    (["preprocess", "PHOTOS", "OUT", "--workers", "0"], "--workers must be at least 1"),
+    (["preprocess", "PHOTOS", "HELD", "--size", "64", "--resume"], "holds a different dataset"),
+    (["preprocess", "PHOTOS", "HELD", "--size", "20", "--shard-size", "36000"], "already holds this run"),
+])
+def test_bad_arguments_fail_fast_with_one_line_before_any_ray_work(photos, held_run, tmp_path, args, words):
+    args = [{"PHOTOS": photos, "OUT": str(tmp_path / "out"), "HELD": held_run}.get(a, a) for a in args]
+    # RAY_ADDRESS points where nothing listens: any attempt at Ray work would fail differently.
+    result = run(*args, env={"RAY_ADDRESS": "127.0.0.1:9"})
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("shards: error:") and words in lines[0], result.stderr
+    assert not os.path.exists(tmp_path / "out" / "manifest.json")
+
+
+def test_preprocess_command_end_to_end_on_an_embedded_ray(photos, tmp_path):
+    dest = str(tmp_path / "out")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run([*SHARDS, "preprocess", photos, dest, "--size", "32x40", "--resize", "pad",
+                             "--shard-size", "64KiB"], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "written   90 samples" in result.stdout
+    assert "progress: 90/90 images" in result.stderr  # plain log lines when not on a terminal
+    ds = shards.open(dest)
+    assert len(ds) == 90 and ds.shape == (32, 40, 3)
+
+
+def test_inspect_json_reports_the_run(held_run, capsys):
+    assert cli.main(["inspect", held_run, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["count"] == 90 and report["shape"] == [20, 20, 3] and report["shards"] == 3
+    assert report["classes"] == {"class_0": 30, "class_1": 30, "class_2": 30}
+
+
+def _flip_byte(path, offset):
+    with open(path, "r+b") as handle:
+        handle.seek(offset)
+        value = handle.read(1)
+        handle.seek(offset)
+        handle.write(bytes([value[0] ^ 0xFF]))
+
+
+@pytest.mark.parametrize("damage, words", [
+    (lambda d: _flip_byte(f"{d}/shard-00001.images.npy", 4000), "shard-00001: shard-00001.images.npy checksum mismatch"),
+    (lambda d: os.truncate(f"{d}/shard-00002.images.npy", 1000), "shard-00002: shard-00002.images.npy is 1000 bytes"),
+    (lambda d: os.remove(f"{d}/shard-00000.labels.npy"), "shard-00000: shard-00000.labels.npy is missing"),
+])
+def test_verify_names_each_damaged_shard(held_run, capsys, damage, words):
+    assert cli.main(["verify", held_run]) == 0
+    damage(held_run)
+    assert cli.main(["verify", held_run]) == 1
+    captured = capsys.readouterr()
+    assert words in captured.out and "1 problem(s) found" in captured.err
+
+
+def test_verify_finds_an_edited_manifest(held_run, capsys):
+    path = f"{held_run}/manifest.json"
+    record = json.loads(open(path).read())
+    record["shards"][1]["count"] += 1
+    record["count"] += 1
+    open(path, "w").write(json.dumps(record))
+    assert cli.main(["verify", held_run]) == 1
+    assert "shard-00001" in capsys.readouterr().out
+
+
+def test_verify_catches_a_header_that_disagrees_with_the_manifest(held_run, capsys):
+    # Rewrite a shard as a valid .npy of another dtype and record its new checksum: only the header check sees it.
+    path = f"{held_run}/shard-00000.images.npy"
+    np.save(path, np.load(path).astype(np.int16), allow_pickle=False)
+    from shards.fileio import digest_file
+
+    record = json.loads(open(f"{held_run}/manifest.json").read())
+    digest = digest_file(path)
+    record["shards"][0]["files"]["shard-00000.images.npy"] = {"bytes": digest.bytes, "sha256": digest.sha256}
+    open(f"{held_run}/manifest.json", "w").write(json.dumps(record))
+    assert cli.main(["verify", held_run]) == 1
+    assert "holds int16" in capsys.readouterr().out

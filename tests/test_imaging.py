@@ -1,0 +1,119 @@
+import io
+
+import ml_dtypes
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageOps
+
+from shards.errors import DecodeError
+from shards.imaging import decode_image, to_storage
+from shards.synthetic import photo_like
+from tests.conftest import psnr
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def photo(height=300, width=400, seed=0) -> Image.Image:
+    return Image.fromarray(photo_like(np.random.default_rng(seed), height, width, (180, 90, 60)))
+
+
+@settings(max_examples=40, deadline=None)
+@given(src_h=st.integers(1, 300), src_w=st.integers(1, 300), out_h=st.integers(1, 96), out_w=st.integers(1, 96),
+       resize=st.sampled_from(["stretch", "crop", "pad"]))
+def test_every_resize_gives_the_requested_shape(src_h, src_w, out_h, out_w, resize):
+    data = encode(Image.new("RGB", (src_w, src_h), (10, 200, 30)))
+    out = decode_image(data, (out_h, out_w), resize)
+    assert out.shape == (out_h, out_w, 3) and out.dtype == np.uint8
+
+
+@pytest.mark.parametrize("resize, reference", [
+    ("crop", lambda im, size: ImageOps.fit(im, size, Image.Resampling.LANCZOS)),
+    ("stretch", lambda im, size: im.resize(size, Image.Resampling.LANCZOS)),
+])
+def test_jpeg_draft_path_stays_close_to_a_full_lanczos_reference(resize, reference):
+    source = photo(900, 1200, seed=3)
+    data = encode(source, "JPEG", quality=92)
+    ours = decode_image(data, (112, 160), resize)
+    theirs = np.asarray(reference(Image.open(io.BytesIO(data)).convert("RGB"), (160, 112)))
+    assert psnr(ours, theirs) > 30
+
+
+def test_pad_letterboxes_on_black_and_keeps_aspect():
+    out = decode_image(encode(Image.new("RGB", (200, 100), (250, 250, 250))), (100, 100), "pad")
+    assert (out[:24] == 0).all() and (out[-24:] == 0).all()  # bars top and bottom
+    assert (out[30:70] > 240).all()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_honoured(orientation):
+    # A wide image whose left half is red; after orientation, compare with Pillow's own transpose.
+    pixels = np.zeros((60, 120, 3), np.uint8)
+    pixels[:, :60] = (255, 0, 0)
+    pixels[:30, 60:] = (0, 0, 255)
+    image = Image.fromarray(pixels)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(image, "JPEG", quality=95, exif=exif.tobytes())
+    expected = ImageOps.exif_transpose(Image.open(io.BytesIO(data))).resize((40, 40), Image.Resampling.BILINEAR)
+    ours = decode_image(data, (40, 40), "stretch")
+    assert psnr(ours, np.asarray(expected.convert("RGB"))) > 30
+    assert ours.shape == (40, 40, 3)
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGBA", "CMYK", "YCbCr", "I;16", "I", "F"])
+def test_every_pillow_mode_becomes_rgb(mode):
+    base = photo(64, 64).convert("RGBA" if "A" in mode else "RGB")
+    if mode in ("I;16", "I"):
+        image = Image.fromarray((np.asarray(base.convert("L")).astype(np.uint16) * 257))
+        image = image if mode == "I;16" else image.convert("I")
+    elif mode == "F":
+        image = Image.fromarray(np.asarray(base.convert("L"), np.float32) / 255.0, mode="F")
+    else:
+        image = base.convert(mode)
+    fmt = "TIFF" if mode in ("CMYK", "YCbCr", "I", "F", "LA") else "PNG"
+    out = decode_image(encode(image, fmt), (32, 32), "stretch")
+    assert out.shape == (32, 32, 3)
+    if mode in ("I;16", "I", "F", "L"):  # high bit depths map to the full 0..255 range, not clipped
+        grey = np.asarray(base.convert("L").resize((32, 32), Image.Resampling.BILINEAR))
+        assert psnr(out[..., 0], grey) > 30
+
+
+def test_transparency_is_composited_on_black():
+    image = Image.new("RGBA", (20, 20), (255, 255, 255, 0))
+    image.paste((255, 255, 255, 255), (0, 0, 10, 20))
+    out = decode_image(encode(image), (20, 20), "stretch")
+    assert out[:, :8].min() == 255 and out[:, 12:].max() == 0
+    palette = Image.new("P", (10, 10), 0)
+    palette.putpalette([255, 0, 0, 0, 255, 0])
+    palette.info["transparency"] = 0
+    assert decode_image(encode(palette), (10, 10), "stretch").max() == 0
+
+
+def test_hostile_inputs_are_decode_errors_with_reasons():
+    data = encode(photo(), "JPEG", quality=90)
+    with pytest.raises(DecodeError, match="empty file"):
+        decode_image(b"", (8, 8))
+    with pytest.raises(DecodeError, match="truncated"):
+        decode_image(data[: len(data) // 3], (8, 8))
+    with pytest.raises(DecodeError, match="not an image"):
+        decode_image(b"GIF89a but no more" + bytes(range(256)), (8, 8))
+    with pytest.raises(DecodeError, match="decompression bomb: 12000x12000"):
+        decode_image(encode(Image.new("L", (12000, 12000))), (8, 8))
+    with pytest.raises(DecodeError, match="decompression bomb"):
+        decode_image(encode(Image.new("L", (100, 100))), (8, 8), max_pixels=5000)
+
+
+def test_storage_casts_scale_floats_to_unit_range():
+    rgb = np.array([[[0, 128, 255]]], np.uint8)
+    assert to_storage(rgb, "uint8") is rgb
+    assert np.allclose(to_storage(rgb, "float32"), [0, 128 / 255, 1])
+    assert to_storage(rgb, "float16").dtype == np.float16
+    bits = to_storage(rgb, "bfloat16")
+    assert bits.dtype == np.uint16
+    assert np.allclose(bits.view(ml_dtypes.bfloat16).astype(np.float32), [0, 128 / 255, 1], atol=4e-3)

@@ -1,0 +1,65 @@
+import pytest
+
+from shards.errors import ConfigError
+from shards.options import PreprocessOptions, parse_bytes, parse_max_rejects, parse_size
+
+
+@pytest.mark.parametrize("text, expected", [("224", (224, 224)), ("160x128", (160, 128)), (" 32X48 ", (32, 48)),
+                                            (96, (96, 96))])
+def test_parse_size_accepts_square_and_height_by_width(text, expected):
+    assert parse_size(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "0x10", "-3", "abc", "10x", "99999"])
+def test_parse_size_refuses_bad_sizes_naming_the_option(text):
+    with pytest.raises(ConfigError, match="--size"):
+        parse_size(text)
+
+
+@pytest.mark.parametrize("text, expected", [("256MiB", 256 * 2**20), ("1GB", 10**9), ("4096", 4096),
+                                            ("1.5KiB", 1536)])
+def test_parse_bytes_units(text, expected):
+    assert parse_bytes(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0", "12 parsecs", "-1MiB", ""])
+def test_parse_bytes_refuses_nonsense(text):
+    with pytest.raises(ConfigError, match="--shard-size"):
+        parse_bytes(text)
+
+
+def test_max_rejects_count_and_percentage():
+    assert parse_max_rejects("5") == (5, None)
+    assert parse_max_rejects("2.5%") == (None, 0.025)
+    assert parse_max_rejects(None) == (None, None)
+    with pytest.raises(ConfigError, match="--max-rejects"):
+        parse_max_rejects("lots")
+    with pytest.raises(ConfigError, match="--max-rejects"):
+        parse_max_rejects("120%")
+
+
+def test_options_validate_every_choice_with_the_allowed_values():
+    with pytest.raises(ConfigError, match="--dtype must be one of uint8, float16, bfloat16, float32"):
+        PreprocessOptions(dtype="int4")
+    with pytest.raises(ConfigError, match="--resize"):
+        PreprocessOptions(resize="squash")
+    with pytest.raises(ConfigError, match="--format"):
+        PreprocessOptions(format="zip")
+
+
+def test_samples_per_shard_follows_shard_size_and_dtype():
+    small = PreprocessOptions(size=(10, 10), shard_size=3000)
+    assert small.sample_bytes == 300 and small.samples_per_shard == 10
+    assert PreprocessOptions(size=(10, 10), shard_size=3000, dtype="float32").samples_per_shard == 2
+    assert PreprocessOptions(size=(100, 100), shard_size=1).samples_per_shard == 1
+
+
+def test_reject_limit_from_count_or_fraction():
+    assert PreprocessOptions(max_rejects=3).reject_limit(1000) == 3
+    assert PreprocessOptions(max_reject_fraction=0.01).reject_limit(1000) == 10
+    assert PreprocessOptions().reject_limit(1000) is None
+
+
+def test_options_round_trip_through_json():
+    options = PreprocessOptions(size=(32, 48), resize="pad", dtype="bfloat16", seed=9)
+    assert PreprocessOptions.from_json(options.to_json()) == options

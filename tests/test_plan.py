@@ -1,0 +1,36 @@
+import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shards.plan import plan_shards
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=st.integers(0, 3000), per_shard=st.integers(1, 400), seed=st.integers(0, 2**32))
+def test_plan_puts_each_input_in_exactly_one_shard(count, per_shard, seed):
+    plan = plan_shards(count, per_shard, seed)
+    every = np.concatenate([spec.positions for spec in plan]) if len(plan) else np.empty(0)
+    assert sorted(every.tolist()) == list(range(count))
+    assert all(len(spec.positions) == per_shard for spec in list(plan)[:-1])
+    assert len(plan) == -(-count // per_shard)
+
+
+@settings(max_examples=30, deadline=None)
+@given(count=st.integers(1, 2000), per_shard=st.integers(1, 300), seed=st.integers(0, 2**32))
+def test_plan_is_stable_for_a_seed(count, per_shard, seed):
+    first, second = plan_shards(count, per_shard, seed), plan_shards(count, per_shard, seed)
+    assert np.array_equal(first.order, second.order)
+    assert [s.name for s in first] == [s.name for s in second]
+
+
+def test_plan_mixes_classes_and_differs_between_seeds():
+    # A class-sorted listing: positions 0..99 class 0, 100..199 class 1.
+    plan = plan_shards(200, 50, seed=0)
+    first_shard = plan[0].positions
+    assert (first_shard < 100).any() and (first_shard >= 100).any()
+    assert not np.array_equal(plan.order, plan_shards(200, 50, seed=1).order)
+
+
+def test_shard_names_sort_in_plan_order():
+    names = [spec.name for spec in plan_shards(25, 2, 0)]
+    assert names == sorted(names) and names[0] == "shard-00000"

@@ -1,0 +1,133 @@
+"""The reader over real shards: coverage for any world size, order, resume, prefetch, safety."""
+
+import collections
+import gc
+import json
+import threading
+
+import numpy as np
+import pytest
+
+import shards
+from shards.errors import ConfigError, ManifestError
+from shards.options import PreprocessOptions
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(ray_cluster, photos, tmp_path_factory):
+    dest = str(tmp_path_factory.mktemp("read") / "out")
+    shards.preprocess(photos, dest, PreprocessOptions(size=(24, 24), shard_size=24 * 24 * 3 * 13))
+    return dest
+
+
+def fingerprints(images):
+    """One value per sample, to follow samples through batches without relying on labels."""
+    return [hash(image.tobytes()) for image in images]
+
+
+@pytest.fixture(scope="module")
+def sample_ids(dataset_dir):
+    ds = shards.open(dataset_dir)
+    images, _ = ds.read(np.arange(len(ds)))
+    ids = fingerprints(images)
+    assert len(set(ids)) == len(ds)  # every sample distinguishable
+    return ids
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_ranks_cover_every_sample_once_per_epoch(dataset_dir, sample_ids, world_size, shuffle):
+    ds = shards.open(dataset_dir)
+    seen = collections.Counter()
+    batch_counts = set()
+    for rank in range(world_size):
+        stream = ds.batches(8, shuffle=shuffle, seed=4, epoch=2, rank=rank, world_size=world_size)
+        batches = list(stream)
+        batch_counts.add(len(batches))
+        assert len(batches) == len(stream)
+        for images, labels in batches:
+            assert images.shape[1:] == (24, 24, 3) and images.dtype == np.uint8 and len(labels) == len(images)
+            seen.update(fingerprints(images))
+    assert len(batch_counts) == 1
+    assert set(seen) == set(sample_ids)
+    assert sum(seen.values()) - len(sample_ids) == -len(sample_ids) % world_size
+
+
+def test_labels_travel_with_their_images(dataset_dir):
+    ds = shards.open(dataset_dir)
+    truth = dict(zip(*(lambda im, lb: (fingerprints(im), lb.tolist()))(*ds.read(np.arange(len(ds))))))
+    for images, labels in ds.batches(7, shuffle=True, seed=1):
+        assert [truth[f] for f in fingerprints(images)] == labels.tolist()
+
+
+def test_shuffle_differs_between_epochs_and_is_stable_for_a_seed(dataset_dir):
+    ds = shards.open(dataset_dir)
+
+    def sets(**kwargs):
+        return [frozenset(fingerprints(images)) for images, _ in ds.batches(10, shuffle=True, **kwargs)]
+
+    assert sets(seed=3, epoch=0) == sets(seed=3, epoch=0)
+    assert sets(seed=3, epoch=0) != sets(seed=3, epoch=1)
+    assert sets(seed=3, epoch=0) != sets(seed=4, epoch=0)
+
+
+def test_start_resumes_exactly_where_a_reader_stopped(dataset_dir):
+    ds = shards.open(dataset_dir)
+    full = [fingerprints(images) for images, _ in ds.batches(6, shuffle=True, seed=8, epoch=1)]
+    stream = ds.batches(6, shuffle=True, seed=8, epoch=1)
+    head = [fingerprints(next(stream)[0]) for _ in range(4)]
+    state = stream.state()
+    stream.close()
+    assert state["position"] == 24 and state["epoch"] == 1 and state["seed"] == 8
+    tail = [fingerprints(images) for images, _ in ds.batches(6, shuffle=True, seed=8, epoch=1,
+                                                              start=state["position"])]
+    assert head + tail == full
+
+
+def test_drop_last_gives_only_full_batches(dataset_dir):
+    ds = shards.open(dataset_dir)
+    batches = list(ds.batches(8, drop_last=True, world_size=2, rank=1))
+    assert len(batches) == len(ds) // 16 and all(len(images) == 8 for images, _ in batches)
+
+
+def test_prefetch_is_bounded_and_an_abandoned_stream_stops_its_thread(dataset_dir):
+    ds = shards.open(dataset_dir)
+    before = threading.active_count()
+    stream = ds.batches(4, prefetch=2)
+    next(stream)
+    assert stream._queue.maxsize == 2
+    del stream
+    gc.collect()
+    for _ in range(50):
+        if threading.active_count() <= before:
+            break
+        threading.Event().wait(0.05)
+    assert threading.active_count() <= before
+
+
+def test_no_prefetch_gives_the_same_batches(dataset_dir):
+    ds = shards.open(dataset_dir)
+    a = [fingerprints(images) for images, _ in ds.batches(9, shuffle=True, prefetch=0)]
+    b = [fingerprints(images) for images, _ in ds.batches(9, shuffle=True, prefetch=3)]
+    assert a == b
+
+
+def test_bad_reader_arguments_are_refused(dataset_dir):
+    ds = shards.open(dataset_dir)
+    with pytest.raises(ConfigError, match="rank"):
+        ds.batches(4, rank=3, world_size=2)
+    with pytest.raises(ConfigError, match="start"):
+        ds.batches(4, start=len(ds) + 1)
+
+
+def test_manifest_of_another_version_or_escaping_names_is_refused(dataset_dir, tmp_path):
+    record = json.loads(open(f"{dataset_dir}/manifest.json").read())
+    (tmp_path / "manifest.json").write_text(json.dumps(dict(record, version=99)))
+    with pytest.raises(ManifestError, match="version 99 is not supported"):
+        shards.open(str(tmp_path))
+    record["shards"][0]["name"] = "../../etc/passwd"
+    (tmp_path / "manifest.json").write_text(json.dumps(record))
+    with pytest.raises(ManifestError, match="not a plain file name"):
+        shards.open(str(tmp_path))
+    with pytest.raises(ManifestError, match="no manifest.json"):
+        shards.open(str(tmp_path / "nothing"))

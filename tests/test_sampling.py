@@ -1,0 +1,77 @@
+import collections
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shards.errors import ConfigError
+from shards.sampling import batch_count, epoch_order, position_after, rank_batches
+
+
+@settings(max_examples=80, deadline=None)
+@given(count=st.integers(1, 400), batch=st.integers(1, 40), world=st.integers(1, 6),
+       shuffle=st.booleans(), seed=st.integers(0, 1000))
+def test_ranks_together_see_every_sample_once_per_epoch(count, batch, world, shuffle, seed):
+    order = epoch_order(count, shuffle=shuffle, seed=seed, epoch=3)
+    per_rank = [list(rank_batches(order, batch, rank=r, world_size=world)) for r in range(world)]
+    lengths = {len(b) for b in per_rank}
+    assert lengths == {batch_count(count, batch, world_size=world)}
+    seen = collections.Counter(int(i) for batches in per_rank for b in batches for i in b)
+    assert set(seen) == set(range(count))
+    padding = sum(seen.values()) - count
+    assert 0 <= padding < world  # only the padding of the last global batch repeats
+    for step in range(len(per_rank[0])):  # every rank's batch at a step has the same size
+        assert len({len(batches[step]) for batches in per_rank}) == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=st.integers(1, 400), batch=st.integers(1, 40), world=st.integers(1, 6))
+def test_drop_last_never_repeats_and_gives_full_batches(count, batch, world):
+    order = epoch_order(count, shuffle=True, seed=0, epoch=0)
+    per_rank = [list(rank_batches(order, batch, rank=r, world_size=world, drop_last=True)) for r in range(world)]
+    flat = [int(i) for batches in per_rank for b in batches for i in b]
+    assert len(flat) == len(set(flat)) == count // (batch * world) * batch * world
+    assert all(len(b) == batch for batches in per_rank for b in batches)
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=st.integers(1, 300), batch=st.integers(1, 20), world_before=st.integers(1, 4),
+       world_after=st.integers(1, 4), stop_after=st.integers(0, 20))
+def test_resume_with_another_world_size_neither_repeats_nor_skips(count, batch, world_before, world_after,
+                                                                   stop_after):
+    order = epoch_order(count, shuffle=True, seed=5, epoch=1)
+    total = batch_count(count, batch, world_size=world_before)
+    stop_after = min(stop_after, total)
+    before = [list(rank_batches(order, batch, rank=r, world_size=world_before))[:stop_after]
+              for r in range(world_before)]
+    start = position_after(count, batch, stop_after, world_size=world_before)
+    after = [list(rank_batches(order, batch, rank=r, world_size=world_after, drop_last=True, start=start))
+             for r in range(world_after)]
+    tail = count - start - (count - start) // (batch * world_after) * batch * world_after
+    seen = [int(i) for part in (before, after) for batches in part for b in batches for i in b]
+    if start < count:  # padding only happens at the very end of an epoch
+        assert len(seen) == len(set(seen)) == count - tail
+
+
+def test_shuffle_differs_between_epochs_and_is_stable_for_a_seed():
+    a0 = epoch_order(1000, shuffle=True, seed=1, epoch=0)
+    assert np.array_equal(a0, epoch_order(1000, shuffle=True, seed=1, epoch=0))
+    assert not np.array_equal(a0, epoch_order(1000, shuffle=True, seed=1, epoch=1))
+    assert not np.array_equal(a0, epoch_order(1000, shuffle=True, seed=2, epoch=0))
+    assert np.array_equal(epoch_order(5, shuffle=False, seed=1, epoch=4), np.arange(5))
+
+
+def test_fewer_samples_than_ranks_still_gives_every_rank_a_batch():
+    order = epoch_order(2, shuffle=False, seed=0, epoch=0)
+    per_rank = [list(rank_batches(order, 4, rank=r, world_size=3)) for r in range(3)]
+    assert [len(b) for b in per_rank] == [1, 1, 1]
+    assert sorted(int(b[0][0]) for b in per_rank) == [0, 0, 1]
+
+
+@pytest.mark.parametrize("kwargs", [dict(rank=2, world_size=2), dict(rank=-1), dict(start=11), dict(world_size=0)])
+def test_bad_slicing_arguments_are_refused(kwargs):
+    with pytest.raises(ConfigError):
+        list(rank_batches(np.arange(10), 2, **kwargs))
+    with pytest.raises(ConfigError, match="batch_size"):
+        list(rank_batches(np.arange(10), 0))

@@ -1,0 +1,96 @@
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+from shards.errors import DecodeError, SourceError
+from shards.sources import list_sources, read_source
+
+
+def _touch_image(path: str) -> None:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    Image.new("RGB", (4, 4)).save(path)
+
+
+def test_class_folders_give_sorted_classes_and_labels(tmp_path):
+    for name in ["b/2.jpg", "a/1.JPG", "a/sub/3.png", "c/4.jpeg", "a/readme.txt", "a/.hidden.jpg"]:
+        path = tmp_path / name
+        if name.endswith(".txt"):
+            path.write_text("not an image")
+        else:
+            _touch_image(str(path))
+    listing = list_sources(str(tmp_path))
+    assert listing.classes == ["a", "b", "c"]
+    rows = dict(zip((os.path.relpath(s, tmp_path) for s in listing.sources.to_pylist()), listing.labels.tolist()))
+    assert rows == {"a/1.JPG": 0, "a/sub/3.png": 0, "b/2.jpg": 1, "c/4.jpeg": 2}
+
+
+def test_flat_folder_is_unlabeled(tmp_path):
+    for name in ["x.webp", "y.TIFF", "z.gif"]:
+        _touch_image(str(tmp_path / name))
+    listing = list_sources(str(tmp_path))
+    assert listing.classes == [] and listing.labels.tolist() == [-1, -1, -1]
+    assert len(listing) == 3
+
+
+def test_csv_with_string_labels_and_relative_paths(tmp_path):
+    (tmp_path / "list.csv").write_text("path,label\nimgs/a.jpg,dog\n/abs/b.jpg,cat\nimgs/c.jpg,dog\nimgs/d.jpg,\n")
+    listing = list_sources(str(tmp_path / "list.csv"))
+    assert listing.classes == ["cat", "dog"]
+    assert listing.labels.tolist() == [1, 0, 1, -1]
+    assert listing.sources.to_pylist()[0] == os.path.join(str(tmp_path), "imgs/a.jpg")
+    assert listing.sources.to_pylist()[1] == "/abs/b.jpg"
+
+
+def test_parquet_with_integer_labels(tmp_path):
+    pq.write_table(pa.table({"path": ["/x/1.jpg", "/x/2.jpg"], "label": [3, 0]}), tmp_path / "m.parquet")
+    listing = list_sources(str(tmp_path / "m.parquet"))
+    assert listing.labels.tolist() == [3, 0] and listing.classes == ["0", "1", "2", "3"]
+
+
+def test_manifest_without_labels_is_unlabeled(tmp_path):
+    (tmp_path / "list.csv").write_text("path\n/a.jpg\n/b.jpg\n")
+    assert list_sources(str(tmp_path / "list.csv")).labels.tolist() == [-1, -1]
+
+
+@pytest.mark.parametrize("content, match", [("file,label\na.jpg,x\n", "needs a 'path' column"),
+                                            ("path,label\na.jpg,-4\n", "labels must be >= 0")])
+def test_bad_manifests_are_refused_with_a_reason(tmp_path, content, match):
+    (tmp_path / "list.csv").write_text(content)
+    with pytest.raises(SourceError, match=match):
+        list_sources(str(tmp_path / "list.csv"))
+
+
+def test_missing_empty_and_ambiguous_sources(tmp_path):
+    with pytest.raises(SourceError, match="no such file or folder"):
+        list_sources(str(tmp_path / "nope"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SourceError, match="no images found"):
+        list_sources(str(tmp_path / "empty"))
+    _touch_image(str(tmp_path / "mixed" / "cls" / "a.jpg"))
+    _touch_image(str(tmp_path / "mixed" / "loose.jpg"))
+    with pytest.raises(SourceError, match="loose image"):
+        list_sources(str(tmp_path / "mixed"))
+
+
+def test_listing_is_compact_arrow_and_fingerprint_tracks_content(tmp_path):
+    for i in range(5):
+        _touch_image(str(tmp_path / "k" / f"{i}.png"))
+    listing = list_sources(str(tmp_path))
+    assert isinstance(listing.sources, pa.Array) and listing.labels.dtype == np.int32
+    assert listing.fingerprint() == list_sources(str(tmp_path)).fingerprint()
+    _touch_image(str(tmp_path / "k" / "5.png"))
+    assert listing.fingerprint() != list_sources(str(tmp_path)).fingerprint()
+
+
+def test_read_source_names_why_a_file_cannot_be_read(tmp_path):
+    os.symlink(tmp_path / "gone.jpg", tmp_path / "link.jpg")
+    with pytest.raises(DecodeError, match="broken symlink"):
+        read_source(str(tmp_path / "link.jpg"))
+    with pytest.raises(DecodeError, match="file not found"):
+        read_source(str(tmp_path / "missing.jpg"))
+    (tmp_path / "real.jpg").write_bytes(b"abc")
+    assert read_source(str(tmp_path / "real.jpg")) == b"abc"
