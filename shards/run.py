@@ -21,6 +21,7 @@ import numpy as np
 
 from shards.destination import MODES, prepare_destination
 from shards.errors import ConfigError, RejectLimitError, ShardsError
+from shards.fileio import remove_temporaries
 from shards.manifest import (Receipt, build_manifest, run_key, write_index, write_manifest,
                              write_rejects, write_run_record)
 from shards.options import PreprocessOptions
@@ -246,6 +247,7 @@ class _ShardRun:
                                 rejected=len(rejects), class_counts=class_counts, source=self.src,
                                 key=self.key, complete=complete, run=run)
         write_manifest(self.dest, record)
+        remove_temporaries(self.dest)  # left by workers killed mid-write; their shards were redone
         return RunSummary(self.dest, len(self.listing), int(record["count"]), len(rejects), len(shards),
                           self.resumed, sum(s.bytes for s in shards), seconds, ray_start_seconds,
                           dict(collections.Counter(_reason_kind(r.reason) for r in rejects)))
