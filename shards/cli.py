@@ -46,7 +46,8 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="224", help="output size: N or HxW (default 224)")
     parser.add_argument("--resize", default="crop", help="stretch | crop | pad (default crop)")
     parser.add_argument("--dtype", default="uint8", help="uint8 | float16 | bfloat16 | float32 (default uint8)")
-    parser.add_argument("--format", default="npy", help="shard format (default npy)")
+    parser.add_argument("--format", default="npy", help="npy | tfrecord (default npy)")
+    parser.add_argument("--compression", default="none", help="none | gzip, for tfrecord shards (default none)")
     parser.add_argument("--shard-size", default="256MiB", help="image bytes per shard (default 256MiB)")
     parser.add_argument("--seed", default="0", help="seed of the shard plan's permutation (default 0)")
     parser.add_argument("--max-rejects", default=None, help="fail past N rejected inputs, or P%% of them")
@@ -68,7 +69,7 @@ def options_from_arguments(args: argparse.Namespace) -> Any:
     count, fraction = parse_max_rejects(args.max_rejects)
     return PreprocessOptions(size=args.size, resize=args.resize, dtype=args.dtype, format=args.format,
                              shard_size=args.shard_size, seed=seed, max_rejects=count,
-                             max_reject_fraction=fraction)
+                             max_reject_fraction=fraction, compression=args.compression)
 
 
 def run_preprocess(args: argparse.Namespace) -> int:

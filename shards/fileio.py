@@ -54,23 +54,44 @@ class HashingWriter:
         return FileDigest(self.bytes, self._hash.hexdigest())
 
 
+def temporary_name(path: str) -> str:
+    """A hidden, unique temporary path beside `path`, in the same folder (so rename is atomic)."""
+    folder, name = os.path.split(path)
+    return os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
+
+
+def commit_temporary(temp: str, path: str) -> None:
+    """Make a finished temporary file durable and give it its final name."""
+    with open(temp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+    _fsync_folder(os.path.dirname(path))
+
+
+def discard_temporary(temp: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(temp)
+
+
+@contextlib.contextmanager
+def temporary_path(path: str) -> Iterator[str]:
+    """Yield a temporary path; on success it is committed as `path`, on failure removed."""
+    temp = temporary_name(path)
+    try:
+        yield temp
+        commit_temporary(temp, path)
+    except BaseException:
+        discard_temporary(temp)
+        raise
+
+
 @contextlib.contextmanager
 def atomic_write(path: str) -> Iterator[HashingWriter]:
     """Write `path` atomically; the yielded writer's `digest()` describes what was written."""
-    folder, name = os.path.split(path)
-    temp = os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
-    try:
-        with open(temp, "wb") as raw:
-            writer = HashingWriter(raw)
-            yield writer
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(temp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(temp)
-        raise
-    _fsync_folder(folder)
+    with temporary_path(path) as temp, open(temp, "wb") as raw:
+        writer = HashingWriter(raw)
+        yield writer
+        raw.flush()
 
 
 def write_bytes_atomically(path: str, data: bytes) -> FileDigest:

@@ -17,7 +17,8 @@ from shards.errors import ConfigError
 
 RESIZE_MODES = ("stretch", "crop", "pad")
 DTYPES = ("uint8", "float16", "bfloat16", "float32")
-FORMATS = ("npy",)
+FORMATS = ("npy", "tfrecord")
+COMPRESSIONS = ("none", "gzip")
 DTYPE_BYTES = {"uint8": 1, "float16": 2, "bfloat16": 2, "float32": 4}
 
 _UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3,
@@ -96,6 +97,8 @@ class PreprocessOptions:
         seed: seeds the permutation that mixes classes across shards.
         max_rejects: the most refused inputs a run accepts before failing, as a count.
         max_reject_fraction: the same as a fraction of the inputs (from `P%`).
+        compression: `gzip` compresses TFRecord shards; npy shards are never compressed (they
+            are memory-mapped).
     """
 
     size: tuple[int, int] = (224, 224)
@@ -106,6 +109,7 @@ class PreprocessOptions:
     seed: int = 0
     max_rejects: int | None = None
     max_reject_fraction: float | None = None
+    compression: str = "none"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", parse_size(self.size))
@@ -116,6 +120,10 @@ class PreprocessOptions:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.format not in FORMATS:
             raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
+        if self.compression not in COMPRESSIONS:
+            raise ConfigError(f"--compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
+        if self.compression != "none" and self.format != "tfrecord":
+            raise ConfigError("--compression gzip needs --format tfrecord (npy shards are memory-mapped)")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
 

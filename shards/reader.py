@@ -8,7 +8,7 @@ them.
 
 from __future__ import annotations
 
-import functools
+import copy
 import queue
 import threading
 from collections.abc import Iterator
@@ -43,21 +43,43 @@ class ShardDataset:
         self.classes = self.manifest.classes
         self._format = get_format(self.manifest.format)
         self._offsets = np.cumsum([0] + [s.count for s in self.manifest.shards])
+        self._readers: dict[int, ShardReader] = {}
+        self._subset: np.ndarray | None = None
 
     def __len__(self) -> int:
-        return self.manifest.count
+        return self.manifest.count if self._subset is None else len(self._subset)
 
     def __repr__(self) -> str:
         return (f"ShardDataset({self.dest!r}, count={len(self)}, shape={list(self.shape)}, "
                 f"dtype={self.manifest.dtype}, classes={len(self.classes)}, shards={len(self.manifest.shards)})")
 
-    @functools.lru_cache(maxsize=None)  # noqa: B019 - one reader per shard for the dataset's life
     def _reader(self, shard: int) -> ShardReader:
-        info = self.manifest.shards[shard]
-        return self._format.open_reader(self.dest, info, self.shape, self.manifest.dtype)
+        reader = self._readers.get(shard)
+        if reader is None:
+            info = self.manifest.shards[shard]
+            reader = self._readers[shard] = self._format.open_reader(self.dest, info, self.shape, self.manifest.dtype)
+        return reader
+
+    def split(self, fraction: float, seed: int = 0) -> tuple["ShardDataset", "ShardDataset"]:
+        """(train, validation): a deterministic, disjoint split at read time.
+
+        The validation part holds round(fraction * len) samples chosen by `seed`; one
+        preprocessing run serves both, and the same seed gives the same split on every rank.
+        """
+        if not 0 < fraction < 1:
+            raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
+        count = len(self)
+        chosen = np.random.default_rng([seed, 0x5B1]).permutation(count)
+        held = round(fraction * count)
+        return self._view(np.sort(chosen[held:])), self._view(np.sort(chosen[:held]))
+
+    def _view(self, positions: np.ndarray) -> "ShardDataset":
+        view = copy.copy(self)  # shares the manifest and the open shard readers
+        view._subset = positions if self._subset is None else self._subset[positions]
+        return view
 
     def read(self, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The samples at global `indices`, returned in ascending index order.
+        """The samples at `indices` (positions in this dataset), returned in ascending order.
 
         Samples of one shard are copied in one pass in storage order, which is what makes a
         shuffled read close to a plain copy; a batch is a set, so its inner order is free.
@@ -65,6 +87,8 @@ class ShardDataset:
         indices = np.sort(np.asarray(indices, np.int64))
         if len(indices) and not (0 <= indices[0] and indices[-1] < len(self)):
             raise IndexError(f"indices must be in [0, {len(self)})")
+        if self._subset is not None:
+            indices = self._subset[indices]
         images = np.empty((len(indices), *self.shape), self.dtype)
         labels = np.empty(len(indices), np.int32)
         shard_of = np.searchsorted(self._offsets, indices, side="right") - 1
@@ -77,7 +101,7 @@ class ShardDataset:
 
     def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
                 rank: int = 0, world_size: int = 1, drop_last: bool = False, start: int = 0,
-                prefetch: int = 2) -> "BatchStream":
+                prefetch: int = 2, return_indices: bool = False) -> "BatchStream":
         """Stream (images, labels) batches of this rank's slice of the epoch.
 
         Args:
@@ -89,13 +113,29 @@ class ShardDataset:
             drop_last: drop the last incomplete global batch instead of padding it.
             start: the position in the epoch's global order to resume from (see `BatchStream.state`).
             prefetch: batches gathered ahead on a background thread.
+            return_indices: also yield each batch's positions in this dataset (the rows of
+                index.parquet for a whole dataset), as a third array.
         """
         check_slicing(len(self), batch_size, rank, world_size, start)
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         order = epoch_order(len(self), shuffle=shuffle, seed=seed, epoch=epoch)
         return BatchStream(self, order, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
-                           world_size=world_size, drop_last=drop_last, start=start, prefetch=prefetch)
+                           world_size=world_size, drop_last=drop_last, start=start, prefetch=prefetch,
+                           return_indices=return_indices)
+
+
+    def to_tf(self, batch_size: int, **kwargs: Any) -> Any:
+        """A `tf.data.Dataset` of (images, labels) batches; see `shards.tf_data.to_tf`."""
+        from shards.tf_data import to_tf
+
+        return to_tf(self, batch_size, **kwargs)
+
+    def to_keras(self, batch_size: int, **kwargs: Any) -> Any:
+        """A `keras.utils.PyDataset` of (images, labels) batches; see `shards.tf_data.ShardsPyDataset`."""
+        from shards.tf_data import ShardsPyDataset
+
+        return ShardsPyDataset(self, batch_size, **kwargs)
 
 
 class BatchStream(Iterator[tuple[np.ndarray, np.ndarray]]):
@@ -103,8 +143,9 @@ class BatchStream(Iterator[tuple[np.ndarray, np.ndarray]]):
 
     def __init__(self, dataset: ShardDataset, order: np.ndarray, batch_size: int, *, shuffle: bool,
                  seed: int, epoch: int, rank: int, world_size: int, drop_last: bool, start: int,
-                 prefetch: int) -> None:
+                 prefetch: int, return_indices: bool = False) -> None:
         self._dataset = dataset
+        self._return_indices = return_indices
         self._batch_size, self._world_size, self._start = batch_size, world_size, start
         self._settings = {"shuffle": shuffle, "seed": seed, "epoch": epoch, "drop_last": drop_last}
         self._length = batch_count(len(dataset), batch_size, world_size=world_size, drop_last=drop_last,
@@ -123,10 +164,10 @@ class BatchStream(Iterator[tuple[np.ndarray, np.ndarray]]):
     def __iter__(self) -> "BatchStream":
         return self
 
-    def __next__(self) -> tuple[np.ndarray, np.ndarray]:
+    def __next__(self) -> tuple[np.ndarray, ...]:
         if self._prefetch == 0:
             indices = next(self._plan, None)
-            item: Any = _DONE if indices is None else self._dataset.read(indices)
+            item: Any = _DONE if indices is None else _gather(self._dataset, indices)
         else:
             if self._thread is None:
                 self._thread = threading.Thread(
@@ -140,7 +181,7 @@ class BatchStream(Iterator[tuple[np.ndarray, np.ndarray]]):
             self.close()
             raise item
         self._consumed += 1
-        return item
+        return item if self._return_indices else item[:2]
 
     def state(self) -> dict[str, Any]:
         """Where this stream stands: pass `position` back as `start` (with the same epoch and seed)."""
@@ -171,10 +212,15 @@ def _produce(dataset: ShardDataset, plan: Iterator[np.ndarray], out: queue.Queue
         for indices in plan:
             if stop.is_set():
                 return
-            _put(out, stop, dataset.read(indices))
+            _put(out, stop, _gather(dataset, indices))
         _put(out, stop, _DONE)
     except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
         _put(out, stop, exc)
+
+
+def _gather(dataset: ShardDataset, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    images, labels = dataset.read(indices)
+    return images, labels, np.sort(indices)
 
 
 def _put(out: queue.Queue[Any], stop: threading.Event, item: Any) -> None:

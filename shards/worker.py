@@ -50,7 +50,7 @@ def write_shard(
     """
     shard_format = get_format(options.format)
     rejects: list[Reject] = []
-    with shard_format.open_writer(dest, shard, len(sources), options.shape, options.dtype) as writer:
+    with shard_format.open_writer(dest, shard, len(sources), options) as writer:
         for i, data in enumerate(_read_ahead(sources)):
             try:
                 if isinstance(data, DecodeError):

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 from shards.formats.base import ShardFormat, ShardInfo, ShardWriter
 from shards.formats.npy import NpyFormat
+from shards.formats.tfrecord import TfRecordFormat
 
-FORMATS: dict[str, ShardFormat] = {"npy": NpyFormat()}
+FORMATS: dict[str, ShardFormat] = {"npy": NpyFormat(), "tfrecord": TfRecordFormat()}
 
 
 def get_format(name: str) -> ShardFormat:

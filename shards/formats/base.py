@@ -10,6 +10,7 @@ from typing import Any
 import numpy as np
 
 from shards.fileio import FileDigest
+from shards.options import PreprocessOptions
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,14 +90,8 @@ class ShardFormat(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def file_names(self, shard: str) -> list[str]:
-        """The files (relative to DEST) that make up shard `shard`."""
-
-    @abc.abstractmethod
-    def open_writer(
-        self, dest: str, shard: str, capacity: int, shape: tuple[int, int, int], dtype: str
-    ) -> ShardWriter:
-        """A writer for at most `capacity` samples."""
+    def open_writer(self, dest: str, shard: str, capacity: int, options: PreprocessOptions) -> ShardWriter:
+        """A writer for at most `capacity` samples of `options.shape` and `options.dtype`."""
 
     @abc.abstractmethod
     def open_reader(self, dest: str, info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> ShardReader:

@@ -14,7 +14,7 @@ import numpy as np
 from shards.errors import ManifestError
 from shards.fileio import atomic_write
 from shards.formats.base import ShardFormat, ShardInfo, ShardReader, ShardWriter
-from shards.options import numpy_dtype, numpy_storage_dtype
+from shards.options import PreprocessOptions, numpy_dtype, numpy_storage_dtype
 
 IMAGES_SUFFIX = ".images.npy"
 LABELS_SUFFIX = ".labels.npy"
@@ -98,11 +98,8 @@ def _load(path: str) -> np.ndarray:
 class NpyFormat(ShardFormat):
     name = "npy"
 
-    def file_names(self, shard: str) -> list[str]:
-        return [shard + IMAGES_SUFFIX, shard + LABELS_SUFFIX]
-
-    def open_writer(self, dest: str, shard: str, capacity: int, shape: tuple[int, int, int], dtype: str) -> NpyShardWriter:
-        return NpyShardWriter(dest, shard, capacity, shape, dtype)
+    def open_writer(self, dest: str, shard: str, capacity: int, options: PreprocessOptions) -> NpyShardWriter:
+        return NpyShardWriter(dest, shard, capacity, options.shape, options.dtype)
 
     def open_reader(self, dest: str, info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> NpyShardReader:
         return NpyShardReader(dest, info, shape, dtype)

@@ -1,0 +1,81 @@
+"""A training loop for MultiWorkerMirroredStrategy, because Keras 3's `fit` does not run under it.
+
+Keras 3 `model.fit` fails under MultiWorkerMirroredStrategy with the TensorFlow backend (see
+keras-team/keras#20585 and ray-project/ray#47464; the TF tutorial's own example fails). The
+loop below is the one TensorFlow documents for multi-worker training: each replica computes its
+loss scaled by the global batch size inside `strategy.run`, and the Keras optimizer all-reduces
+the gradients. It drives the same Keras callback as `fit` (epoch/batch hooks, `stop_training`),
+so checkpoints and resume behave identically with one worker or many.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from shards.tf_support import import_tensorflow
+
+tf = import_tensorflow()
+import keras  # noqa: E402 - after TensorFlow is imported quietly
+
+
+def fit_with_strategy(model: Any, strategy: Any, inputs: Any, *, epochs: int, initial_epoch: int,
+                      callback: Any, validation: Any = None) -> None:
+    """Train `model` (built in `strategy.scope()`) on a distributed dataset, epoch by epoch.
+
+    Args:
+        inputs: a DistributedDataset; each new iteration is the next epoch (as `to_tf` gives).
+        callback: a Keras callback; gets set_model, epoch and train-batch hooks and the logs.
+        validation: an optional DistributedDataset evaluated after each epoch.
+    """
+    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    optimizer = model.optimizer
+    callback.set_model(model)
+    model.stop_training = False
+
+    def scores(images: Any, labels: Any, training: bool) -> tuple[Any, Any, Any]:
+        logits = model(images, training=training)
+        per_example = loss_fn(labels, logits)
+        correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32)
+        return per_example, correct, logits
+
+    def train_replica(images: Any, labels: Any) -> tuple[Any, Any, Any]:
+        with tf.GradientTape() as tape:
+            per_example, correct, _ = scores(images, labels, True)
+            loss = tf.nn.compute_average_loss(per_example)
+        gradients = tape.gradient(loss, model.trainable_variables)
+        optimizer.apply_gradients(zip(gradients, model.trainable_variables))
+        return tf.reduce_sum(per_example), tf.reduce_sum(correct), tf.cast(tf.size(correct), tf.float32)
+
+    def eval_replica(images: Any, labels: Any) -> tuple[Any, Any, Any]:
+        per_example, correct, _ = scores(images, labels, False)
+        return tf.reduce_sum(per_example), tf.reduce_sum(correct), tf.cast(tf.size(correct), tf.float32)
+
+    def reduced(replica_fn: Callable) -> Callable:
+        @tf.function(reduce_retracing=True)
+        def step(images: Any, labels: Any) -> list[Any]:
+            totals = strategy.run(replica_fn, args=(images, labels))
+            return [strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in totals]
+        return step
+
+    train_step, eval_step = reduced(train_replica), reduced(eval_replica)
+
+    def run_epoch(dataset: Any, step: Callable, on_batch: Callable | None) -> dict[str, float]:
+        loss_sum = correct_sum = count = 0.0
+        for batch, (images, labels) in enumerate(dataset):
+            loss, correct, size = (float(v) for v in step(images, labels))
+            loss_sum, correct_sum, count = loss_sum + loss, correct_sum + correct, count + size
+            if on_batch is not None:
+                on_batch(batch)
+                if model.stop_training:
+                    break
+        return {"loss": loss_sum / max(count, 1.0), "accuracy": correct_sum / max(count, 1.0)}
+
+    for epoch in range(initial_epoch, epochs):
+        callback.on_epoch_begin(epoch)
+        logs = run_epoch(inputs, train_step, lambda batch: callback.on_train_batch_end(batch))
+        if validation is not None and not model.stop_training:
+            logs.update({f"val_{k}": v for k, v in run_epoch(validation, eval_step, None).items()})
+        callback.on_epoch_end(epoch, logs)
+        if model.stop_training:
+            break

@@ -1,0 +1,144 @@
+"""The TFRecord format: one `<name>.tfrecord` (or `.tfrecord.gz`) per shard of `tf.train.Example`s.
+
+Each record has three features, readable by plain tf.data with no shards code:
+
+    image: bytes   the raw [H, W, C] array in the manifest's dtype, little-endian, C order
+                   (bfloat16: its uint16 bits; decode with tf.io.decode_raw(..., tf.bfloat16))
+    label: int64   an index into the manifest's classes, -1 where unlabeled
+    shape: int64[3]  [H, W, C]
+
+Records are streamed to disk as they are made (a TFRecord writer holds no shard in memory).
+TensorFlow is imported only when this format is used.
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+
+import numpy as np
+
+from shards.errors import ManifestError
+from shards.fileio import commit_temporary, digest_file, discard_temporary, temporary_name
+from shards.formats.base import ShardFormat, ShardInfo, ShardReader, ShardWriter
+from shards.options import PreprocessOptions, numpy_dtype, numpy_storage_dtype
+from shards.tf_support import import_tensorflow
+
+SUFFIX = ".tfrecord"
+GZIP_SUFFIX = ".tfrecord.gz"
+_LENGTH = struct.Struct("<Q")
+_FRAME = 8 + 4 + 4  # length, its crc, the data's crc
+
+
+def feature_spec() -> dict:
+    """The parsing spec of a shards Example, for `tf.io.parse_single_example`/`parse_example`."""
+    tf = import_tensorflow()
+
+    return {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64),
+            "shape": tf.io.FixedLenFeature([3], tf.int64)}
+
+
+class TfRecordShardWriter(ShardWriter):
+    """Streams Examples into a temporary file; close() checksums it and renames it into place."""
+
+    def __init__(self, dest: str, shard: str, options: PreprocessOptions) -> None:
+        tf = import_tensorflow()
+
+        self._tf = tf
+        self._name = shard + (GZIP_SUFFIX if options.compression == "gzip" else SUFFIX)
+        self._shape = list(options.shape)
+        self._path = os.path.join(dest, self._name)
+        self._temp = temporary_name(self._path)
+        compression = "GZIP" if options.compression == "gzip" else ""
+        self._writer = tf.io.TFRecordWriter(self._temp, options=tf.io.TFRecordOptions(compression_type=compression))
+        self._shard = shard
+        self.count = 0
+
+    def write(self, image: np.ndarray, label: int) -> None:
+        train = self._tf.train
+        example = train.Example(features=train.Features(feature={
+            "image": train.Feature(bytes_list=train.BytesList(value=[np.ascontiguousarray(image).tobytes()])),
+            "label": train.Feature(int64_list=train.Int64List(value=[label])),
+            "shape": train.Feature(int64_list=train.Int64List(value=self._shape)),
+        }))
+        self._writer.write(example.SerializeToString())
+        self.count += 1
+
+    def close(self) -> ShardInfo:
+        self._writer.close()
+        digest = digest_file(self._temp)
+        commit_temporary(self._temp, self._path)
+        return ShardInfo(self._shard, self.count, {self._name: digest})
+
+    def abort(self) -> None:
+        self._writer.close()
+        discard_temporary(self._temp)
+
+
+class TfRecordShardReader(ShardReader):
+    """Random access into one TFRecord shard through an offset table built at open.
+
+    Uncompressed shards are memory-mapped; gzip shards are decompressed into memory on open
+    (bounded by the shard size), since gzip streams cannot be seeked.
+    """
+
+    def __init__(self, dest: str, info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> None:
+        (file_name,) = info.files
+        path = os.path.join(dest, file_name)
+        try:
+            if file_name.endswith(".gz"):
+                with open(path, "rb") as handle:
+                    self._buffer = np.frombuffer(gzip.decompress(handle.read()), np.uint8)
+            else:
+                self._buffer = np.memmap(path, np.uint8, mode="r") if os.path.getsize(path) else np.empty(0, np.uint8)
+        except FileNotFoundError:
+            raise ManifestError(f"{path}: shard file is missing") from None
+        except (OSError, EOFError) as exc:
+            raise ManifestError(f"{path}: not a readable TFRecord shard ({exc})") from exc
+        self._offsets, self._lengths = _scan(self._buffer, path)
+        if len(self._offsets) != info.count:
+            raise ManifestError(f"{path}: holds {len(self._offsets)} records, the manifest says {info.count}")
+        self.count = info.count
+        self._shape = shape
+        self._storage = numpy_storage_dtype(dtype)
+        self._dtype = numpy_dtype(dtype)
+
+    def records(self, rows: np.ndarray) -> list[bytes]:
+        """The serialized Examples at `rows`."""
+        return [self._buffer[o: o + n].tobytes() for o, n in zip(self._offsets[rows], self._lengths[rows])]
+
+    def read(self, rows: np.ndarray, images: np.ndarray, labels: np.ndarray) -> None:
+        tf = import_tensorflow()
+
+        parsed = tf.io.parse_example(self.records(rows), feature_spec())
+        raw = tf.io.decode_raw(parsed["image"], tf.as_dtype(self._storage)).numpy()
+        images[...] = raw.reshape(len(rows), *self._shape).view(self._dtype)
+        labels[...] = parsed["label"].numpy()
+
+
+def _scan(buffer: np.ndarray, path: str) -> tuple[np.ndarray, np.ndarray]:
+    """Walk the record frames: [u64 length][u32 crc][data][u32 crc]."""
+    offsets, lengths = [], []
+    position, size = 0, len(buffer)
+    view = memoryview(buffer) if size else memoryview(b"")
+    while position < size:
+        if position + _FRAME > size:
+            raise ManifestError(f"{path}: truncated record at byte {position}")
+        (length,) = _LENGTH.unpack_from(view, position)
+        if position + _FRAME + length > size:
+            raise ManifestError(f"{path}: truncated record at byte {position}")
+        offsets.append(position + 12)
+        lengths.append(length)
+        position += _FRAME + length
+    return np.array(offsets, np.int64), np.array(lengths, np.int64)
+
+
+class TfRecordFormat(ShardFormat):
+    name = "tfrecord"
+
+    def open_writer(self, dest: str, shard: str, capacity: int, options: PreprocessOptions) -> TfRecordShardWriter:
+        return TfRecordShardWriter(dest, shard, options)
+
+    def open_reader(self, dest: str, info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> TfRecordShardReader:
+        return TfRecordShardReader(dest, info, shape, dtype)

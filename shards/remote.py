@@ -1,0 +1,108 @@
+"""Reading shards that live on another node: a Ray streaming generator brings the batches over.
+
+When a trainer's node cannot read DEST (the shards sit on another node's local disk), a
+generator task pinned to the node that holds them reads batches there and yields them one
+object at a time. Ray's generator back-pressure bounds the objects in flight, so memory stays
+at a few batches on both sides. `RemoteShardDataset` has the parts of `ShardDataset` that
+training uses (`len`, `shape`, `dtype`, `classes`, `split`, `batches`, `to_tf`), so the trainer
+consumes either through the same generator interface.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from shards.options import numpy_dtype
+from shards.reader import open_shards
+
+DEFAULT_IN_FLIGHT = 4
+
+
+def _open(dest: str, split: tuple[float, int, int] | None) -> Any:
+    dataset = open_shards(dest)
+    if split is not None:
+        fraction, seed, part = split
+        dataset = dataset.split(fraction, seed)[part]
+    return dataset
+
+
+def _describe(dest: str, split: tuple[float, int, int] | None) -> dict[str, Any]:
+    dataset = _open(dest, split)
+    return {"count": len(dataset), "shape": dataset.shape, "dtype": dataset.manifest.dtype,
+            "classes": dataset.classes}
+
+
+def _stream(dest: str, split: tuple[float, int, int] | None, batch_size: int,
+            kwargs: dict[str, Any]) -> Iterator[tuple[np.ndarray, ...]]:
+    stream = _open(dest, split).batches(batch_size, **kwargs)
+    try:
+        yield from stream
+    finally:
+        stream.close()
+
+
+class RemoteShardDataset:
+    """A shards dataset read on node `node_id` and streamed to this process through Ray."""
+
+    def __init__(self, dest: str, node_id: str, *, max_in_flight: int = DEFAULT_IN_FLIGHT,
+                 _split: tuple[float, int, int] | None = None) -> None:
+        import ray
+
+        self.dest, self.node_id, self.max_in_flight, self._split = dest, node_id, max_in_flight, _split
+        describe = ray.remote(_describe).options(num_cpus=0, scheduling_strategy=self._pinned())
+        info = ray.get(describe.remote(dest, _split))
+        self._count = info["count"]
+        self.shape = tuple(info["shape"])
+        self.dtype = numpy_dtype(info["dtype"])
+        self.classes = info["classes"]
+
+    def _pinned(self) -> Any:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        return NodeAffinitySchedulingStrategy(self.node_id, soft=False)
+
+    def __len__(self) -> int:
+        return self._count
+
+    def split(self, fraction: float, seed: int = 0) -> tuple["RemoteShardDataset", "RemoteShardDataset"]:
+        """The same disjoint split as `ShardDataset.split`, computed where the shards are."""
+        if self._split is not None:
+            raise ValueError("a split of a remote dataset cannot be split again")
+        return tuple(RemoteShardDataset(self.dest, self.node_id, max_in_flight=self.max_in_flight,
+                                        _split=(fraction, seed, part)) for part in (0, 1))  # type: ignore[return-value]
+
+    def batches(self, batch_size: int, **kwargs: Any) -> "RemoteBatchStream":
+        """Like `ShardDataset.batches`, with at most `max_in_flight` batches between the nodes."""
+        import ray
+
+        task = ray.remote(_stream).options(num_cpus=0, scheduling_strategy=self._pinned(),
+                                           _generator_backpressure_num_objects=self.max_in_flight)
+        return RemoteBatchStream(task.remote(self.dest, self._split, batch_size, kwargs))
+
+    def to_tf(self, batch_size: int, **kwargs: Any) -> Any:
+        from shards.tf_data import to_tf
+
+        return to_tf(self, batch_size, **kwargs)  # type: ignore[arg-type]
+
+
+class RemoteBatchStream(Iterator[tuple[np.ndarray, ...]]):
+    """Iterates a streaming generator's objects; closing it cancels the remote task."""
+
+    def __init__(self, generator: Any) -> None:
+        self._generator = generator
+
+    def __iter__(self) -> "RemoteBatchStream":
+        return self
+
+    def __next__(self) -> tuple[np.ndarray, ...]:
+        import ray
+
+        return ray.get(next(self._generator))
+
+    def close(self) -> None:
+        import ray
+
+        ray.cancel(self._generator)

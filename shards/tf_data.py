@@ -1,0 +1,92 @@
+"""TensorFlow and Keras adapters over `ShardDataset.batches`.
+
+Both hand the model uint8 (or the stored dtype) batches as they are on disk; scaling to [0, 1]
+belongs in the model (a Rescaling layer) or the tf.data graph, on the device, not on the host.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from shards.reader import ShardDataset
+from shards.sampling import batch_count, epoch_order, rank_batches
+from shards.tf_support import import_tensorflow
+
+tf = import_tensorflow()
+import keras  # noqa: E402 - after TensorFlow is imported quietly
+
+
+def to_tf(dataset: ShardDataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+          rank: int = 0, world_size: int = 1, drop_last: bool = False, start: int = 0,
+          prefetch: int = 2, on_batch: Callable[[int, np.ndarray], None] | None = None) -> tf.data.Dataset:
+    """A `tf.data.Dataset` of (images, labels) for this rank, re-iterable once per epoch.
+
+    Each new iteration (each `model.fit` epoch) takes the next epoch's order, starting at `epoch`;
+    `start` applies to the first iteration only, so a resumed run finishes its interrupted epoch
+    and then goes on normally. `on_batch(epoch, positions)` sees each batch's dataset positions
+    as the pipeline reads it, in order (for audits and prediction bookkeeping).
+    """
+    epochs = itertools.count(epoch)
+    kwargs = dict(shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last,
+                  prefetch=prefetch)
+
+    def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        current = next(epochs)
+        stream = dataset.batches(batch_size, epoch=current, start=start if current == epoch else 0,
+                                 return_indices=True, **kwargs)
+        try:
+            for images, labels, positions in stream:
+                if on_batch is not None:
+                    on_batch(current, positions)
+                yield images, labels
+        finally:
+            stream.close()
+
+    signature = (tf.TensorSpec((None, *dataset.shape), tf.as_dtype(dataset.dtype)),
+                 tf.TensorSpec((None,), tf.int32))
+    result = tf.data.Dataset.from_generator(generate, output_signature=signature)
+    if start == 0:
+        count = batch_count(len(dataset), batch_size, world_size=world_size, drop_last=drop_last)
+        result = result.apply(tf.data.experimental.assert_cardinality(count))
+    return result.prefetch(tf.data.AUTOTUNE)
+
+
+class ShardsPyDataset(keras.utils.PyDataset):
+    """A Keras 3 PyDataset: random access to this rank's batches of the current epoch.
+
+    `on_epoch_end` moves to the next epoch's order, so shuffling differs between epochs exactly
+    as with `batches()`; Keras' own workers (`workers=`, `use_multiprocessing=`) can index it.
+    """
+
+    def __init__(self, dataset: ShardDataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
+                 epoch: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = False,
+                 **pydataset_kwargs: Any) -> None:
+        super().__init__(**pydataset_kwargs)
+        self.dataset = dataset
+        self.batch_size = batch_size
+        self.epoch = epoch
+        self._settings = dict(shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last)
+        self._batches: list[np.ndarray] | None = None
+
+    def __len__(self) -> int:
+        return batch_count(len(self.dataset), self.batch_size, world_size=self._settings["world_size"],
+                           drop_last=self._settings["drop_last"])
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        if self._batches is None:
+            settings = self._settings
+            order = epoch_order(len(self.dataset), shuffle=settings["shuffle"], seed=settings["seed"],
+                                epoch=self.epoch)
+            self._batches = list(rank_batches(order, self.batch_size, rank=settings["rank"],
+                                              world_size=settings["world_size"], drop_last=settings["drop_last"]))
+        if not 0 <= index < len(self._batches):
+            raise IndexError(index)
+        return self.dataset.read(self._batches[index])
+
+    def on_epoch_end(self) -> None:
+        self.epoch += 1
+        self._batches = None

@@ -1,0 +1,97 @@
+"""Running training on Ray: one trainer actor, or Ray Train's TensorflowTrainer across workers.
+
+The actor asks for a GPU when the cluster has one and runs on CPU otherwise. With several
+workers, Ray Train sets up MultiWorkerMirroredStrategy (TF_CONFIG) and each worker reads its own
+rank's slice of the shards. A worker that cannot see DEST reads it through a streaming generator
+on the node that can (`shards.remote`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from typing import Any
+
+from shards.errors import ConfigError
+from shards.run import connect_ray
+from shards.training import TrainOptions
+
+logger = logging.getLogger(__name__)
+
+
+def cluster_gpus() -> float:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0.0)
+
+
+class TrainerActor:
+    """A Ray actor that trains on the shard stream (see `run_training`)."""
+
+    def fit(self, dest: str, options: TrainOptions, data_node: str) -> dict[str, Any]:
+        from shards.training import train_worker
+
+        return train_worker(dest, options, data_node=data_node)
+
+
+def _train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+
+    from shards.tf_support import import_tensorflow
+    from shards.training import train_worker
+
+    tf = import_tensorflow()
+    context = ray.train.get_context()
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()
+    report = train_worker(config["dest"], config["options"], rank=context.get_world_rank(),
+                          world_size=context.get_world_size(), strategy=strategy, data_node=config["data_node"])
+    # Ray Train V2 hands metrics back to the driver only with a checkpoint: rank 0 attaches a
+    # small one holding its report; every rank reports once, as Train requires.
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if context.get_world_rank() == 0:
+            with open(os.path.join(folder, "report.json"), "w", encoding="utf-8") as handle:
+                json.dump(report, handle)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report({"report": json.dumps(report)}, checkpoint=checkpoint)
+
+
+def run_training(dest: str, options: TrainOptions, *, workers: int = 1, gpus_per_worker: float | None = None,
+                 address: str | None = None, storage_path: str | None = None) -> dict[str, Any]:
+    """Train on DEST with `workers` Ray workers; returns rank 0's report.
+
+    Raises:
+        ConfigError: bad worker or GPU counts (before Ray work starts).
+    """
+    if workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if gpus_per_worker is not None and gpus_per_worker < 0:
+        raise ConfigError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+    import ray
+
+    connect_ray(address)
+    gpus = gpus_per_worker if gpus_per_worker is not None else (1.0 if cluster_gpus() >= workers else 0.0)
+    data_node = ray.get_runtime_context().get_node_id()
+    dest = os.path.abspath(dest)
+    logger.info("training on %s with %d worker(s), %.1f GPU each", dest, workers, gpus)
+    if workers == 1:
+        actor = ray.remote(TrainerActor).options(num_cpus=1, num_gpus=gpus).remote()
+        try:
+            return ray.get(actor.fit.remote(dest, options, data_node))
+        finally:
+            ray.kill(actor)
+
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.tensorflow import TensorflowTrainer
+
+    resources = {"CPU": 1.0, **({"GPU": gpus} if gpus else {})}
+    trainer = TensorflowTrainer(
+        _train_loop_per_worker,
+        train_loop_config={"dest": dest, "options": options, "data_node": data_node},
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources),
+        run_config=RunConfig(name="shards-train", storage_path=storage_path),
+    )
+    result = trainer.fit()
+    return json.loads(result.metrics["report"])

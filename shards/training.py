@@ -1,0 +1,268 @@
+"""Training a Keras model on a shards dataset: one process, or one rank of a multi-worker run.
+
+The pieces an ImageDataGenerator user expects, done on the device: scaling to [0, 1] and
+augmentation are Keras layers inside the model, so the host only moves stored bytes. Reader
+state (epoch, position, seed) is checkpointed with the weights, so a restarted run continues the
+interrupted epoch without repeating or skipping a sample, also with another number of workers.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from shards.errors import ConfigError
+from shards.fileio import temporary_path, write_bytes_atomically
+from shards.reader import open_shards
+from shards.sampling import position_after
+from shards.tf_support import import_tensorflow
+
+tf = import_tensorflow()
+import keras  # noqa: E402 - after TensorFlow is imported quietly
+from keras import layers  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+AUGMENTATIONS = ("flip", "rotation", "shift", "zoom", "brightness")
+CHECKPOINT_MODEL = "model.keras"
+CHECKPOINT_STATE = "state.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainOptions:
+    """How to train; validated once where the job's arguments are parsed."""
+
+    epochs: int = 1
+    batch_size: int = 64
+    learning_rate: float = 1e-3
+    seed: int = 0
+    model_path: str | None = None
+    output: str = "model.keras"
+    augment: tuple[str, ...] = ()
+    validation_split: float = 0.0
+    mixed_precision: bool = False
+    checkpoint_dir: str | None = None
+    checkpoint_every: int = 50
+    resume: bool = False
+    stop_after_batches: int | None = None
+    audit_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ConfigError(f"--epochs and --batch-size must be at least 1, got {self.epochs}, {self.batch_size}")
+        unknown = sorted(set(self.augment) - set(AUGMENTATIONS))
+        if unknown:
+            raise ConfigError(f"--augment takes {', '.join(AUGMENTATIONS)}; unknown: {', '.join(unknown)}")
+        if not 0 <= self.validation_split < 1:
+            raise ConfigError(f"--validation-split must be in [0, 1), got {self.validation_split}")
+        if self.resume and not self.checkpoint_dir:
+            raise ConfigError("--resume needs --checkpoint-dir")
+        if self.checkpoint_every < 1:
+            raise ConfigError(f"--checkpoint-every must be at least 1, got {self.checkpoint_every}")
+
+
+def build_model(shape: tuple[int, int, int], classes: int, dtype: str, augment: tuple[str, ...] = ()) -> Any:
+    """A small CNN whose first layers scale (uint8 -> [0, 1]) and augment on the device."""
+    inputs = keras.Input(shape=shape, dtype=dtype, name="images")
+    x = layers.Rescaling(1 / 255.0)(inputs) if dtype == "uint8" else layers.Identity()(inputs)
+    x = augmentation(augment)(x) if augment else x
+    for filters in (16, 32, 64):
+        x = layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
+        x = layers.BatchNormalization()(x)
+    x = layers.GlobalAveragePooling2D()(x)
+    outputs = layers.Dense(classes, dtype="float32", name="logits")(x)
+    return keras.Model(inputs, outputs, name="shards_cnn")
+
+
+def augmentation(names: tuple[str, ...]) -> Any:
+    """ImageDataGenerator's usual transforms as Keras preprocessing layers (active in training only)."""
+    chosen = {
+        "flip": lambda: layers.RandomFlip("horizontal"),
+        "rotation": lambda: layers.RandomRotation(0.1),
+        "shift": lambda: layers.RandomTranslation(0.1, 0.1),
+        "zoom": lambda: layers.RandomZoom(0.1),
+        "brightness": lambda: layers.RandomBrightness(0.2, value_range=(0.0, 1.0)),
+    }
+    return keras.Sequential([chosen[name]() for name in names], name="augmentation")
+
+
+def compile_model(model: Any, learning_rate: float) -> Any:
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    return model
+
+
+def load_or_build(dataset: Any, options: TrainOptions, checkpoint: str | None) -> Any:
+    """The model to train: a checkpoint's, the user's saved model, or the default CNN."""
+    path = checkpoint or options.model_path
+    if path:
+        model = keras.models.load_model(path)
+        return model if model.optimizer is not None and checkpoint else compile_model(model, options.learning_rate)
+    model = build_model(dataset.shape, len(dataset.classes), dataset.dtype.name, options.augment)
+    return compile_model(model, options.learning_rate)
+
+
+def read_checkpoint_state(checkpoint_dir: str | None) -> dict[str, Any] | None:
+    """The reader state saved with the last checkpoint, or None."""
+    if not checkpoint_dir:
+        return None
+    path = os.path.join(checkpoint_dir, CHECKPOINT_STATE)
+    if not os.path.exists(path):
+        return None
+    with open(path, encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+class ProgressCheckpoint(keras.callbacks.Callback):
+    """Counts trained batches; saves weights + reader state every N batches and at epoch ends.
+
+    The position is measured in the epoch's global order (samples consumed by all ranks), which
+    is what makes a resume valid for any world size. Only the chief (rank 0) writes.
+    """
+
+    def __init__(self, *, dataset_size: int, batch_size: int, world_size: int, seed: int, first_epoch: int,
+                 first_start: int, checkpoint_dir: str | None, every: int, is_chief: bool,
+                 stop_after_batches: int | None) -> None:
+        super().__init__()
+        self.dataset_size, self.batch_size, self.world_size, self.seed = dataset_size, batch_size, world_size, seed
+        self.first_epoch, self.first_start = first_epoch, first_start
+        self.checkpoint_dir, self.every, self.is_chief = checkpoint_dir, every, is_chief
+        self.stop_after_batches = stop_after_batches
+        self.epoch = first_epoch
+        self.batches_in_epoch = 0
+        self.total_batches = 0
+        self.epoch_log: list[dict[str, Any]] = []
+        self._epoch_started = 0.0
+
+    def position(self) -> int:
+        start = self.first_start if self.epoch == self.first_epoch else 0
+        return position_after(self.dataset_size, self.batch_size, self.batches_in_epoch,
+                              world_size=self.world_size, start=start)
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self.epoch, self.batches_in_epoch = epoch, 0
+        self._epoch_started = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.batches_in_epoch += 1
+        self.total_batches += 1
+        if self.total_batches % self.every == 0:
+            self.save(self.epoch, self.position())
+        if self.stop_after_batches is not None and self.total_batches >= self.stop_after_batches:
+            self.model.stop_training = True
+            self.save(self.epoch, self.position())
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        if self.model.stop_training and self.position() < self.dataset_size:
+            return  # interrupted mid-epoch: the state saved at the stop stands
+        seconds = time.perf_counter() - self._epoch_started
+        samples = self.batches_in_epoch * self.batch_size
+        record = {"epoch": epoch, "batches": self.batches_in_epoch, "seconds": round(seconds, 3),
+                  "images_per_second": round(samples / seconds, 1) if seconds else None}
+        record.update({k: float(v) for k, v in (logs or {}).items()})
+        self.epoch_log.append(record)
+        logger.info("epoch %d: %s", epoch, record)
+        self.save(epoch + 1, 0)
+
+    def save(self, epoch: int, position: int) -> None:
+        if not (self.is_chief and self.checkpoint_dir):
+            return
+        os.makedirs(self.checkpoint_dir, exist_ok=True)
+        with temporary_path(os.path.join(self.checkpoint_dir, CHECKPOINT_MODEL)) as temp:
+            self.model.save(temp + ".keras")
+            os.replace(temp + ".keras", temp)
+        state = {"epoch": epoch, "position": position, "seed": self.seed, "batch_size": self.batch_size,
+                 "world_size": self.world_size}
+        write_bytes_atomically(os.path.join(self.checkpoint_dir, CHECKPOINT_STATE), json.dumps(state).encode())
+
+
+def open_for_training(dest: str, data_node: str | None) -> Any:
+    """DEST itself when this process can read it; otherwise a stream from the node that can."""
+    if data_node is None or os.path.exists(os.path.join(dest, "manifest.json")):
+        return open_shards(dest)
+    from shards.remote import RemoteShardDataset
+
+    logger.info("%s is not readable here: streaming it from node %s", dest, data_node)
+    return RemoteShardDataset(dest, data_node)
+
+
+def train_worker(dest: str, options: TrainOptions, *, rank: int = 0, world_size: int = 1,
+                 strategy: Any = None, data_node: str | None = None) -> dict[str, Any]:
+    """Train on this rank's slice of DEST; returns a report (per-epoch loss and throughput).
+
+    With a `strategy` (MultiWorkerMirroredStrategy under Ray Train), the model is built in its
+    scope and each worker's pipeline is handed over whole, through
+    `distribute_datasets_from_function`, so nothing re-shards or re-batches it.
+    """
+    if options.mixed_precision:
+        if tf.config.list_physical_devices("GPU"):
+            keras.mixed_precision.set_global_policy("mixed_float16")
+        else:
+            logger.warning("--mixed-precision ignored: no GPU in this worker")
+    keras.utils.set_random_seed(options.seed)
+    dataset = open_for_training(dest, data_node)
+    if not dataset.classes:
+        raise ConfigError(f"{dest}: the dataset has no labels (no classes); nothing to train on")
+    train_set, validation_set = (dataset.split(options.validation_split, options.seed)
+                                 if options.validation_split else (dataset, None))
+    state = read_checkpoint_state(options.checkpoint_dir) if options.resume else None
+    first_epoch, start = (int(state["epoch"]), int(state["position"])) if state else (0, 0)
+    if first_epoch >= options.epochs:
+        return {"rank": rank, "epochs": [], "note": "checkpoint already at the last epoch"}
+
+    audit: dict[int, list[np.ndarray]] = {}
+    stream_kwargs = dict(shuffle=True, seed=options.seed, epoch=first_epoch, rank=rank, world_size=world_size,
+                         start=start, on_batch=lambda epoch, positions: audit.setdefault(epoch, []).append(positions))
+
+    def feed(part: Any, **kwargs: Any) -> Any:
+        if strategy is None:
+            return part.to_tf(options.batch_size, **kwargs)
+        return strategy.distribute_datasets_from_function(lambda context: part.to_tf(options.batch_size, **kwargs))
+
+    inputs = feed(train_set, **stream_kwargs)
+    validation = feed(validation_set, rank=rank, world_size=world_size) if validation_set else None
+
+    callback = ProgressCheckpoint(
+        dataset_size=len(train_set), batch_size=options.batch_size, world_size=world_size, seed=options.seed,
+        first_epoch=first_epoch, first_start=start, checkpoint_dir=options.checkpoint_dir,
+        every=options.checkpoint_every, is_chief=rank == 0, stop_after_batches=options.stop_after_batches)
+    checkpoint_model = os.path.join(options.checkpoint_dir, CHECKPOINT_MODEL) if state else None
+    if strategy is None:
+        model = load_or_build(dataset, options, checkpoint_model)
+    else:
+        with strategy.scope():
+            model = load_or_build(dataset, options, checkpoint_model)
+    if strategy is None:
+        model.fit(inputs, epochs=options.epochs, initial_epoch=first_epoch, callbacks=[callback],
+                  validation_data=validation, verbose=0, shuffle=False)
+    else:
+        from shards.distributed_fit import fit_with_strategy
+
+        fit_with_strategy(model, strategy, inputs, epochs=options.epochs, initial_epoch=first_epoch,
+                          callback=callback, validation=validation)
+    if rank == 0 and not model.stop_training:
+        os.makedirs(os.path.dirname(os.path.abspath(options.output)), exist_ok=True)
+        model.save(options.output)
+    if options.audit_dir:
+        _write_audit(options.audit_dir, rank, audit, callback)
+    return {"rank": rank, "world_size": world_size, "samples": len(train_set),
+            "validation_samples": len(validation_set) if validation_set else 0,
+            "epochs": callback.epoch_log, "batches": callback.total_batches,
+            "stopped_early": bool(model.stop_training)}
+
+
+def _write_audit(folder: str, rank: int, audit: dict[int, list[np.ndarray]], callback: ProgressCheckpoint) -> None:
+    """Record the dataset positions this rank trained on, per epoch (only the batches trained:
+    the pipeline reads a few ahead, and those were never used)."""
+    os.makedirs(folder, exist_ok=True)
+    trained = {entry["epoch"]: entry["batches"] for entry in callback.epoch_log}
+    trained.setdefault(callback.epoch, callback.batches_in_epoch)
+    record = {str(epoch): np.concatenate(batches[: trained.get(epoch, len(batches))]).tolist()
+              for epoch, batches in audit.items() if batches[: trained.get(epoch, len(batches))]}
+    write_bytes_atomically(os.path.join(folder, f"rank-{rank}-{os.getpid()}.json"), json.dumps(record).encode())
