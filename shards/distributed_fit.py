@@ -19,12 +19,13 @@ tf = import_tensorflow()
 import keras  # noqa: E402 - after TensorFlow is imported quietly
 
 
-def fit_with_strategy(model: Any, strategy: Any, inputs: Any, *, epochs: int, initial_epoch: int,
-                      callback: Any, validation: Any = None) -> None:
+def fit_with_strategy(model: Any, strategy: Any, inputs_from: Callable[[int], Any], *, epochs: int,
+                      initial_epoch: int, callback: Any, validation: Any = None) -> None:
     """Train `model` (built in `strategy.scope()`) on a distributed dataset, epoch by epoch.
 
     Args:
-        inputs: a DistributedDataset; each new iteration is the next epoch (as `to_tf` gives).
+        inputs_from: gives the DistributedDataset for epoch N onwards; each new iteration of it is
+            the next epoch (as `to_tf` gives). Called again after a partial (resumed) epoch.
         callback: a Keras callback; gets set_model, epoch and train-batch hooks and the logs.
         validation: an optional DistributedDataset evaluated after each epoch.
     """
@@ -71,7 +72,10 @@ def fit_with_strategy(model: Any, strategy: Any, inputs: Any, *, epochs: int, in
                     break
         return {"loss": loss_sum / max(count, 1.0), "accuracy": correct_sum / max(count, 1.0)}
 
+    inputs = None
     for epoch in range(initial_epoch, epochs):
+        if inputs is None or epoch == initial_epoch + 1:
+            inputs = inputs_from(epoch)
         callback.on_epoch_begin(epoch)
         logs = run_epoch(inputs, train_step, lambda batch: callback.on_train_batch_end(batch))
         if validation is not None and not model.stop_training:

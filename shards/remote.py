@@ -39,7 +39,8 @@ def _stream(dest: str, split: tuple[float, int, int] | None, batch_size: int,
             kwargs: dict[str, Any]) -> Iterator[tuple[np.ndarray, ...]]:
     stream = _open(dest, split).batches(batch_size, **kwargs)
     try:
-        yield from stream
+        for batch in stream:  # not `yield from`: Ray drives generators with send()
+            yield batch
     finally:
         stream.close()
 

@@ -23,21 +23,21 @@ import keras  # noqa: E402 - after TensorFlow is imported quietly
 def to_tf(dataset: ShardDataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
           rank: int = 0, world_size: int = 1, drop_last: bool = False, start: int = 0,
           prefetch: int = 2, on_batch: Callable[[int, np.ndarray], None] | None = None) -> tf.data.Dataset:
-    """A `tf.data.Dataset` of (images, labels) for this rank, re-iterable once per epoch.
+    """A `tf.data.Dataset` of (images, labels) batches for this rank, with a known length.
 
-    Each new iteration (each `model.fit` epoch) takes the next epoch's order, starting at `epoch`;
-    `start` applies to the first iteration only, so a resumed run finishes its interrupted epoch
-    and then goes on normally. `on_batch(epoch, positions)` sees each batch's dataset positions
-    as the pipeline reads it, in order (for audits and prediction bookkeeping).
+    With `start == 0`, each new iteration (each `model.fit` epoch) takes the next epoch's order,
+    starting at `epoch`. With `start > 0`, the dataset is the rest of epoch `epoch` from that
+    position (what a resumed run needs), on every iteration; build another for the epochs after.
+    `on_batch(epoch, positions)` sees each batch's dataset positions as the pipeline reads it, in
+    order (for audits and prediction bookkeeping).
     """
     epochs = itertools.count(epoch)
     kwargs = dict(shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last,
                   prefetch=prefetch)
 
     def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        current = next(epochs)
-        stream = dataset.batches(batch_size, epoch=current, start=start if current == epoch else 0,
-                                 return_indices=True, **kwargs)
+        current = epoch if start else next(epochs)
+        stream = dataset.batches(batch_size, epoch=current, start=start, return_indices=True, **kwargs)
         try:
             for images, labels, positions in stream:
                 if on_batch is not None:
@@ -48,18 +48,16 @@ def to_tf(dataset: ShardDataset, batch_size: int, *, shuffle: bool = False, seed
 
     signature = (tf.TensorSpec((None, *dataset.shape), tf.as_dtype(dataset.dtype)),
                  tf.TensorSpec((None,), tf.int32))
+    count = batch_count(len(dataset), batch_size, world_size=world_size, drop_last=drop_last, start=start)
     result = tf.data.Dataset.from_generator(generate, output_signature=signature)
-    if start == 0:
-        count = batch_count(len(dataset), batch_size, world_size=world_size, drop_last=drop_last)
-        result = result.apply(tf.data.experimental.assert_cardinality(count))
-    return result.prefetch(tf.data.AUTOTUNE)
+    return result.apply(tf.data.experimental.assert_cardinality(count)).prefetch(tf.data.AUTOTUNE)
 
 
 class ShardsPyDataset(keras.utils.PyDataset):
     """A Keras 3 PyDataset: random access to this rank's batches of the current epoch.
 
-    `on_epoch_end` moves to the next epoch's order, so shuffling differs between epochs exactly
-    as with `batches()`; Keras' own workers (`workers=`, `use_multiprocessing=`) can index it.
+    Each epoch after the first moves to the next epoch's order (`epoch` is the one being read),
+    so shuffling differs between epochs exactly as with `batches()`; Keras' own workers (`workers=`, `use_multiprocessing=`) can index it.
     """
 
     def __init__(self, dataset: ShardDataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
@@ -71,6 +69,7 @@ class ShardsPyDataset(keras.utils.PyDataset):
         self.epoch = epoch
         self._settings = dict(shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last)
         self._batches: list[np.ndarray] | None = None
+        self._begun = False
 
     def __len__(self) -> int:
         return batch_count(len(self.dataset), self.batch_size, world_size=self._settings["world_size"],
@@ -87,6 +86,10 @@ class ShardsPyDataset(keras.utils.PyDataset):
             raise IndexError(index)
         return self.dataset.read(self._batches[index])
 
-    def on_epoch_end(self) -> None:
-        self.epoch += 1
-        self._batches = None
+    def on_epoch_begin(self) -> None:
+        # Keras reads a batch (and ends an "epoch") to build the model before the first real
+        # epoch begins, so the order advances at each begin after the first, not at each end.
+        if self._begun:
+            self.epoch += 1
+            self._batches = None
+        self._begun = True

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+import uuid
 from typing import Any
 
 import numpy as np
@@ -217,17 +218,19 @@ def train_worker(dest: str, options: TrainOptions, *, rank: int = 0, world_size:
         return {"rank": rank, "epochs": [], "note": "checkpoint already at the last epoch"}
 
     audit: dict[int, list[np.ndarray]] = {}
-    stream_kwargs = dict(shuffle=True, seed=options.seed, epoch=first_epoch, rank=rank, world_size=world_size,
-                         start=start, on_batch=lambda epoch, positions: audit.setdefault(epoch, []).append(positions))
 
     def feed(part: Any, **kwargs: Any) -> Any:
         if strategy is None:
             return part.to_tf(options.batch_size, **kwargs)
         return strategy.distribute_datasets_from_function(lambda context: part.to_tf(options.batch_size, **kwargs))
 
-    inputs = feed(train_set, **stream_kwargs)
-    validation = feed(validation_set, rank=rank, world_size=world_size) if validation_set else None
+    def train_inputs(epoch: int) -> Any:
+        """Epoch `epoch` onwards; a resumed epoch starts at the checkpointed position."""
+        return feed(train_set, shuffle=True, seed=options.seed, epoch=epoch, rank=rank, world_size=world_size,
+                    start=start if epoch == first_epoch else 0,
+                    on_batch=lambda e, positions: audit.setdefault(e, []).append(positions))
 
+    validation = feed(validation_set, rank=rank, world_size=world_size) if validation_set else None
     callback = ProgressCheckpoint(
         dataset_size=len(train_set), batch_size=options.batch_size, world_size=world_size, seed=options.seed,
         first_epoch=first_epoch, first_start=start, checkpoint_dir=options.checkpoint_dir,
@@ -235,16 +238,19 @@ def train_worker(dest: str, options: TrainOptions, *, rank: int = 0, world_size:
     checkpoint_model = os.path.join(options.checkpoint_dir, CHECKPOINT_MODEL) if state else None
     if strategy is None:
         model = load_or_build(dataset, options, checkpoint_model)
-    else:
-        with strategy.scope():
-            model = load_or_build(dataset, options, checkpoint_model)
-    if strategy is None:
-        model.fit(inputs, epochs=options.epochs, initial_epoch=first_epoch, callbacks=[callback],
-                  validation_data=validation, verbose=0, shuffle=False)
+        fit = dict(callbacks=[callback], validation_data=validation, verbose=0, shuffle=False)
+        next_epoch = first_epoch
+        if start:  # finish the interrupted epoch, then go on with whole epochs
+            model.fit(train_inputs(first_epoch), epochs=first_epoch + 1, initial_epoch=first_epoch, **fit)
+            next_epoch += 1
+        if next_epoch < options.epochs and not model.stop_training:
+            model.fit(train_inputs(next_epoch), epochs=options.epochs, initial_epoch=next_epoch, **fit)
     else:
         from shards.distributed_fit import fit_with_strategy
 
-        fit_with_strategy(model, strategy, inputs, epochs=options.epochs, initial_epoch=first_epoch,
+        with strategy.scope():
+            model = load_or_build(dataset, options, checkpoint_model)
+        fit_with_strategy(model, strategy, train_inputs, epochs=options.epochs, initial_epoch=first_epoch,
                           callback=callback, validation=validation)
     if rank == 0 and not model.stop_training:
         os.makedirs(os.path.dirname(os.path.abspath(options.output)), exist_ok=True)
@@ -258,11 +264,21 @@ def train_worker(dest: str, options: TrainOptions, *, rank: int = 0, world_size:
 
 
 def _write_audit(folder: str, rank: int, audit: dict[int, list[np.ndarray]], callback: ProgressCheckpoint) -> None:
-    """Record the dataset positions this rank trained on, per epoch (only the batches trained:
-    the pipeline reads a few ahead, and those were never used)."""
+    """Record the dataset positions this rank trained on, per epoch, and where it ran.
+
+    Only the batches trained are kept: the pipeline reads a few ahead, and those were never used.
+    """
     os.makedirs(folder, exist_ok=True)
     trained = {entry["epoch"]: entry["batches"] for entry in callback.epoch_log}
     trained.setdefault(callback.epoch, callback.batches_in_epoch)
-    record = {str(epoch): np.concatenate(batches[: trained.get(epoch, len(batches))]).tolist()
+    epochs = {str(epoch): np.concatenate(batches[: trained.get(epoch, len(batches))]).tolist()
               for epoch, batches in audit.items() if batches[: trained.get(epoch, len(batches))]}
-    write_bytes_atomically(os.path.join(folder, f"rank-{rank}-{os.getpid()}.json"), json.dumps(record).encode())
+    record = {"rank": rank, "node": _ray_node(), "epochs": epochs}
+    name = f"rank-{rank}-{uuid.uuid4().hex[:8]}.json"  # one file per run and rank, never overwritten
+    write_bytes_atomically(os.path.join(folder, name), json.dumps(record).encode())
+
+
+def _ray_node() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None

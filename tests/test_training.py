@@ -1,0 +1,149 @@
+"""Feeding Keras: to_tf and PyDataset train a model, split is disjoint, resume neither repeats nor skips."""
+
+import json
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+import shards
+from shards.options import PreprocessOptions
+from shards.synthetic import make_image_folder
+
+
+@pytest.fixture(scope="module")
+def colour_classes(ray_cluster, tmp_path_factory):
+    """A learnable toy task: each class has its own colour cast."""
+    root = tmp_path_factory.mktemp("colours")
+    make_image_folder(str(root / "photos"), 192, classes=3, sizes=(40, 90), seed=2)
+    dest = str(root / "out")
+    shards.preprocess(str(root / "photos"), dest, PreprocessOptions(size=24, shard_size="20KiB"))
+    return dest
+
+
+def small_model(dataset):
+    from shards.training import build_model, compile_model
+
+    return compile_model(build_model(dataset.shape, len(dataset.classes), "uint8"), learning_rate=3e-3)
+
+
+def test_to_tf_has_the_right_element_spec_and_trains(colour_classes):
+    import keras
+    import tensorflow as tf
+
+    keras.utils.set_random_seed(0)
+    ds = shards.open(colour_classes)
+    data = ds.to_tf(16, shuffle=True, seed=1)
+    images, labels = data.element_spec
+    assert images.shape.as_list() == [None, 24, 24, 3] and images.dtype == tf.uint8
+    assert labels.shape.as_list() == [None] and labels.dtype == tf.int32
+    assert int(data.cardinality()) == 12
+    model = small_model(ds)
+    untrained = model.evaluate(data, verbose=0)[0]
+    history = model.fit(data, epochs=5, verbose=0, shuffle=False)
+    assert history.history["loss"][-1] < 0.5 * untrained, (untrained, history.history["loss"])
+    assert history.history["accuracy"][-1] > 0.7
+
+
+def test_keras_pydataset_trains_and_reshuffles_each_epoch(colour_classes):
+    import keras
+
+    keras.utils.set_random_seed(0)
+    ds = shards.open(colour_classes)
+    feed = ds.to_keras(16, shuffle=True, seed=1)
+    first_epoch = [frozenset(map(bytes, feed[i][0].reshape(len(feed[i][0]), -1))) for i in range(len(feed))]
+    model = small_model(ds)
+    untrained = model.evaluate(ds.to_keras(16), verbose=0)[0]
+    history = model.fit(feed, epochs=5, verbose=0)
+    assert history.history["loss"][-1] < 0.5 * untrained, (untrained, history.history["loss"])
+    assert feed.epoch == 4  # epochs 0..4 were read
+    feed.epoch = 0
+    feed.on_epoch_begin()
+    later = [frozenset(map(bytes, feed[i][0].reshape(len(feed[i][0]), -1))) for i in range(len(feed))]
+    assert later != first_epoch and set().union(*later) == set().union(*first_epoch)
+
+
+def test_split_is_disjoint_complete_and_stable(colour_classes):
+    ds = shards.open(colour_classes)
+    train, validation = ds.split(0.25, seed=3)
+    assert (len(train), len(validation)) == (144, 48)
+    t_images, _ = train.read(np.arange(len(train)))
+    v_images, _ = validation.read(np.arange(len(validation)))
+    all_images, _ = ds.read(np.arange(len(ds)))
+    as_set = lambda images: {bytes(i) for i in images.reshape(len(images), -1)}  # noqa: E731
+    assert not as_set(t_images) & as_set(v_images)
+    assert as_set(t_images) | as_set(v_images) == as_set(all_images)
+    again, _ = ds.split(0.25, seed=3)[1].read(np.arange(48))
+    assert np.array_equal(again, v_images)
+    assert sum(len(b) for b, _ in train.batches(10)) == 144
+
+
+def audit_positions(folder, epoch="0"):
+    seen = []
+    for name in sorted(os.listdir(folder)):
+        seen += json.load(open(os.path.join(folder, name)))["epochs"].get(epoch, [])
+    return seen
+
+
+def test_resume_mid_epoch_with_another_world_size_sees_each_sample_once(colour_classes, tmp_path):
+    from shards.training import TrainOptions, read_checkpoint_state, train_worker
+
+    checkpoint, audit = str(tmp_path / "ckpt"), str(tmp_path / "audit")
+    common = dict(epochs=1, batch_size=8, checkpoint_dir=checkpoint, audit_dir=audit, output=str(tmp_path / "m.keras"))
+    report = train_worker(colour_classes, TrainOptions(**common, stop_after_batches=7))
+    assert report["stopped_early"] and report["batches"] == 7
+    state = read_checkpoint_state(checkpoint)
+    assert state == {"epoch": 0, "position": 56, "seed": 0, "batch_size": 8, "world_size": 1}
+    assert not os.path.exists(tmp_path / "m.keras")
+    # Restart with two ranks: each restores the same checkpoint and takes its slice of the rest.
+    shutil.copytree(checkpoint, checkpoint + "-rank1")
+    train_worker(colour_classes, TrainOptions(**common, resume=True), rank=0, world_size=2)
+    train_worker(colour_classes, TrainOptions(**dict(common, checkpoint_dir=checkpoint + "-rank1"), resume=True),
+                 rank=1, world_size=2)
+    seen = audit_positions(audit)
+    assert sorted(seen) == list(range(192))  # every sample exactly once in the interrupted epoch
+    assert read_checkpoint_state(checkpoint)["epoch"] == 1
+    assert os.path.exists(tmp_path / "m.keras")
+
+
+def test_trainer_actor_trains_and_writes_the_model(colour_classes, tmp_path):
+    from shards.trainer import run_training
+    from shards.training import TrainOptions
+
+    report = run_training(colour_classes, TrainOptions(epochs=2, batch_size=16, output=str(tmp_path / "model.keras"),
+                                                       augment=("flip", "brightness"), validation_split=0.2))
+    assert [e["epoch"] for e in report["epochs"]] == [0, 1]
+    assert report["samples"] + report["validation_samples"] == 192 and report["validation_samples"] == 38
+    assert "val_loss" in report["epochs"][-1] and report["epochs"][-1]["images_per_second"] > 0
+    import keras
+
+    model = keras.models.load_model(str(tmp_path / "model.keras"))
+    assert model.input_shape == (None, 24, 24, 3)
+    assert any(layer.name == "augmentation" for layer in model.layers)
+
+
+def test_streaming_generator_gives_the_same_batches_as_direct_reading(ray_cluster, colour_classes):
+    from shards.remote import RemoteShardDataset
+
+    node = ray_cluster.get_runtime_context().get_node_id()
+    remote = RemoteShardDataset(colour_classes, node, max_in_flight=2)
+    direct = shards.open(colour_classes)
+    assert (len(remote), remote.shape, remote.classes) == (len(direct), direct.shape, direct.classes)
+    kwargs = dict(shuffle=True, seed=5, epoch=2, rank=1, world_size=2)
+    got = [(i.tobytes(), l.tolist()) for i, l in remote.batches(10, **kwargs)]
+    want = [(i.tobytes(), l.tolist()) for i, l in direct.batches(10, **kwargs)]
+    assert got == want
+    train, _ = remote.split(0.25, seed=3)
+    assert len(train) == 144
+    images, labels = next(iter(train.to_tf(8)))
+    assert images.shape == (8, 24, 24, 3)
+
+
+def test_unlabeled_data_cannot_be_trained_on(ray_cluster, tmp_path):
+    from shards.training import TrainOptions, train_worker
+
+    make_image_folder(str(tmp_path / "flat"), 6, classes=0, sizes=(20, 30))
+    shards.preprocess(str(tmp_path / "flat"), str(tmp_path / "out"), PreprocessOptions(size=8))
+    with pytest.raises(shards.ConfigError, match="no labels"):
+        train_worker(str(tmp_path / "out"), TrainOptions())
