@@ -1,4 +1,4 @@
-"""The `shards` command: preprocess, inspect, verify.
+"""The `shards` command: preprocess, inspect, verify, preview, plan.
 
 The CLI owns the terminal: a progress bar on a terminal, plain log lines otherwise (CI, `ray job
 logs`), a summary at the end, and on failure one line `shards: error: <reason>` with a non-zero
@@ -36,6 +36,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     verify = commands.add_parser("verify", help="check every shard against the manifest")
     verify.add_argument("dest")
+
+    preview = commands.add_parser("preview", help="a contact sheet of samples, rendered from the shards")
+    preview.add_argument("dest")
+    preview.add_argument("-o", "--output", required=True, help="the PNG to write")
+    preview.add_argument("--n", type=int, default=64, help="samples (per class with --per-class); default 64")
+    preview.add_argument("--per-class", action="store_true", help="one row of samples per class")
+    preview.add_argument("--seed", type=int, default=0)
+
+    plan = commands.add_parser("plan", help="what a preprocess run will produce, without running it")
+    plan.add_argument("src")
+    plan.add_argument("--size", default="224")
+    plan.add_argument("--resize", default="crop")
+    plan.add_argument("--dtype", default="uint8")
+    plan.add_argument("--shard-size", default="256MiB")
+    plan.add_argument("--seed", default="0")
+    plan.add_argument("--batch-size", type=int, default=256)
+    plan.add_argument("--memory", default=None, help="a memory budget, e.g. 16GiB: the largest batch that fits")
+    plan.add_argument("--json", action="store_true")
     return parser
 
 
@@ -66,10 +84,11 @@ def options_from_arguments(args: argparse.Namespace) -> Any:
         seed = int(args.seed)
     except ValueError:
         raise ConfigError(f"--seed must be a non-negative integer, got {args.seed!r}") from None
-    count, fraction = parse_max_rejects(args.max_rejects)
-    return PreprocessOptions(size=args.size, resize=args.resize, dtype=args.dtype, format=args.format,
-                             shard_size=args.shard_size, seed=seed, max_rejects=count,
-                             max_reject_fraction=fraction, compression=args.compression)
+    count, fraction = parse_max_rejects(getattr(args, "max_rejects", None))
+    return PreprocessOptions(size=args.size, resize=args.resize, dtype=args.dtype,
+                             format=getattr(args, "format", "npy"), shard_size=args.shard_size, seed=seed,
+                             max_rejects=count, max_reject_fraction=fraction,
+                             compression=getattr(args, "compression", "none"))
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
@@ -133,9 +152,11 @@ class _ProgressDisplay:
         if finished or now - self._last_log >= LOG_EVERY_SECONDS:
             self._last_log = now
             rate = progress.inputs_done / progress.elapsed if progress.elapsed else 0.0
+            left = progress.inputs_total - progress.inputs_done
+            eta = f", ETA {left / rate:,.0f} s" if rate and left else ""
             print(f"progress: {progress.inputs_done:,}/{progress.inputs_total:,} images, shards "
                   f"{progress.shards_done}/{progress.shards_total}, rejected {progress.rejected:,}, "
-                  f"{rate:,.0f} images/s", file=sys.stderr, flush=True)
+                  f"{rate:,.0f} images/s{eta}", file=sys.stderr, flush=True)
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -149,6 +170,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         "classes": dict(zip(manifest.classes, record.get("class_counts", []))),
         "shards": len(manifest.shards), "bytes": sum(s.bytes for s in manifest.shards),
         "inputs": record.get("inputs"), "rejected": manifest.rejected, "config": record["config"],
+        "rejects_by_reason": _rejects_by_reason(args.dest),
     }
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -159,6 +181,64 @@ def run_inspect(args: argparse.Namespace) -> int:
     print(f"{'classes':<9} {len(manifest.classes)}")
     for name, count in summary["classes"].items():
         print(f"  {name}: {count:,}")
+    for reason, count in summary["rejects_by_reason"].items():
+        print(f"  rejected, {reason}: {count:,}")
+    return 0
+
+
+def _rejects_by_reason(dest: str) -> dict[str, int]:
+    import collections
+    import os
+
+    path = os.path.join(dest, "rejects.jsonl")
+    if not os.path.exists(path):
+        return {}
+    with open(path, encoding="utf-8") as handle:
+        reasons = (json.loads(line)["reason"].split(" (")[0].split(":")[0] for line in handle if line.strip())
+        return dict(collections.Counter(reasons).most_common())
+
+
+def run_preview(args: argparse.Namespace) -> int:
+    from shards.preview import choose_samples, render_contact_sheet
+    from shards.reader import open_shards
+
+    if args.n < 1:
+        raise ConfigError(f"--n must be at least 1, got {args.n}")
+    if not args.output.lower().endswith(".png"):
+        raise ConfigError(f"-o must name a .png file, got {args.output!r}")
+    dataset = open_shards(args.dest)
+    indices = choose_samples(dataset, args.n, per_class=args.per_class, seed=args.seed)
+    columns = args.n if args.per_class and dataset.classes else None
+    sheet = render_contact_sheet(dataset, indices, columns=columns)
+    sheet.image.save(args.output)
+    print(f"wrote {args.output}: {len(indices)} samples, {sheet.image.width}x{sheet.image.height} px")
+    return 0
+
+
+def run_plan(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    from shards.options import parse_bytes
+    from shards.sizing import estimate_run
+
+    options = options_from_arguments(args)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be at least 1, got {args.batch_size}")
+    memory = parse_bytes(args.memory) if args.memory else None
+    estimate = estimate_run(args.src, options, batch_size=args.batch_size, memory=memory)
+    if args.json:
+        print(json.dumps(dataclasses.asdict(estimate), indent=1))
+        return 0
+    mb = 1e6
+    print(f"samples      {estimate.samples:,} in {estimate.classes} class(es)")
+    print(f"shards       {estimate.shards:,} of up to {estimate.samples_per_shard:,} samples")
+    print(f"on disk      {estimate.bytes_on_disk / mb:,.1f} MB as {options.dtype}  ("
+          + ", ".join(f"{d} {b / mb:,.1f} MB" for d, b in estimate.bytes_on_disk_by_dtype.items()) + ")")
+    print(f"batch {estimate.batch_size:<6} {estimate.host_batch_bytes / mb:,.1f} MB on the host, "
+          f"{estimate.device_batch_bytes / mb:,.1f} MB on the device (float32)")
+    if memory is not None:
+        print(f"largest batch in {args.memory}: {estimate.largest_batch_host:,} for the reader on the host "
+              f"(prefetch 2 + 2 held), {estimate.largest_batch_device:,} as float32 input on the device")
     return 0
 
 
@@ -174,7 +254,8 @@ def run_verify(args: argparse.Namespace) -> int:
     raise ShardsError(f"{args.dest}: {len(report.problems)} problem(s) found")
 
 
-COMMANDS = {"preprocess": run_preprocess, "inspect": run_inspect, "verify": run_verify}
+COMMANDS = {"preprocess": run_preprocess, "inspect": run_inspect, "verify": run_verify, "preview": run_preview,
+            "plan": run_plan}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,4 @@
-"""`make demo`: make a small image set, preprocess it on an embedded Ray, stream it back.
+"""`make demo`: make a small image set, preprocess it on an embedded Ray, train on the stream.
 
 Everything happens under one folder (default ./demo-data), which is replaced on each run.
 """
@@ -18,6 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m shards.demo", description=__doc__.splitlines()[0])
     parser.add_argument("folder", nargs="?", default="demo-data")
     parser.add_argument("--images", type=int, default=400)
+    parser.add_argument("--epochs", type=int, default=3)
     args = parser.parse_args(argv)
     photos, out = os.path.join(args.folder, "photos"), os.path.join(args.folder, "shards")
 
@@ -43,6 +44,18 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - started
     print(f"\nstreamed one shuffled epoch: {seen} samples of {list(dataset.shape)} {dataset.dtype} "
           f"in {seconds * 1000:.0f} ms ({seen / seconds:,.0f} samples/s)")
+
+    from shards.trainer import run_training
+    from shards.training import TrainOptions
+
+    model_path = os.path.join(args.folder, "model.keras")
+    print(f"\ntraining a small CNN for {args.epochs} epochs in a Ray trainer actor, fed by the stream ...")
+    report = run_training(out, TrainOptions(epochs=args.epochs, batch_size=32, output=model_path,
+                                            validation_split=0.2, augment=("flip",)))
+    for epoch in report["epochs"]:
+        print(f"epoch {epoch['epoch'] + 1}: loss {epoch['loss']:.3f}, accuracy {epoch['accuracy']:.3f}, "
+              f"val_accuracy {epoch['val_accuracy']:.3f}, {epoch['images_per_second']:,.0f} images/s")
+    print(f"model written to {model_path}")
     return 0
 
 

@@ -10,14 +10,15 @@ box, so no intermediate full-size copy is made.
 from __future__ import annotations
 
 import io
-import math
 import struct
 import warnings
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from shards import jpeg_turbo
 from shards.errors import DecodeError
+from shards.geometry import needed_size, place
 from shards.options import numpy_storage_dtype
 
 # Pillow's own default bomb limit (~89.5 Mpx, a 0.25 GiB RGB buffer): large enough for any camera,
@@ -40,21 +41,35 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def decode_image(
-    data: bytes, size: tuple[int, int], resize: str = "crop", *, max_pixels: int = MAX_PIXELS
+    data: bytes, size: tuple[int, int], resize: str = "crop", *, max_pixels: int = MAX_PIXELS,
+    fast: bool = True,
 ) -> np.ndarray:
     """Decode one encoded image into a (height, width, 3) uint8 array of `size`.
+
+    JPEGs take the libjpeg-turbo + OpenCV path (`shards.jpeg_turbo`) when it can handle them
+    exactly; everything else, and every failure, goes through Pillow.
 
     Args:
         data: the file's bytes (JPEG, PNG, WebP, GIF, BMP, TIFF: whatever Pillow reads).
         size: the output (height, width).
         resize: `stretch`, `crop` or `pad` (see `PreprocessOptions`).
         max_pixels: inputs with more pixels are refused as decompression bombs.
+        fast: allow the libjpeg-turbo path (False forces Pillow, for comparisons).
 
     Raises:
         DecodeError: the bytes are not a readable image, or exceed `max_pixels`.
     """
     if not data:
         raise DecodeError("empty file")
+    if fast:
+        pixels = jpeg_turbo.decode_jpeg(data, size, resize, max_pixels)
+        if pixels is not None:
+            return pixels
+    return _decode_with_pillow(data, size, resize, max_pixels)
+
+
+def _decode_with_pillow(data: bytes, size: tuple[int, int], resize: str, max_pixels: int) -> np.ndarray:
+    """The careful path: every format and mode Pillow reads, and the reasons for refusals."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -67,7 +82,7 @@ def decode_image(
                 )
             orientation = _orientation(image)
             if image.format == "JPEG":
-                image.draft(None, _draft_size(image.size, orientation, size, resize))
+                image.draft(None, needed_size(*image.size, orientation, size, resize))
             image.load()
             if orientation in _TRANSPOSE:
                 image = image.transpose(_TRANSPOSE[orientation])
@@ -94,22 +109,6 @@ def _orientation(image: Image.Image) -> int:
     except Exception:  # noqa: BLE001 - a broken EXIF block must not lose an otherwise good image
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
-
-
-def _draft_size(
-    stored: tuple[int, int], orientation: int, size: tuple[int, int], resize: str
-) -> tuple[int, int]:
-    """The smallest stored (width, height) the final resize needs, for JPEG DCT scaling."""
-    swapped = orientation in (5, 6, 7, 8)
-    width, height = (stored[1], stored[0]) if swapped else stored
-    target_h, target_w = size
-    if resize == "stretch":
-        need_w, need_h = target_w, target_h
-    else:
-        pick = max if resize == "crop" else min
-        scale = pick(target_w / width, target_h / height)
-        need_w, need_h = math.ceil(width * scale), math.ceil(height * scale)
-    return (need_h, need_w) if swapped else (need_w, need_h)
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -140,24 +139,14 @@ def _high_depth_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
 
 def resize_image(image: Image.Image, size: tuple[int, int], resize: str) -> Image.Image:
     """Resize an RGB image to `size` (height, width) by `stretch`, `crop` or `pad`."""
-    target_h, target_w = size
-    width, height = image.size
-    if resize == "stretch":
-        return image.resize((target_w, target_h), RESAMPLE)
-    if resize == "crop":
-        scale = max(target_w / width, target_h / height)
-        box_w, box_h = min(width, target_w / scale), min(height, target_h / scale)
-        left, top = (width - box_w) / 2, (height - box_h) / 2
-        return image.resize((target_w, target_h), RESAMPLE, box=(left, top, left + box_w, top + box_h))
-    if resize == "pad":
-        scale = min(target_w / width, target_h / height)
-        inner_w = min(target_w, max(1, round(width * scale)))
-        inner_h = min(target_h, max(1, round(height * scale)))
-        canvas = Image.new("RGB", (target_w, target_h), BACKGROUND)
-        canvas.paste(image.resize((inner_w, inner_h), RESAMPLE),
-                     ((target_w - inner_w) // 2, (target_h - inner_h) // 2))
-        return canvas
-    raise ValueError(f"resize must be stretch, crop or pad, got {resize!r}")
+    placement = place(*image.size, size, resize)
+    left, top, inner_w, inner_h = placement.target
+    resized = image.resize((inner_w, inner_h), RESAMPLE, box=placement.source)
+    if (inner_w, inner_h) == (size[1], size[0]):
+        return resized
+    canvas = Image.new("RGB", (size[1], size[0]), BACKGROUND)
+    canvas.paste(resized, (left, top))
+    return canvas
 
 
 def to_storage(rgb: np.ndarray, dtype: str) -> np.ndarray:

@@ -50,15 +50,19 @@ class Receipt:
     shard: ShardInfo
     rejects: list[Reject]
     node: str
+    started: float = 0.0
+    finished: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
         return {"version": MANIFEST_VERSION, "run_key": self.run_key, "shard": self.shard.to_json(),
-                "rejects": [dataclasses.asdict(r) for r in self.rejects], "node": self.node}
+                "rejects": [dataclasses.asdict(r) for r in self.rejects], "node": self.node,
+                "started": self.started, "finished": self.finished}
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> "Receipt":
         return cls(record["run_key"], ShardInfo.from_json(record["shard"]),
-                   [Reject(**r) for r in record["rejects"]], record.get("node", ""))
+                   [Reject(**r) for r in record["rejects"]], record.get("node", ""),
+                   float(record.get("started", 0.0)), float(record.get("finished", 0.0)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -219,8 +219,9 @@ def _produce(dataset: ShardDataset, plan: Iterator[np.ndarray], out: queue.Queue
 
 
 def _gather(dataset: ShardDataset, indices: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    indices = np.sort(indices)
     images, labels = dataset.read(indices)
-    return images, labels, np.sort(indices)
+    return images, labels, indices
 
 
 def _put(out: queue.Queue[Any], stop: threading.Event, item: Any) -> None:

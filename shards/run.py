@@ -61,9 +61,11 @@ class RunSummary:
     seconds: float
     ray_start_seconds: float
     reject_reasons: dict[str, int]
+    steady_images_per_second: float = 0.0
 
     @property
     def images_per_second(self) -> float:
+        """Inputs per second of the whole run, Ray's start-up excluded."""
         work = self.seconds - self.ray_start_seconds
         return self.inputs / work if work > 0 else 0.0
 
@@ -162,6 +164,7 @@ class _ShardRun:
                  started: float) -> None:
         self.src, self.dest, self.listing, self.plan, self.options, self.key = src, dest, listing, plan, options, key
         self.receipts = dict(kept)
+        self.kept = set(kept)
         self.resumed = len(kept)
         self.on_progress = on_progress
         self.started = started
@@ -250,7 +253,17 @@ class _ShardRun:
         remove_temporaries(self.dest)  # left by workers killed mid-write; their shards were redone
         return RunSummary(self.dest, len(self.listing), int(record["count"]), len(rejects), len(shards),
                           self.resumed, sum(s.bytes for s in shards), seconds, ray_start_seconds,
-                          dict(collections.Counter(_reason_kind(r.reason) for r in rejects)))
+                          dict(collections.Counter(_reason_kind(r.reason) for r in rejects)),
+                          self._steady_rate())
+
+    def _steady_rate(self) -> float:
+        """Inputs per second between the first shard task starting and the last finishing, for
+        the shards this run wrote: the pipeline's own speed, without start-up or commit."""
+        fresh = [r for r in self.receipts.values() if r.finished and r.shard.name not in self.kept]
+        if not fresh:
+            return 0.0
+        span = max(r.finished for r in fresh) - min(r.started for r in fresh)
+        return sum(r.shard.count + len(r.rejects) for r in fresh) / span if span > 0 else 0.0
 
 
 class _RejectLimitReached(ShardsError):

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import logging
+import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -48,6 +49,7 @@ def write_shard(
         run_key: identifies the run the receipt belongs to.
         node: where the shard ran (recorded for the user, not for the data).
     """
+    started = time.time()
     shard_format = get_format(options.format)
     rejects: list[Reject] = []
     with shard_format.open_writer(dest, shard, len(sources), options) as writer:
@@ -62,7 +64,7 @@ def write_shard(
                 continue
             writer.write(to_storage(rgb, options.dtype), int(labels[i]))
         info = writer.close()
-    receipt = Receipt(run_key, info, rejects, node)
+    receipt = Receipt(run_key, info, rejects, node, started, time.time())
     write_receipt(dest, receipt)
     return receipt
 

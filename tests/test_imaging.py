@@ -117,3 +117,39 @@ def test_storage_casts_scale_floats_to_unit_range():
     bits = to_storage(rgb, "bfloat16")
     assert bits.dtype == np.uint16
     assert np.allclose(bits.view(ml_dtypes.bfloat16).astype(np.float32), [0, 128 / 255, 1], atol=4e-3)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("resize", ["crop", "pad", "stretch"])
+def test_fast_jpeg_path_matches_the_careful_pillow_path(orientation, resize):
+    from shards import jpeg_turbo
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(photo(480, 640, seed=orientation), "JPEG", quality=90, exif=exif.tobytes())
+    assert jpeg_turbo.decode_jpeg(data, (96, 128), resize, 10**8) is not None  # the fast path took it
+    fast = decode_image(data, (96, 128), resize)
+    careful = decode_image(data, (96, 128), resize, fast=False)
+    assert fast.shape == careful.shape == (96, 128, 3)
+    assert psnr(fast, careful) > 33
+
+
+@pytest.mark.parametrize("mode, progressive", [("L", False), ("RGB", True)])
+def test_fast_path_handles_grey_and_progressive_jpegs(mode, progressive):
+    data = encode(photo(300, 500).convert(mode), "JPEG", quality=88, progressive=progressive)
+    assert psnr(decode_image(data, (64, 64), "crop"), decode_image(data, (64, 64), "crop", fast=False)) > 33
+
+
+def test_fast_path_declines_what_it_cannot_do_exactly():
+    from shards import jpeg_turbo
+
+    cmyk = encode(photo().convert("CMYK"), "JPEG", quality=90)
+    assert jpeg_turbo.decode_jpeg(cmyk, (32, 32), "crop", 10**8) is None
+    assert decode_image(cmyk, (32, 32)).shape == (32, 32, 3)  # Pillow handles it
+    truncated = encode(photo(), "JPEG")[:500]
+    assert jpeg_turbo.decode_jpeg(truncated, (32, 32), "crop", 10**8) is None
+    assert jpeg_turbo.decode_jpeg(encode(photo(), "PNG"), (32, 32), "crop", 10**8) is None
+    big = encode(Image.new("L", (3000, 2000)), "JPEG")
+    assert jpeg_turbo.decode_jpeg(big, (32, 32), "crop", 10**6) is None
+    with pytest.raises(DecodeError, match="decompression bomb"):
+        decode_image(big, (32, 32), max_pixels=10**6)

@@ -7,12 +7,18 @@ bit pattern; the manifest's dtype says how to view them.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
 import os
+import struct
+import threading
 
 import numpy as np
 
 from shards.errors import ManifestError
-from shards.fileio import atomic_write
+from shards.fileio import (FileDigest, atomic_write, commit_temporary, digest_file, discard_temporary,
+                           temporary_name)
 from shards.formats.base import ShardFormat, ShardInfo, ShardReader, ShardWriter
 from shards.options import PreprocessOptions, numpy_dtype, numpy_storage_dtype
 
@@ -22,37 +28,100 @@ LABEL_DTYPE = np.dtype("<i4")
 
 
 class NpyShardWriter(ShardWriter):
-    """Fills one shard in memory, then writes both files atomically with their checksums.
+    """Streams rows into a temporary .npy as they are decoded, then commits it atomically.
 
-    A worker holds one shard's output (bounded by --shard-size); the files appear under their
-    final names only once complete, so a killed worker leaves no partial shard.
+    The header is written for the shard's capacity first; rows follow, hashed as they are
+    written, while a background thread flushes written pages to disk so the final fsync finds
+    little left to do. A worker therefore holds a few rows, not a shard. If inputs were rejected,
+    close() rewrites the header for the real count (padded to the same length, so the data does
+    not move), truncates the unused tail and hashes the file once more.
     """
 
     def __init__(self, dest: str, shard: str, capacity: int, shape: tuple[int, int, int], dtype: str) -> None:
-        self._dest = dest
-        self._shard = shard
-        self._images = np.empty((capacity, *shape), numpy_storage_dtype(dtype))
+        self._dest, self._shard = dest, shard
+        self._shape, self._storage = shape, numpy_storage_dtype(dtype)
+        self._capacity = capacity
         self._labels = np.empty(capacity, LABEL_DTYPE)
+        self._path = os.path.join(dest, shard + IMAGES_SUFFIX)
+        self._temp = temporary_name(self._path)
+        self._file = open(self._temp, "wb")
+        self._hash = hashlib.sha256()
+        self._header_length = self._emit(_header((capacity, *shape), self._storage))
+        self._flusher = _BackgroundFlush(self._file)
         self.count = 0
 
+    def _emit(self, data: bytes | memoryview) -> int:
+        self._hash.update(data)
+        return self._file.write(data)
+
     def write(self, image: np.ndarray, label: int) -> None:
-        self._images[self.count] = image
+        row = np.ascontiguousarray(image, self._storage)
+        if row.shape != self._shape:
+            raise ValueError(f"{self._shard}: sample of shape {row.shape}, expected {self._shape}")
+        self._emit(memoryview(row).cast("B"))
         self._labels[self.count] = label
         self.count += 1
+        self._flusher.maybe_flush(self.count)
 
     def close(self) -> ShardInfo:
-        files = {}
-        for suffix, array in ((IMAGES_SUFFIX, self._images), (LABELS_SUFFIX, self._labels)):
-            name = self._shard + suffix
-            with atomic_write(os.path.join(self._dest, name)) as handle:
-                np.lib.format.write_array(handle, array[: self.count], version=(1, 0), allow_pickle=False)
-            files[name] = handle.digest()
-        info = ShardInfo(self._shard, self.count, files)
-        self.abort()
-        return info
+        self._flusher.stop()
+        if self.count < self._capacity:
+            self._file.seek(0)
+            self._file.write(_header((self.count, *self._shape), self._storage, length=self._header_length))
+            self._file.truncate(self._header_length + self.count * int(np.prod(self._shape)) * self._storage.itemsize)
+        self._file.close()
+        digest = FileDigest(os.path.getsize(self._temp), self._hash.hexdigest()) if self.count == self._capacity \
+            else digest_file(self._temp)
+        commit_temporary(self._temp, self._path)
+        files = {self._shard + IMAGES_SUFFIX: digest}
+        labels_name = self._shard + LABELS_SUFFIX
+        with atomic_write(os.path.join(self._dest, labels_name)) as handle:
+            handle.write(_header((self.count,), LABEL_DTYPE))
+            handle.write(memoryview(self._labels[: self.count]).cast("B"))
+        files[labels_name] = handle.digest()
+        return ShardInfo(self._shard, self.count, files)
 
     def abort(self) -> None:
-        self._images = self._labels = np.empty(0)
+        self._flusher.stop()
+        self._file.close()
+        discard_temporary(self._temp)
+
+
+class _BackgroundFlush:
+    """fdatasync() on a helper thread every FLUSH_BYTES: the disk writes overlap the decoding."""
+
+    def __init__(self, handle: io.BufferedWriter, every_rows: int = 64) -> None:
+        self._handle, self._every = handle, every_rows
+        self._thread: threading.Thread | None = None
+
+    def maybe_flush(self, rows: int) -> None:
+        if rows % self._every or (self._thread is not None and self._thread.is_alive()):
+            return
+        self._handle.flush()
+        self._thread = threading.Thread(target=_quiet_fdatasync, args=(self._handle.fileno(),), daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+        self._handle.flush()
+
+
+def _quiet_fdatasync(descriptor: int) -> None:
+    with contextlib.suppress(OSError):
+        os.fdatasync(descriptor)
+
+
+def _header(shape: tuple[int, ...], dtype: np.dtype, length: int | None = None) -> bytes:
+    """A version 1.0 .npy header, as NumPy writes it; padded with spaces to `length` if given."""
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+    header = buffer.getvalue()
+    if length is None or len(header) == length:
+        return header
+    text = header[10:-1] + b" " * (length - len(header)) + b"\n"
+    return header[:8] + struct.pack("<H", len(text)) + text
 
 
 class NpyShardReader(ShardReader):
@@ -75,12 +144,13 @@ class NpyShardReader(ShardReader):
         self.labels = labels
 
     def read(self, rows: np.ndarray, images: np.ndarray, labels: np.ndarray) -> None:
-        if len(rows) and rows[-1] - rows[0] + 1 == len(rows):
-            images[...] = self.images[rows[0]: rows[-1] + 1]
-            labels[...] = self.labels[rows[0]: rows[-1] + 1]
-        else:
-            np.take(self.images, rows, axis=0, out=images)
-            np.take(self.labels, rows, axis=0, out=labels)
+        # Copy each run of consecutive rows as one slice: on a memmap this is about three times
+        # faster than np.take, which gathers item by item (see bench/: shuffled batches()).
+        breaks = np.flatnonzero(np.diff(rows) != 1) + 1
+        for begin, end in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(rows)].tolist()):
+            first = int(rows[begin])
+            images[begin:end] = self.images[first: first + end - begin]
+        np.take(self.labels, rows, out=labels)
 
 
 def _load(path: str) -> np.ndarray:

@@ -1,0 +1,257 @@
+"""`python -m bench [--images N] [--camera N]`: shards against its peers, in one run, as ratios.
+
+Sections: preprocess throughput (shards, Ray Data, tf.data, a bare Pool loop, the decode-only
+limit), camera-sized inputs, resize quality, reader throughput (plain copy, batches, to_tf,
+tf.data on TFRecords, Ray Data, the streaming generator), memory at 1x and 4x the data, and
+planning a 10-million-row manifest. Writes bench-results/results.json and results.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from bench.corpus import ensure_corpus, jpeg_paths
+
+# Shards small enough that a few thousand images still make a dozen tasks for the two workers
+# (a 256 MiB default shard holds ~1,780 samples of 224x224x3: 6,000 images would be 4 tasks).
+SHARD_SIZE = "64MiB"
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def run(module: str, *args: object) -> dict:
+    """Run one measurement in a fresh process; return its RESULT line."""
+    command = [sys.executable, "-m", module, *map(str, args)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=3600,
+                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", RAY_DEDUP_LOGS="0"))
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
+    if result.returncode or not lines:
+        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def machine() -> dict:
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+                 platform.processor())
+    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(memory / 2**30, 1),
+            "python": platform.python_version(), "platform": platform.platform()}
+
+
+def rate(result: dict) -> float:
+    return result["images"] / result["seconds"]
+
+
+def preprocess_section(work: str, corpus: str, camera: str, out: dict) -> None:
+    dest = os.path.join(work, "out")
+    shards2 = run("bench.peers", "shards", corpus, dest, 2, SHARD_SIZE)
+    shards1 = run("bench.peers", "shards", corpus, os.path.join(work, "out1"), 1, SHARD_SIZE)
+    raydata = run("bench.peers", "raydata", corpus, os.path.join(work, "raydata"))
+    tfdata = run("bench.peers", "tfdata", corpus, os.path.join(work, "tfdata"))
+    pool = run("bench.peers", "pool", corpus, os.path.join(work, "pool"), "draft")
+    decode = run("bench.peers", "decode_only", corpus, 1500)
+    concurrent = run("bench.peers", "decode_only_concurrent", corpus, 3000)
+    limit = decode["per_core_images_per_second"] * os.cpu_count()
+    out["preprocess"] = {
+        "shards_2_workers": shards2, "shards_1_worker": shards1, "ray_data": raydata, "tf_data": tfdata,
+        "bare_pool_draft": pool, "decode_only": decode, "decode_limit_images_per_second": limit,
+        "decode_only_all_cores_at_once": concurrent,
+        "ratios": {
+            "shards_steady_vs_decode_limit": shards2["steady_images_per_second"] / limit,
+            "shards_steady_vs_decode_all_cores_at_once": shards2["steady_images_per_second"] / concurrent["images_per_second"],
+            "shards_vs_ray_data_whole_process": rate(shards2) / rate(raydata),
+            "shards_vs_tf_data_whole_process": rate(shards2) / rate(tfdata),
+            "shards_vs_bare_pool_whole_process": rate(shards2) / rate(pool),
+            "scaling_2_vs_1_workers_steady": shards2["steady_images_per_second"] / shards1["steady_images_per_second"],
+        },
+    }
+    cam_shards = run("bench.peers", "shards", camera, os.path.join(work, "camera_out"), 2, "4MiB")
+    cam_full = run("bench.peers", "pool", camera, os.path.join(work, "camera_pool"), "full")
+    out["camera"] = {"shards": cam_shards, "bare_pool_full_decode": cam_full,
+                     "ratio_shards_steady_vs_full_decode_loop": cam_shards["steady_images_per_second"] / rate(cam_full),
+                     "ratio_shards_whole_vs_full_decode_loop": rate(cam_shards) / rate(cam_full)}
+
+
+def quality_section(corpus: str, out: dict, samples: int = 200) -> None:
+    from PIL import Image, ImageOps
+
+    from shards.imaging import decode_image
+
+    errors: dict[str, list[float]] = {"fast_default": [], "pillow_careful": []}
+    for path in jpeg_paths(corpus)[:samples]:
+        data = open(path, "rb").read()
+        reference = np.asarray(ImageOps.fit(Image.open(io.BytesIO(data)).convert("RGB"), (224, 224),
+                                            Image.Resampling.LANCZOS)).astype(np.float64)
+        for name, fast in (("fast_default", True), ("pillow_careful", False)):
+            errors[name].append(float(np.mean((decode_image(data, (224, 224), fast=fast) - reference) ** 2)))
+    # PSNR of the whole sample set (mean squared error over every pixel of every image).
+    out["quality_psnr_db_vs_lanczos"] = {name: float(10 * np.log10(255.0**2 / max(np.mean(mse), 1e-12)))
+                                         for name, mse in errors.items()}
+
+
+def reader_section(work: str, corpus: str, out: dict) -> None:
+    dest = os.path.join(work, "out")
+    tf_dest = os.path.join(work, "out_tfrecord")
+    run("bench.peers", "shards", corpus, tf_dest, 2, SHARD_SIZE, "tfrecord")
+    results = {name: run("bench.readers", name, tf_dest if name == "tfdata_tfrecord" else dest)
+               for name in ("copy", "batches", "batches_shuffled", "to_tf", "tfdata_tfrecord", "raydata_numpy",
+                            "streamed")}
+    sample_bytes = 224 * 224 * 3
+    for result in results.values():
+        result["images_per_second"] = rate(result)
+        result["gb_per_second"] = rate(result) * sample_bytes / 1e9
+    copy = results["copy"]["images_per_second"]
+    out["reader"] = {**results, "ratios": {
+        "batches_vs_copy": results["batches"]["images_per_second"] / copy,
+        "batches_shuffled_vs_copy": results["batches_shuffled"]["images_per_second"] / copy,
+        "to_tf_vs_tf_data_tfrecord": results["to_tf"]["images_per_second"] / results["tfdata_tfrecord"]["images_per_second"],
+        "batches_vs_ray_data_numpy": results["batches"]["images_per_second"] / results["raydata_numpy"]["images_per_second"],
+        "streamed_vs_direct_shuffled": results["streamed"]["images_per_second"] / results["batches_shuffled"]["images_per_second"],
+    }}
+
+
+def memory_section(work: str, corpus: str, out: dict) -> None:
+    """Reader and driver memory with 1x and 4x the data: it must not grow with the data."""
+    dest = os.path.join(work, "out")
+    quadruple = os.path.join(work, "out_x4")
+    _link_copies(dest, quadruple, 4)
+    reader = {f"{k}x": run("bench.readers", "memory", d) for k, d in ((1, dest), (4, quadruple))}
+    listing = os.path.join(work, "x4.csv")
+    paths = jpeg_paths(corpus)
+    with open(listing, "w") as handle:
+        handle.write("path,label\n" + "".join(f"{p},{os.path.basename(os.path.dirname(p))}\n" for p in paths * 4))
+    driver4 = run("bench.peers", "shards", listing, os.path.join(work, "out_x4_run"), 2, SHARD_SIZE)
+    driver1 = out["preprocess"]["shards_2_workers"]
+    budget = (2 + 2) * 256 * 224 * 224 * 3 + 300 * 10**6
+    out["memory"] = {"reader": reader, "reader_budget_bytes": budget,
+                     "preprocess_1x": {k: driver1[k] for k in ("driver_peak_rss_anon", "worker_peak_rss_anon")},
+                     "preprocess_4x": {k: driver4[k] for k in ("driver_peak_rss_anon", "worker_peak_rss_anon")}}
+
+
+def _link_copies(dest: str, target: str, copies: int) -> None:
+    """A dataset `copies` times larger without using more disk: hard links and a longer manifest."""
+    shutil.rmtree(target, ignore_errors=True)
+    os.makedirs(target)
+    manifest = json.load(open(os.path.join(dest, "manifest.json")))
+    shards = []
+    for copy in range(copies):
+        for entry in manifest["shards"]:
+            name = f"{entry['name']}-c{copy}"
+            files = {}
+            for file_name, digest in entry["files"].items():
+                new_name = file_name.replace(entry["name"], name)
+                os.link(os.path.join(dest, file_name), os.path.join(target, new_name))
+                files[new_name] = digest
+            shards.append(dict(entry, name=name, files=files))
+    manifest.update(shards=shards, count=manifest["count"] * copies)
+    json.dump(manifest, open(os.path.join(target, "manifest.json"), "w"))
+    shutil.copy(os.path.join(dest, "index.parquet"), target)
+
+
+def planning_section(work: str, out: dict, rows: int) -> None:
+    path = os.path.join(work, f"manifest-{rows}.parquet")
+    if not os.path.exists(path):
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        index = pa.array(np.arange(rows))
+        names = pc.binary_join_element_wise("/data/train/n", pc.cast(pc.divide(index, 1300), pa.string()),
+                                            "/img_", pc.cast(index, pa.string()), ".JPEG", "")
+        labels = pc.binary_join_element_wise("n", pc.cast(pc.divide(index, 1300), pa.string()), "")
+        pq.write_table(pa.table({"path": names, "label": labels}), path)
+    out["planning"] = run("bench.plan_manifest", path)
+    out["planning"]["rows"] = rows
+
+
+def table(results: dict) -> str:
+    p, r, m = results["preprocess"], results["reader"], results["memory"]
+    mib = 2**20
+    lines = [
+        f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
+        f"{results['machine']['memory_gib']} GiB; {results['images']} ImageNet-like JPEGs -> 224x224 uint8, "
+        f"--shard-size {SHARD_SIZE} ({p['shards_2_workers']['shards']} shards); camera-sized: --shard-size 4MiB.",
+        "",
+        "| measure | value | ratio | target |",
+        "|---|---|---|---|",
+        f"| preprocess, shards steady state (2 workers) | {p['shards_2_workers']['steady_images_per_second']:,.0f} img/s | "
+        f"{p['ratios']['shards_steady_vs_decode_limit']:.2f}x the decode-only limit ({p['decode_limit_images_per_second']:,.0f} img/s: "
+        f"1 process x {results['machine']['cores']}); {p['ratios']['shards_steady_vs_decode_all_cores_at_once']:.2f}x the same decode on all cores at once "
+        f"({p['decode_only_all_cores_at_once']['images_per_second']:,.0f} img/s) | >= 0.70x |",
+        f"| preprocess, whole process: shards | {rate(p['shards_2_workers']):,.0f} img/s | | |",
+        f"| preprocess, whole process: Ray Data read_images -> write_numpy | {rate(p['ray_data']):,.0f} img/s | "
+        f"shards {p['ratios']['shards_vs_ray_data_whole_process']:.1f}x | >= 5x |",
+        f"| preprocess, whole process: tf.data decode_jpeg + resize + TFRecordWriter | {rate(p['tf_data']):,.0f} img/s | "
+        f"shards {p['ratios']['shards_vs_tf_data_whole_process']:.1f}x | |",
+        f"| preprocess, whole process: bare Pool(2) Pillow draft + bilinear | {rate(p['bare_pool_draft']):,.0f} img/s | "
+        f"shards {p['ratios']['shards_vs_bare_pool_whole_process']:.1f}x | |",
+        f"| preprocess scaling, 2 vs 1 workers (steady) | | {p['ratios']['scaling_2_vs_1_workers_steady']:.2f}x | |",
+        f"| camera-sized JPEGs: shards steady vs bare Pool(2) full decode + resize | "
+        f"{results['camera']['shards']['steady_images_per_second']:,.1f} vs {rate(results['camera']['bare_pool_full_decode']):,.1f} img/s | "
+        f"{results['camera']['ratio_shards_steady_vs_full_decode_loop']:.1f}x (whole process "
+        f"{results['camera']['ratio_shards_whole_vs_full_decode_loop']:.1f}x) | >= 3x |",
+        f"| resize quality, PSNR vs Lanczos (default path) | {results['quality_psnr_db_vs_lanczos']['fast_default']:.1f} dB | "
+        f"(Pillow path {results['quality_psnr_db_vs_lanczos']['pillow_careful']:.1f} dB) | >= 38 dB |",
+        f"| reader: plain copy of the memmapped shards | {r['copy']['gb_per_second']:.2f} GB/s | 1.00x | bound |",
+        f"| reader: batches() in order | {r['batches']['gb_per_second']:.2f} GB/s | {r['ratios']['batches_vs_copy']:.2f}x copy | >= 0.70x |",
+        f"| reader: batches() shuffled | {r['batches_shuffled']['gb_per_second']:.2f} GB/s | {r['ratios']['batches_shuffled_vs_copy']:.2f}x copy | >= 0.50x |",
+        f"| reader: to_tf() shuffled | {r['to_tf']['images_per_second']:,.0f} img/s | "
+        f"{r['ratios']['to_tf_vs_tf_data_tfrecord']:.1f}x tf.data on TFRecords ({r['tfdata_tfrecord']['images_per_second']:,.0f} img/s) | >= 3x |",
+        f"| reader: Ray Data read_numpy iter_batches | {r['raydata_numpy']['images_per_second']:,.0f} img/s | "
+        f"batches() {r['ratios']['batches_vs_ray_data_numpy']:.1f}x | |",
+        f"| reader: Ray streaming generator (remote path) | {r['streamed']['images_per_second']:,.0f} img/s | "
+        f"{r['ratios']['streamed_vs_direct_shuffled']:.2f}x direct shuffled | |",
+        f"| reader RssAnon peak, 1x / 4x data | {m['reader']['1x']['reader_peak_rss_anon'] / mib:,.0f} / "
+        f"{m['reader']['4x']['reader_peak_rss_anon'] / mib:,.0f} MiB | budget {m['reader_budget_bytes'] / mib:,.0f} MiB | flat |",
+        f"| preprocess driver RssAnon peak, 1x / 4x inputs | {m['preprocess_1x']['driver_peak_rss_anon'] / mib:,.0f} / "
+        f"{m['preprocess_4x']['driver_peak_rss_anon'] / mib:,.0f} MiB | | flat |",
+        f"| preprocess worker RssAnon peak, 1x / 4x inputs | {m['preprocess_1x']['worker_peak_rss_anon'] / mib:,.0f} / "
+        f"{m['preprocess_4x']['worker_peak_rss_anon'] / mib:,.0f} MiB | | flat |",
+        f"| plan a {results['planning']['rows']:,}-row Parquet manifest | {results['planning']['seconds']:.1f} s, "
+        f"{results['planning']['peak_rss'] / 2**30:.2f} GiB peak RSS | | < 60 s, < 2 GiB |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=6000, help="ImageNet-like JPEGs (default 6000)")
+    parser.add_argument("--camera", type=int, default=100, help="camera-sized JPEGs (default 100)")
+    parser.add_argument("--plan-rows", type=int, default=10_000_000)
+    parser.add_argument("--work", default="/tmp/shards-bench", help="corpus and outputs (reused between runs)")
+    parser.add_argument("--out", default="bench-results")
+    args = parser.parse_args()
+
+    started = time.perf_counter()
+    corpus = ensure_corpus(os.path.join(args.work, f"imagenet-{args.images}"), args.images, sizes=(300, 640))
+    camera = ensure_corpus(os.path.join(args.work, f"camera-{args.camera}"), args.camera, sizes=(3000, 4000),
+                           classes=2)
+    results: dict = {"machine": machine(), "images": args.images, "camera_images": args.camera}
+    for name, section in (("preprocess", lambda: preprocess_section(args.work, corpus, camera, results)),
+                          ("quality", lambda: quality_section(corpus, results)),
+                          ("reader", lambda: reader_section(args.work, corpus, results)),
+                          ("memory", lambda: memory_section(args.work, corpus, results)),
+                          ("planning", lambda: planning_section(args.work, results, args.plan_rows))):
+        print(f"[{time.perf_counter() - started:6.0f} s] {name} ...", flush=True)
+        section()
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, "results.json"), "w") as handle:
+        json.dump(results, handle, indent=1)
+    markdown = table(results)
+    with open(os.path.join(args.out, "results.md"), "w") as handle:
+        handle.write(markdown)
+    print(markdown)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""Each measured pipeline, run as `python -m bench.peers NAME ...` in a process of its own.
+
+Every run prints one JSON line: `seconds` is the whole process from the first line of this file
+(imports and Ray start included), plus what else that pipeline can report.
+"""
+
+from __future__ import annotations
+
+import time
+
+STARTED = time.perf_counter()
+
+import json  # noqa: E402
+import os  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+from bench.corpus import jpeg_paths  # noqa: E402
+from bench.procmem import PeakSampler, ray_worker_pids, status  # noqa: E402
+
+SIZE = 224
+
+
+def shards_preprocess(src: str, dest: str, workers: str, shard_size: str = "256MiB", fmt: str = "npy") -> dict:
+    import shards
+
+    options = shards.PreprocessOptions(size=SIZE, format=fmt, shard_size=shard_size)
+    with PeakSampler({"driver": lambda: ["self"], "workers": ray_worker_pids}) as peaks:
+        summary = shards.preprocess(src, dest, options, mode="overwrite", workers=int(workers))
+    return {"images": summary.written, "ray_start": summary.ray_start_seconds, "shards": summary.shards,
+            "steady_images_per_second": summary.steady_images_per_second,
+            "after_ray_start_images_per_second": summary.images_per_second,
+            "driver_peak_rss_anon": peaks.peaks["driver"], "worker_peak_rss_anon": peaks.peaks["workers"],
+            "driver_peak_rss": status().get("VmHWM", 0)}
+
+
+def ray_data(src: str, dest: str) -> dict:
+    import ray
+
+    begin = time.perf_counter()
+    ray.init(include_dashboard=False, logging_level="ERROR")
+    ray_start = time.perf_counter() - begin
+    dataset = ray.data.read_images(src, size=(SIZE, SIZE), mode="RGB")
+    dataset.write_numpy(dest, column="image")
+    count = sum(np.load(os.path.join(dest, name), mmap_mode="r").shape[0] for name in os.listdir(dest)
+                if name.endswith(".npy"))
+    return {"images": count, "ray_start": ray_start}
+
+
+def tf_data(src: str, dest: str) -> dict:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    def load(path: tf.Tensor) -> tf.Tensor:
+        image = tf.io.decode_jpeg(tf.io.read_file(path), channels=3)
+        shape = tf.cast(tf.shape(image)[:2], tf.float32)
+        scale = SIZE / tf.reduce_min(shape)
+        image = tf.image.resize(image, tf.cast(tf.math.ceil(shape * scale), tf.int32), antialias=True)
+        return tf.cast(tf.image.resize_with_crop_or_pad(image, SIZE, SIZE), tf.uint8)
+
+    files = jpeg_paths(src)
+    dataset = tf.data.Dataset.from_tensor_slices(files).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    os.makedirs(dest, exist_ok=True)
+    count = 0
+    with tf.io.TFRecordWriter(os.path.join(dest, "data.tfrecord")) as writer:  # tf.data's writer is serial
+        for image in dataset.prefetch(tf.data.AUTOTUNE):
+            feature = {"image": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image.numpy().tobytes()]))}
+            writer.write(tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString())
+            count += 1
+    return {"images": count}
+
+
+def decode_only(src: str, limit: str) -> dict:
+    """The fastest available full JPEG decode (libjpeg-turbo), no resize, one process."""
+    import simplejpeg
+
+    datas = [open(path, "rb").read() for path in jpeg_paths(src)[: int(limit)]]
+    begin = time.perf_counter()
+    for data in datas:
+        simplejpeg.decode_jpeg(data, colorspace="RGB")
+    return {"images": len(datas), "per_core_images_per_second": len(datas) / (time.perf_counter() - begin)}
+
+
+def _decode_all(paths: list[str]) -> int:
+    import simplejpeg
+
+    datas = [open(path, "rb").read() for path in paths]
+    for data in datas:
+        simplejpeg.decode_jpeg(data, colorspace="RGB")
+    return len(datas)
+
+
+def decode_only_concurrent(src: str, limit: str) -> dict:
+    """The same decode on every core at once: what the machine sustains when all cores are busy."""
+    import multiprocessing
+
+    paths = jpeg_paths(src)[: int(limit)]
+    cores = os.cpu_count() or 1
+    with multiprocessing.Pool(cores) as pool:
+        pool.map(_decode_all, [paths[:cores]] * cores)  # start the workers and warm them up
+        begin = time.perf_counter()
+        images = sum(pool.map(_decode_all, [paths[i::cores] for i in range(cores)]))
+        seconds = time.perf_counter() - begin
+    return {"images": images, "images_per_second": images / seconds}
+
+
+def _pool_worker(args: tuple) -> None:
+    from PIL import Image, ImageOps
+
+    path, row, out_path, count, draft = args
+    out = np.load(out_path, mmap_mode="r+")
+    image = Image.open(path)
+    if draft:
+        image.draft("RGB", (SIZE, SIZE))
+    out[row] = np.asarray(ImageOps.fit(image.convert("RGB"), (SIZE, SIZE), Image.Resampling.BILINEAR))
+
+
+def bare_pool(src: str, dest: str, draft: str) -> dict:
+    """A bare multiprocessing.Pool loop of Pillow (draft +) bilinear resize into a .npy memmap."""
+    import multiprocessing
+
+    files = jpeg_paths(src)
+    os.makedirs(dest, exist_ok=True)
+    out_path = os.path.join(dest, "images.npy")
+    np.lib.format.open_memmap(out_path, "w+", np.uint8, (len(files), SIZE, SIZE, 3)).flush()
+    with multiprocessing.Pool(os.cpu_count()) as pool:
+        pool.map(_pool_worker, [(path, i, out_path, len(files), draft == "draft") for i, path in enumerate(files)],
+                 chunksize=16)
+    return {"images": len(files)}
+
+
+PEERS = {"shards": shards_preprocess, "raydata": ray_data, "tfdata": tf_data, "decode_only": decode_only,
+         "decode_only_concurrent": decode_only_concurrent, "pool": bare_pool}
+
+if __name__ == "__main__":
+    result = PEERS[sys.argv[1]](*sys.argv[2:])
+    result["seconds"] = time.perf_counter() - STARTED
+    print("RESULT " + json.dumps(result), flush=True)

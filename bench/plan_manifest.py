@@ -1,0 +1,23 @@
+"""`python -m bench.plan_manifest FILE`: list a (huge) manifest and plan its shards; time and peak RSS."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+from bench.procmem import status
+from shards.manifest import run_key
+from shards.options import PreprocessOptions
+from shards.plan import plan_shards
+from shards.sources import list_sources
+
+if __name__ == "__main__":
+    begin = time.perf_counter()
+    options = PreprocessOptions()
+    listing = list_sources(sys.argv[1])
+    key = run_key(listing.fingerprint(), options)
+    plan = plan_shards(len(listing), options.samples_per_shard, options.seed)
+    result = {"seconds": time.perf_counter() - begin, "inputs": len(listing), "shards": len(plan),
+              "classes": len(listing.classes), "peak_rss": status().get("VmHWM", 0)}
+    print("RESULT " + json.dumps(result), flush=True)

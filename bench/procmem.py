@@ -1,0 +1,64 @@
+"""Memory as the operating system reports it: /proc/<pid>/status (VmHWM, RssAnon)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+
+
+def status(pid: int | str = "self") -> dict[str, int]:
+    """The kB fields of /proc/<pid>/status, in bytes."""
+    values = {}
+    try:
+        with open(f"/proc/{pid}/status", encoding="ascii") as handle:
+            for line in handle:
+                key, _, rest = line.partition(":")
+                parts = rest.split()
+                if len(parts) == 2 and parts[1] == "kB":
+                    values[key] = int(parts[0]) * 1024
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        pass
+    return values
+
+
+def ray_worker_pids() -> list[int]:
+    """Pids of Ray worker processes (their titles start with `ray::`)."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                    if handle.read(5) == b"ray::":
+                        pids.append(int(entry))
+            except OSError:
+                continue
+    return pids
+
+
+class PeakSampler:
+    """Samples RssAnon of some processes every `interval` seconds and keeps the peak of each kind."""
+
+    def __init__(self, groups: dict[str, Callable[[], list[int | str]]], interval: float = 0.1) -> None:
+        self.groups, self.interval = groups, interval
+        self.peaks = {name: 0 for name in groups}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> "PeakSampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+
+    def _sample(self) -> None:
+        for name, pids in self.groups.items():
+            for pid in pids():
+                self.peaks[name] = max(self.peaks[name], status(pid).get("RssAnon", 0))
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()

@@ -1,0 +1,59 @@
+"""Where each resize mode takes its pixels from and puts them: pure arithmetic, shared by decoders.
+
+Both decode paths (Pillow, and libjpeg-turbo + OpenCV) use these boxes, so they crop, pad and
+stretch identically.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+# EXIF orientations 5-8 swap width and height.
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+@dataclasses.dataclass(frozen=True)
+class Placement:
+    """Take `source` (left, top, right, bottom; floats) from the input and resize it into the
+    `target` (left, top, width, height) rectangle of the output; the rest is background."""
+
+    source: tuple[float, float, float, float]
+    target: tuple[int, int, int, int]
+
+
+def place(width: int, height: int, size: tuple[int, int], resize: str) -> Placement:
+    """The placement of a (width, height) image into an output of `size` (height, width)."""
+    target_h, target_w = size
+    if resize == "stretch":
+        return Placement((0.0, 0.0, float(width), float(height)), (0, 0, target_w, target_h))
+    if resize == "crop":
+        scale = max(target_w / width, target_h / height)
+        box_w, box_h = min(width, target_w / scale), min(height, target_h / scale)
+        left, top = (width - box_w) / 2, (height - box_h) / 2
+        return Placement((left, top, left + box_w, top + box_h), (0, 0, target_w, target_h))
+    if resize == "pad":
+        scale = min(target_w / width, target_h / height)
+        inner_w = min(target_w, max(1, round(width * scale)))
+        inner_h = min(target_h, max(1, round(height * scale)))
+        left, top = (target_w - inner_w) // 2, (target_h - inner_h) // 2
+        return Placement((0.0, 0.0, float(width), float(height)), (left, top, inner_w, inner_h))
+    raise ValueError(f"resize must be stretch, crop or pad, got {resize!r}")
+
+
+def needed_size(width: int, height: int, orientation: int, size: tuple[int, int], resize: str) -> tuple[int, int]:
+    """The smallest stored (width, height) a decoder may scale down to before the final resize.
+
+    JPEG decoders can downscale by 1/2, 1/4 or 1/8 in the DCT domain, almost for free; this is
+    how far they may go without losing pixels the output needs.
+    """
+    swapped = orientation in TRANSPOSING_ORIENTATIONS
+    shown_w, shown_h = (height, width) if swapped else (width, height)
+    target_h, target_w = size
+    if resize == "stretch":
+        need_w, need_h = target_w, target_h
+    else:
+        pick = max if resize == "crop" else min
+        scale = pick(target_w / shown_w, target_h / shown_h)
+        need_w, need_h = math.ceil(shown_w * scale), math.ceil(shown_h * scale)
+    return (need_h, need_w) if swapped else (need_w, need_h)

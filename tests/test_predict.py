@@ -1,0 +1,90 @@
+"""Prediction: one row per sample, stable order, bounded batches, backs off on out-of-memory."""
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import shards
+from shards.options import PreprocessOptions
+from shards.predict import PredictOptions, index_sources, predict_to_parquet
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def model_and_data(ray_cluster, photos, tmp_path_factory):
+    from shards.training import build_model, compile_model
+
+    root = tmp_path_factory.mktemp("predict")
+    dest = str(root / "out")
+    shards.preprocess(photos, dest, PreprocessOptions(size=16, shard_size="8KiB"))
+    model = compile_model(build_model((16, 16, 3), 3, "uint8"), 1e-3)
+    path = str(root / "model.keras")
+    model.save(path)
+    return dest, path, model
+
+
+def test_predict_writes_one_row_per_sample_in_order_with_injected_oom(model_and_data, tmp_path):
+    import tensorflow as tf
+
+    dest, _, model = model_and_data
+    dataset = shards.open(dest)
+    sizes = []
+
+    def fragile(images):
+        sizes.append(len(images))
+        if len(images) > 20:  # the device "runs out of memory" above 20 samples
+            raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+        return model.predict_on_batch(images)
+
+    out = str(tmp_path / "p.parquet")
+    result = predict_to_parquet(dataset, fragile, out, PredictOptions(batch_size="auto", top_k=2),
+                                sources=index_sources(dest))
+    table = pq.read_table(out)
+    assert result["rows"] == table.num_rows == 90 and result["batch_size"] == 11
+    assert table.column("row").to_pylist() == list(range(90))  # every row once, in order
+    assert sizes[:5] == [90, 45, 22, 11, 11]  # 1024 capped to the dataset, then halved until it fits
+    assert sum(sizes[3:]) == 90  # after backing off, every sample predicted exactly once
+    expected = model.predict_on_batch(dataset.read(np.arange(90))[0]).argmax(1)
+    assert table.column("prediction").to_pylist() == expected.tolist()
+    assert table.column("source").to_pylist() == index_sources(dest).to_pylist()
+    assert all(len(k) == 2 for k in table.column("top_k").to_pylist())
+
+
+def test_fixed_batch_size_that_does_not_fit_fails_clearly(model_and_data, tmp_path):
+    dest, _, _ = model_and_data
+
+    def exhausted(images):
+        raise MemoryError
+
+    with pytest.raises(shards.ShardsError, match="out of memory at batch size 50"):
+        predict_to_parquet(shards.open(dest), exhausted, str(tmp_path / "p.parquet"), PredictOptions(batch_size=50))
+    assert not os.path.exists(tmp_path / "p.parquet")
+
+
+def test_host_memory_budget_bounds_the_batch(model_and_data, tmp_path):
+    dest, _, model = model_and_data
+    seen = []
+    budget = 2 * 16 * 16 * 3 * 7  # room for two batches of 7 samples
+    predict_to_parquet(shards.open(dest), lambda x: seen.append(len(x)) or model.predict_on_batch(x),
+                       str(tmp_path / "p.parquet"), PredictOptions(host_memory=budget))
+    assert max(seen) == 7 and sum(seen) == 90
+
+
+def test_predict_job_as_ray_tasks_equals_one_process(model_and_data, tmp_path):
+    dest, model_path, _ = model_and_data
+    from shards.predict import predict_dataset
+
+    one = predict_dataset(dest, model_path, str(tmp_path / "one.parquet"), PredictOptions(batch_size=32))
+    two = predict_dataset(dest, model_path, str(tmp_path / "two.parquet"), PredictOptions(batch_size=32), workers=2)
+    assert one["rows"] == two["rows"] == 90
+    a, b = pq.read_table(tmp_path / "one.parquet"), pq.read_table(tmp_path / "two.parquet")
+    assert a.column("row").equals(b.column("row")) and a.column("prediction").equals(b.column("prediction"))
+    result = subprocess.run([sys.executable, "jobs/predict.py", dest, "--model", model_path, "--out",
+                             str(tmp_path / "cli.parquet"), "--batch-size", "0"], cwd=ROOT, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 2 and "--batch-size must be a positive integer" in result.stderr
