@@ -23,6 +23,21 @@ from shards.options import numpy_dtype
 from shards.sampling import batch_count, check_slicing, epoch_order, position_after, rank_batches
 
 _DONE = object()
+ALIGNMENT = 64
+
+
+def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+    """An uninitialised array whose data starts on a 64-byte boundary.
+
+    TensorFlow takes over a NumPy buffer without copying only when it is 64-byte aligned; large
+    blocks from malloc are 16-byte aligned, which made every batch entering `to_tf()` a copy
+    (8x slower through tf.data.Dataset.from_generator on the benchmark machine).
+    """
+    dtype = np.dtype(dtype)
+    size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    raw = np.empty(size + ALIGNMENT, np.uint8)
+    start = -raw.ctypes.data % ALIGNMENT
+    return raw[start: start + size].view(dtype).reshape(shape)
 
 
 class ShardDataset:
@@ -89,7 +104,7 @@ class ShardDataset:
             raise IndexError(f"indices must be in [0, {len(self)})")
         if self._subset is not None:
             indices = self._subset[indices]
-        images = np.empty((len(indices), *self.shape), self.dtype)
+        images = aligned_empty((len(indices), *self.shape), self.dtype)
         labels = np.empty(len(indices), np.int32)
         shard_of = np.searchsorted(self._offsets, indices, side="right") - 1
         bounds = np.flatnonzero(np.diff(shard_of)) + 1

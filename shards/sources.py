@@ -34,12 +34,13 @@ class Listing:
     """Every input of a run, in a deterministic order.
 
     Attributes:
-        sources: the path or URI of each input (Arrow strings).
+        sources: the path or URI of each input (Arrow strings, possibly chunked: a manifest's
+            column is kept as read, never copied into one block).
         labels: an int32 label per input, an index into `classes`, or -1 where unlabeled.
         classes: the class names.
     """
 
-    sources: pa.Array
+    sources: pa.Array | pa.ChunkedArray
     labels: np.ndarray
     classes: list[str]
 
@@ -47,14 +48,18 @@ class Listing:
         return len(self.sources)
 
     def fingerprint(self) -> str:
-        """A digest of the sources, labels and classes, cheap even for millions of rows."""
-        digest = hashlib.sha256()
-        sources = self.sources.cast(pa.large_string())
-        _, offsets_buffer, data = sources.buffers()
-        offsets = np.frombuffer(offsets_buffer, np.int64)[sources.offset: sources.offset + len(sources) + 1]
-        digest.update((offsets - offsets[0]).tobytes())
-        if data is not None:
-            digest.update(memoryview(data)[offsets[0]: offsets[-1]])
+        """A digest of the sources, labels and classes: cheap for millions of rows, and the same
+        whatever the Arrow chunking (string lengths and bytes are digested separately)."""
+        lengths, data = hashlib.sha256(), hashlib.sha256()
+        chunks = self.sources.chunks if isinstance(self.sources, pa.ChunkedArray) else [self.sources]
+        for chunk in chunks:
+            chunk = chunk.cast(pa.large_string())
+            _, offsets_buffer, data_buffer = chunk.buffers()
+            offsets = np.frombuffer(offsets_buffer, np.int64)[chunk.offset: chunk.offset + len(chunk) + 1]
+            lengths.update(np.diff(offsets).tobytes())
+            if data_buffer is not None:
+                data.update(memoryview(data_buffer)[offsets[0]: offsets[-1]])
+        digest = hashlib.sha256(lengths.digest() + data.digest())
         digest.update(np.ascontiguousarray(self.labels, "<i4").tobytes())
         digest.update("\0".join(self.classes).encode())
         return digest.hexdigest()
@@ -156,7 +161,7 @@ def _read_manifest_table(path: str) -> pa.Table:
             )
         import pyarrow.parquet as pq
 
-        return pq.read_table(path)
+        return pq.read_table(path, columns=[c for c in pq.read_schema(path).names if c in ("path", "label")])
     except (pa.ArrowInvalid, OSError) as exc:
         raise SourceError(f"{path}: cannot read manifest ({str(exc).splitlines()[0]})") from exc
 
@@ -165,12 +170,15 @@ def _list_manifest(path: str) -> Listing:
     table = _read_manifest_table(path)
     if "path" not in table.column_names:
         raise SourceError(f"{path}: manifest needs a 'path' column, found {table.column_names}")
-    sources = table.column("path").cast(pa.large_string()).combine_chunks()
+    sources = table.column("path").cast(pa.large_string())  # shares the bytes; chunks kept as read
     if sources.null_count:
         raise SourceError(f"{path}: 'path' is empty in {sources.null_count} row(s)")
-    base = os.path.dirname(os.path.abspath(path))
     is_relative = pc.invert(pc.or_(pc.starts_with(sources, "/"), pc.match_substring(sources, "://")))
-    sources = pc.if_else(is_relative, pc.binary_join_element_wise(pa.scalar(base, pa.large_string()), sources, pa.scalar("/", pa.large_string())), sources)
+    if pc.any(is_relative).as_py():
+        base = pa.scalar(os.path.dirname(os.path.abspath(path)), pa.large_string())
+        joined = pc.binary_join_element_wise(base, sources, pa.scalar("/", pa.large_string()))
+        sources = pc.if_else(is_relative, joined, sources)
+    del is_relative
     if "label" not in table.column_names:
         return Listing(sources, np.full(len(sources), UNLABELED, np.int32), [])
     labels, classes = _labels_from_column(path, table.column("label").combine_chunks())

@@ -1,0 +1,140 @@
+"""Running where users run: `ray job submit` to a `ray start --head`, several nodes, a node lost."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import psutil
+import pytest
+import yaml
+
+import shards
+from shards.options import PreprocessOptions
+from shards.synthetic import make_image_folder
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RAY = os.path.join(os.path.dirname(sys.executable), "ray")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop_processes_under(folder: str) -> None:
+    """Stop the Ray processes of one cluster only (`ray stop` would stop every cluster here)."""
+    victims = [p for p in psutil.process_iter(["cmdline"]) if folder in " ".join(p.info["cmdline"] or [])]
+    for process in victims:
+        process.send_signal(signal.SIGTERM)
+    _, alive = psutil.wait_procs(victims, timeout=20)
+    for process in alive:
+        process.kill()
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A head started the way users start one: `ray start --head`, token authentication on."""
+    temp = tempfile.mkdtemp(prefix="shards-head-", dir="/tmp")
+    port, dashboard = free_port(), free_port()
+    env = dict(os.environ, RAY_AUTH_MODE="token")
+    # Every agent gets its own port: the session's cluster already holds Ray's defaults on this host.
+    agent_ports = [f"--{name}={free_port()}" for name in (
+        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
+        "ray-client-server-port")]
+    subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
+                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
+                    "--disable-usage-stats", *agent_ports], check=True, capture_output=True, env=env, timeout=180)
+    yield {"address": f"http://127.0.0.1:{dashboard}", "env": env}
+    stop_processes_under(temp)
+
+
+def test_cluster_yaml_validates_against_rays_schema():
+    import ray
+
+    schema_path = os.path.join(os.path.dirname(ray.__file__), "autoscaler", "ray-schema.json")
+    import jsonschema
+
+    config = yaml.safe_load(open(os.path.join(ROOT, "cluster.yaml")))
+    jsonschema.validate(config, json.load(open(schema_path)))
+    assert {"cpu_preprocess", "gpu_train"} <= set(config["available_node_types"])
+    assert config["available_node_types"]["gpu_train"]["resources"]["GPU"] >= 1
+    assert any("--dashboard-host=$(hostname -I" in c for c in config["head_start_ray_commands"])
+
+
+def submit(head, *args, timeout=600):
+    """`ray job submit`, retried while the head's job agent is still starting (a fresh head says so)."""
+    deadline = time.monotonic() + 120
+    while True:
+        result = subprocess.run([RAY, "job", "submit", "--address", head["address"], "--working-dir", ROOT, "--",
+                                 sys.executable, *args], capture_output=True, text=True, env=head["env"],
+                                timeout=timeout, cwd=ROOT)
+        if "No available agent to submit job" not in result.stderr or time.monotonic() > deadline:
+            return result
+        time.sleep(2)
+
+
+def test_a_submitted_preprocess_job_writes_output_that_verifies(ray_head, tmp_path):
+    make_image_folder(str(tmp_path / "photos"), 40, classes=2, sizes=(60, 120), seed=9)
+    (tmp_path / "photos" / "class_0" / "broken.jpg").write_bytes(b"\xff\xd8 no more")
+    dest = str(tmp_path / "out")
+    result = submit(ray_head, "jobs/preprocess.py", str(tmp_path / "photos"), dest, "--size", "32",
+                    "--shard-size", "16KiB")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "progress: 41/41 images" in result.stdout  # progress lines reach `ray job logs`
+    assert "succeeded" in result.stdout
+    assert shards.open(dest).manifest.count == 40
+    from shards.verify import verify_dest
+
+    assert verify_dest(dest).ok
+
+
+def test_a_failed_job_exits_non_zero_with_the_reason_in_its_logs(ray_head, tmp_path):
+    result = submit(ray_head, "jobs/preprocess.py", str(tmp_path / "missing"), str(tmp_path / "out"))
+    assert result.returncode != 0
+    assert "shards: error:" in result.stdout and "no such file or folder" in result.stdout
+
+
+@pytest.fixture()
+def three_nodes():
+    host = subprocess.Popen([sys.executable, "-m", "tests.cluster_host", "3"], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    info = json.loads(host.stdout.readline())
+    yield host, info
+    if not host.stdin.closed:
+        host.stdin.close()
+    host.wait(timeout=120)
+
+
+def test_shard_tasks_spread_over_nodes_and_a_lost_node_costs_only_its_shards(ray_cluster, three_nodes, tmp_path):
+    host, info = three_nodes
+    make_image_folder(str(tmp_path / "photos"), 240, classes=3, sizes=(900, 1300), seed=6)
+    options = PreprocessOptions(size=128, shard_size=128 * 128 * 3 * 8)  # 30 shards of 8
+    clean = str(tmp_path / "clean")
+    shards.preprocess(str(tmp_path / "photos"), clean, options)
+    dest = str(tmp_path / "out")
+    driver = subprocess.Popen([sys.executable, "-m", "shards.cli", "preprocess", str(tmp_path / "photos"), dest,
+                               "--size", "128", "--shard-size", str(options.shard_size), "--address", info["address"]],
+                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    parts = os.path.join(dest, ".parts")
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and driver.poll() is None:
+        if os.path.isdir(parts) and len([n for n in os.listdir(parts) if n.startswith("shard-")]) >= 6:
+            break
+        time.sleep(0.05)
+    host.stdin.write("remove\n")
+    host.stdin.flush()
+    assert json.loads(host.stdout.readline()) == {"removed": True}
+    out, err = driver.communicate(timeout=600)
+    assert driver.returncode == 0, err[-3000:]
+    manifest = json.load(open(os.path.join(dest, "manifest.json")))
+    nodes = set(manifest["run"]["nodes"].values())
+    assert len(nodes) >= 2 and nodes <= set(info["nodes"])  # tasks ran on several nodes
+    for name in os.listdir(clean):
+        if name.startswith("shard-"):
+            assert open(os.path.join(dest, name), "rb").read() == open(os.path.join(clean, name), "rb").read()
