@@ -12,7 +12,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) -m shards.demo demo-data
+	$(PY) jobs/demo.py demo-data
 
 test: $(STAMP)
 	$(PY) -m pytest

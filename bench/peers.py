@@ -12,6 +12,7 @@ STARTED = time.perf_counter()
 
 import json  # noqa: E402
 import os  # noqa: E402
+import shutil  # noqa: E402
 import sys  # noqa: E402
 
 import numpy as np  # noqa: E402
@@ -35,9 +36,17 @@ def shards_preprocess(src: str, dest: str, workers: str, shard_size: str = "256M
             "driver_peak_rss": status().get("VmHWM", 0)}
 
 
+def _fresh(dest: str) -> str:
+    """An empty output folder: a count must never include an earlier run's files."""
+    shutil.rmtree(dest, ignore_errors=True)
+    os.makedirs(dest)
+    return dest
+
+
 def ray_data(src: str, dest: str) -> dict:
     import ray
 
+    _fresh(dest)
     begin = time.perf_counter()
     ray.init(include_dashboard=False, logging_level="ERROR")
     ray_start = time.perf_counter() - begin
@@ -61,7 +70,7 @@ def tf_data(src: str, dest: str) -> dict:
 
     files = jpeg_paths(src)
     dataset = tf.data.Dataset.from_tensor_slices(files).map(load, num_parallel_calls=tf.data.AUTOTUNE)
-    os.makedirs(dest, exist_ok=True)
+    _fresh(dest)
     count = 0
     with tf.io.TFRecordWriter(os.path.join(dest, "data.tfrecord")) as writer:  # tf.data's writer is serial
         for image in dataset.prefetch(tf.data.AUTOTUNE):
@@ -121,7 +130,7 @@ def bare_pool(src: str, dest: str, draft: str) -> dict:
     import multiprocessing
 
     files = jpeg_paths(src)
-    os.makedirs(dest, exist_ok=True)
+    _fresh(dest)
     out_path = os.path.join(dest, "images.npy")
     np.lib.format.open_memmap(out_path, "w+", np.uint8, (len(files), SIZE, SIZE, 3)).flush()
     with multiprocessing.Pool(os.cpu_count()) as pool:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 
 import numpy as np
 import pytest
@@ -51,3 +53,17 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     """Peak signal-to-noise ratio of two uint8 images, in dB."""
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
+
+
+def wait_for_finished_shards(dest: str, count: int, driver: subprocess.Popen, timeout: float = 180) -> list[str]:
+    """Wait until a running preprocess has left `count` shard receipts (or stopped); return them."""
+    parts = os.path.join(dest, ".parts")
+    deadline = time.monotonic() + timeout
+    finished: list[str] = []
+    while time.monotonic() < deadline and driver.poll() is None:
+        finished = sorted(n[: -len(".json")] for n in os.listdir(parts) if n.startswith("shard-")) \
+            if os.path.isdir(parts) else []
+        if len(finished) >= count:
+            break
+        time.sleep(0.01)
+    return finished

@@ -16,6 +16,7 @@ import yaml
 import shards
 from shards.options import PreprocessOptions
 from shards.synthetic import make_image_folder
+from tests.conftest import wait_for_finished_shards
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
@@ -121,12 +122,7 @@ def test_shard_tasks_spread_over_nodes_and_a_lost_node_costs_only_its_shards(ray
     driver = subprocess.Popen([sys.executable, "-m", "shards.cli", "preprocess", str(tmp_path / "photos"), dest,
                                "--size", "128", "--shard-size", str(options.shard_size), "--address", info["address"]],
                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    parts = os.path.join(dest, ".parts")
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline and driver.poll() is None:
-        if os.path.isdir(parts) and len([n for n in os.listdir(parts) if n.startswith("shard-")]) >= 6:
-            break
-        time.sleep(0.05)
+    wait_for_finished_shards(dest, 6, driver)
     host.stdin.write("remove\n")
     host.stdin.flush()
     assert json.loads(host.stdout.readline()) == {"removed": True}

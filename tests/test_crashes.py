@@ -14,6 +14,7 @@ import pytest
 import shards
 from shards.options import PreprocessOptions
 from shards.synthetic import make_image_folder
+from tests.conftest import wait_for_finished_shards
 
 OPTIONS = PreprocessOptions(size=160, shard_size=160 * 160 * 3 * 12)  # 12 samples a shard
 TASK_TITLE = "ray::_write_shard_on_node"
@@ -73,16 +74,11 @@ def test_a_killed_driver_resumes_without_redoing_finished_shards(ray_cluster, cl
     driver = subprocess.Popen([sys.executable, "-m", "shards.cli", "preprocess", large_photos, dest,
                                "--size", "160", "--shard-size", str(OPTIONS.shard_size), "--address", address],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    parts = os.path.join(dest, ".parts")
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and driver.poll() is None:
-        if os.path.isdir(parts) and len([n for n in os.listdir(parts) if n.startswith("shard-")]) >= 3:
-            break
-        time.sleep(0.01)
+    wait_for_finished_shards(dest, 3, driver)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)
     assert not os.path.exists(os.path.join(dest, "manifest.json")), "the run finished before it was killed"
-    finished = sorted(n[: -len(".json")] for n in os.listdir(parts) if n.startswith("shard-"))
+    finished = sorted(n[: -len(".json")] for n in os.listdir(os.path.join(dest, ".parts")) if n.startswith("shard-"))
     assert 3 <= len(finished) < 12
     mtimes = {n: os.stat(os.path.join(dest, f"{n}.images.npy")).st_mtime_ns for n in finished}
 

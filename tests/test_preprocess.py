@@ -1,6 +1,5 @@
 """Preprocess runs on a real local Ray, on real files, checked against independent references."""
 
-import io
 import json
 import os
 import shutil

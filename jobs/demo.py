@@ -15,7 +15,7 @@ from shards.synthetic import make_image_folder
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m shards.demo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="jobs/demo.py", description=__doc__.splitlines()[0])
     parser.add_argument("folder", nargs="?", default="demo-data")
     parser.add_argument("--images", type=int, default=400)
     parser.add_argument("--epochs", type=int, default=3)
