@@ -190,11 +190,13 @@ def _rejects_by_reason(dest: str) -> dict[str, int]:
     import collections
     import os
 
-    path = os.path.join(dest, "rejects.jsonl")
+    from shards.manifest import REJECTS, reason_kind
+
+    path = os.path.join(dest, REJECTS)
     if not os.path.exists(path):
         return {}
     with open(path, encoding="utf-8") as handle:
-        reasons = (json.loads(line)["reason"].split(" (")[0].split(":")[0] for line in handle if line.strip())
+        reasons = (reason_kind(json.loads(line)["reason"]) for line in handle if line.strip())
         return dict(collections.Counter(reasons).most_common())
 
 

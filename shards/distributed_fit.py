@@ -2,9 +2,9 @@
 
 Keras 3 `model.fit` fails under MultiWorkerMirroredStrategy with the TensorFlow backend (see
 keras-team/keras#20585 and ray-project/ray#47464; the TF tutorial's own example fails). The
-loop below is the one TensorFlow documents for multi-worker training: each replica computes its
-loss scaled by the global batch size inside `strategy.run`, and the Keras optimizer all-reduces
-the gradients. It drives the same Keras callback as `fit` (epoch/batch hooks, `stop_training`),
+loop below is the one TensorFlow documents for multi-worker training: each replica computes the
+model's compiled loss inside `strategy.run`, scaled by the number of replicas, and the Keras
+optimizer all-reduces (sums) the gradients. It drives the same Keras callback as `fit` (epoch/batch hooks, `stop_training`),
 so checkpoints and resume behave identically with one worker or many.
 """
 
@@ -16,7 +16,6 @@ from typing import Any
 from shards.tf_support import import_tensorflow
 
 tf = import_tensorflow()
-import keras  # noqa: E402 - after TensorFlow is imported quietly
 
 
 def fit_with_strategy(model: Any, strategy: Any, inputs_from: Callable[[int], Any], *, epochs: int,
@@ -29,28 +28,30 @@ def fit_with_strategy(model: Any, strategy: Any, inputs_from: Callable[[int], An
         callback: a Keras callback; gets set_model, epoch and train-batch hooks and the logs.
         validation: an optional DistributedDataset evaluated after each epoch.
     """
-    loss_fn = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
     optimizer = model.optimizer
     callback.set_model(model)
     model.stop_training = False
+    replicas = strategy.num_replicas_in_sync
 
     def scores(images: Any, labels: Any, training: bool) -> tuple[Any, Any, Any]:
-        logits = model(images, training=training)
-        per_example = loss_fn(labels, logits)
-        correct = tf.cast(tf.equal(tf.argmax(logits, axis=-1, output_type=tf.int32), labels), tf.float32)
-        return per_example, correct, logits
+        predictions = model(images, training=training)
+        # The model's own compiled loss (mean over this replica's batch, regularisers included).
+        loss = model.compute_loss(x=images, y=labels, y_pred=predictions, training=training)
+        hits = tf.equal(tf.argmax(predictions, axis=-1, output_type=tf.int32), labels)
+        count = tf.cast(tf.shape(labels)[0], tf.float32)
+        return loss, tf.reduce_sum(tf.cast(hits, tf.float32)), count
 
     def train_replica(images: Any, labels: Any) -> tuple[Any, Any, Any]:
         with tf.GradientTape() as tape:
-            per_example, correct, _ = scores(images, labels, True)
-            loss = tf.nn.compute_average_loss(per_example)
-        gradients = tape.gradient(loss, model.trainable_variables)
+            loss, correct, count = scores(images, labels, True)
+            scaled = loss / replicas  # the optimizer sums gradients over replicas
+        gradients = tape.gradient(scaled, model.trainable_variables)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
-        return tf.reduce_sum(per_example), tf.reduce_sum(correct), tf.cast(tf.size(correct), tf.float32)
+        return loss * count, correct, count
 
     def eval_replica(images: Any, labels: Any) -> tuple[Any, Any, Any]:
-        per_example, correct, _ = scores(images, labels, False)
-        return tf.reduce_sum(per_example), tf.reduce_sum(correct), tf.cast(tf.size(correct), tf.float32)
+        loss, correct, count = scores(images, labels, False)
+        return loss * count, correct, count
 
     def reduced(replica_fn: Callable) -> Callable:
         @tf.function(reduce_retracing=True)

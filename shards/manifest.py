@@ -8,6 +8,7 @@ killed at any moment can be resumed by keeping every shard whose receipt and fil
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import re
@@ -88,10 +89,13 @@ def check_shard_name(name: str, where: str) -> str:
     return name
 
 
+def reason_kind(reason: str) -> str:
+    """A reject reason without its details, for counting ("truncated image (...)" -> "truncated image")."""
+    return reason.split(" (")[0].split(":")[0]
+
+
 def run_key(listing_fingerprint: str, options: PreprocessOptions) -> str:
     """One value that changes whenever the inputs or any output-shaping option change."""
-    import hashlib
-
     payload = json.dumps({"listing": listing_fingerprint, "config": options.to_json()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 

@@ -22,7 +22,7 @@ import numpy as np
 from shards.destination import MODES, prepare_destination
 from shards.errors import ConfigError, RejectLimitError, ShardsError
 from shards.fileio import remove_temporaries
-from shards.manifest import (Receipt, build_manifest, run_key, write_index, write_manifest,
+from shards.manifest import (Receipt, build_manifest, reason_kind, run_key, write_index, write_manifest,
                              write_rejects, write_run_record)
 from shards.options import PreprocessOptions
 from shards.plan import ShardPlan, ShardSpec, plan_shards
@@ -135,7 +135,8 @@ def connect_ray(address: str | None) -> None:
         return
     kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
     if address is None and not os.environ.get("RAY_ADDRESS"):
-        kwargs["include_dashboard"] = False
+        # Embedded by default (DESIGN): never join a cluster that happens to run on this machine.
+        kwargs.update(address="local", include_dashboard=False)
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
@@ -253,7 +254,7 @@ class _ShardRun:
         remove_temporaries(self.dest)  # left by workers killed mid-write; their shards were redone
         return RunSummary(self.dest, len(self.listing), int(record["count"]), len(rejects), len(shards),
                           self.resumed, sum(s.bytes for s in shards), seconds, ray_start_seconds,
-                          dict(collections.Counter(_reason_kind(r.reason) for r in rejects)),
+                          dict(collections.Counter(reason_kind(r.reason) for r in rejects)),
                           self._steady_rate())
 
     def _steady_rate(self) -> float:
@@ -270,8 +271,3 @@ class _RejectLimitReached(ShardsError):
     def __init__(self, rejected: int) -> None:
         super().__init__(rejected)
         self.rejected = rejected
-
-
-def _reason_kind(reason: str) -> str:
-    """Group reasons by their first words ("truncated image (...)" -> "truncated image")."""
-    return reason.split(" (")[0].split(":")[0]

@@ -104,7 +104,8 @@ def load_or_build(dataset: Any, options: TrainOptions, checkpoint: str | None) -
     path = checkpoint or options.model_path
     if path:
         model = keras.models.load_model(path)
-        return model if model.optimizer is not None and checkpoint else compile_model(model, options.learning_rate)
+        # A compiled model keeps its own loss and optimizer (it may end in softmax, not logits).
+        return model if model.optimizer is not None else compile_model(model, options.learning_rate)
     model = build_model(dataset.shape, len(dataset.classes), dataset.dtype.name, options.augment)
     return compile_model(model, options.learning_rate)
 

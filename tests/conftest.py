@@ -18,7 +18,8 @@ def ray_cluster():
     """One embedded Ray for the whole session (as Ray's own ray_start_regular_shared does)."""
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    # A new local cluster, even if another one (a test's `ray start`) runs on this machine.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield ray
     ray.shutdown()
 
