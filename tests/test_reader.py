@@ -131,3 +131,28 @@ def test_manifest_of_another_version_or_escaping_names_is_refused(dataset_dir, t
         shards.open(str(tmp_path))
     with pytest.raises(ManifestError, match="no manifest.json"):
         shards.open(str(tmp_path / "nothing"))
+
+
+def test_reused_batch_buffers_never_change_a_batch_someone_still_holds(dataset_dir):
+    ds = shards.open(dataset_dir)
+    expected = [ds.read(indices)[0].copy() for indices in
+                (b[2] for b in ds.batches(5, shuffle=True, seed=9, return_indices=True))]
+    held = []
+    for step, (images, _) in enumerate(ds.batches(5, shuffle=True, seed=9, prefetch=1)):
+        if step % 3 == 0:
+            held.append((step, images))  # kept; the others are dropped and their buffers reused
+        elif step % 3 == 1:
+            view = images[1:3]  # a view alone also keeps its buffer
+            held.append((step, view))
+    for step, kept in held:
+        reference = expected[step] if kept.shape[0] == expected[step].shape[0] else expected[step][1:3]
+        np.testing.assert_array_equal(kept, reference)
+
+
+def test_tensors_from_to_tf_stay_intact_while_the_stream_goes_on(dataset_dir):
+    ds = shards.open(dataset_dir)
+    tensors = [images for images, _ in ds.to_tf(6, shuffle=True, seed=2)]
+    direct = [images for images, _ in ds.batches(6, shuffle=True, seed=2)]
+    assert len(tensors) == len(direct)
+    for tensor, images in zip(tensors, direct):
+        np.testing.assert_array_equal(tensor.numpy(), images)
