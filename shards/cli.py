@@ -70,6 +70,8 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", default="0", help="seed of the shard plan's permutation (default 0)")
     parser.add_argument("--max-rejects", default=None, help="fail past N rejected inputs, or P%% of them")
     parser.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)")
+    parser.add_argument("--endpoint-url", default=None,
+                        help="S3-compatible endpoint for s3:// SRC (default: AWS_ENDPOINT_URL, else AWS)")
     parser.add_argument("--workers", type=int, default=None, help="shard tasks in flight (default: cluster CPUs)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="keep verified shards of the same run, redo the rest")
@@ -93,6 +95,10 @@ def options_from_arguments(args: argparse.Namespace) -> Any:
 
 def run_preprocess(args: argparse.Namespace) -> int:
     options = options_from_arguments(args)
+    if args.endpoint_url:
+        import os
+
+        os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
     from shards.run import preprocess

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from shards import storage
 from shards.destination import MODES, prepare_destination
 from shards.errors import ConfigError, RejectLimitError, ShardsError
 from shards.fileio import remove_temporaries
@@ -102,6 +103,9 @@ def preprocess(
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
+    if storage.is_remote(dest):
+        raise ConfigError(f"{dest}: object-storage DEST is not supported yet; write to a local or shared "
+                          "path and copy it (SRC may be s3:// or gs://)")
     dest = os.path.abspath(dest)
     listing = list_sources(src)
     key = run_key(listing.fingerprint(), options)
@@ -174,7 +178,11 @@ class _ShardRun:
     def execute(self, limit: int) -> None:
         import ray
 
-        task = ray.remote(_write_shard_on_node).options(num_cpus=1, max_retries=TASK_RETRIES)
+        options: dict[str, Any] = {"num_cpus": 1, "max_retries": TASK_RETRIES}
+        if storage.environment() and any(storage.is_remote(s) for s in self.listing.sources.slice(0, 1).to_pylist()):
+            # Workers reach the same object store as the driver (endpoint, credentials).
+            options["runtime_env"] = {"env_vars": storage.environment()}
+        task = ray.remote(_write_shard_on_node).options(**options)
         pending = collections.deque(spec for spec in self.plan if spec.name not in self.receipts)
         in_flight: dict[Any, ShardSpec] = {}
         self._report()

@@ -17,6 +17,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from shards import storage
 from shards.errors import DecodeError, SourceError
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,13 @@ def list_sources(src: str) -> Listing:
     Raises:
         SourceError: SRC does not exist, holds no images, or its manifest lacks a `path` column.
     """
+    if storage.is_remote(src):
+        listing = _list_remote(src)
+        if len(listing) == 0:
+            raise SourceError(f"{src}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
+        return listing
     if "://" in src and not src.startswith("file://"):
-        raise SourceError(f"{src}: object storage sources are not supported in this version")
+        raise SourceError(f"{src}: unsupported scheme; SRC is a local path, s3:// or gs://")
     path = src.removeprefix("file://")
     if os.path.isdir(path):
         listing = _list_folder(path)
@@ -151,23 +157,58 @@ def _list_folder(folder: str) -> Listing:
     return Listing(sources, np.concatenate(labels), [e.name for e in class_dirs])
 
 
-def _read_manifest_table(path: str) -> pa.Table:
+def _read_manifest_table(path: str, filesystem: object = None) -> pa.Table:
     try:
         if path.lower().endswith(".csv"):
             import pyarrow.csv as pacsv
 
+            source = filesystem.open_input_stream(path) if filesystem is not None else path  # type: ignore[attr-defined]
             return pacsv.read_csv(
-                path, convert_options=pacsv.ConvertOptions(column_types={"path": pa.large_string()})
+                source, convert_options=pacsv.ConvertOptions(column_types={"path": pa.large_string()})
             )
         import pyarrow.parquet as pq
 
-        return pq.read_table(path, columns=[c for c in pq.read_schema(path).names if c in ("path", "label")])
+        names = pq.read_schema(path, filesystem=filesystem).names
+        return pq.read_table(path, columns=[c for c in names if c in ("path", "label")], filesystem=filesystem)
     except (pa.ArrowInvalid, OSError) as exc:
         raise SourceError(f"{path}: cannot read manifest ({str(exc).splitlines()[0]})") from exc
 
 
-def _list_manifest(path: str) -> Listing:
-    table = _read_manifest_table(path)
+def _list_remote(src: str) -> Listing:
+    """An s3:// or gs:// SRC: a prefix of class folders or flat images, or a manifest object."""
+    try:
+        found = storage.info(src)
+        if found.type == storage.pafs.FileType.File:
+            if not src.lower().endswith(MANIFEST_EXTENSIONS):
+                raise SourceError(f"{src}: SRC must be a prefix (folder) or a .csv/.parquet manifest")
+            filesystem, path = storage.resolve(src)
+            return _list_manifest(path, filesystem=filesystem, base=src.rsplit("/", 1)[0])
+        if found.type != storage.pafs.FileType.Directory:
+            raise SourceError(f"{src}: no such prefix or object")
+        uris = storage.list_files(src)
+    except OSError as exc:
+        raise SourceError(f"{src}: cannot list ({str(exc).splitlines()[0]})") from exc
+    prefix = src.rstrip("/") + "/"
+    rows = []
+    for uri in uris:
+        relative = uri[len(prefix):]
+        parts = relative.split("/")
+        if any(part.startswith(".") for part in parts) or not is_image_name(parts[-1]):
+            continue
+        rows.append((parts[0] if len(parts) > 1 else None, uri))
+    classes = sorted({cls for cls, _ in rows if cls is not None})
+    loose = [uri for cls, uri in rows if cls is None]
+    if classes and loose:
+        raise SourceError(f"{src}: holds both class folders and {len(loose)} loose image(s) such as "
+                          f"{loose[0].rsplit('/', 1)[-1]!r}; move them into a class folder or use a manifest")
+    rows.sort(key=lambda row: (row[0] or "", row[1]))
+    label_of = {name: label for label, name in enumerate(classes)}
+    labels = np.array([label_of[cls] if cls is not None else UNLABELED for cls, _ in rows], np.int32)
+    return Listing(pa.array([uri for _, uri in rows], pa.large_string()), labels, classes)
+
+
+def _list_manifest(path: str, filesystem: object = None, base: str | None = None) -> Listing:
+    table = _read_manifest_table(path, filesystem)
     if "path" not in table.column_names:
         raise SourceError(f"{path}: manifest needs a 'path' column, found {table.column_names}")
     sources = table.column("path").cast(pa.large_string())  # shares the bytes; chunks kept as read
@@ -175,8 +216,9 @@ def _list_manifest(path: str) -> Listing:
         raise SourceError(f"{path}: 'path' is empty in {sources.null_count} row(s)")
     is_relative = pc.invert(pc.or_(pc.starts_with(sources, "/"), pc.match_substring(sources, "://")))
     if pc.any(is_relative).as_py():
-        base = pa.scalar(os.path.dirname(os.path.abspath(path)), pa.large_string())
-        joined = pc.binary_join_element_wise(base, sources, pa.scalar("/", pa.large_string()))
+        folder = base if base is not None else os.path.dirname(os.path.abspath(path))
+        joined = pc.binary_join_element_wise(pa.scalar(folder, pa.large_string()), sources,
+                                             pa.scalar("/", pa.large_string()))
         sources = pc.if_else(is_relative, joined, sources)
     del is_relative
     if "label" not in table.column_names:
@@ -208,8 +250,15 @@ def read_source(source: str) -> bytes:
     """The bytes of one input; a DecodeError names why a file cannot be read.
 
     Broken symlinks, missing and unreadable files are refused one by one (they become rejects),
-    never a reason to stop the run.
+    never a reason to stop the run. Object-storage URIs are read through `shards.storage`.
     """
+    if storage.is_remote(source):
+        try:
+            return storage.read_bytes(source)
+        except FileNotFoundError:
+            raise DecodeError("object not found") from None
+        except OSError as exc:
+            raise DecodeError(f"cannot read ({str(exc).splitlines()[0]})") from exc
     try:
         with open(source, "rb") as handle:
             return handle.read()

@@ -1,0 +1,86 @@
+"""Object storage (s3://, gs://) through pyarrow's filesystems: listing and reading inputs.
+
+The endpoint and credentials come from the standard environment (AWS_ENDPOINT_URL,
+AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, or GCS's own), which the driver
+hands to its Ray tasks through `runtime_env`, so every worker reaches the same store.
+Remote I/O, and only remote I/O, is retried.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import time
+from collections.abc import Callable
+from typing import TypeVar
+
+import pyarrow.fs as pafs
+
+logger = logging.getLogger(__name__)
+
+SCHEMES = ("s3://", "gs://", "gcs://")
+ENVIRONMENT = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+               "AWS_DEFAULT_REGION", "AWS_REGION", "GOOGLE_APPLICATION_CREDENTIALS")
+ATTEMPTS = 3
+T = TypeVar("T")
+
+
+def is_remote(uri: str) -> bool:
+    """True for object-storage URIs (s3://, gs://)."""
+    return uri.startswith(SCHEMES)
+
+
+@functools.lru_cache(maxsize=16)
+def _filesystem(scheme_and_bucket: str, endpoint: str | None) -> pafs.FileSystem:
+    return pafs.FileSystem.from_uri(scheme_and_bucket)[0]
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """The filesystem of `uri` and the path within it (`bucket/key`)."""
+    scheme, _, rest = uri.partition("://")
+    bucket = rest.split("/", 1)[0]
+    return _filesystem(f"{scheme}://{bucket}", os.environ.get("AWS_ENDPOINT_URL")), rest.rstrip("/")
+
+
+def join(uri: str, relative: str) -> str:
+    return uri.rstrip("/") + "/" + relative.lstrip("/")
+
+
+def retried(action: Callable[[], T], what: str) -> T:
+    """Run a remote call, retrying transient failures (not missing objects) with backoff."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            return action()
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if attempt == ATTEMPTS:
+                raise
+            logger.warning("%s failed (%s); retry %d of %d", what, exc, attempt, ATTEMPTS - 1)
+            time.sleep(0.2 * 2**attempt)
+    raise AssertionError("unreachable")
+
+
+def read_bytes(uri: str) -> bytes:
+    filesystem, path = resolve(uri)
+    return retried(lambda: filesystem.open_input_file(path).readall(), f"reading {uri}")
+
+
+def info(uri: str) -> pafs.FileInfo:
+    filesystem, path = resolve(uri)
+    return retried(lambda: filesystem.get_file_info(path), f"looking up {uri}")
+
+
+def list_files(uri: str) -> list[str]:
+    """Every object under the prefix `uri`, as URIs, sorted (S3 lists in pages; pyarrow follows them)."""
+    filesystem, path = resolve(uri)
+    scheme = uri.split("://", 1)[0]
+    selector = pafs.FileSelector(path, recursive=True)
+    found = retried(lambda: filesystem.get_file_info(selector), f"listing {uri}")
+    return sorted(f"{scheme}://{entry.path}" for entry in found if entry.type == pafs.FileType.File)
+
+
+def environment() -> dict[str, str]:
+    """The object-storage settings of this process, for Ray tasks' `runtime_env`."""
+    return {name: os.environ[name] for name in ENVIRONMENT if name in os.environ}
