@@ -33,18 +33,12 @@ def choose_samples(dataset: ShardDataset, count: int, *, per_class: bool = False
     rng = np.random.default_rng(seed)
     if not per_class or not dataset.classes:
         return sorted(rng.choice(len(dataset), size=min(count, len(dataset)), replace=False).tolist())
-    _, labels = _labels(dataset)
+    labels = dataset.labels()
     chosen: list[int] = []
     for label in range(len(dataset.classes)):
         members = np.flatnonzero(labels == label)
         chosen += sorted(rng.choice(members, size=min(count, len(members)), replace=False).tolist())
     return chosen
-
-
-def _labels(dataset: ShardDataset) -> tuple[np.ndarray, np.ndarray]:
-    positions = np.arange(len(dataset))
-    labels = np.concatenate([dataset.read(positions[i: i + 4096])[1] for i in range(0, len(dataset), 4096)])
-    return positions, labels
 
 
 def to_display(images: np.ndarray) -> np.ndarray:

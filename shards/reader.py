@@ -9,6 +9,7 @@ them.
 from __future__ import annotations
 
 import copy
+import os
 import queue
 import sys
 import threading
@@ -19,7 +20,7 @@ import numpy as np
 
 from shards.formats import get_format
 from shards.formats.base import ShardReader
-from shards.manifest import Manifest, load_manifest
+from shards.manifest import INDEX, Manifest, load_manifest
 from shards.options import numpy_dtype
 from shards.sampling import batch_count, check_slicing, epoch_order, position_after, rank_batches
 
@@ -72,6 +73,14 @@ class ShardDataset:
             info = self.manifest.shards[shard]
             reader = self._readers[shard] = self._format.open_reader(self.dest, info, self.shape, self.manifest.dtype)
         return reader
+
+    def labels(self) -> np.ndarray:
+        """Every sample's label in dataset order, from index.parquet: no image is read."""
+        import pyarrow.parquet as pq
+
+        column = pq.read_table(os.path.join(self.dest, INDEX), columns=["label"]).column("label")
+        labels = column.to_numpy().astype(np.int32)
+        return labels if self._subset is None else labels[self._subset]
 
     def split(self, fraction: float, seed: int = 0) -> tuple["ShardDataset", "ShardDataset"]:
         """(train, validation): a deterministic, disjoint split at read time.

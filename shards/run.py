@@ -124,7 +124,7 @@ def preprocess(
         run.commit(complete=False, workers=limit, ray_start_seconds=ray_start_seconds)
         raise RejectLimitError(f"{src}: {exc.rejected} inputs rejected, over the --max-rejects limit of "
                                f"{run.reject_limit}; see {dest}/rejects.jsonl") from None
-    written = sum(r.shard.count for r in run.receipts.values())
+    written = run.inputs_done - run.rejected
     summary = run.commit(complete=written > 0, workers=limit, ray_start_seconds=ray_start_seconds)
     if written == 0:
         raise RejectLimitError(f"{src}: all {summary.inputs} inputs were rejected; see {dest}/rejects.jsonl")
@@ -171,6 +171,9 @@ class _ShardRun:
         self.receipts = dict(kept)
         self.kept = set(kept)
         self.resumed = len(kept)
+        # Running totals, so progress and the reject limit cost O(1) per finished shard.
+        self.inputs_done = sum(r.shard.count + len(r.rejects) for r in kept.values())
+        self.rejected = sum(len(r.rejects) for r in kept.values())
         self.on_progress = on_progress
         self.started = started
         self.reject_limit = options.reject_limit(len(listing))
@@ -179,7 +182,7 @@ class _ShardRun:
         import ray
 
         options: dict[str, Any] = {"num_cpus": 1, "max_retries": TASK_RETRIES}
-        if storage.environment() and any(storage.is_remote(s) for s in self.listing.sources.slice(0, 1).to_pylist()):
+        if storage.environment() and storage.any_remote(self.listing.sources):
             # Workers reach the same object store as the driver (endpoint, credentials).
             options["runtime_env"] = {"env_vars": storage.environment()}
         task = ray.remote(_write_shard_on_node).options(**options)
@@ -194,7 +197,9 @@ class _ShardRun:
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in ready:
                     spec = in_flight.pop(ref)
-                    self.receipts[spec.name] = self._result(ref, spec)
+                    receipt = self.receipts[spec.name] = self._result(ref, spec)
+                    self.inputs_done += receipt.shard.count + len(receipt.rejects)
+                    self.rejected += len(receipt.rejects)
                     self._report()
                     self._check_rejects()
         except BaseException:
@@ -220,21 +225,16 @@ class _ShardRun:
             raise ShardsError(f"{spec.name}: task lost after {TASK_RETRIES} retries: "
                               f"{str(exc).splitlines()[0]}") from exc
 
-    def _rejected(self) -> int:
-        return sum(len(r.rejects) for r in self.receipts.values())
-
     def _check_rejects(self) -> None:
-        rejected = self._rejected()
-        if self.reject_limit is not None and rejected > self.reject_limit:
-            raise _RejectLimitReached(rejected)
+        if self.reject_limit is not None and self.rejected > self.reject_limit:
+            raise _RejectLimitReached(self.rejected)
 
     def _report(self) -> None:
         if self.on_progress is None:
             return
-        inputs_done = sum(r.shard.count + len(r.rejects) for r in self.receipts.values())
-        rejected = self._rejected()
-        self.on_progress(Progress(len(self.receipts), len(self.plan), inputs_done, len(self.listing),
-                                  inputs_done - rejected, rejected, time.perf_counter() - self.started))
+        self.on_progress(Progress(len(self.receipts), len(self.plan), self.inputs_done, len(self.listing),
+                                  self.inputs_done - self.rejected, self.rejected,
+                                  time.perf_counter() - self.started))
 
 
     def commit(self, *, complete: bool, workers: int, ray_start_seconds: float) -> RunSummary:

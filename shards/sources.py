@@ -144,10 +144,7 @@ def _list_folder(folder: str) -> Listing:
         sources = _collect(iter(e.path for e in top_images))
         return Listing(sources, np.full(len(sources), UNLABELED, np.int32), [])
     if top_images:
-        raise SourceError(
-            f"{folder}: holds both class folders and {len(top_images)} loose image(s) such as "
-            f"{top_images[0].name!r}; move them into a class folder or use a manifest"
-        )
+        raise _mixed_layout(folder, [e.name for e in top_images])
     arrays, labels = [], []
     for label, entry in enumerate(class_dirs):
         array = _collect(_walk_images(entry.path))
@@ -155,6 +152,12 @@ def _list_folder(folder: str) -> Listing:
         labels.append(np.full(len(array), label, np.int32))
     sources = pa.chunked_array(arrays, pa.large_string()).combine_chunks()
     return Listing(sources, np.concatenate(labels), [e.name for e in class_dirs])
+
+
+def _mixed_layout(src: str, loose: list[str]) -> SourceError:
+    """Class folders beside loose images: which label the loose ones get is anybody's guess."""
+    return SourceError(f"{src}: holds both class folders and {len(loose)} loose image(s) such as {loose[0]!r}; "
+                       "move them into a class folder or use a manifest")
 
 
 def _read_manifest_table(path: str, filesystem: object = None) -> pa.Table:
@@ -199,8 +202,7 @@ def _list_remote(src: str) -> Listing:
     classes = sorted({cls for cls, _ in rows if cls is not None})
     loose = [uri for cls, uri in rows if cls is None]
     if classes and loose:
-        raise SourceError(f"{src}: holds both class folders and {len(loose)} loose image(s) such as "
-                          f"{loose[0].rsplit('/', 1)[-1]!r}; move them into a class folder or use a manifest")
+        raise _mixed_layout(src, [uri.rsplit("/", 1)[-1] for uri in loose])
     rows.sort(key=lambda row: (row[0] or "", row[1]))
     label_of = {name: label for label, name in enumerate(classes)}
     labels = np.array([label_of[cls] if cls is not None else UNLABELED for cls, _ in rows], np.int32)

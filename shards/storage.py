@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 
 logger = logging.getLogger(__name__)
@@ -29,6 +31,11 @@ T = TypeVar("T")
 def is_remote(uri: str) -> bool:
     """True for object-storage URIs (s3://, gs://)."""
     return uri.startswith(SCHEMES)
+
+
+def any_remote(uris: pa.Array | pa.ChunkedArray) -> bool:
+    """True when any of many URIs is in object storage (vectorised over the Arrow listing)."""
+    return bool(pc.any(pc.match_substring_regex(uris, r"^(s3|gs|gcs)://")).as_py())
 
 
 @functools.lru_cache(maxsize=16)

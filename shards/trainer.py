@@ -14,7 +14,8 @@ import os
 import tempfile
 from typing import Any
 
-from shards.errors import ConfigError
+from shards.errors import ConfigError, ShardsError
+from shards.manifest import load_manifest
 from shards.run import connect_ray
 from shards.training import TrainOptions
 
@@ -69,6 +70,9 @@ def run_training(dest: str, options: TrainOptions, *, workers: int = 1, gpus_per
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     if gpus_per_worker is not None and gpus_per_worker < 0:
         raise ConfigError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
+    if options.model_path and not os.path.isfile(options.model_path):
+        raise ConfigError(f"--model {options.model_path}: no such file")
+    load_manifest(dest)  # refuse a DEST that holds no finished run before any Ray work
     import ray
 
     connect_ray(address)
@@ -80,6 +84,9 @@ def run_training(dest: str, options: TrainOptions, *, workers: int = 1, gpus_per
         actor = ray.remote(TrainerActor).options(num_cpus=1, num_gpus=gpus).remote()
         try:
             return ray.get(actor.fit.remote(dest, options, data_node))
+        except ray.exceptions.RayTaskError as exc:
+            cause = exc.cause if exc.cause is not None else exc
+            raise ShardsError(f"training failed: {type(cause).__name__}: {str(cause).splitlines()[0]}") from exc
         finally:
             ray.kill(actor)
 

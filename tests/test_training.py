@@ -147,3 +147,13 @@ def test_unlabeled_data_cannot_be_trained_on(ray_cluster, tmp_path):
     shards.preprocess(str(tmp_path / "flat"), str(tmp_path / "out"), PreprocessOptions(size=8))
     with pytest.raises(shards.ConfigError, match="no labels"):
         train_worker(str(tmp_path / "out"), TrainOptions())
+
+
+def test_train_job_refuses_a_missing_dest_or_model_before_any_ray_work(colour_classes, tmp_path):
+    from shards.trainer import run_training
+    from shards.training import TrainOptions
+
+    with pytest.raises(shards.ManifestError, match="no manifest.json"):
+        run_training(str(tmp_path / "nothing"), TrainOptions(), address="127.0.0.1:9")
+    with pytest.raises(shards.ConfigError, match="--model .*no such file"):
+        run_training(colour_classes, TrainOptions(model_path=str(tmp_path / "missing.keras")), address="127.0.0.1:9")
