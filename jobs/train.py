@@ -36,6 +36,8 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     parser.add_argument("--stop-after-batches", type=int, default=None, help="stop (and checkpoint) after N batches")
     parser.add_argument("--audit-dir", default=None, help="record the sample positions each rank trained on")
+    parser.add_argument("--cache-limit", default=None,
+                        help="for an s3:// or gs:// DEST: local shard cache per worker, e.g. 4GiB (default 8GiB)")
     parser.add_argument("--address", default=None)
     parser.add_argument("--storage-path", default=None,
                         help="Ray Train storage for multi-worker runs (shared path or s3://; default ~/ray_results)")
@@ -56,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
             augment=tuple(a.strip() for a in args.augment.split(",") if a.strip()),
             validation_split=args.validation_split, mixed_precision=args.mixed_precision,
             checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
-            stop_after_batches=args.stop_after_batches, audit_dir=args.audit_dir)
+            stop_after_batches=args.stop_after_batches, audit_dir=args.audit_dir, cache_limit=args.cache_limit)
         from shards.trainer import run_training
 
         report = run_training(args.dest, options, workers=args.workers, gpus_per_worker=args.gpus_per_worker,

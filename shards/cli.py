@@ -194,16 +194,16 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def _rejects_by_reason(dest: str) -> dict[str, int]:
     import collections
-    import os
 
+    from shards.location import location
     from shards.manifest import REJECTS, reason_kind
 
-    path = os.path.join(dest, REJECTS)
-    if not os.path.exists(path):
+    data = location(dest).read(REJECTS)
+    if data is None:
         return {}
-    with open(path, encoding="utf-8") as handle:
-        reasons = (reason_kind(json.loads(line)["reason"]) for line in handle if line.strip())
-        return dict(collections.Counter(reasons).most_common())
+    lines = data.decode("utf-8").splitlines()
+    reasons = (reason_kind(json.loads(line)["reason"]) for line in lines if line.strip())
+    return dict(collections.Counter(reasons).most_common())
 
 
 def run_preview(args: argparse.Namespace) -> int:

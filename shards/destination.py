@@ -9,10 +9,11 @@ from __future__ import annotations
 import logging
 import os
 import re
-import shutil
 
+from shards import storage
 from shards.errors import DestinationError
 from shards.fileio import TEMP_PREFIX, remove_temporaries
+from shards.location import LocalLocation, Location, location
 from shards.manifest import INDEX, MANIFEST, PARTS, REJECTS, Receipt, read_receipt, read_run_record
 from shards.options import PreprocessOptions
 from shards.plan import ShardPlan
@@ -26,28 +27,30 @@ _RUN_FILE = re.compile(r"shard-\d+\.(images\.npy|labels\.npy|tfrecord(\.gz)?)")
 
 def prepare_destination(dest: str, mode: str, key: str, options: PreprocessOptions,
                         plan: ShardPlan) -> dict[str, Receipt]:
-    """Make DEST ready and return the receipts of shards a resumed run keeps.
+    """Make DEST (a folder or an object-storage prefix) ready; return the receipts a resumed run keeps.
 
     Raises:
         DestinationError: DEST is a file, holds another dataset, holds a run and neither
             `resume` nor `overwrite` was asked for, or holds files that are not a run's.
     """
-    if os.path.exists(dest) and not os.path.isdir(dest):
+    place = location(dest)
+    if isinstance(place, LocalLocation) and os.path.exists(dest) and not os.path.isdir(dest):
         raise DestinationError(f"{dest}: DEST exists and is not a folder")
-    if not os.path.isdir(dest):
-        os.makedirs(dest)
+    entries = place.names()
+    if entries is None:
+        if isinstance(place, LocalLocation):
+            os.makedirs(dest)
         return {}
-    entries = os.listdir(dest)
     record = read_run_record(dest)
     foreign = [name for name in entries if not _owned_by_run(name)]
     if record is None:
         if foreign:
             raise DestinationError(f"{dest}: DEST is not empty and holds no shards run "
                                    f"(found {foreign[0]!r}); choose an empty or new folder")
-        _remove_run_files(dest)
+        _remove_run_files(place, entries)
         return {}
     if mode == "overwrite":
-        _remove_run_files(dest)
+        _remove_run_files(place, entries)
         return {}
     if record.get("run_key") != key:
         raise DestinationError(f"{dest}: DEST holds a different dataset ({_difference(record, options)}); "
@@ -55,17 +58,21 @@ def prepare_destination(dest: str, mode: str, key: str, options: PreprocessOptio
     if mode == "new":
         raise DestinationError(f"{dest}: DEST already holds this run; pass --resume to continue it "
                                "or --overwrite to redo it")
-    remove_temporaries(dest)
+    if isinstance(place, LocalLocation):
+        remove_temporaries(dest)
     return _verified_receipts(dest, key, options, plan)
 
 
 def _verified_receipts(dest: str, key: str, options: PreprocessOptions, plan: ShardPlan) -> dict[str, Receipt]:
     kept: dict[str, Receipt] = {}
+    # In object storage a shard object exists only once its upload completed, so its size is
+    # checked here and its bytes by `shards verify` and by the reader's cache (no re-download).
+    deep = not storage.is_remote(dest)
     for spec in plan:
         receipt = read_receipt(dest, spec.name)
         if receipt is None or receipt.run_key != key:
             continue
-        problems = shard_problems(dest, receipt.shard, options.format, options.shape, options.dtype)
+        problems = shard_problems(dest, receipt.shard, options.format, options.shape, options.dtype, deep=deep)
         if problems:
             logger.warning("redoing %s: %s", spec.name, problems[0])
             continue
@@ -85,12 +92,8 @@ def _owned_by_run(name: str) -> bool:
             or bool(_RUN_FILE.fullmatch(name)))
 
 
-def _remove_run_files(dest: str) -> None:
-    for name in os.listdir(dest):
-        if not _owned_by_run(name):
-            continue
-        path = os.path.join(dest, name)
-        if os.path.isdir(path) and not os.path.islink(path):
-            shutil.rmtree(path)
-        else:
-            os.remove(path)
+def _remove_run_files(place: Location, entries: list[str]) -> None:
+    # The manifest goes first: a half-removed run must never look like a finished one.
+    for name in sorted(entries, key=lambda n: n != MANIFEST):
+        if _owned_by_run(name):
+            place.remove(name)

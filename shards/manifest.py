@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import re
 from typing import Any
 
@@ -18,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 
 from shards.errors import ManifestError
-from shards.fileio import atomic_write, write_bytes_atomically
 from shards.formats import ShardInfo
+from shards.location import location
 from shards.options import PreprocessOptions
 
 MANIFEST_VERSION = 1
@@ -135,7 +134,7 @@ def build_manifest(
 
 def write_manifest(dest: str, record: dict[str, Any]) -> None:
     """Commit a run: the manifest is written last, atomically."""
-    write_bytes_atomically(os.path.join(dest, MANIFEST), _dumps(record))
+    location(dest).write(MANIFEST, _dumps(record))
 
 
 def load_manifest(dest: str, *, allow_incomplete: bool = False) -> Manifest:
@@ -144,8 +143,8 @@ def load_manifest(dest: str, *, allow_incomplete: bool = False) -> Manifest:
     Raises:
         ManifestError: missing, unreadable, of another version, malformed, or incomplete.
     """
-    path = os.path.join(dest, MANIFEST)
-    record = read_json(path)
+    path = f"{dest.rstrip('/')}/{MANIFEST}"
+    record = read_json(dest, MANIFEST)
     if record is None:
         raise ManifestError(f"{dest}: no {MANIFEST}; not a finished shards run")
     version = record.get("version")
@@ -178,13 +177,11 @@ def load_manifest(dest: str, *, allow_incomplete: bool = False) -> Manifest:
 
 
 def write_receipt(dest: str, receipt: Receipt) -> None:
-    parts = os.path.join(dest, PARTS)
-    os.makedirs(parts, exist_ok=True)
-    write_bytes_atomically(os.path.join(parts, receipt.shard.name + ".json"), _dumps(receipt.to_json()))
+    location(dest).write(f"{PARTS}/{receipt.shard.name}.json", _dumps(receipt.to_json()))
 
 
 def read_receipt(dest: str, shard: str) -> Receipt | None:
-    record = read_json(os.path.join(dest, PARTS, shard + ".json"))
+    record = read_json(dest, f"{PARTS}/{shard}.json")
     if record is None or record.get("version") != MANIFEST_VERSION:
         return None
     try:
@@ -195,14 +192,13 @@ def read_receipt(dest: str, shard: str) -> Receipt | None:
 
 def write_run_record(dest: str, key: str, source: str, options: PreprocessOptions) -> None:
     """Claim DEST for a run before any shard is written, so a crashed run is still recognised."""
-    os.makedirs(os.path.join(dest, PARTS), exist_ok=True)
     record = {"version": MANIFEST_VERSION, "run_key": key, "source": source, "config": options.to_json()}
-    write_bytes_atomically(os.path.join(dest, PARTS, RUN_RECORD), _dumps(record))
+    location(dest).write(f"{PARTS}/{RUN_RECORD}", _dumps(record))
 
 
 def read_run_record(dest: str) -> dict[str, Any] | None:
     """The run DEST holds: from its manifest, or from the claim of an unfinished run."""
-    return read_json(os.path.join(dest, MANIFEST)) or read_json(os.path.join(dest, PARTS, RUN_RECORD))
+    return read_json(dest, MANIFEST) or read_json(dest, f"{PARTS}/{RUN_RECORD}")
 
 
 def write_index(dest: str, shards: list[ShardInfo], positions: list[np.ndarray], sources: pa.Array,
@@ -220,23 +216,24 @@ def write_index(dest: str, shards: list[ShardInfo], positions: list[np.ndarray],
         "source": sources.take(pa.array(every)),
         "label": pa.array(labels[every].astype(np.int32)),
     })
-    with atomic_write(os.path.join(dest, INDEX)) as handle:
+    with location(dest).writing(INDEX) as handle:
         pq.write_table(table, handle, compression="zstd")
 
 
 def write_rejects(dest: str, rejects: list[Reject]) -> None:
     """rejects.jsonl: one JSON object a line with `source` and `reason`, in listing order."""
     lines = [json.dumps({"source": r.source, "reason": r.reason}, ensure_ascii=False) for r in rejects]
-    write_bytes_atomically(os.path.join(dest, REJECTS), ("\n".join(lines) + "\n" if lines else "").encode())
+    location(dest).write(REJECTS, ("\n".join(lines) + "\n" if lines else "").encode())
 
 
-def read_json(path: str) -> dict[str, Any] | None:
-    """A JSON object from `path`; None if absent; ManifestError if not a JSON object."""
+def read_json(dest: str, relative: str) -> dict[str, Any] | None:
+    """A JSON object from a file of DEST; None if absent; ManifestError if not a JSON object."""
+    path = f"{dest.rstrip('/')}/{relative}"
     try:
-        with open(path, encoding="utf-8") as handle:
-            record = json.load(handle)
-    except FileNotFoundError:
-        return None
+        data = location(dest).read(relative)
+        if data is None:
+            return None
+        record = json.loads(data.decode("utf-8"))
     except (OSError, ValueError) as exc:
         raise ManifestError(f"{path}: unreadable JSON ({exc})") from exc
     if not isinstance(record, dict):

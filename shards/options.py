@@ -44,18 +44,18 @@ def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def parse_bytes(text: str | int) -> int:
-    """Parse a byte count such as `256MiB`, `1GB` or `1048576`."""
+def parse_bytes(text: str | int, what: str = "--shard-size") -> int:
+    """Parse a byte count such as `256MiB`, `1GB` or `1048576`; `what` names it in errors."""
     if isinstance(text, int):
         value = text
     else:
         match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", str(text))
         unit = match.group(2).upper() if match else None
         if not match or unit not in _UNITS:
-            raise ConfigError(f"--shard-size must be a size such as 256MiB or 1GB, got {text!r}")
+            raise ConfigError(f"{what} must be a size such as 256MiB or 1GB, got {text!r}")
         value = int(float(match.group(1)) * _UNITS[unit])
     if value <= 0:
-        raise ConfigError(f"--shard-size must be positive, got {text!r}")
+        raise ConfigError(f"{what} must be positive, got {text!r}")
     return value
 
 

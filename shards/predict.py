@@ -133,10 +133,14 @@ def keras_predictor(model_path: str, *, mixed_precision: bool = False) -> Callab
 
 def index_sources(dest: str) -> pa.Array | None:
     """The source of every sample, from index.parquet (None if it is missing)."""
-    path = os.path.join(dest, "index.parquet")
-    if not os.path.exists(path):
+    from shards.location import location
+    from shards.manifest import INDEX
+
+    place = location(dest)
+    if place.size(INDEX) is None:
         return None
-    return pq.read_table(path, columns=["source"]).column("source").combine_chunks()
+    path, filesystem = place.table_path(INDEX)
+    return pq.read_table(path, columns=["source"], filesystem=filesystem).column("source").combine_chunks()
 
 
 def _predict_part(dest: str, model_path: str, out: str, options: PredictOptions, positions: np.ndarray,

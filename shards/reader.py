@@ -9,7 +9,6 @@ them.
 from __future__ import annotations
 
 import copy
-import os
 import queue
 import sys
 import threading
@@ -18,14 +17,18 @@ from typing import Any
 
 import numpy as np
 
+from shards.cache import ShardCache
+from shards.errors import ConfigError
 from shards.formats import get_format
 from shards.formats.base import ShardReader
+from shards.location import RemoteLocation, location
 from shards.manifest import INDEX, Manifest, load_manifest
-from shards.options import numpy_dtype
-from shards.sampling import batch_count, check_slicing, epoch_order, position_after, rank_batches
+from shards.options import numpy_dtype, parse_bytes
+from shards.sampling import batch_count, check_slicing, epoch_order, position_after, rank_batches, window_order
 
 _DONE = object()
 ALIGNMENT = 64
+DEFAULT_CACHE_LIMIT = "8GiB"
 
 
 def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
@@ -49,8 +52,10 @@ class ShardDataset:
         classes: the class names labels index into.
     """
 
-    def __init__(self, dest: str) -> None:
+    def __init__(self, dest: str, *, cache_dir: str | None = None, cache_limit: int | str | None = None,
+                 shuffle_window: int | None = None) -> None:
         self.dest = dest
+        self._place = location(dest)
         self.manifest: Manifest = load_manifest(dest)
         self.shape = self.manifest.shape
         self.dtype = numpy_dtype(self.manifest.dtype)
@@ -59,6 +64,19 @@ class ShardDataset:
         self._offsets = np.cumsum([0] + [s.count for s in self.manifest.shards])
         self._readers: dict[int, ShardReader] = {}
         self._subset: np.ndarray | None = None
+        self.cache: ShardCache | None = None
+        if isinstance(self._place, RemoteLocation):
+            self.cache = ShardCache(self._place, self.manifest.shards, run_key=str(self.manifest.record.get("run_key")),
+                                    limit=parse_bytes(cache_limit if cache_limit is not None else DEFAULT_CACHE_LIMIT, "cache_limit"),
+                                    folder=cache_dir)
+            readers = self._readers  # not `self`: the cache must not keep the dataset alive
+            self.cache.on_evict = lambda shard: readers.pop(shard, None)
+        elif cache_dir is not None or cache_limit is not None:
+            raise ConfigError(f"{dest}: cache_dir and cache_limit apply to an s3:// or gs:// DEST only")
+        if shuffle_window is None and self.cache is not None:
+            shuffle_window = self.cache.window
+        #: shards per shuffle window; None shuffles the whole dataset at once.
+        self.shuffle_window = shuffle_window
 
     def __len__(self) -> int:
         return self.manifest.count if self._subset is None else len(self._subset)
@@ -68,17 +86,42 @@ class ShardDataset:
                 f"dtype={self.manifest.dtype}, classes={len(self.classes)}, shards={len(self.manifest.shards)})")
 
     def _reader(self, shard: int) -> ShardReader:
+        if self.cache is not None:
+            return self.cache.open(shard, lambda folder: self._open_reader(shard, folder))
+        return self._open_reader(shard, self.dest)
+
+    def _open_reader(self, shard: int, folder: str) -> ShardReader:
         reader = self._readers.get(shard)
         if reader is None:
             info = self.manifest.shards[shard]
-            reader = self._readers[shard] = self._format.open_reader(self.dest, info, self.shape, self.manifest.dtype)
+            reader = self._readers[shard] = self._format.open_reader(folder, info, self.shape, self.manifest.dtype)
         return reader
+
+    def epoch_order(self, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
+        """The order of epoch `epoch` over this dataset's positions: storage order, a global
+        permutation, or (with `shuffle_window`) a permutation within windows of shards."""
+        if not shuffle or self.shuffle_window is None:
+            return epoch_order(len(self), shuffle=shuffle, seed=seed, epoch=epoch)
+        return window_order(self._shard_of(np.arange(len(self))), seed=seed, epoch=epoch, window=self.shuffle_window)
+
+    def schedule(self, order: np.ndarray) -> None:
+        """Tell the cache (if any) which shards the coming reads use, in order of first use."""
+        if self.cache is None or not len(order):
+            return
+        shards = self._shard_of(order)
+        _, first = np.unique(shards, return_index=True)
+        self.cache.schedule(shards[np.sort(first)].tolist())
+
+    def _shard_of(self, positions: np.ndarray) -> np.ndarray:
+        stored = positions if self._subset is None else self._subset[positions]
+        return np.searchsorted(self._offsets, stored, side="right") - 1
 
     def labels(self) -> np.ndarray:
         """Every sample's label in dataset order, from index.parquet: no image is read."""
         import pyarrow.parquet as pq
 
-        column = pq.read_table(os.path.join(self.dest, INDEX), columns=["label"]).column("label")
+        path, filesystem = self._place.table_path(INDEX)
+        column = pq.read_table(path, columns=["label"], filesystem=filesystem).column("label")
         labels = column.to_numpy().astype(np.int32)
         return labels if self._subset is None else labels[self._subset]
 
@@ -116,7 +159,10 @@ class ShardDataset:
         labels = np.empty(len(indices), np.int32)
         shard_of = np.searchsorted(self._offsets, indices, side="right") - 1
         bounds = np.flatnonzero(np.diff(shard_of)) + 1
-        for begin, end in zip(np.r_[0, bounds], np.r_[bounds, len(indices)]):
+        groups = list(zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(indices)].tolist()))
+        if self.cache is not None:
+            groups.sort(key=lambda group: self.cache.order_key(int(shard_of[group[0]])))  # type: ignore[union-attr]
+        for begin, end in groups:
             shard = int(shard_of[begin])
             rows = indices[begin:end] - self._offsets[shard]
             self._reader(shard).read(rows, images[begin:end], labels[begin:end])
@@ -142,7 +188,8 @@ class ShardDataset:
         check_slicing(len(self), batch_size, rank, world_size, start)
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
-        order = epoch_order(len(self), shuffle=shuffle, seed=seed, epoch=epoch)
+        order = self.epoch_order(shuffle=shuffle, seed=seed, epoch=epoch)
+        self.schedule(order[start:])
         return BatchStream(self, order, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
                            world_size=world_size, drop_last=drop_last, start=start, prefetch=prefetch,
                            return_indices=return_indices)
@@ -170,7 +217,8 @@ class BatchStream(Iterator[tuple[np.ndarray, np.ndarray]]):
         self._dataset = dataset
         self._return_indices = return_indices
         self._batch_size, self._world_size, self._start = batch_size, world_size, start
-        self._settings = {"shuffle": shuffle, "seed": seed, "epoch": epoch, "drop_last": drop_last}
+        self._settings = {"shuffle": shuffle, "seed": seed, "epoch": epoch, "drop_last": drop_last,
+                          "shuffle_window": dataset.shuffle_window}
         self._length = batch_count(len(dataset), batch_size, world_size=world_size, drop_last=drop_last,
                                    start=start)
         self._consumed = 0
@@ -287,10 +335,21 @@ def _aligned_view(raw: np.ndarray, size: int, shape: tuple[int, ...], dtype: np.
     return raw[start: start + size].view(dtype).reshape(shape)
 
 
-def open_shards(dest: str) -> ShardDataset:
-    """Open a finished shards run in DEST for reading.
+def open_shards(dest: str, *, cache_dir: str | None = None, cache_limit: int | str | None = None,
+                shuffle_window: int | None = None) -> ShardDataset:
+    """Open a finished shards run in DEST (a folder, or an s3:// / gs:// prefix) for reading.
+
+    Args:
+        dest: where the run was written.
+        cache_dir: for object storage, a folder that keeps downloaded shards across processes;
+            default: a temporary folder removed with the dataset.
+        cache_limit: for object storage, the most bytes of shards kept locally (bytes or text
+            such as "2GiB"); default 8 GiB. Must hold at least two shards.
+        shuffle_window: shuffle within windows of this many shards (the same on every rank).
+            Default: the whole dataset for a folder; what fits in the cache for object storage.
 
     Raises:
         ManifestError: DEST holds no complete run, or one this version cannot read.
+        ConfigError: the cache cannot hold two shards, or cache settings for a local DEST.
     """
-    return ShardDataset(dest)
+    return ShardDataset(dest, cache_dir=cache_dir, cache_limit=cache_limit, shuffle_window=shuffle_window)

@@ -21,7 +21,7 @@ import numpy as np
 
 from shards import storage
 from shards.destination import MODES, prepare_destination
-from shards.errors import ConfigError, RejectLimitError, ShardsError
+from shards.errors import ConfigError, DestinationError, RejectLimitError, ShardsError
 from shards.fileio import remove_temporaries
 from shards.manifest import (Receipt, build_manifest, reason_kind, run_key, write_index, write_manifest,
                              write_rejects, write_run_record)
@@ -85,7 +85,8 @@ def preprocess(
 
     Args:
         src: a folder of class folders, a flat folder, or a CSV/Parquet manifest.
-        dest: the output folder.
+        dest: the output folder, or an s3:// / gs:// prefix (shards are staged on each worker
+            and uploaded once complete; the manifest is uploaded last).
         options: what to produce.
         mode: `new` (DEST must not hold a run), `resume` (keep verified shards of the same run) or
             `overwrite` (remove a previous run first).
@@ -103,15 +104,15 @@ def preprocess(
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
-    if storage.is_remote(dest):
-        raise ConfigError(f"{dest}: object-storage DEST is not supported yet; write to a local or shared "
-                          "path and copy it (SRC may be s3:// or gs://)")
-    dest = os.path.abspath(dest)
+    dest = dest.rstrip("/") if storage.is_remote(dest) else os.path.abspath(dest)
     listing = list_sources(src)
     key = run_key(listing.fingerprint(), options)
     plan = plan_shards(len(listing), options.samples_per_shard, options.seed)
     kept = prepare_destination(dest, mode, key, options, plan)
-    write_run_record(dest, key, src, options)
+    try:
+        write_run_record(dest, key, src, options)
+    except OSError as exc:
+        raise DestinationError(f"{dest}: cannot write to DEST: {str(exc).splitlines()[0]}") from exc
 
     ray_started = time.perf_counter()
     connect_ray(address)
@@ -182,7 +183,7 @@ class _ShardRun:
         import ray
 
         options: dict[str, Any] = {"num_cpus": 1, "max_retries": TASK_RETRIES}
-        if storage.environment() and storage.any_remote(self.listing.sources):
+        if storage.environment() and (storage.is_remote(self.dest) or storage.any_remote(self.listing.sources)):
             # Workers reach the same object store as the driver (endpoint, credentials).
             options["runtime_env"] = {"env_vars": storage.environment()}
         task = ray.remote(_write_shard_on_node).options(**options)
@@ -259,7 +260,8 @@ class _ShardRun:
                                 rejected=len(rejects), class_counts=class_counts, source=self.src,
                                 key=self.key, complete=complete, run=run)
         write_manifest(self.dest, record)
-        remove_temporaries(self.dest)  # left by workers killed mid-write; their shards were redone
+        if not storage.is_remote(self.dest):
+            remove_temporaries(self.dest)  # left by workers killed mid-write; their shards were redone
         return RunSummary(self.dest, len(self.listing), int(record["count"]), len(rejects), len(shards),
                           self.resumed, sum(s.bytes for s in shards), seconds, ray_start_seconds,
                           dict(collections.Counter(reason_kind(r.reason) for r in rejects)),

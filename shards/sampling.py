@@ -23,6 +23,25 @@ def epoch_order(count: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarr
     return np.random.default_rng([seed, epoch]).permutation(count)
 
 
+def window_order(shard_of: np.ndarray, *, seed: int, epoch: int, window: int) -> np.ndarray:
+    """A shuffled epoch order that reads `window` shards at a time: a permutation from
+    (seed, epoch) of the shards, cut into windows, each window's samples permuted together.
+
+    `shard_of[i]` is the shard holding position i (non-decreasing). This is the order a reader
+    with a cache of a few shards can serve: each shard is fetched once per epoch.
+    """
+    if window < 1:
+        raise ConfigError(f"shuffle window must be at least 1 shard, got {window}")
+    if not len(shard_of):
+        return np.empty(0, np.int64)
+    rng = np.random.default_rng([seed, epoch, 0x3A7D])
+    shards = np.unique(shard_of)
+    slot = np.empty(int(shards[-1]) + 1, np.int64)
+    slot[rng.permutation(shards)] = np.arange(len(shards))
+    keys = rng.random(len(shard_of))
+    return np.lexsort((keys, slot[shard_of] // window)).astype(np.int64)
+
+
 def check_slicing(count: int, batch_size: int, rank: int, world_size: int, start: int) -> None:
     """Refuse impossible batch and rank arguments with a message that names them."""
     if batch_size < 1:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from shards.reader import ShardDataset
-from shards.sampling import batch_count, epoch_order, rank_batches
+from shards.sampling import batch_count, rank_batches
 from shards.tf_support import import_tensorflow
 
 tf = import_tensorflow()
@@ -78,8 +78,8 @@ class ShardsPyDataset(keras.utils.PyDataset):
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if self._batches is None:
             settings = self._settings
-            order = epoch_order(len(self.dataset), shuffle=settings["shuffle"], seed=settings["seed"],
-                                epoch=self.epoch)
+            order = self.dataset.epoch_order(shuffle=settings["shuffle"], seed=settings["seed"], epoch=self.epoch)
+            self.dataset.schedule(order)
             self._batches = list(rank_batches(order, self.batch_size, rank=settings["rank"],
                                               world_size=settings["world_size"], drop_last=settings["drop_last"]))
         if not 0 <= index < len(self._batches):

@@ -2,8 +2,9 @@
 
 The actor asks for a GPU when the cluster has one and runs on CPU otherwise. With several
 workers, Ray Train sets up MultiWorkerMirroredStrategy (TF_CONFIG) and each worker reads its own
-rank's slice of the shards. A worker that cannot see DEST reads it through a streaming generator
-on the node that can (`shards.remote`).
+rank's slice of the shards. A worker that cannot see a DEST folder reads it through a streaming
+generator on the node that can (`shards.remote`); an s3:// or gs:// DEST is read by every worker
+through its own bounded local cache.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import os
 import tempfile
 from typing import Any
 
+from shards import storage
 from shards.errors import ConfigError, ShardsError
 from shards.manifest import load_manifest
 from shards.run import connect_ray
@@ -43,6 +45,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     from shards.tf_support import import_tensorflow
     from shards.training import train_worker
 
+    os.environ.update(config["environment"])  # object-storage endpoint and credentials for DEST
     tf = import_tensorflow()
     context = ray.train.get_context()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -78,10 +81,13 @@ def run_training(dest: str, options: TrainOptions, *, workers: int = 1, gpus_per
     connect_ray(address)
     gpus = gpus_per_worker if gpus_per_worker is not None else (1.0 if cluster_gpus() >= workers else 0.0)
     data_node = ray.get_runtime_context().get_node_id()
-    dest = os.path.abspath(dest)
+    remote = storage.is_remote(dest)
+    dest = dest if remote else os.path.abspath(dest)
+    environment = storage.environment() if remote else {}
     logger.info("training on %s with %d worker(s), %.1f GPU each", dest, workers, gpus)
     if workers == 1:
-        actor = ray.remote(TrainerActor).options(num_cpus=1, num_gpus=gpus).remote()
+        settings: dict[str, Any] = {"runtime_env": {"env_vars": environment}} if environment else {}
+        actor = ray.remote(TrainerActor).options(num_cpus=1, num_gpus=gpus, **settings).remote()
         try:
             return ray.get(actor.fit.remote(dest, options, data_node))
         except ray.exceptions.RayTaskError as exc:
@@ -96,7 +102,7 @@ def run_training(dest: str, options: TrainOptions, *, workers: int = 1, gpus_per
     resources = {"CPU": 1.0, **({"GPU": gpus} if gpus else {})}
     trainer = TensorflowTrainer(
         _train_loop_per_worker,
-        train_loop_config={"dest": dest, "options": options, "data_node": data_node},
+        train_loop_config={"dest": dest, "options": options, "data_node": data_node, "environment": environment},
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources),
         run_config=RunConfig(name="shards-train", storage_path=storage_path),
     )

@@ -18,8 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from shards import storage
 from shards.errors import ConfigError
 from shards.fileio import temporary_path, write_bytes_atomically
+from shards.options import parse_bytes
 from shards.reader import open_shards
 from shards.sampling import position_after
 from shards.tf_support import import_tensorflow
@@ -53,6 +55,7 @@ class TrainOptions:
     resume: bool = False
     stop_after_batches: int | None = None
     audit_dir: str | None = None
+    cache_limit: str | None = None
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -64,6 +67,8 @@ class TrainOptions:
             raise ConfigError(f"--validation-split must be in [0, 1), got {self.validation_split}")
         if self.resume and not self.checkpoint_dir:
             raise ConfigError("--resume needs --checkpoint-dir")
+        if self.cache_limit is not None:
+            parse_bytes(self.cache_limit, "--cache-limit")
         if self.checkpoint_every < 1:
             raise ConfigError(f"--checkpoint-every must be at least 1, got {self.checkpoint_every}")
 
@@ -184,8 +189,11 @@ class ProgressCheckpoint(keras.callbacks.Callback):
         write_bytes_atomically(os.path.join(self.checkpoint_dir, CHECKPOINT_STATE), json.dumps(state).encode())
 
 
-def open_for_training(dest: str, data_node: str | None) -> Any:
-    """DEST itself when this process can read it; otherwise a stream from the node that can."""
+def open_for_training(dest: str, data_node: str | None, cache_limit: str | None = None) -> Any:
+    """DEST itself when this process can read it (object storage through a bounded local cache);
+    otherwise a stream from the node that can."""
+    if storage.is_remote(dest):
+        return open_shards(dest, cache_limit=cache_limit)
     if data_node is None or os.path.exists(os.path.join(dest, "manifest.json")):
         return open_shards(dest)
     from shards.remote import RemoteShardDataset
@@ -208,7 +216,7 @@ def train_worker(dest: str, options: TrainOptions, *, rank: int = 0, world_size:
         else:
             logger.warning("--mixed-precision ignored: no GPU in this worker")
     keras.utils.set_random_seed(options.seed)
-    dataset = open_for_training(dest, data_node)
+    dataset = open_for_training(dest, data_node, options.cache_limit)
     if not dataset.classes:
         raise ConfigError(f"{dest}: the dataset has no labels (no classes); nothing to train on")
     train_set, validation_set = (dataset.split(options.validation_split, options.seed)

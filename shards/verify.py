@@ -6,12 +6,11 @@ Used by `shards verify` over a finished run and by `--resume` to decide which sh
 from __future__ import annotations
 
 import dataclasses
-import os
 
 from shards.errors import ManifestError
-from shards.fileio import digest_file
 from shards.formats import ShardInfo, get_format
-from shards.manifest import load_manifest
+from shards.location import LocalLocation, location
+from shards.manifest import INDEX, load_manifest
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,21 +27,23 @@ class VerifyReport:
 
 
 def shard_problems(dest: str, info: ShardInfo, format_name: str, shape: tuple[int, int, int],
-                   dtype: str) -> list[str]:
-    """Everything wrong with one shard on disk; an empty list when it verifies."""
+                   dtype: str, *, deep: bool = True) -> list[str]:
+    """Everything wrong with one shard in DEST; an empty list when it verifies.
+
+    `deep` also reads every byte for the sha256 and, for local files, opens the shard the way a
+    reader does (header, dtype, shape); without it only presence and sizes are checked.
+    """
+    place = location(dest)
     problems = []
     for file_name, expected in sorted(info.files.items()):
-        path = os.path.join(dest, file_name)
-        if not os.path.isfile(path):
+        size = place.size(file_name)
+        if size is None:
             problems.append(f"{info.name}: {file_name} is missing")
-            continue
-        size = os.path.getsize(path)
-        if size != expected.bytes:
+        elif size != expected.bytes:
             problems.append(f"{info.name}: {file_name} is {size} bytes, expected {expected.bytes}")
-            continue
-        if digest_file(path).sha256 != expected.sha256:
+        elif deep and place.digest(file_name).sha256 != expected.sha256:
             problems.append(f"{info.name}: {file_name} checksum mismatch (sha256 differs)")
-    if not problems:
+    if not problems and deep and isinstance(place, LocalLocation):
         try:
             get_format(format_name).open_reader(dest, info, shape, dtype)
         except ManifestError as exc:
@@ -66,7 +67,8 @@ def verify_dest(dest: str) -> VerifyReport:
     for info in manifest.shards:
         problems += shard_problems(dest, info, manifest.format, manifest.shape, manifest.dtype)
     try:
-        index = pq.read_table(os.path.join(dest, "index.parquet"), columns=["shard", "row"])
+        path, filesystem = location(dest).table_path(INDEX)
+        index = pq.read_table(path, columns=["shard", "row"], filesystem=filesystem)
         counts = index.column("shard").combine_chunks().dictionary_encode().value_counts().to_pylist()
         by_name = {str(item["values"]): item["counts"] for item in counts}
         for info in manifest.shards:

@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import contextlib
 import logging
+import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator, Sequence
 
 import numpy as np
 
 from shards.errors import DecodeError
-from shards.formats import get_format
+from shards.formats import ShardInfo, get_format
 from shards.imaging import decode_image, to_storage
+from shards.location import Location, location
 from shards.manifest import Receipt, Reject, write_receipt
 from shards.options import PreprocessOptions
 from shards.sources import read_source
@@ -40,7 +45,7 @@ def write_shard(
     """Write shard `shard` from its inputs and leave its receipt in DEST/.parts.
 
     Args:
-        dest: the local DEST folder.
+        dest: the DEST folder or object-storage prefix.
         shard: the shard's name.
         positions: each input's position in the listing (recorded with rejects).
         sources: each input's path or URI, aligned with `positions`.
@@ -50,9 +55,21 @@ def write_shard(
         node: where the shard ran (recorded for the user, not for the data).
     """
     started = time.time()
-    shard_format = get_format(options.format)
+    place = location(dest)
+    with _staging(place) as folder:
+        info, rejects = _write_files(folder, shard, positions, sources, labels, options)
+        if place.is_remote:
+            for file_name in info.files:  # each object appears only once its upload completes
+                place.put(os.path.join(folder, file_name), file_name)
+    receipt = Receipt(run_key, info, rejects, node, started, time.time())
+    write_receipt(dest, receipt)
+    return receipt
+
+
+def _write_files(folder: str, shard: str, positions: np.ndarray, sources: Sequence[str], labels: np.ndarray,
+                 options: PreprocessOptions) -> tuple[ShardInfo, list[Reject]]:
     rejects: list[Reject] = []
-    with shard_format.open_writer(dest, shard, len(sources), options) as writer:
+    with get_format(options.format).open_writer(folder, shard, len(sources), options) as writer:
         for i, data in enumerate(_read_ahead(sources)):
             try:
                 if isinstance(data, DecodeError):
@@ -63,10 +80,21 @@ def write_shard(
                 logger.info("rejected %s: %s", sources[i], exc)
                 continue
             writer.write(to_storage(rgb, options.dtype), int(labels[i]))
-        info = writer.close()
-    receipt = Receipt(run_key, info, rejects, node, started, time.time())
-    write_receipt(dest, receipt)
-    return receipt
+        return writer.close(), rejects
+
+
+@contextlib.contextmanager
+def _staging(place: Location) -> Iterator[str]:
+    """Where the shard's files are written: DEST itself when it is a folder, otherwise a local
+    staging folder (SHARDS_STAGING_DIR or the system's temp folder) removed afterwards."""
+    if not place.is_remote:
+        yield place.root
+        return
+    folder = tempfile.mkdtemp(prefix="shards-stage-", dir=os.environ.get("SHARDS_STAGING_DIR"))
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _read_ahead(sources: Sequence[str]) -> Iterator[bytes | DecodeError]:

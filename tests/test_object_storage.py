@@ -1,5 +1,6 @@
 """s3:// sources against a real S3-compatible server (moto's server mode) on 127.0.0.1."""
 
+import json
 import os
 
 import numpy as np
@@ -78,8 +79,127 @@ def test_an_s3_manifest_with_relative_paths_and_a_missing_object(ray_cluster, s3
     assert images.shape == (2, 24, 32, 3) and labels.tolist() == [0, 0]
 
 
-def test_an_object_storage_dest_is_refused_in_one_line_before_any_work(s3, capsys):
-    assert cli.main(["preprocess", "s3://data/photos", "s3://data/out"]) == 2
+@pytest.fixture(scope="module")
+def s3_run(ray_cluster, s3, tmp_path_factory, photos):
+    """s3://data/photos preprocessed to s3://data/runs/main, and the same run into a local folder."""
+    local = str(tmp_path_factory.mktemp("local-run"))
+    assert cli.main(["preprocess", "s3://data/photos", "s3://data/runs/main", "--size", "24x32",
+                     "--shard-size", "20KiB"]) == 0
+    shards.preprocess(photos, local, OPTIONS, mode="overwrite")
+    return "s3://data/runs/main", local
+
+
+def object_names(s3, prefix):
+    found = s3.get_file_info(pafs.FileSelector(prefix, recursive=True))
+    return sorted(f.path.removeprefix(prefix + "/") for f in found if f.type == pafs.FileType.File)
+
+
+def test_s3_to_s3_writes_the_same_shards_as_a_local_run_and_verifies(s3_run, s3, capsys):
+    remote, local = s3_run
+    shard_files = sorted(n for n in os.listdir(local) if n.startswith("shard-"))
+    names = object_names(s3, "data/runs/main")
+    assert [n for n in names if n.startswith("shard-")] == shard_files
+    assert {"manifest.json", "index.parquet", "rejects.jsonl"} <= set(names)
+    assert not [n for n in names if "tmp" in n]  # nothing staged or half-written was published
+    for name in shard_files:
+        assert storage.read_bytes(f"{remote}/{name}") == open(os.path.join(local, name), "rb").read(), name
+    capsys.readouterr()
+    assert cli.main(["verify", remote]) == 0
+    assert cli.main(["inspect", remote, "--json"]) == 0
+    assert '"count": 90' in capsys.readouterr().out
+
+
+def test_reader_trains_from_s3_through_a_cache_smaller_than_the_dataset(s3_run, tmp_path):
+    from shards.training import TrainOptions, train_worker
+
+    remote, local = s3_run
+    nearby = shards.open(local)
+    largest = max(s.bytes for s in nearby.manifest.shards)
+    total = sum(s.bytes for s in nearby.manifest.shards)
+    limit = 4 * largest
+    assert limit < total / 2
+    dataset = shards.open(remote, cache_limit=limit, cache_dir=str(tmp_path / "cache"))
+    assert dataset.shuffle_window == dataset.cache.window >= 1
+    for epoch in range(2):
+        seen = []
+        for rank in range(2):
+            for images, labels, positions in dataset.batches(8, shuffle=True, epoch=epoch, rank=rank,
+                                                             world_size=2, return_indices=True):
+                expected_images, expected_labels = nearby.read(positions)
+                assert np.array_equal(images, expected_images) and np.array_equal(labels, expected_labels)
+                seen += positions.tolist()
+        assert sorted(seen) == list(range(90))  # 90 is even: no padding, each sample once per epoch
+    assert dataset.cache.peak_bytes <= limit
+    # Each epoch fetched every shard about once per rank, not once per batch.
+    assert dataset.cache.downloads <= 2 * 2 * len(dataset.manifest.shards) + 2
+
+    audit = str(tmp_path / "audit")
+    report = train_worker(remote, TrainOptions(epochs=2, batch_size=8, audit_dir=audit, cache_limit=str(limit),
+                                               output=str(tmp_path / "model.keras")))
+    assert [e["epoch"] for e in report["epochs"]] == [0, 1] and os.path.exists(tmp_path / "model.keras")
+    for epoch in ("0", "1"):
+        (name,) = os.listdir(audit)
+        trained = json.load(open(os.path.join(audit, name)))["epochs"][epoch]
+        assert sorted(trained) == list(range(90))
+
+
+def test_a_shared_cache_folder_is_reused_and_damaged_objects_are_refused(s3_run, s3, tmp_path):
+    remote, _ = s3_run
+    cache = str(tmp_path / "cache")
+    first = shards.open(remote, cache_dir=cache, cache_limit="1MiB")
+    first.read(np.arange(90))
+    assert first.cache.downloads == len(first.manifest.shards)
+    again = shards.open(remote, cache_dir=cache, cache_limit="1MiB")
+    again.read(np.arange(90))
+    assert again.cache.downloads == 0  # every shard came from the folder, already verified
+
+    # Same size, other bytes: the cache's sha256 check refuses it, and so does verify.
+    copy = "runs/damaged"
+    for name in object_names(s3, "data/runs/main"):
+        s3.copy_file(f"data/runs/main/{name}", f"data/{copy}/{name}")
+    victim = f"data/{copy}/shard-00001.images.npy"
+    data = bytearray(s3.open_input_file(victim).readall())
+    data[-1] ^= 0xFF
+    with s3.open_output_stream(victim) as handle:
+        handle.write(bytes(data))
+    damaged = shards.open(f"s3://data/{copy}", cache_limit="1MiB")
+    first_rows = int(damaged.manifest.shards[0].count)
+    damaged.read(np.arange(first_rows))  # an intact shard reads
+    with pytest.raises(shards.ManifestError, match="sha256 differs from the manifest"):
+        damaged.read(np.arange(first_rows, first_rows + 1))
+    from shards.verify import verify_dest
+
+    assert verify_dest(f"s3://data/{copy}").problems == ["shard-00001: shard-00001.images.npy checksum mismatch "
+                                                         "(sha256 differs)"]
+
+
+def test_resume_on_s3_redoes_only_what_is_missing(s3_run, s3):
+    remote, _ = s3_run
+    copy = "runs/crashed"
+    for name in object_names(s3, "data/runs/main"):
+        if name not in ("manifest.json", "shard-00003.labels.npy", ".parts/shard-00005.json"):
+            s3.copy_file(f"data/runs/main/{name}", f"data/{copy}/{name}")
+    before = {name: s3.get_file_info(f"data/{copy}/{name}").mtime for name in ("shard-00000.images.npy",)}
+    with pytest.raises(shards.DestinationError, match="pass --resume"):
+        shards.preprocess("s3://data/photos", f"s3://data/{copy}", OPTIONS)
+    summary = shards.preprocess("s3://data/photos", f"s3://data/{copy}", OPTIONS, mode="resume")
+    assert summary.shards - summary.resumed_shards == 2  # shard 3 lost a file, shard 5 its receipt
+    for name in object_names(s3, "data/runs/main"):
+        if name.startswith("shard-"):
+            assert storage.read_bytes(f"s3://data/{copy}/{name}") == storage.read_bytes(f"{remote}/{name}"), name
+    assert s3.get_file_info(f"data/{copy}/shard-00000.images.npy").mtime == before["shard-00000.images.npy"]
+
+
+def test_object_storage_dest_refusals_are_one_line(s3_run, s3, capsys):
+    remote, _ = s3_run
+    with pytest.raises(shards.ConfigError, match="fewer than two shards"):
+        shards.open(remote, cache_limit="10KiB")
+    with s3.open_output_stream("data/foreign/notes.txt") as handle:
+        handle.write(b"not a run")
+    capsys.readouterr()
+    assert cli.main(["preprocess", "s3://data/photos", "s3://data/foreign"]) == 1  # not a usage error
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "object-storage DEST is not supported yet" in err
-    assert storage.info("s3://data/out").type == pafs.FileType.NotFound
+    assert err.count("\n") == 1 and "holds no shards run (found 'notes.txt')" in err
+    assert cli.main(["preprocess", "s3://data/photos", "s3://no-such-bucket/out"]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "s3://no-such-bucket/out" in err

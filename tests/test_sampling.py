@@ -6,7 +6,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shards.errors import ConfigError
-from shards.sampling import batch_count, epoch_order, position_after, rank_batches
+from shards.sampling import batch_count, epoch_order, position_after, rank_batches, window_order
 
 
 @settings(max_examples=80, deadline=None)
@@ -75,3 +75,35 @@ def test_bad_slicing_arguments_are_refused(kwargs):
         list(rank_batches(np.arange(10), 2, **kwargs))
     with pytest.raises(ConfigError, match="batch_size"):
         list(rank_batches(np.arange(10), 0))
+
+
+@settings(max_examples=80, deadline=None)
+@given(counts=st.lists(st.integers(1, 30), min_size=1, max_size=12), window=st.integers(1, 5),
+       seed=st.integers(0, 1000), epoch=st.integers(0, 5))
+def test_window_order_is_a_permutation_that_reads_a_window_of_shards_at_a_time(counts, window, seed, epoch):
+    shard_of = np.repeat(np.arange(len(counts)), counts)
+    order = window_order(shard_of, seed=seed, epoch=epoch, window=window)
+    assert sorted(order.tolist()) == list(range(len(shard_of)))
+    assert np.array_equal(order, window_order(shard_of, seed=seed, epoch=epoch, window=window))
+    # Cut the order where each window ends: every piece draws on at most `window` shards, and
+    # no shard comes back once the order has left it.
+    shards_in_order = shard_of[order]
+    finished: set[int] = set()
+    current: set[int] = set()
+    for shard in shards_in_order.tolist():
+        if shard not in current:
+            assert shard not in finished
+            if len(current) == window:
+                finished |= current
+                current = set()
+            current.add(shard)
+    assert len(current) <= window
+
+
+def test_window_order_changes_with_the_epoch_and_mixes_shards_within_a_window():
+    shard_of = np.repeat(np.arange(8), 50)
+    first = window_order(shard_of, seed=0, epoch=0, window=4)
+    assert not np.array_equal(first, window_order(shard_of, seed=0, epoch=1, window=4))
+    assert len(set(shard_of[first[:40]].tolist())) > 1  # samples of a window's shards interleave
+    with pytest.raises(ConfigError, match="at least 1 shard"):
+        window_order(shard_of, seed=0, epoch=0, window=0)

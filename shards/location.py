@@ -1,0 +1,220 @@
+"""Where a run's files live: a local (or shared) folder, or an object-storage prefix.
+
+DEST may be either, and everything that reads or writes whole files of a run (the manifest,
+index, rejects, receipts, finished shards) goes through one of these two classes, so the commit
+rules stay the same: a file appears complete under its final name or not at all. Locally that is
+a temporary name, fsync and rename; in object storage it is a single PUT or a multipart upload,
+which the store publishes only once it completes.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import hashlib
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from typing import BinaryIO
+
+import pyarrow.fs as pafs
+
+from shards import storage
+from shards.fileio import FileDigest, atomic_write, digest_file, write_bytes_atomically
+
+_HASH_CHUNK = 8 * 1024 * 1024
+
+
+class Location(abc.ABC):
+    """The files of one DEST, addressed by names relative to it (`manifest.json`, `.parts/x.json`)."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    @property
+    def is_remote(self) -> bool:
+        return False
+
+    @abc.abstractmethod
+    def names(self) -> list[str] | None:
+        """The entries directly under the root (files and folders); None when the root is absent."""
+
+    @abc.abstractmethod
+    def read(self, relative: str) -> bytes | None:
+        """A whole small file; None when it does not exist."""
+
+    @abc.abstractmethod
+    def write(self, relative: str, data: bytes) -> None:
+        """Write a small file atomically."""
+
+    @abc.abstractmethod
+    def writing(self, relative: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        """A binary stream whose bytes appear under `relative` only if the block succeeds."""
+
+    @abc.abstractmethod
+    def put(self, local_path: str, relative: str) -> None:
+        """Publish a finished local file under `relative`, atomically."""
+
+    @abc.abstractmethod
+    def size(self, relative: str) -> int | None:
+        """A file's size in bytes; None when it is absent."""
+
+    @abc.abstractmethod
+    def remove(self, relative: str) -> None:
+        """Delete a file or a whole folder; absent is fine."""
+
+    @abc.abstractmethod
+    def open(self, relative: str) -> contextlib.AbstractContextManager[BinaryIO]:
+        """A readable binary stream of a file."""
+
+    @abc.abstractmethod
+    def table_path(self, relative: str) -> tuple[str, pafs.FileSystem | None]:
+        """(path, filesystem) for pyarrow readers such as `pyarrow.parquet.read_table`."""
+
+    def digest(self, relative: str) -> FileDigest:
+        """A file's size and sha256, read as a stream (object-storage files are never staged)."""
+        digest = hashlib.sha256()
+        size = 0
+        with self.open(relative) as handle:
+            while chunk := handle.read(_HASH_CHUNK):
+                digest.update(chunk)
+                size += len(chunk)
+        return FileDigest(size, digest.hexdigest())
+
+    def __str__(self) -> str:
+        return self.root
+
+
+class LocalLocation(Location):
+    """A folder on a local or shared file system (NFS, Lustre, a mounted bucket)."""
+
+    def path(self, relative: str) -> str:
+        return os.path.join(self.root, relative)
+
+    def names(self) -> list[str] | None:
+        if not os.path.isdir(self.root):
+            return None
+        return os.listdir(self.root)
+
+    def read(self, relative: str) -> bytes | None:
+        try:
+            with open(self.path(relative), "rb") as handle:
+                return handle.read()
+        except FileNotFoundError:
+            return None
+
+    def write(self, relative: str, data: bytes) -> None:
+        os.makedirs(os.path.dirname(self.path(relative)) or ".", exist_ok=True)
+        write_bytes_atomically(self.path(relative), data)
+
+    @contextlib.contextmanager
+    def writing(self, relative: str) -> Iterator[BinaryIO]:
+        with atomic_write(self.path(relative)) as handle:
+            yield handle  # type: ignore[misc]
+
+    def put(self, local_path: str, relative: str) -> None:
+        os.replace(local_path, self.path(relative))
+
+    def size(self, relative: str) -> int | None:
+        path = self.path(relative)
+        return os.path.getsize(path) if os.path.isfile(path) else None
+
+    def remove(self, relative: str) -> None:
+        path = self.path(relative)
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+
+    @contextlib.contextmanager
+    def open(self, relative: str) -> Iterator[BinaryIO]:
+        with open(self.path(relative), "rb") as handle:
+            yield handle
+
+    def table_path(self, relative: str) -> tuple[str, pafs.FileSystem | None]:
+        return self.path(relative), None
+
+    def digest(self, relative: str) -> FileDigest:
+        return digest_file(self.path(relative))
+
+
+class RemoteLocation(Location):
+    """A prefix in object storage (s3://bucket/prefix, gs://bucket/prefix)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(root.rstrip("/"))
+        self._filesystem, self._path = storage.resolve(self.root)
+
+    @property
+    def is_remote(self) -> bool:
+        return True
+
+    def key(self, relative: str) -> str:
+        return f"{self._path}/{relative}"
+
+    def names(self) -> list[str] | None:
+        selector = pafs.FileSelector(self._path, recursive=False, allow_not_found=True)
+        found = storage.retried(lambda: self._filesystem.get_file_info(selector), f"listing {self.root}")
+        return [os.path.basename(entry.path.rstrip("/")) for entry in found] or None
+
+    def read(self, relative: str) -> bytes | None:
+        try:
+            return storage.read_bytes(storage.join(self.root, relative))
+        except FileNotFoundError:
+            return None
+
+    def write(self, relative: str, data: bytes) -> None:
+        def put() -> None:
+            with self._filesystem.open_output_stream(self.key(relative)) as handle:
+                handle.write(data)
+
+        storage.retried(put, f"writing {storage.join(self.root, relative)}")
+
+    @contextlib.contextmanager
+    def writing(self, relative: str) -> Iterator[BinaryIO]:
+        # Staged on local disk, so a failure half-way never publishes a partial object.
+        with tempfile.NamedTemporaryFile(prefix="shards-upload-") as staged:
+            yield staged  # type: ignore[misc]
+            staged.flush()
+            self.put(staged.name, relative)
+
+    def put(self, local_path: str, relative: str) -> None:
+        storage.retried(lambda: pafs.copy_files(local_path, self.key(relative),
+                                                source_filesystem=pafs.LocalFileSystem(),
+                                                destination_filesystem=self._filesystem),
+                        f"uploading {storage.join(self.root, relative)}")
+
+    def size(self, relative: str) -> int | None:
+        found = storage.retried(lambda: self._filesystem.get_file_info(self.key(relative)),
+                                f"looking up {storage.join(self.root, relative)}")
+        return found.size if found.type == pafs.FileType.File else None
+
+    def remove(self, relative: str) -> None:
+        found = self._filesystem.get_file_info(self.key(relative))
+        if found.type == pafs.FileType.Directory:
+            storage.retried(lambda: self._filesystem.delete_dir(self.key(relative)), f"removing {relative}")
+        elif found.type == pafs.FileType.File:
+            storage.retried(lambda: self._filesystem.delete_file(self.key(relative)), f"removing {relative}")
+
+    @contextlib.contextmanager
+    def open(self, relative: str) -> Iterator[BinaryIO]:
+        handle = storage.retried(lambda: self._filesystem.open_input_stream(self.key(relative)),
+                                 f"opening {storage.join(self.root, relative)}")
+        with handle:
+            yield handle  # type: ignore[misc]
+
+    def table_path(self, relative: str) -> tuple[str, pafs.FileSystem | None]:
+        return self.key(relative), self._filesystem
+
+    def download(self, relative: str, local_path: str) -> None:
+        """Copy one file to local disk (the caller checks its digest)."""
+        storage.retried(lambda: pafs.copy_files(self.key(relative), local_path, source_filesystem=self._filesystem,
+                                                destination_filesystem=pafs.LocalFileSystem()),
+                        f"downloading {storage.join(self.root, relative)}")
+
+
+def location(dest: str) -> Location:
+    """The Location of DEST: object storage for s3:// and gs:// URIs, a folder otherwise."""
+    return RemoteLocation(dest) if storage.is_remote(dest) else LocalLocation(dest)
