@@ -94,6 +94,18 @@ def test_a_submitted_preprocess_job_writes_output_that_verifies(ray_head, tmp_pa
 
     assert verify_dest(dest).ok
 
+    # The same head runs the training and prediction jobs on that output.
+    model, predictions = str(tmp_path / "model.keras"), str(tmp_path / "predictions.parquet")
+    result = submit(ray_head, "jobs/train.py", dest, "--epochs", "2", "--batch-size", "8", "--output", model)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "epoch 2:" in result.stdout and os.path.exists(model)
+    result = submit(ray_head, "jobs/predict.py", dest, "--model", model, "--out", predictions, "--batch-size", "16")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(predictions)
+    assert table.num_rows == 40 and sorted(table.column("row").to_pylist()) == list(range(40))
+
 
 def test_a_failed_job_exits_non_zero_with_the_reason_in_its_logs(ray_head, tmp_path):
     result = submit(ray_head, "jobs/preprocess.py", str(tmp_path / "missing"), str(tmp_path / "out"))
