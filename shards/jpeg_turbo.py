@@ -43,11 +43,27 @@ def decode_jpeg(data: bytes, size: tuple[int, int], resize: str, max_pixels: int
         return None
     orientation = _orientation(data)
     need_w, need_h = needed_size(width, height, orientation, size, resize)
+    scale = _power_of_two_scale(width, height, need_w, need_h)
     try:
-        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=need_h, min_width=need_w)
+        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-height // scale),
+                                        min_width=-(-width // scale))
     except ValueError:
         return None  # truncated or corrupt: Pillow gives the reason
     return _resize(_orient(pixels, orientation), size, resize)
+
+
+def _power_of_two_scale(width: int, height: int, need_w: int, need_h: int) -> int:
+    """The largest of 1, 2, 4, 8 that still decodes at least (need_w, need_h) pixels.
+
+    libjpeg-turbo also scales by 3/8, 5/8, 6/8 and 7/8, but those IDCTs have no SIMD code: on
+    ImageNet-sized inputs, letting simplejpeg pick them made decoding 25% slower than a full
+    decode. Halving steps are SIMD-accelerated, and the linear resize of the remaining factor
+    (< 2) scores higher against a Lanczos reference (45.9 vs 43.6 dB on the bench corpus).
+    """
+    scale = 1
+    while scale < 8 and -(-width // (2 * scale)) >= need_w and -(-height // (2 * scale)) >= need_h:
+        scale *= 2
+    return scale
 
 
 def _orientation(data: bytes) -> int:
@@ -89,7 +105,9 @@ def _resize(pixels: np.ndarray, size: tuple[int, int], resize: str) -> np.ndarra
     crop = pixels[int(round(top)): max(int(round(bottom)), int(round(top)) + 1),
                   int(round(left)): max(int(round(right)), int(round(left)) + 1)]
     x, y, inner_w, inner_h = placement.target
-    resized = cv2.resize(np.ascontiguousarray(crop), (inner_w, inner_h), interpolation=cv2.INTER_LINEAR)
+    if crop.strides[1:] != (3, 1):  # transposed by the orientation: OpenCV needs packed pixels
+        crop = np.ascontiguousarray(crop)
+    resized = cv2.resize(crop, (inner_w, inner_h), interpolation=cv2.INTER_LINEAR)
     if (inner_w, inner_h) == (size[1], size[0]):
         return resized
     canvas = np.zeros((size[0], size[1], 3), np.uint8)
