@@ -154,9 +154,10 @@ def _list_folder(folder: str) -> Listing:
     return Listing(sources, np.concatenate(labels), [e.name for e in class_dirs])
 
 
-def _mixed_layout(src: str, loose: list[str]) -> SourceError:
+def _mixed_layout(src: str, loose: list[str], count: int | None = None) -> SourceError:
     """Class folders beside loose images: which label the loose ones get is anybody's guess."""
-    return SourceError(f"{src}: holds both class folders and {len(loose)} loose image(s) such as {loose[0]!r}; "
+    count = len(loose) if count is None else count
+    return SourceError(f"{src}: holds both class folders and {count} loose image(s) such as {loose[0]!r}; "
                        "move them into a class folder or use a manifest")
 
 
@@ -188,25 +189,44 @@ def _list_remote(src: str) -> Listing:
             return _list_manifest(path, filesystem=filesystem, base=src.rsplit("/", 1)[0])
         if found.type != storage.pafs.FileType.Directory:
             raise SourceError(f"{src}: no such prefix or object")
-        uris = storage.list_files(src)
-    except OSError as exc:
+        uri_chunks, class_chunks = _listed_pages(src)
+    except (OSError, *_boto_errors()) as exc:
         raise SourceError(f"{src}: cannot list ({str(exc).splitlines()[0]})") from exc
+    table = pa.table({"class": pa.chunked_array(class_chunks, pa.string()),
+                      "uri": pa.chunked_array(uri_chunks, pa.large_string())})
+    classes = sorted(pc.unique(table.column("class")).drop_null().to_pylist())
+    loose = table.filter(pc.is_null(table.column("class"))).column("uri")
+    if classes and len(loose):
+        raise _mixed_layout(src, [uri.rsplit("/", 1)[-1] for uri in loose.slice(0, 1).to_pylist()], len(loose))
+    table = table.sort_by([("class", "ascending"), ("uri", "ascending")])
+    labels = pc.index_in(table.column("class"), value_set=pa.array(classes, pa.string()))
+    labels = labels.fill_null(UNLABELED).to_numpy().astype(np.int32)
+    return Listing(table.column("uri"), labels, classes)
+
+
+def _listed_pages(src: str) -> tuple[list[pa.Array], list[pa.Array]]:
+    """The image objects under `src`, one Arrow chunk per listing page: (uris, class or null)."""
     prefix = src.rstrip("/") + "/"
-    rows = []
-    for uri in uris:
-        relative = uri[len(prefix):]
-        parts = relative.split("/")
-        if any(part.startswith(".") for part in parts) or not is_image_name(parts[-1]):
-            continue
-        rows.append((parts[0] if len(parts) > 1 else None, uri))
-    classes = sorted({cls for cls, _ in rows if cls is not None})
-    loose = [uri for cls, uri in rows if cls is None]
-    if classes and loose:
-        raise _mixed_layout(src, [uri.rsplit("/", 1)[-1] for uri in loose])
-    rows.sort(key=lambda row: (row[0] or "", row[1]))
-    label_of = {name: label for label, name in enumerate(classes)}
-    labels = np.array([label_of[cls] if cls is not None else UNLABELED for cls, _ in rows], np.int32)
-    return Listing(pa.array([uri for _, uri in rows], pa.large_string()), labels, classes)
+    uri_chunks, class_chunks = [], []
+    for page in storage.list_pages(src):
+        uris, classes = [], []
+        for uri in page:
+            parts = uri[len(prefix):].split("/")
+            if any(part.startswith(".") for part in parts) or not is_image_name(parts[-1]):
+                continue
+            uris.append(uri)
+            classes.append(parts[0] if len(parts) > 1 else None)
+        uri_chunks.append(pa.array(uris, pa.large_string()))
+        class_chunks.append(pa.array(classes, pa.string()))
+    return uri_chunks, class_chunks
+
+
+def _boto_errors() -> tuple[type[Exception], ...]:
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        return ()
+    return (BotoCoreError, ClientError)
 
 
 def _list_manifest(path: str, filesystem: object = None, base: str | None = None) -> Listing:

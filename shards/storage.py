@@ -12,7 +12,7 @@ import functools
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 import pyarrow as pa
@@ -77,6 +77,27 @@ def read_bytes(uri: str) -> bytes:
 def info(uri: str) -> pafs.FileInfo:
     filesystem, path = resolve(uri)
     return retried(lambda: filesystem.get_file_info(path), f"looking up {uri}")
+
+
+def list_pages(uri: str) -> Iterator[list[str]]:
+    """Every object under the prefix `uri`, as URIs, a page (up to 1,000) at a time.
+
+    For s3:// this follows ListObjectsV2 pages through boto3, so a prefix of millions of
+    objects is never held as one list of FileInfo objects; the caller keeps each page in Arrow.
+    Other stores come through pyarrow's listing as one page.
+    """
+    scheme, _, rest = uri.partition("://")
+    if scheme != "s3":
+        yield list_files(uri)
+        return
+    import boto3
+
+    bucket, _, prefix = rest.partition("/")
+    prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"), region_name=region)
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+        yield [f"s3://{bucket}/{item['Key']}" for item in page.get("Contents", []) if not item["Key"].endswith("/")]
 
 
 def list_files(uri: str) -> list[str]:

@@ -203,3 +203,22 @@ def test_object_storage_dest_refusals_are_one_line(s3_run, s3, capsys):
     assert cli.main(["preprocess", "s3://data/photos", "s3://no-such-bucket/out"]) == 1
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "s3://no-such-bucket/out" in err
+
+
+def test_s3_listing_streams_page_by_page(s3):
+    import boto3
+
+    client = boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1")
+    for i in range(1005):
+        client.put_object(Bucket="data", Key=f"many/class_{i % 2}/img-{i:05d}.jpg", Body=b"x")
+    client.put_object(Bucket="data", Key="many/class_0/.hidden.jpg", Body=b"x")
+    client.put_object(Bucket="data", Key="many/class_1/notes.txt", Body=b"x")
+    pages = list(storage.list_pages("s3://data/many"))
+    assert [len(page) for page in pages] == [1000, 7]  # ListObjectsV2's pages, never one big list
+    listing = list_sources("s3://data/many")
+    assert len(listing) == 1005 and listing.classes == ["class_0", "class_1"]
+    uris = listing.sources.to_pylist()
+    assert uris == sorted(uris) and listing.labels.tolist() == [0] * 503 + [1] * 502
+    client.put_object(Bucket="data", Key="many/loose.jpg", Body=b"x")
+    with pytest.raises(SourceError, match="class folders and 1 loose image"):
+        list_sources("s3://data/many")
