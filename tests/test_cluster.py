@@ -24,7 +24,7 @@ RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
 def free_port() -> int:
     with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
+        probe.bind(("", 0))  # every address: Ray's agents bind the node IP, not only loopback
         return probe.getsockname()[1]
 
 
@@ -38,9 +38,8 @@ def stop_processes_under(folder: str) -> None:
         process.kill()
 
 
-@pytest.fixture(scope="module")
-def ray_head():
-    """A head started the way users start one: `ray start --head`, token authentication on."""
+def start_head() -> tuple[dict, str]:
+    """`ray start --head` with its own ports; returns (how to reach it, its temp folder)."""
     temp = tempfile.mkdtemp(prefix="shards-head-", dir="/tmp")
     port, dashboard = free_port(), free_port()
     env = dict(os.environ, RAY_AUTH_MODE="token")
@@ -51,7 +50,26 @@ def ray_head():
     subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
                     "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
                     "--disable-usage-stats", *agent_ports], check=True, capture_output=True, env=env, timeout=180)
-    yield {"address": f"http://127.0.0.1:{dashboard}", "env": env}
+    return {"address": f"http://127.0.0.1:{dashboard}", "env": env}, temp
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """A head started the way users start one: `ray start --head`, token authentication on.
+
+    A port picked as free can be taken by another process before the head's job agent binds it
+    (the agent then stays up without its HTTP server, and every submission is refused), so the
+    head is started again on new ports until a trivial job runs.
+    """
+    for _ in range(3):
+        head, temp = start_head()
+        result = submit(head, "-c", "pass", wait=60)
+        if result.returncode == 0:
+            break
+        stop_processes_under(temp)
+    else:
+        pytest.fail(f"no Ray head accepted a job after 3 starts: {result.stderr[-1000:]}")
+    yield head
     stop_processes_under(temp)
 
 
@@ -68,9 +86,9 @@ def test_cluster_yaml_validates_against_rays_schema():
     assert any("--dashboard-host=$(hostname -I" in c for c in config["head_start_ray_commands"])
 
 
-def submit(head, *args, timeout=600):
+def submit(head, *args, timeout=600, wait=120):
     """`ray job submit`, retried while the head's job agent is still starting (a fresh head says so)."""
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + wait
     while True:
         result = subprocess.run([RAY, "job", "submit", "--address", head["address"], "--working-dir", ROOT, "--",
                                  sys.executable, *args], capture_output=True, text=True, env=head["env"],
