@@ -25,12 +25,14 @@ from collections.abc import Callable, Sequence
 from typing import TypeVar
 
 from shards.errors import ConfigError, ManifestError
-from shards.fileio import TEMP_PREFIX, digest_file
+from shards import storage
+from shards.fileio import TEMP_PREFIX, FileDigest, HashingWriter
 from shards.formats import ShardInfo
 from shards.location import RemoteLocation
 
 T = TypeVar("T")
 DOWNLOAD_THREADS = 4
+COPY_CHUNK = 8 * 1024 * 1024
 
 
 class ShardCache:
@@ -96,10 +98,6 @@ class ShardCache:
             self._make_room(0, protected=set(), force=True)
 
     @property
-    def folder(self) -> str:
-        return self._folder
-
-    @property
     def held_bytes(self) -> int:
         """Bytes on disk plus bytes reserved for downloads in flight."""
         return sum(self._resident.values()) + self._reserved
@@ -128,9 +126,6 @@ class ShardCache:
                 if shard in self._resident:
                     self._resident.move_to_end(shard)
                     return opener(self._folder)
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
     def _request(self, shard: int) -> concurrent.futures.Future[None] | None:
         with self._lock:
@@ -189,25 +184,33 @@ class ShardCache:
         if self.on_evict is not None:
             self.on_evict(shard)
 
+    def _fetch(self, name: str, temp: str) -> FileDigest:
+        """Stream one object to local disk, hashing it on the way (no second read)."""
+        with self._place.open(name) as source, open(temp, "wb") as sink:
+            writer = HashingWriter(sink)
+            shutil.copyfileobj(source, writer, COPY_CHUNK)
+        return writer.digest()
+
     def _download(self, shard: int) -> None:
         info = self._shards[shard]
+        complete = False
         try:
             for name, expected in sorted(info.files.items()):
                 temp = os.path.join(self._folder, f"{TEMP_PREFIX}{shard}-{name}")
-                self._place.download(name, temp)
-                found = digest_file(temp)
+                try:
+                    found = storage.retried(lambda: self._fetch(name, temp), f"downloading {self._place.root}/{name}")
+                except FileNotFoundError:
+                    raise ManifestError(f"{self._place.root}/{name}: shard object is missing") from None
                 if found != expected:
                     os.remove(temp)
                     raise ManifestError(f"{self._place.root}/{name}: downloaded {found.bytes} bytes whose sha256 "
                                         "differs from the manifest; the object was changed or damaged")
                 os.replace(temp, os.path.join(self._folder, name))
-        except BaseException:
+            complete = True
+        finally:
             with self._lock:
                 self._reserved -= info.bytes
                 del self._loading[shard]
-            raise
-        with self._lock:
-            self._reserved -= info.bytes
-            del self._loading[shard]
-            self._resident[shard] = info.bytes
-            self.downloads += 1
+                if complete:
+                    self._resident[shard] = info.bytes
+                    self.downloads += 1

@@ -194,16 +194,18 @@ def run_inspect(args: argparse.Namespace) -> int:
 
 def _rejects_by_reason(dest: str) -> dict[str, int]:
     import collections
+    import io
 
     from shards.location import location
     from shards.manifest import REJECTS, reason_kind
 
-    data = location(dest).read(REJECTS)
-    if data is None:
+    try:
+        with location(dest).open(REJECTS) as handle:  # streamed: a run may have refused millions
+            lines = io.TextIOWrapper(handle, encoding="utf-8")
+            reasons = collections.Counter(reason_kind(json.loads(line)["reason"]) for line in lines if line.strip())
+    except FileNotFoundError:
         return {}
-    lines = data.decode("utf-8").splitlines()
-    reasons = (reason_kind(json.loads(line)["reason"]) for line in lines if line.strip())
-    return dict(collections.Counter(reasons).most_common())
+    return dict(reasons.most_common())
 
 
 def run_preview(args: argparse.Namespace) -> int:

@@ -6,14 +6,14 @@ inputs and options) and `--overwrite` removes what a run wrote, nothing else.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import re
 
-from shards import storage
 from shards.errors import DestinationError
 from shards.fileio import TEMP_PREFIX, remove_temporaries
-from shards.location import LocalLocation, Location, location
+from shards.location import Location, location
 from shards.manifest import INDEX, MANIFEST, PARTS, REJECTS, Receipt, read_receipt, read_run_record
 from shards.options import PreprocessOptions
 from shards.plan import ShardPlan
@@ -22,6 +22,7 @@ from shards.verify import shard_problems
 logger = logging.getLogger(__name__)
 
 MODES = ("new", "resume", "overwrite")
+RECEIPT_THREADS = 8
 _RUN_FILE = re.compile(r"shard-\d+\.(images\.npy|labels\.npy|tfrecord(\.gz)?)")
 
 
@@ -34,11 +35,11 @@ def prepare_destination(dest: str, mode: str, key: str, options: PreprocessOptio
             `resume` nor `overwrite` was asked for, or holds files that are not a run's.
     """
     place = location(dest)
-    if isinstance(place, LocalLocation) and os.path.exists(dest) and not os.path.isdir(dest):
+    if not place.is_remote and os.path.exists(dest) and not os.path.isdir(dest):
         raise DestinationError(f"{dest}: DEST exists and is not a folder")
     entries = place.names()
     if entries is None:
-        if isinstance(place, LocalLocation):
+        if not place.is_remote:
             os.makedirs(dest)
         return {}
     record = read_run_record(dest)
@@ -58,21 +59,26 @@ def prepare_destination(dest: str, mode: str, key: str, options: PreprocessOptio
     if mode == "new":
         raise DestinationError(f"{dest}: DEST already holds this run; pass --resume to continue it "
                                "or --overwrite to redo it")
-    if isinstance(place, LocalLocation):
+    if not place.is_remote:
         remove_temporaries(dest)
-    return _verified_receipts(dest, key, options, plan)
+    return _verified_receipts(place, key, options, plan)
 
 
-def _verified_receipts(dest: str, key: str, options: PreprocessOptions, plan: ShardPlan) -> dict[str, Receipt]:
+def _verified_receipts(place: Location, key: str, options: PreprocessOptions, plan: ShardPlan) -> dict[str, Receipt]:
     kept: dict[str, Receipt] = {}
-    # In object storage a shard object exists only once its upload completed, so its size is
-    # checked here and its bytes by `shards verify` and by the reader's cache (no re-download).
-    deep = not storage.is_remote(dest)
-    for spec in plan:
-        receipt = read_receipt(dest, spec.name)
+    # In object storage a shard object exists only once its upload completed, so its size (all
+    # from one listing) is checked here and its bytes by `shards verify` and by the reader's
+    # cache: a resume downloads nothing. Receipts are fetched a few at a time.
+    deep = not place.is_remote
+    sizes = None if deep else place.sizes()
+    specs = list(plan)
+    with concurrent.futures.ThreadPoolExecutor(RECEIPT_THREADS) as pool:
+        receipts = list(pool.map(lambda spec: read_receipt(place.root, spec.name), specs))
+    for spec, receipt in zip(specs, receipts):
         if receipt is None or receipt.run_key != key:
             continue
-        problems = shard_problems(dest, receipt.shard, options.format, options.shape, options.dtype, deep=deep)
+        problems = shard_problems(place.root, receipt.shard, options.format, options.shape, options.dtype,
+                                  deep=deep, sizes=sizes)
         if problems:
             logger.warning("redoing %s: %s", spec.name, problems[0])
             continue

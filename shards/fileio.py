@@ -60,12 +60,15 @@ def temporary_name(path: str) -> str:
     return os.path.join(folder, f"{TEMP_PREFIX}{uuid.uuid4().hex[:12]}-{name}")
 
 
-def commit_temporary(temp: str, path: str) -> None:
-    """Make a finished temporary file durable and give it its final name."""
-    with open(temp, "rb") as handle:
-        os.fsync(handle.fileno())
+def commit_temporary(temp: str, path: str, *, durable: bool = True) -> None:
+    """Give a finished temporary file its final name, flushed to disk first when `durable`
+    (a file staged only to be uploaded elsewhere need not reach this disk)."""
+    if durable:
+        with open(temp, "rb") as handle:
+            os.fsync(handle.fileno())
     os.replace(temp, path)
-    _fsync_folder(os.path.dirname(path))
+    if durable:
+        _fsync_folder(os.path.dirname(path))
 
 
 def discard_temporary(temp: str) -> None:
@@ -74,21 +77,21 @@ def discard_temporary(temp: str) -> None:
 
 
 @contextlib.contextmanager
-def temporary_path(path: str) -> Iterator[str]:
+def temporary_path(path: str, *, durable: bool = True) -> Iterator[str]:
     """Yield a temporary path; on success it is committed as `path`, on failure removed."""
     temp = temporary_name(path)
     try:
         yield temp
-        commit_temporary(temp, path)
+        commit_temporary(temp, path, durable=durable)
     except BaseException:
         discard_temporary(temp)
         raise
 
 
 @contextlib.contextmanager
-def atomic_write(path: str) -> Iterator[HashingWriter]:
+def atomic_write(path: str, *, durable: bool = True) -> Iterator[HashingWriter]:
     """Write `path` atomically; the yielded writer's `digest()` describes what was written."""
-    with temporary_path(path) as temp, open(temp, "wb") as raw:
+    with temporary_path(path, durable=durable) as temp, open(temp, "wb") as raw:
         writer = HashingWriter(raw)
         yield writer
         raw.flush()
@@ -103,12 +106,17 @@ def write_bytes_atomically(path: str, data: bytes) -> FileDigest:
 
 def digest_file(path: str) -> FileDigest:
     """Hash a file on disk, in chunks, for verification and resume."""
+    with open(path, "rb") as handle:
+        return digest_stream(handle)
+
+
+def digest_stream(handle: BinaryIO) -> FileDigest:
+    """Hash what a readable binary stream holds (a local file or an object-storage stream)."""
     digest = hashlib.sha256()
     size = 0
-    with open(path, "rb") as handle:
-        while chunk := handle.read(_HASH_CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
+    while chunk := handle.read(_HASH_CHUNK):
+        digest.update(chunk)
+        size += len(chunk)
     return FileDigest(size, digest.hexdigest())
 
 

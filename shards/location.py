@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import abc
 import contextlib
-import hashlib
 import os
 import shutil
 import tempfile
@@ -21,9 +20,7 @@ from typing import BinaryIO
 import pyarrow.fs as pafs
 
 from shards import storage
-from shards.fileio import FileDigest, atomic_write, digest_file, write_bytes_atomically
-
-_HASH_CHUNK = 8 * 1024 * 1024
+from shards.fileio import FileDigest, atomic_write, digest_stream, write_bytes_atomically
 
 
 class Location(abc.ABC):
@@ -41,6 +38,10 @@ class Location(abc.ABC):
         """The entries directly under the root (files and folders); None when the root is absent."""
 
     @abc.abstractmethod
+    def sizes(self) -> dict[str, int]:
+        """Every file directly under the root and its size, from one listing."""
+
+    @abc.abstractmethod
     def read(self, relative: str) -> bytes | None:
         """A whole small file; None when it does not exist."""
 
@@ -51,10 +52,6 @@ class Location(abc.ABC):
     @abc.abstractmethod
     def writing(self, relative: str) -> contextlib.AbstractContextManager[BinaryIO]:
         """A binary stream whose bytes appear under `relative` only if the block succeeds."""
-
-    @abc.abstractmethod
-    def put(self, local_path: str, relative: str) -> None:
-        """Publish a finished local file under `relative`, atomically."""
 
     @abc.abstractmethod
     def size(self, relative: str) -> int | None:
@@ -74,13 +71,8 @@ class Location(abc.ABC):
 
     def digest(self, relative: str) -> FileDigest:
         """A file's size and sha256, read as a stream (object-storage files are never staged)."""
-        digest = hashlib.sha256()
-        size = 0
         with self.open(relative) as handle:
-            while chunk := handle.read(_HASH_CHUNK):
-                digest.update(chunk)
-                size += len(chunk)
-        return FileDigest(size, digest.hexdigest())
+            return digest_stream(handle)
 
     def __str__(self) -> str:
         return self.root
@@ -97,6 +89,10 @@ class LocalLocation(Location):
             return None
         return os.listdir(self.root)
 
+    def sizes(self) -> dict[str, int]:
+        with os.scandir(self.root) as entries:
+            return {e.name: e.stat().st_size for e in entries if e.is_file(follow_symlinks=False)}
+
     def read(self, relative: str) -> bytes | None:
         try:
             with open(self.path(relative), "rb") as handle:
@@ -112,9 +108,6 @@ class LocalLocation(Location):
     def writing(self, relative: str) -> Iterator[BinaryIO]:
         with atomic_write(self.path(relative)) as handle:
             yield handle  # type: ignore[misc]
-
-    def put(self, local_path: str, relative: str) -> None:
-        os.replace(local_path, self.path(relative))
 
     def size(self, relative: str) -> int | None:
         path = self.path(relative)
@@ -136,9 +129,6 @@ class LocalLocation(Location):
     def table_path(self, relative: str) -> tuple[str, pafs.FileSystem | None]:
         return self.path(relative), None
 
-    def digest(self, relative: str) -> FileDigest:
-        return digest_file(self.path(relative))
-
 
 class RemoteLocation(Location):
     """A prefix in object storage (s3://bucket/prefix, gs://bucket/prefix)."""
@@ -155,9 +145,15 @@ class RemoteLocation(Location):
         return f"{self._path}/{relative}"
 
     def names(self) -> list[str] | None:
+        return [os.path.basename(entry.path.rstrip("/")) for entry in self._listing()] or None
+
+    def sizes(self) -> dict[str, int]:
+        return {os.path.basename(entry.path): entry.size for entry in self._listing()
+                if entry.type == pafs.FileType.File}
+
+    def _listing(self) -> list[pafs.FileInfo]:
         selector = pafs.FileSelector(self._path, recursive=False, allow_not_found=True)
-        found = storage.retried(lambda: self._filesystem.get_file_info(selector), f"listing {self.root}")
-        return [os.path.basename(entry.path.rstrip("/")) for entry in found] or None
+        return storage.retried(lambda: self._filesystem.get_file_info(selector), f"listing {self.root}")
 
     def read(self, relative: str) -> bytes | None:
         try:
@@ -181,6 +177,7 @@ class RemoteLocation(Location):
             self.put(staged.name, relative)
 
     def put(self, local_path: str, relative: str) -> None:
+        """Upload a finished local file whole: the object appears only once the upload completes."""
         storage.retried(lambda: pafs.copy_files(local_path, self.key(relative),
                                                 source_filesystem=pafs.LocalFileSystem(),
                                                 destination_filesystem=self._filesystem),
@@ -192,7 +189,7 @@ class RemoteLocation(Location):
         return found.size if found.type == pafs.FileType.File else None
 
     def remove(self, relative: str) -> None:
-        found = self._filesystem.get_file_info(self.key(relative))
+        found = storage.retried(lambda: self._filesystem.get_file_info(self.key(relative)), f"looking up {relative}")
         if found.type == pafs.FileType.Directory:
             storage.retried(lambda: self._filesystem.delete_dir(self.key(relative)), f"removing {relative}")
         elif found.type == pafs.FileType.File:
@@ -207,12 +204,6 @@ class RemoteLocation(Location):
 
     def table_path(self, relative: str) -> tuple[str, pafs.FileSystem | None]:
         return self.key(relative), self._filesystem
-
-    def download(self, relative: str, local_path: str) -> None:
-        """Copy one file to local disk (the caller checks its digest)."""
-        storage.retried(lambda: pafs.copy_files(self.key(relative), local_path, source_filesystem=self._filesystem,
-                                                destination_filesystem=pafs.LocalFileSystem()),
-                        f"downloading {storage.join(self.root, relative)}")
 
 
 def location(dest: str) -> Location:

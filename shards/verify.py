@@ -6,10 +6,11 @@ Used by `shards verify` over a finished run and by `--resume` to decide which sh
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 
 from shards.errors import ManifestError
 from shards.formats import ShardInfo, get_format
-from shards.location import LocalLocation, location
+from shards.location import location
 from shards.manifest import INDEX, load_manifest
 
 
@@ -27,23 +28,24 @@ class VerifyReport:
 
 
 def shard_problems(dest: str, info: ShardInfo, format_name: str, shape: tuple[int, int, int],
-                   dtype: str, *, deep: bool = True) -> list[str]:
+                   dtype: str, *, deep: bool = True, sizes: Mapping[str, int] | None = None) -> list[str]:
     """Everything wrong with one shard in DEST; an empty list when it verifies.
 
     `deep` also reads every byte for the sha256 and, for local files, opens the shard the way a
-    reader does (header, dtype, shape); without it only presence and sizes are checked.
+    reader does (header, dtype, shape); without it only presence and sizes are checked. `sizes`
+    (from `Location.sizes()`) saves a lookup per file when many shards are checked.
     """
     place = location(dest)
     problems = []
     for file_name, expected in sorted(info.files.items()):
-        size = place.size(file_name)
+        size = sizes.get(file_name) if sizes is not None else place.size(file_name)
         if size is None:
             problems.append(f"{info.name}: {file_name} is missing")
         elif size != expected.bytes:
             problems.append(f"{info.name}: {file_name} is {size} bytes, expected {expected.bytes}")
         elif deep and place.digest(file_name).sha256 != expected.sha256:
             problems.append(f"{info.name}: {file_name} checksum mismatch (sha256 differs)")
-    if not problems and deep and isinstance(place, LocalLocation):
+    if not problems and deep and not place.is_remote:
         try:
             get_format(format_name).open_reader(dest, info, shape, dtype)
         except ManifestError as exc:

@@ -21,7 +21,7 @@ import numpy as np
 from shards.errors import DecodeError
 from shards.formats import ShardInfo, get_format
 from shards.imaging import decode_image, to_storage
-from shards.location import Location, location
+from shards.location import Location, RemoteLocation, location
 from shards.manifest import Receipt, Reject, write_receipt
 from shards.options import PreprocessOptions
 from shards.sources import read_source
@@ -57,9 +57,10 @@ def write_shard(
     started = time.time()
     place = location(dest)
     with _staging(place) as folder:
-        info, rejects = _write_files(folder, shard, positions, sources, labels, options)
-        if place.is_remote:
-            for file_name in info.files:  # each object appears only once its upload completes
+        # A staged shard is not flushed to this disk: the upload is what makes it last.
+        info, rejects = _write_files(folder, shard, positions, sources, labels, options, durable=not place.is_remote)
+        if isinstance(place, RemoteLocation):
+            for file_name in info.files:
                 place.put(os.path.join(folder, file_name), file_name)
     receipt = Receipt(run_key, info, rejects, node, started, time.time())
     write_receipt(dest, receipt)
@@ -67,9 +68,9 @@ def write_shard(
 
 
 def _write_files(folder: str, shard: str, positions: np.ndarray, sources: Sequence[str], labels: np.ndarray,
-                 options: PreprocessOptions) -> tuple[ShardInfo, list[Reject]]:
+                 options: PreprocessOptions, *, durable: bool) -> tuple[ShardInfo, list[Reject]]:
     rejects: list[Reject] = []
-    with get_format(options.format).open_writer(folder, shard, len(sources), options) as writer:
+    with get_format(options.format).open_writer(folder, shard, len(sources), options, durable=durable) as writer:
         for i, data in enumerate(_read_ahead(sources)):
             try:
                 if isinstance(data, DecodeError):

@@ -90,8 +90,10 @@ class ShardFormat(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def open_writer(self, dest: str, shard: str, capacity: int, options: PreprocessOptions) -> ShardWriter:
-        """A writer for at most `capacity` samples of `options.shape` and `options.dtype`."""
+    def open_writer(self, dest: str, shard: str, capacity: int, options: PreprocessOptions, *,
+                    durable: bool = True) -> ShardWriter:
+        """A writer for at most `capacity` samples of `options.shape` and `options.dtype`;
+        without `durable`, files are not flushed to disk (they are staged for an upload)."""
 
     @abc.abstractmethod
     def open_reader(self, dest: str, info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> ShardReader:

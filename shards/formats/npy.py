@@ -37,8 +37,9 @@ class NpyShardWriter(ShardWriter):
     not move), truncates the unused tail and hashes the file once more.
     """
 
-    def __init__(self, dest: str, shard: str, capacity: int, shape: tuple[int, int, int], dtype: str) -> None:
-        self._dest, self._shard = dest, shard
+    def __init__(self, dest: str, shard: str, capacity: int, shape: tuple[int, int, int], dtype: str, *,
+                 durable: bool = True) -> None:
+        self._dest, self._shard, self._durable = dest, shard, durable
         self._shape, self._storage = shape, numpy_storage_dtype(dtype)
         self._capacity = capacity
         self._labels = np.empty(capacity, LABEL_DTYPE)
@@ -47,7 +48,7 @@ class NpyShardWriter(ShardWriter):
         self._file = open(self._temp, "wb")
         self._hash = hashlib.sha256()
         self._header_length = self._emit(_header((capacity, *shape), self._storage))
-        self._flusher = _BackgroundFlush(self._file)
+        self._flusher = _BackgroundFlush(self._file, every_rows=64 if durable else 0)
         self.count = 0
 
     def _emit(self, data: bytes | memoryview) -> int:
@@ -72,10 +73,10 @@ class NpyShardWriter(ShardWriter):
         self._file.close()
         digest = FileDigest(os.path.getsize(self._temp), self._hash.hexdigest()) if self.count == self._capacity \
             else digest_file(self._temp)
-        commit_temporary(self._temp, self._path)
+        commit_temporary(self._temp, self._path, durable=self._durable)
         files = {self._shard + IMAGES_SUFFIX: digest}
         labels_name = self._shard + LABELS_SUFFIX
-        with atomic_write(os.path.join(self._dest, labels_name)) as handle:
+        with atomic_write(os.path.join(self._dest, labels_name), durable=self._durable) as handle:
             handle.write(_header((self.count,), LABEL_DTYPE))
             handle.write(memoryview(self._labels[: self.count]).cast("B"))
         files[labels_name] = handle.digest()
@@ -88,14 +89,15 @@ class NpyShardWriter(ShardWriter):
 
 
 class _BackgroundFlush:
-    """fdatasync() on a helper thread every FLUSH_BYTES: the disk writes overlap the decoding."""
+    """fdatasync() on a helper thread every `every_rows` rows (0: never): the disk writes overlap
+    the decoding."""
 
-    def __init__(self, handle: io.BufferedWriter, every_rows: int = 64) -> None:
+    def __init__(self, handle: io.BufferedWriter, every_rows: int) -> None:
         self._handle, self._every = handle, every_rows
         self._thread: threading.Thread | None = None
 
     def maybe_flush(self, rows: int) -> None:
-        if rows % self._every or (self._thread is not None and self._thread.is_alive()):
+        if not self._every or rows % self._every or (self._thread is not None and self._thread.is_alive()):
             return
         self._handle.flush()
         self._thread = threading.Thread(target=_quiet_fdatasync, args=(self._handle.fileno(),), daemon=True)
@@ -168,8 +170,9 @@ def _load(path: str) -> np.ndarray:
 class NpyFormat(ShardFormat):
     name = "npy"
 
-    def open_writer(self, dest: str, shard: str, capacity: int, options: PreprocessOptions) -> NpyShardWriter:
-        return NpyShardWriter(dest, shard, capacity, options.shape, options.dtype)
+    def open_writer(self, dest: str, shard: str, capacity: int, options: PreprocessOptions, *,
+                    durable: bool = True) -> NpyShardWriter:
+        return NpyShardWriter(dest, shard, capacity, options.shape, options.dtype, durable=durable)
 
     def open_reader(self, dest: str, info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> NpyShardReader:
         return NpyShardReader(dest, info, shape, dtype)

@@ -42,9 +42,10 @@ def feature_spec() -> dict:
 class TfRecordShardWriter(ShardWriter):
     """Streams Examples into a temporary file; close() checksums it and renames it into place."""
 
-    def __init__(self, dest: str, shard: str, options: PreprocessOptions) -> None:
+    def __init__(self, dest: str, shard: str, options: PreprocessOptions, *, durable: bool = True) -> None:
         tf = import_tensorflow()
 
+        self._durable = durable
         self._tf = tf
         self._name = shard + (GZIP_SUFFIX if options.compression == "gzip" else SUFFIX)
         self._shape = list(options.shape)
@@ -68,7 +69,7 @@ class TfRecordShardWriter(ShardWriter):
     def close(self) -> ShardInfo:
         self._writer.close()
         digest = digest_file(self._temp)
-        commit_temporary(self._temp, self._path)
+        commit_temporary(self._temp, self._path, durable=self._durable)
         return ShardInfo(self._shard, self.count, {self._name: digest})
 
     def abort(self) -> None:
@@ -137,8 +138,9 @@ def _scan(buffer: np.ndarray, path: str) -> tuple[np.ndarray, np.ndarray]:
 class TfRecordFormat(ShardFormat):
     name = "tfrecord"
 
-    def open_writer(self, dest: str, shard: str, capacity: int, options: PreprocessOptions) -> TfRecordShardWriter:
-        return TfRecordShardWriter(dest, shard, options)
+    def open_writer(self, dest: str, shard: str, capacity: int, options: PreprocessOptions, *,
+                    durable: bool = True) -> TfRecordShardWriter:
+        return TfRecordShardWriter(dest, shard, options, durable=durable)
 
     def open_reader(self, dest: str, info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> TfRecordShardReader:
         return TfRecordShardReader(dest, info, shape, dtype)
