@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import io
 import logging
 import os
 import shutil
@@ -18,13 +19,14 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
+from shards import storage
 from shards.errors import DecodeError
 from shards.formats import ShardInfo, get_format
 from shards.imaging import decode_image, to_storage
 from shards.location import Location, RemoteLocation, location
 from shards.manifest import Receipt, Reject, write_receipt
 from shards.options import PreprocessOptions
-from shards.sources import read_source
+from shards.sources import open_local, read_opened, read_source
 
 logger = logging.getLogger(__name__)
 
@@ -99,27 +101,56 @@ def _staging(place: Location) -> Iterator[str]:
 
 
 def _read_ahead(sources: Sequence[str]) -> Iterator[bytes | DecodeError]:
-    """Read files on a few threads, a bounded window ahead of the decoder.
+    """Each input's bytes (or why it cannot be read), in order, fetched a bounded window ahead of
+    the decoder, so disk or network latency overlaps decoding while at most READ_AHEAD encoded
+    files are held at once."""
+    if any(storage.is_remote(source) for source in sources):
+        return _read_ahead_on_threads(sources)
+    return _read_ahead_local(sources)
 
-    File reads release the GIL, so network or disk latency overlaps decoding, while at most
-    READ_AHEAD encoded files are held at once.
-    """
+
+def _read_ahead_local(sources: Sequence[str]) -> Iterator[bytes | DecodeError]:
+    """Local files: opened READ_AHEAD ahead with a read-ahead hint to the kernel (`open_local`),
+    read here when their turn comes."""
+    window: collections.deque[io.FileIO | DecodeError] = collections.deque()
+    try:
+        for position, source in enumerate(sources):
+            while len(window) <= READ_AHEAD and position + len(window) < len(sources):
+                window.append(open_local(sources[position + len(window)]))
+            opened = window.popleft()
+            yield opened if isinstance(opened, DecodeError) else _read_or_error(opened, source)
+    finally:
+        for opened in window:
+            if not isinstance(opened, DecodeError):
+                opened.close()
+
+
+def _read_or_error(handle: io.FileIO, source: str) -> bytes | DecodeError:
+    try:
+        return read_opened(handle, source)
+    except DecodeError as exc:
+        return exc
+
+
+def _read_ahead_on_threads(sources: Sequence[str]) -> Iterator[bytes | DecodeError]:
+    """Object storage: a request's latency is much longer than its CPU cost, so reads run on a
+    few threads (they release the GIL)."""
     with concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="shards-read") as pool:
         window: collections.deque[concurrent.futures.Future[bytes | DecodeError]] = collections.deque()
         upcoming = iter(sources)
         for source in upcoming:
-            window.append(pool.submit(_read_or_error, source))
+            window.append(pool.submit(_fetch_or_error, source))
             if len(window) >= READ_AHEAD:
                 break
         while window:
             data = window.popleft().result()
             for source in upcoming:
-                window.append(pool.submit(_read_or_error, source))
+                window.append(pool.submit(_fetch_or_error, source))
                 break
             yield data
 
 
-def _read_or_error(source: str) -> bytes | DecodeError:
+def _fetch_or_error(source: str) -> bytes | DecodeError:
     try:
         return read_source(source)
     except DecodeError as exc:

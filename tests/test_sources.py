@@ -94,3 +94,33 @@ def test_read_source_names_why_a_file_cannot_be_read(tmp_path):
         read_source(str(tmp_path / "missing.jpg"))
     (tmp_path / "real.jpg").write_bytes(b"abc")
     assert read_source(str(tmp_path / "real.jpg")) == b"abc"
+
+
+def test_worker_read_ahead_keeps_order_and_reasons_and_closes_what_it_opened(tmp_path):
+    """Local inputs are opened a window ahead of the decoder: every input still comes back in
+    order, unreadable ones as their own reason, and an abandoned shard leaves no file open."""
+    from shards import worker
+
+    sources = []
+    for i in range(3 * worker.READ_AHEAD):
+        path = tmp_path / f"{i}.jpg"
+        if i % 7 == 3:
+            path.mkdir()
+        elif i % 7 != 5:
+            path.write_bytes(f"image {i}".encode())
+        sources.append(str(path))
+    results = list(worker._read_ahead(sources))
+    assert len(results) == len(sources)
+    for i, result in enumerate(results):
+        if i % 7 == 3:
+            assert isinstance(result, DecodeError) and str(result) == "is a folder, not a file"
+        elif i % 7 == 5:
+            assert isinstance(result, DecodeError) and str(result) == "file not found"
+        else:
+            assert result == f"image {i}".encode()
+    open_before = len(os.listdir("/proc/self/fd"))
+    stream = worker._read_ahead(sources)
+    next(stream)
+    assert len(os.listdir("/proc/self/fd")) > open_before  # the window is open ahead
+    stream.close()
+    assert len(os.listdir("/proc/self/fd")) == open_before
