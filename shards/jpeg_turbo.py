@@ -28,7 +28,13 @@ except ImportError:  # pragma: no cover - both are dependencies; kept optional f
     AVAILABLE = False
 
 _FAST_COLORSPACES = ("Gray", "YCbCr", "RGB")
+# Chroma is upsampled by replication instead of libjpeg's triangle filter: the resize that follows
+# averages it again, so against a Lanczos reference the result loses 0.2 dB (45.3 vs 45.5 dB on
+# the bench corpus) while decode+resize runs 4% faster. `fastdct` is not used: it cost 2.4 dB
+# for another 3.5%. The benchmark's decode-only limit decodes with the same flags.
+DECODE_FLAGS = {"fastupsample": True}
 _EXIF_MARKER = b"Exif\x00\x00"
+_STANDALONE_MARKERS = frozenset([0x01, 0xD8, *range(0xD0, 0xD8)])  # TEM, SOI, RST0-7: no length
 
 
 def decode_jpeg(data: bytes, size: tuple[int, int], resize: str, max_pixels: int) -> np.ndarray | None:
@@ -46,7 +52,7 @@ def decode_jpeg(data: bytes, size: tuple[int, int], resize: str, max_pixels: int
     scale = _power_of_two_scale(width, height, need_w, need_h)
     try:
         pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-height // scale),
-                                        min_width=-(-width // scale))
+                                        min_width=-(-width // scale), **DECODE_FLAGS)
     except ValueError:
         return None  # truncated or corrupt: Pillow gives the reason
     return _resize(_orient(pixels, orientation), size, resize)
@@ -68,7 +74,7 @@ def _power_of_two_scale(width: int, height: int, need_w: int, need_h: int) -> in
 
 def _orientation(data: bytes) -> int:
     """EXIF orientation through Pillow's header parser, only when an EXIF block is present."""
-    if _EXIF_MARKER not in data[:65536]:
+    if not _has_exif(data):
         return 1
     from PIL import Image
 
@@ -77,6 +83,31 @@ def _orientation(data: bytes) -> int:
     except Exception:  # noqa: BLE001 - a broken EXIF block must not lose an otherwise good image
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _has_exif(data: bytes) -> bool:
+    """Whether an APP1 Exif segment comes before the image data.
+
+    Walks the marker segments (a few jumps) instead of searching the file's bytes (18 us per
+    ImageNet-sized file); where the segments do not chain up, searches as before, so a file
+    Pillow would find EXIF in is never read without it.
+    """
+    position, end = 2, len(data)
+    while position + 4 <= end:
+        if data[position] != 0xFF:
+            return data.find(_EXIF_MARKER, 0, 65536) >= 0
+        marker = data[position + 1]
+        if marker == 0xFF:  # fill byte
+            position += 1
+        elif marker in _STANDALONE_MARKERS:
+            position += 2
+        elif marker in (0xDA, 0xD9):  # start of scan, end of image: no header follows
+            return False
+        elif marker == 0xE1 and data[position + 4: position + 10] == _EXIF_MARKER:
+            return True
+        else:
+            position += 2 + int.from_bytes(data[position + 2: position + 4], "big")
+    return False
 
 
 def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:

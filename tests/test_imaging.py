@@ -153,3 +153,27 @@ def test_fast_path_declines_what_it_cannot_do_exactly():
     assert jpeg_turbo.decode_jpeg(big, (32, 32), "crop", 10**6) is None
     with pytest.raises(DecodeError, match="decompression bomb"):
         decode_image(big, (32, 32), max_pixels=10**6)
+
+
+@pytest.mark.parametrize("padding", [0, 70_000, 200_000])
+def test_fast_path_finds_exif_behind_large_header_segments(padding):
+    """The orientation is found by walking the header segments, however large the ones before it
+    (ICC profiles, XMP, thumbnails); a file whose segments do not chain up is searched instead."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = encode(photo(240, 320), "JPEG", quality=90, exif=exif.tobytes())
+    filler = b""
+    for offset in range(0, padding, 60_000):  # APPn segments hold at most 65,533 bytes each
+        chunk = min(60_000, padding - offset)
+        filler += b"\xff\xe2" + (chunk + 2).to_bytes(2, "big") + bytes(chunk)
+    padded = data[:2] + filler + data[2:]
+    from shards import jpeg_turbo
+
+    assert jpeg_turbo.decode_jpeg(padded, (60, 80), "crop", 10**8) is not None  # the fast path took it
+    careful = decode_image(padded, (60, 80), "crop", fast=False)
+    assert psnr(decode_image(padded, (60, 80), "crop"), careful) > 33
+    assert psnr(decode_image(padded, (60, 80), "crop"), decode_image(data, (60, 80), "crop")) > 60
+    after_app0 = 4 + int.from_bytes(data[4:6], "big")
+    broken_chain = data[:after_app0] + b"\x00" + data[after_app0:]  # a stray byte where a marker should be
+    assert jpeg_turbo._has_exif(broken_chain)
+    assert psnr(decode_image(broken_chain, (60, 80), "crop"), careful) > 33
