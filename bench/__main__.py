@@ -125,16 +125,20 @@ def memory_section(work: str, corpus: str, out: dict) -> None:
     quadruple = os.path.join(work, "out_x4")
     _link_copies(dest, quadruple, 4)
     reader = {f"{k}x": run("bench.readers", "memory", d) for k, d in ((1, dest), (4, quadruple))}
-    listing = os.path.join(work, "x4.csv")
     paths = jpeg_paths(corpus)
-    with open(listing, "w") as handle:
-        handle.write("path,label\n" + "".join(f"{p},{os.path.basename(os.path.dirname(p))}\n" for p in paths * 4))
-    driver4 = run("bench.peers", "shards", listing, os.path.join(work, "out_x4_run"), 2, SHARD_SIZE)
-    driver1 = out["preprocess"]["shards_2_workers"]
+    drivers = {}
+    for copies in (1, 4):
+        listing = os.path.join(work, f"x{copies}.csv")
+        with open(listing, "w") as handle:
+            handle.write("path,label\n" + "".join(f"{p},{os.path.basename(os.path.dirname(p))}\n"
+                                                  for p in paths * copies))
+        drivers[copies] = run("bench.peers", "shards", listing, os.path.join(work, f"out_x{copies}_run"), 2,
+                              SHARD_SIZE, "npy", "on")
     budget = (2 + 2) * 256 * 224 * 224 * 3 + 300 * 10**6
+    peaks = ("driver_peak_rss_anon", "worker_peak_rss_anon")
     out["memory"] = {"reader": reader, "reader_budget_bytes": budget,
-                     "preprocess_1x": {k: driver1[k] for k in ("driver_peak_rss_anon", "worker_peak_rss_anon")},
-                     "preprocess_4x": {k: driver4[k] for k in ("driver_peak_rss_anon", "worker_peak_rss_anon")}}
+                     "preprocess_1x": {k: drivers[1][k] for k in peaks},
+                     "preprocess_4x": {k: drivers[4][k] for k in peaks}}
 
 
 def _link_copies(dest: str, target: str, copies: int) -> None:

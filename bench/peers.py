@@ -10,6 +10,7 @@ import time
 
 STARTED = time.perf_counter()
 
+import contextlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import shutil  # noqa: E402
@@ -23,17 +24,23 @@ from bench.procmem import PeakSampler, ray_worker_pids, status  # noqa: E402
 SIZE = 224
 
 
-def shards_preprocess(src: str, dest: str, workers: str, shard_size: str = "256MiB", fmt: str = "npy") -> dict:
+def shards_preprocess(src: str, dest: str, workers: str, shard_size: str = "256MiB", fmt: str = "npy",
+                      memory: str = "off") -> dict:
+    """shards' preprocess; with memory="on", RssAnon of the driver and the workers is sampled
+    (off for throughput runs: the sampler's /proc scans cost CPU on a 2-core machine)."""
     import shards
 
     options = shards.PreprocessOptions(size=SIZE, format=fmt, shard_size=shard_size)
-    with PeakSampler({"driver": lambda: ["self"], "workers": ray_worker_pids}) as peaks:
+    sampler = PeakSampler({"driver": lambda: ["self"], "workers": ray_worker_pids}) if memory == "on" else None
+    with sampler or contextlib.nullcontext():
         summary = shards.preprocess(src, dest, options, mode="overwrite", workers=int(workers))
-    return {"images": summary.written, "ray_start": summary.ray_start_seconds, "shards": summary.shards,
-            "steady_images_per_second": summary.steady_images_per_second,
-            "after_ray_start_images_per_second": summary.images_per_second,
-            "driver_peak_rss_anon": peaks.peaks["driver"], "worker_peak_rss_anon": peaks.peaks["workers"],
-            "driver_peak_rss": status().get("VmHWM", 0)}
+    result = {"images": summary.written, "ray_start": summary.ray_start_seconds, "shards": summary.shards,
+              "steady_images_per_second": summary.steady_images_per_second,
+              "after_ray_start_images_per_second": summary.images_per_second}
+    if sampler is not None:
+        result.update(driver_peak_rss_anon=sampler.peaks["driver"], worker_peak_rss_anon=sampler.peaks["workers"],
+                      driver_peak_rss=status().get("VmHWM", 0))
+    return result
 
 
 def _fresh(dest: str) -> str:
@@ -81,22 +88,27 @@ def tf_data(src: str, dest: str) -> dict:
 
 
 def decode_only(src: str, limit: str) -> dict:
-    """The fastest available full JPEG decode (libjpeg-turbo), no resize, one process."""
+    """The fastest available full JPEG decode (libjpeg-turbo, with the flags shards decodes
+    with), no resize, one process."""
     import simplejpeg
+
+    from shards.jpeg_turbo import DECODE_FLAGS
 
     datas = [open(path, "rb").read() for path in jpeg_paths(src)[: int(limit)]]
     begin = time.perf_counter()
     for data in datas:
-        simplejpeg.decode_jpeg(data, colorspace="RGB")
+        simplejpeg.decode_jpeg(data, colorspace="RGB", **DECODE_FLAGS)
     return {"images": len(datas), "per_core_images_per_second": len(datas) / (time.perf_counter() - begin)}
 
 
 def _decode_all(paths: list[str]) -> int:
     import simplejpeg
 
+    from shards.jpeg_turbo import DECODE_FLAGS
+
     datas = [open(path, "rb").read() for path in paths]
     for data in datas:
-        simplejpeg.decode_jpeg(data, colorspace="RGB")
+        simplejpeg.decode_jpeg(data, colorspace="RGB", **DECODE_FLAGS)
     return len(datas)
 
 
