@@ -7,10 +7,8 @@ Arrow arrays, so ten million paths cost their bytes and not ten million Python o
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import io
 import logging
 import os
 from collections.abc import Iterator
@@ -283,41 +281,9 @@ def read_source(source: str) -> bytes:
             raise DecodeError("object not found") from None
         except OSError as exc:
             raise DecodeError(f"cannot read ({str(exc).splitlines()[0]})") from exc
-    opened = open_local(source)
-    if isinstance(opened, DecodeError):
-        raise opened
-    return read_opened(opened, source)
-
-
-def open_local(source: str) -> io.FileIO | DecodeError:
-    """Open a local input and ask the kernel to start reading it from disk now.
-
-    POSIX_FADV_WILLNEED starts the kernel's own read-ahead of the file in the background, so a
-    worker can open the next few inputs ahead of decoding without a thread per read (on the bench
-    machine a read-ahead thread pool cost ~100 us of CPU per file, three times the read itself).
-    An input that cannot be opened is returned as its DecodeError, to be refused in turn.
-    """
     try:
-        with _refusing_unreadable(source):
-            handle = open(source, "rb", buffering=0)
-    except DecodeError as exc:
-        return exc
-    if hasattr(os, "posix_fadvise"):
-        with contextlib.suppress(OSError):
-            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_WILLNEED)
-    return handle
-
-
-def read_opened(handle: io.FileIO, source: str) -> bytes:
-    """All of an input opened by `open_local`, then close it."""
-    with handle, _refusing_unreadable(source):
-        return handle.readall()
-
-
-@contextlib.contextmanager
-def _refusing_unreadable(source: str) -> Iterator[None]:
-    try:
-        yield
+        with open(source, "rb") as handle:
+            return handle.read()
     except FileNotFoundError:
         reason = "broken symlink" if os.path.islink(source) else "file not found"
         raise DecodeError(reason) from None

@@ -96,13 +96,16 @@ def test_read_source_names_why_a_file_cannot_be_read(tmp_path):
     assert read_source(str(tmp_path / "real.jpg")) == b"abc"
 
 
-def test_worker_read_ahead_keeps_order_and_reasons_and_closes_what_it_opened(tmp_path):
-    """Local inputs are opened a window ahead of the decoder: every input still comes back in
-    order, unreadable ones as their own reason, and an abandoned shard leaves no file open."""
+def test_worker_read_ahead_keeps_order_and_reasons_and_stops_its_threads(tmp_path):
+    """Inputs are read on threads, a batch of local files per hand-off, ahead of the decoder:
+    every input still comes back in order, unreadable ones as their own reason, and an
+    abandoned shard leaves no reader thread behind."""
+    import threading
+
     from shards import worker
 
     sources = []
-    for i in range(3 * worker.READ_AHEAD):
+    for i in range(5 * worker.LOCAL_BATCH * worker.READ_THREADS + 3):
         path = tmp_path / f"{i}.jpg"
         if i % 7 == 3:
             path.mkdir()
@@ -118,9 +121,9 @@ def test_worker_read_ahead_keeps_order_and_reasons_and_closes_what_it_opened(tmp
             assert isinstance(result, DecodeError) and str(result) == "file not found"
         else:
             assert result == f"image {i}".encode()
-    open_before = len(os.listdir("/proc/self/fd"))
+    threads_before = threading.active_count()
     stream = worker._read_ahead(sources)
     next(stream)
-    assert len(os.listdir("/proc/self/fd")) > open_before  # the window is open ahead
+    assert threading.active_count() > threads_before  # reading ahead
     stream.close()
-    assert len(os.listdir("/proc/self/fd")) == open_before
+    assert threading.active_count() == threads_before
