@@ -58,6 +58,9 @@ def rate(result: dict) -> float:
 
 
 def preprocess_section(work: str, corpus: str, camera: str, out: dict) -> None:
+    for path in jpeg_paths(corpus) + jpeg_paths(camera):  # every pipeline reads from the page cache,
+        with open(path, "rb") as handle:                  # not only those that run after the first
+            handle.read()
     dest = os.path.join(work, "out")
     shards2 = run("bench.peers", "shards", corpus, dest, 2, SHARD_SIZE)
     shards1 = run("bench.peers", "shards", corpus, os.path.join(work, "out1"), 1, SHARD_SIZE)
