@@ -4,8 +4,9 @@ Keras 3 `model.fit` fails under MultiWorkerMirroredStrategy with the TensorFlow 
 keras-team/keras#20585 and ray-project/ray#47464; the TF tutorial's own example fails). The
 loop below is the one TensorFlow documents for multi-worker training: each replica computes the
 model's compiled loss inside `strategy.run`, scaled by the number of replicas, and the Keras
-optimizer all-reduces (sums) the gradients. It drives the same Keras callback as `fit` (epoch/batch hooks, `stop_training`),
-so checkpoints and resume behave identically with one worker or many.
+optimizer all-reduces (sums) the gradients. It drives the same Keras callback as `fit`
+(epoch/batch hooks, `stop_training`), so checkpoints and resume behave identically with one
+worker or many.
 """
 
 from __future__ import annotations

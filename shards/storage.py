@@ -71,7 +71,12 @@ def retried(action: Callable[[], T], what: str) -> T:
 
 def read_bytes(uri: str) -> bytes:
     filesystem, path = resolve(uri)
-    return retried(lambda: filesystem.open_input_file(path).readall(), f"reading {uri}")
+
+    def read() -> bytes:
+        with filesystem.open_input_file(path) as handle:
+            return handle.readall()
+
+    return retried(read, f"reading {uri}")
 
 
 def info(uri: str) -> pafs.FileInfo:

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 READ_THREADS = 4
 READ_AHEAD = 16
-LOCAL_BATCH = 8
+LOCAL_BATCH = 4  # READ_AHEAD // LOCAL_BATCH batches in flight keep all READ_THREADS busy
 
 
 def write_shard(
@@ -105,16 +105,17 @@ def _read_ahead(sources: Sequence[str]) -> Iterator[bytes | DecodeError]:
     """Each input's bytes (or why it cannot be read), in order, read on a few threads a bounded
     window ahead of the decoder, so disk or network latency overlaps decoding.
 
-    File reads release the GIL, but each hand-off between threads costs CPU: on the bench
-    machine, one hand-off per cached local file cost ~100 us, three times the read itself. So a
-    thread reads local files LOCAL_BATCH at a time; object-storage requests, whose latency dwarfs
-    that cost, go one by one. On a cold page cache the threads keep READ_THREADS reads in flight.
+    At most READ_AHEAD encoded files are in flight (plus the batch being handed out). File
+    reads release the GIL, but each hand-off between threads costs CPU: on the bench machine, one
+    hand-off per cached local file cost ~100 us, three times the read itself. So a thread reads
+    local files LOCAL_BATCH at a time; object-storage requests, whose latency dwarfs that cost,
+    go one by one. On a cold page cache the threads keep READ_THREADS reads in flight.
     """
     batch = 1 if any(storage.is_remote(source) for source in sources) else LOCAL_BATCH
     batches = (sources[start: start + batch] for start in range(0, len(sources), batch))
     with concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="shards-read") as pool:
         window = collections.deque(pool.submit(_read_batch, first)
-                                   for first in itertools.islice(batches, max(READ_THREADS, READ_AHEAD // batch)))
+                                   for first in itertools.islice(batches, READ_AHEAD // batch))
         while window:
             datas = window.popleft().result()
             window.extend(pool.submit(_read_batch, later) for later in itertools.islice(batches, 1))

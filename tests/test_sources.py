@@ -96,11 +96,12 @@ def test_read_source_names_why_a_file_cannot_be_read(tmp_path):
     assert read_source(str(tmp_path / "real.jpg")) == b"abc"
 
 
-def test_worker_read_ahead_keeps_order_and_reasons_and_stops_its_threads(tmp_path):
+def test_worker_read_ahead_keeps_order_and_reasons_and_stops_its_threads(tmp_path, monkeypatch):
     """Inputs are read on threads, a batch of local files per hand-off, ahead of the decoder:
     every input still comes back in order, unreadable ones as their own reason, and an
     abandoned shard leaves no reader thread behind."""
     import threading
+    import time
 
     from shards import worker
 
@@ -122,8 +123,13 @@ def test_worker_read_ahead_keeps_order_and_reasons_and_stops_its_threads(tmp_pat
         else:
             assert result == f"image {i}".encode()
     threads_before = threading.active_count()
+    reads = []
+    monkeypatch.setattr(worker, "read_source", lambda source: reads.append(source) or b"x")
     stream = worker._read_ahead(sources)
     next(stream)
     assert threading.active_count() > threads_before  # reading ahead
+    time.sleep(0.3)  # let the threads read all they are allowed to
+    # Encoded files held ahead stay bounded (camera JPEGs are ~10 MB each).
+    assert worker.READ_THREADS <= len(reads) <= worker.READ_AHEAD + worker.LOCAL_BATCH
     stream.close()
     assert threading.active_count() == threads_before
