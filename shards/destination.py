@@ -1,20 +1,22 @@
 """Getting DEST ready for a run: refuse to clobber, resume what verifies, or start over.
 
 A DEST that holds a run is never silently overwritten: `--resume` continues the same run (same
-inputs and options) and `--overwrite` removes what a run wrote, nothing else.
+inputs and options) and `--overwrite` removes what a run wrote, nothing else. A folder is a
+run's only when a record shards wrote says so; anything else in it is the user's, and refused.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
-import os
 import re
 
-from shards.errors import DestinationError
+from shards.dest_lock import LOCK_NAME
+from shards.errors import DestinationError, ManifestError
 from shards.fileio import TEMP_PREFIX, remove_temporaries
 from shards.location import Location, location
-from shards.manifest import INDEX, MANIFEST, PARTS, REJECTS, Receipt, read_receipt, read_run_record
+from shards.manifest import (INDEX, MANIFEST, PARTS, REJECTS, RUN_RECORD, Receipt, is_run_record, read_json,
+                             read_receipt)
 from shards.options import PreprocessOptions
 from shards.plan import ShardPlan
 from shards.verify import shard_problems
@@ -28,28 +30,30 @@ _RUN_FILE = re.compile(r"shard-\d+\.(images\.npy|labels\.npy|tfrecord(\.gz)?)")
 
 def prepare_destination(dest: str, mode: str, key: str, options: PreprocessOptions,
                         plan: ShardPlan) -> dict[str, Receipt]:
-    """Make DEST (a folder or an object-storage prefix) ready; return the receipts a resumed run keeps.
+    """Make DEST (a folder or an object-storage prefix, locked by the caller) ready; return the
+    receipts a resumed run keeps.
+
+    DEST belongs to a run only when a manifest or run record that shards wrote proves it, and
+    then only the files a run writes are ever removed: anything else in DEST is refused, in
+    every mode, and left as it is.
 
     Raises:
-        DestinationError: DEST is a file, holds another dataset, holds a run and neither
-            `resume` nor `overwrite` was asked for, or holds files that are not a run's.
+        DestinationError: DEST holds files that are not a shards run's, another dataset, or a
+            run and neither `resume` nor `overwrite` was asked for.
     """
     place = location(dest)
-    if not place.is_remote and os.path.exists(dest) and not os.path.isdir(dest):
-        raise DestinationError(f"{dest}: DEST exists and is not a folder")
-    entries = place.names()
-    if entries is None:
-        if not place.is_remote:
-            os.makedirs(dest)
+    entries = [name for name in place.names() or [] if name != LOCK_NAME]
+    if not entries:
         return {}
-    record = read_run_record(dest)
-    foreign = [name for name in entries if not _owned_by_run(name)]
+    record = _run_record(dest)
     if record is None:
-        if foreign:
-            raise DestinationError(f"{dest}: DEST is not empty and holds no shards run "
-                                   f"(found {foreign[0]!r}); choose an empty or new folder")
-        _remove_run_files(place, entries)
-        return {}
+        raise DestinationError(f"{dest}: DEST is not empty and holds no shards run (found {entries[0]!r}); "
+                               "choose an empty or new folder")
+    foreign = sorted(name for name in entries if not _owned_by_run(name))
+    if foreign:
+        more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
+        raise DestinationError(f"{dest}: DEST holds a shards run and files that are not its own ({foreign[0]!r}{more}); "
+                               "move them out first, shards never deletes them")
     if mode == "overwrite":
         _remove_run_files(place, entries)
         return {}
@@ -62,6 +66,22 @@ def prepare_destination(dest: str, mode: str, key: str, options: PreprocessOptio
     if not place.is_remote:
         remove_temporaries(dest)
     return _verified_receipts(place, key, options, plan)
+
+
+def _run_record(dest: str) -> dict | None:
+    """The manifest or run record in DEST if shards wrote it; refuses one it did not write."""
+    for relative in (MANIFEST, f"{PARTS}/{RUN_RECORD}"):
+        try:
+            record = read_json(dest, relative)
+        except ManifestError as exc:
+            raise DestinationError(f"{dest}: DEST holds a {relative} that shards did not write ({exc}); "
+                                   "choose another DEST") from None
+        if record is not None:
+            if not is_run_record(record):
+                raise DestinationError(f"{dest}: DEST holds a {relative} that shards did not write; "
+                                       "choose another DEST")
+            return record
+    return None
 
 
 def _verified_receipts(place: Location, key: str, options: PreprocessOptions, plan: ShardPlan) -> dict[str, Receipt]:
@@ -88,7 +108,7 @@ def _verified_receipts(place: Location, key: str, options: PreprocessOptions, pl
 
 def _difference(record: dict, options: PreprocessOptions) -> str:
     theirs = record.get("config", {})
-    ours = options.to_json()
+    ours = options.output_json()
     changed = [f"{name} {theirs.get(name)!r} vs {ours[name]!r}" for name in ours if theirs.get(name) != ours[name]]
     return "options differ: " + ", ".join(changed) if changed else "the inputs differ"
 
@@ -99,7 +119,16 @@ def _owned_by_run(name: str) -> bool:
 
 
 def _remove_run_files(place: Location, entries: list[str]) -> None:
-    # The manifest goes first: a half-removed run must never look like a finished one.
-    for name in sorted(entries, key=lambda n: n != MANIFEST):
-        if _owned_by_run(name):
+    """Remove a run's files. The manifest goes first, so a half-removed run never looks
+    finished; the run record goes last, so a removal cut short still proves whose files the
+    rest are."""
+    if MANIFEST in entries:
+        place.remove(MANIFEST)
+    for name in entries:
+        if name not in (MANIFEST, PARTS) and _owned_by_run(name):
             place.remove(name)
+    if PARTS in entries:
+        for name in place.names(PARTS) or []:
+            if name != RUN_RECORD:
+                place.remove(f"{PARTS}/{name}")
+        place.remove(PARTS)

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import hashlib
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from typing import BinaryIO
@@ -105,8 +107,8 @@ def write_bytes_atomically(path: str, data: bytes) -> FileDigest:
 
 
 def digest_file(path: str) -> FileDigest:
-    """Hash a file on disk, in chunks, for verification and resume."""
-    with open(path, "rb") as handle:
+    """Hash a regular file on disk, in chunks, for verification and resume."""
+    with open_regular(path) as handle:
         return digest_stream(handle)
 
 
@@ -118,6 +120,67 @@ def digest_stream(handle: BinaryIO) -> FileDigest:
         digest.update(chunk)
         size += len(chunk)
     return FileDigest(size, digest.hexdigest())
+
+
+class NotRegularFileError(OSError):
+    """A path that must be a regular file is a FIFO, socket, device, folder or symlink."""
+
+
+def open_regular(path: str) -> BinaryIO:
+    """Open `path` for reading only if it is a regular file, never through a symlink.
+
+    The checks are made on the opened descriptor, so a file swapped for a FIFO between a check
+    and the open cannot block the caller: O_NONBLOCK makes opening a FIFO return at once, and
+    O_NOFOLLOW refuses a symlink (which could point outside DEST, or at /dev/zero).
+
+    Raises:
+        FileNotFoundError: nothing is there.
+        NotRegularFileError: something other than a regular file is there.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        descriptor = os.open(path, flags)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP or (exc.errno in (errno.ENXIO, errno.EISDIR) and os.path.lexists(path)):
+            raise NotRegularFileError(exc.errno, _kind(path), path) from None
+        raise
+    try:
+        mode = os.fstat(descriptor).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFileError(errno.EINVAL, _kind(path, mode), path)
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def _kind(path: str, mode: int | None = None) -> str:
+    if mode is None:
+        try:
+            mode = os.lstat(path).st_mode
+        except OSError:
+            return "not a regular file"
+    for test, name in ((stat.S_ISLNK, "a symlink"), (stat.S_ISFIFO, "a FIFO"), (stat.S_ISSOCK, "a socket"),
+                       (stat.S_ISCHR, "a device"), (stat.S_ISBLK, "a device"), (stat.S_ISDIR, "a folder")):
+        if test(mode):
+            return f"not a regular file ({name})"
+    return "not a regular file"
+
+
+def regular_size(path: str) -> int | None:
+    """The size of a regular file at `path` (symlinks not followed); None when absent.
+
+    Raises:
+        NotRegularFileError: something other than a regular file is there.
+    """
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    if not stat.S_ISREG(status.st_mode):
+        raise NotRegularFileError(errno.EINVAL, _kind(path, status.st_mode), path)
+    return status.st_size
 
 
 def remove_temporaries(folder: str) -> int:

@@ -17,10 +17,12 @@ import tempfile
 from collections.abc import Iterator
 from typing import BinaryIO
 
+import pyarrow as pa
 import pyarrow.fs as pafs
 
 from shards import storage
-from shards.fileio import FileDigest, atomic_write, digest_stream, write_bytes_atomically
+from shards.fileio import (FileDigest, atomic_write, digest_stream, open_regular, regular_size,
+                           write_bytes_atomically)
 
 
 class Location(abc.ABC):
@@ -34,8 +36,9 @@ class Location(abc.ABC):
         return False
 
     @abc.abstractmethod
-    def names(self) -> list[str] | None:
-        """The entries directly under the root (files and folders); None when the root is absent."""
+    def names(self, folder: str = "") -> list[str] | None:
+        """The entries directly under the root, or under its sub-folder `folder` (files and
+        folders); None when that folder is absent."""
 
     @abc.abstractmethod
     def sizes(self) -> dict[str, int]:
@@ -55,7 +58,8 @@ class Location(abc.ABC):
 
     @abc.abstractmethod
     def size(self, relative: str) -> int | None:
-        """A file's size in bytes; None when it is absent."""
+        """A file's size in bytes; None when it is absent (NotRegularFileError for a FIFO,
+        device, folder or symlink in a folder)."""
 
     @abc.abstractmethod
     def remove(self, relative: str) -> None:
@@ -66,8 +70,12 @@ class Location(abc.ABC):
         """A readable binary stream of a file."""
 
     @abc.abstractmethod
-    def table_path(self, relative: str) -> tuple[str, pafs.FileSystem | None]:
-        """(path, filesystem) for pyarrow readers such as `pyarrow.parquet.read_table`."""
+    def read_table(self, relative: str, columns: list[str]) -> pa.Table:
+        """Columns of a Parquet file of the run (a regular file, for a folder).
+
+        Raises:
+            FileNotFoundError: the file is absent.
+        """
 
     def digest(self, relative: str) -> FileDigest:
         """A file's size and sha256, read as a stream (object-storage files are never staged)."""
@@ -84,18 +92,21 @@ class LocalLocation(Location):
     def path(self, relative: str) -> str:
         return os.path.join(self.root, relative)
 
-    def names(self) -> list[str] | None:
-        if not os.path.isdir(self.root):
+    def names(self, folder: str = "") -> list[str] | None:
+        path = self.path(folder) if folder else self.root
+        if not os.path.isdir(path) or os.path.islink(path):
             return None
-        return os.listdir(self.root)
+        return os.listdir(path)
 
     def sizes(self) -> dict[str, int]:
         with os.scandir(self.root) as entries:
             return {e.name: e.stat().st_size for e in entries if e.is_file(follow_symlinks=False)}
 
     def read(self, relative: str) -> bytes | None:
+        # Regular files only: a FIFO or a symlink to /dev/zero under a run's name must not hang
+        # or flood the caller, and nothing outside DEST is read through a symlink.
         try:
-            with open(self.path(relative), "rb") as handle:
+            with open_regular(self.path(relative)) as handle:
                 return handle.read()
         except FileNotFoundError:
             return None
@@ -110,8 +121,7 @@ class LocalLocation(Location):
             yield handle  # type: ignore[misc]
 
     def size(self, relative: str) -> int | None:
-        path = self.path(relative)
-        return os.path.getsize(path) if os.path.isfile(path) else None
+        return regular_size(self.path(relative))
 
     def remove(self, relative: str) -> None:
         path = self.path(relative)
@@ -123,11 +133,14 @@ class LocalLocation(Location):
 
     @contextlib.contextmanager
     def open(self, relative: str) -> Iterator[BinaryIO]:
-        with open(self.path(relative), "rb") as handle:
+        with open_regular(self.path(relative)) as handle:
             yield handle
 
-    def table_path(self, relative: str) -> tuple[str, pafs.FileSystem | None]:
-        return self.path(relative), None
+    def read_table(self, relative: str, columns: list[str]) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        with self.open(relative) as handle:
+            return pq.read_table(handle, columns=columns)
 
 
 class RemoteLocation(Location):
@@ -144,15 +157,16 @@ class RemoteLocation(Location):
     def key(self, relative: str) -> str:
         return f"{self._path}/{relative}"
 
-    def names(self) -> list[str] | None:
-        return [os.path.basename(entry.path.rstrip("/")) for entry in self._listing()] or None
+    def names(self, folder: str = "") -> list[str] | None:
+        return [os.path.basename(entry.path.rstrip("/")) for entry in self._listing(folder)] or None
 
     def sizes(self) -> dict[str, int]:
         return {os.path.basename(entry.path): entry.size for entry in self._listing()
                 if entry.type == pafs.FileType.File}
 
-    def _listing(self) -> list[pafs.FileInfo]:
-        selector = pafs.FileSelector(self._path, recursive=False, allow_not_found=True)
+    def _listing(self, folder: str = "") -> list[pafs.FileInfo]:
+        selector = pafs.FileSelector(self.key(folder) if folder else self._path, recursive=False,
+                                     allow_not_found=True)
         return storage.retried(lambda: self._filesystem.get_file_info(selector), f"listing {self.root}")
 
     def read(self, relative: str) -> bytes | None:
@@ -202,8 +216,11 @@ class RemoteLocation(Location):
         with handle:
             yield handle  # type: ignore[misc]
 
-    def table_path(self, relative: str) -> tuple[str, pafs.FileSystem | None]:
-        return self.key(relative), self._filesystem
+    def read_table(self, relative: str, columns: list[str]) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        return storage.retried(lambda: pq.read_table(self.key(relative), columns=columns, filesystem=self._filesystem),
+                               f"reading {storage.join(self.root, relative)}")
 
 
 def location(dest: str) -> Location:

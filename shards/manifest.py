@@ -27,7 +27,10 @@ INDEX = "index.parquet"
 REJECTS = "rejects.jsonl"
 PARTS = ".parts"
 RUN_RECORD = "run.json"
+HOW_TO_PROCEED = ("fix or remove those inputs and rerun with --overwrite, or accept them and rerun with "
+                  "--resume and a higher --max-rejects")
 
+_RUN_KEY = re.compile(r"[0-9a-f]{64}")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _REQUIRED = ("version", "format", "complete", "count", "shape", "dtype", "classes", "rejected",
              "shards", "config")
@@ -94,9 +97,21 @@ def reason_kind(reason: str) -> str:
 
 
 def run_key(listing_fingerprint: str, options: PreprocessOptions) -> str:
-    """One value that changes whenever the inputs or any output-shaping option change."""
-    payload = json.dumps({"listing": listing_fingerprint, "config": options.to_json()}, sort_keys=True)
+    """One value that changes whenever the inputs or any output-shaping option change.
+
+    The reject policy (`--max-rejects`) is left out: it shapes no byte, and a run that failed
+    its limit must be resumable under a higher one. Runs written before this rule carry keys
+    that included it; they open as before but cannot be resumed by this version.
+    """
+    payload = json.dumps({"listing": listing_fingerprint, "config": options.output_json()}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def is_run_record(record: dict[str, Any]) -> bool:
+    """Whether a manifest or run record is one shards wrote (and so may be replaced by a run)."""
+    key = record.get("run_key")
+    return (isinstance(record.get("version"), int) and isinstance(key, str) and bool(_RUN_KEY.fullmatch(key))
+            and isinstance(record.get("config"), dict))
 
 
 def build_manifest(
@@ -155,8 +170,8 @@ def load_manifest(dest: str, *, allow_incomplete: bool = False) -> Manifest:
     if missing:
         raise ManifestError(f"{path}: missing field(s) {', '.join(missing)}")
     if not record["complete"] and not allow_incomplete:
-        raise ManifestError(f"{path}: the run that wrote it did not complete; see rejects.jsonl "
-                            "or run `shards preprocess --resume`")
+        raise ManifestError(f"{path}: the run that wrote it failed ({record.get('rejected')} of "
+                            f"{record.get('inputs')} inputs rejected; see rejects.jsonl): {HOW_TO_PROCEED}")
     try:
         shards = [ShardInfo.from_json(s) for s in record["shards"]]
         for shard in shards:
@@ -181,7 +196,11 @@ def write_receipt(dest: str, receipt: Receipt) -> None:
 
 
 def read_receipt(dest: str, shard: str) -> Receipt | None:
-    record = read_json(dest, f"{PARTS}/{shard}.json")
+    """A shard's receipt; None when it is absent or damaged (the shard is then redone)."""
+    try:
+        record = read_json(dest, f"{PARTS}/{shard}.json")
+    except ManifestError:
+        return None
     if record is None or record.get("version") != MANIFEST_VERSION:
         return None
     try:
@@ -194,11 +213,6 @@ def write_run_record(dest: str, key: str, source: str, options: PreprocessOption
     """Claim DEST for a run before any shard is written, so a crashed run is still recognised."""
     record = {"version": MANIFEST_VERSION, "run_key": key, "source": source, "config": options.to_json()}
     location(dest).write(f"{PARTS}/{RUN_RECORD}", _dumps(record))
-
-
-def read_run_record(dest: str) -> dict[str, Any] | None:
-    """The run DEST holds: from its manifest, or from the claim of an unfinished run."""
-    return read_json(dest, MANIFEST) or read_json(dest, f"{PARTS}/{RUN_RECORD}")
 
 
 def write_index(dest: str, shards: list[ShardInfo], positions: list[np.ndarray], sources: pa.Array,

@@ -19,6 +19,7 @@ RESIZE_MODES = ("stretch", "crop", "pad")
 DTYPES = ("uint8", "float16", "bfloat16", "float32")
 FORMATS = ("npy", "tfrecord")
 COMPRESSIONS = ("none", "gzip")
+REJECT_POLICY = ("max_rejects", "max_reject_fraction")
 DTYPE_BYTES = {"uint8": 1, "float16": 2, "bfloat16": 2, "float32": 4}
 
 _UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3,
@@ -155,6 +156,14 @@ class PreprocessOptions:
         """The options as the manifest records them."""
         record = dataclasses.asdict(self)
         record["size"] = list(self.size)
+        return record
+
+    def output_json(self) -> dict[str, Any]:
+        """The options that shape the bytes written: all but the reject policy, which decides
+        only whether a run may commit (so a failed run resumes under a higher limit)."""
+        record = self.to_json()
+        for policy in REJECT_POLICY:
+            record.pop(policy)
         return record
 
     @classmethod

@@ -136,11 +136,11 @@ def index_sources(dest: str) -> pa.Array | None:
     from shards.location import location
     from shards.manifest import INDEX
 
-    place = location(dest)
-    if place.size(INDEX) is None:
+    try:
+        table = location(dest).read_table(INDEX, ["source"])
+    except FileNotFoundError:
         return None
-    path, filesystem = place.table_path(INDEX)
-    return pq.read_table(path, columns=["source"], filesystem=filesystem).column("source").combine_chunks()
+    return table.column("source").combine_chunks()
 
 
 def _predict_part(dest: str, model_path: str, out: str, options: PredictOptions, positions: np.ndarray,

@@ -25,6 +25,7 @@ from shards.location import RemoteLocation, location
 from shards.manifest import INDEX, Manifest, load_manifest
 from shards.options import numpy_dtype, parse_bytes
 from shards.sampling import batch_count, check_slicing, epoch_order, position_after, rank_batches, window_order
+from shards.shard_files import RunFiles, bind_run
 
 _DONE = object()
 ALIGNMENT = 64
@@ -53,10 +54,16 @@ class ShardDataset:
     """
 
     def __init__(self, dest: str, *, cache_dir: str | None = None, cache_limit: int | str | None = None,
-                 shuffle_window: int | None = None) -> None:
+                 shuffle_window: int | None = None, verify: bool = False) -> None:
         self.dest = dest
         self._place = location(dest)
-        self.manifest: Manifest = load_manifest(dest)
+        self._files: dict[str, RunFiles] = {}
+        if self._place.is_remote:
+            # The cache checks every downloaded file's sha256 against this manifest.
+            self.manifest: Manifest = load_manifest(dest)
+        else:
+            self.manifest, self._files[dest] = bind_run(dest, lambda manifest: manifest.shards,
+                                                        lambda: load_manifest(dest), verify=verify)
         self.shape = self.manifest.shape
         self.dtype = numpy_dtype(self.manifest.dtype)
         self.classes = self.manifest.classes
@@ -94,7 +101,16 @@ class ShardDataset:
         reader = self._readers.get(shard)
         if reader is None:
             info = self.manifest.shards[shard]
-            reader = self._readers[shard] = self._format.open_reader(folder, info, self.shape, self.manifest.dtype)
+            files = self._files.get(folder)
+            if files is None:
+                files = self._files[folder] = RunFiles(folder, self.manifest.shards)
+            handles = files.open(shard, info)
+            try:
+                reader = self._format.open_reader(handles, info, self.shape, self.manifest.dtype)
+            finally:
+                for handle in handles.values():
+                    handle.close()  # a memory map keeps its own reference to the file
+            self._readers[shard] = reader
         return reader
 
     def epoch_order(self, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
@@ -118,10 +134,7 @@ class ShardDataset:
 
     def labels(self) -> np.ndarray:
         """Every sample's label in dataset order, from index.parquet: no image is read."""
-        import pyarrow.parquet as pq
-
-        path, filesystem = self._place.table_path(INDEX)
-        column = pq.read_table(path, columns=["label"], filesystem=filesystem).column("label")
+        column = self._place.read_table(INDEX, ["label"]).column("label")
         labels = column.to_numpy().astype(np.int32)
         return labels if self._subset is None else labels[self._subset]
 
@@ -336,7 +349,7 @@ def _aligned_view(raw: np.ndarray, size: int, shape: tuple[int, ...], dtype: np.
 
 
 def open_shards(dest: str, *, cache_dir: str | None = None, cache_limit: int | str | None = None,
-                shuffle_window: int | None = None) -> ShardDataset:
+                shuffle_window: int | None = None, verify: bool = False) -> ShardDataset:
     """Open a finished shards run in DEST (a folder, or an s3:// / gs:// prefix) for reading.
 
     Args:
@@ -347,9 +360,19 @@ def open_shards(dest: str, *, cache_dir: str | None = None, cache_limit: int | s
             such as "2GiB"); default 8 GiB. Must hold at least two shards.
         shuffle_window: shuffle within windows of this many shards (the same on every rank).
             Default: the whole dataset for a folder; what fits in the cache for object storage.
+        verify: hash each shard file when it is first opened and refuse one whose sha256
+            differs from the manifest (object-storage shards are always hashed on download).
+
+    The dataset is bound to the run it opened: a shard file replaced since (another run wrote
+    DEST with `--overwrite`) is refused with a ManifestError rather than read, so batches never
+    mix two runs. Shards already memory-mapped stay readable. Memory maps have one limit no
+    reader can check: a shard truncated in place while mapped makes the OS kill the process
+    with SIGBUS on the next read of the lost pages (`shards verify` reports such a shard).
 
     Raises:
-        ManifestError: DEST holds no complete run, or one this version cannot read.
+        ManifestError: DEST holds no complete run, or one this version cannot read; later, on
+            reading, a shard that is missing, replaced, damaged or not a regular file.
         ConfigError: the cache cannot hold two shards, or cache settings for a local DEST.
     """
-    return ShardDataset(dest, cache_dir=cache_dir, cache_limit=cache_limit, shuffle_window=shuffle_window)
+    return ShardDataset(dest, cache_dir=cache_dir, cache_limit=cache_limit, shuffle_window=shuffle_window,
+                        verify=verify)

@@ -9,8 +9,10 @@ The manifest is written last.
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import datetime
+import errno
 import logging
 import os
 import time
@@ -20,11 +22,12 @@ from typing import Any
 import numpy as np
 
 from shards import storage
+from shards.dest_lock import hold_dest
 from shards.destination import MODES, prepare_destination
 from shards.errors import ConfigError, DestinationError, RejectLimitError, ShardsError
 from shards.fileio import remove_temporaries
-from shards.manifest import (Receipt, build_manifest, reason_kind, run_key, write_index, write_manifest,
-                             write_rejects, write_run_record)
+from shards.manifest import (HOW_TO_PROCEED, Receipt, build_manifest, reason_kind, run_key, write_index,
+                             write_manifest, write_rejects, write_run_record)
 from shards.options import PreprocessOptions
 from shards.plan import ShardPlan, ShardSpec, plan_shards
 from shards.sources import Listing, list_sources
@@ -33,6 +36,7 @@ from shards.worker import write_shard
 logger = logging.getLogger(__name__)
 
 TASK_RETRIES = 3
+ABANDON_SECONDS = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,25 +112,28 @@ def preprocess(
     listing = list_sources(src)
     key = run_key(listing.fingerprint(), options)
     plan = plan_shards(len(listing), options.samples_per_shard, options.seed)
-    kept = prepare_destination(dest, mode, key, options, plan)
-    try:
-        write_run_record(dest, key, src, options)
-    except OSError as exc:
-        raise DestinationError(f"{dest}: cannot write to DEST: {str(exc).splitlines()[0]}") from exc
+    with hold_dest(dest) as lock:  # one writer per DEST, from the first look at it to the commit
+        kept = prepare_destination(dest, mode, key, options, plan)
+        try:
+            write_run_record(dest, key, src, options)
+        except OSError as exc:
+            raise DestinationError(f"{dest}: cannot write to DEST: {str(exc).splitlines()[0]}") from exc
 
-    ray_started = time.perf_counter()
-    connect_ray(address)
-    ray_start_seconds = time.perf_counter() - ray_started
-    limit = workers or max(1, int(_cluster_cpus()))
-    run = _ShardRun(src, dest, listing, plan, options, key, kept, on_progress, started)
-    try:
-        run.execute(limit)
-    except _RejectLimitReached as exc:
-        run.commit(complete=False, workers=limit, ray_start_seconds=ray_start_seconds)
-        raise RejectLimitError(f"{src}: {exc.rejected} inputs rejected, over the --max-rejects limit of "
-                               f"{run.reject_limit}; see {dest}/rejects.jsonl") from None
-    written = run.inputs_done - run.rejected
-    summary = run.commit(complete=written > 0, workers=limit, ray_start_seconds=ray_start_seconds)
+        ray_started = time.perf_counter()
+        connect_ray(address)
+        ray_start_seconds = time.perf_counter() - ray_started
+        limit = workers or max(1, int(_cluster_cpus()))
+        run = _ShardRun(src, dest, listing, plan, options, key, kept, on_progress, started)
+        try:
+            run.execute(limit)
+        except _RejectLimitReached as exc:
+            lock.check()
+            run.commit(complete=False, workers=limit, ray_start_seconds=ray_start_seconds)
+            raise RejectLimitError(f"{src}: {exc.rejected} inputs rejected, over the --max-rejects limit of "
+                                   f"{run.reject_limit} (see {dest}/rejects.jsonl): {HOW_TO_PROCEED}") from None
+        written = run.inputs_done - run.rejected
+        lock.check()
+        summary = run.commit(complete=written > 0, workers=limit, ray_start_seconds=ray_start_seconds)
     if written == 0:
         raise RejectLimitError(f"{src}: all {summary.inputs} inputs were rejected; see {dest}/rejects.jsonl")
     return summary
@@ -203,9 +210,11 @@ class _ShardRun:
                     self.rejected += len(receipt.rejects)
                     self._report()
                     self._check_rejects()
+            # Again when nothing was left to run: a resumed run must not commit past its limit
+            # on rejects that its kept shards recorded.
+            self._check_rejects()
         except BaseException:
-            for ref in in_flight:
-                ray.cancel(ref)
+            _abandon(list(in_flight))
             raise
 
     def _task_args(self, spec: ShardSpec) -> tuple[Any, ...]:
@@ -220,11 +229,21 @@ class _ShardRun:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
             cause = exc.cause if exc.cause is not None else exc
-            raise ShardsError(f"{spec.name}: task failed: {type(cause).__name__}: "
-                              f"{str(cause).splitlines()[0] if str(cause) else ''}") from exc
+            raise ShardsError(f"{spec.name}: {self._failure(cause)}") from exc
         except ray.exceptions.RayError as exc:
             raise ShardsError(f"{spec.name}: task lost after {TASK_RETRIES} retries: "
                               f"{str(exc).splitlines()[0]}") from exc
+
+    def _failure(self, cause: BaseException) -> str:
+        """A task's failure in one line that names the cause a user can act on."""
+        where = self.dest if not storage.is_remote(self.dest) else "the staging folder (SHARDS_STAGING_DIR or TMPDIR)"
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            return (f"no space left on the device of {where}; free some space and rerun with --resume "
+                    "(finished shards are kept)")
+        if isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return f"cannot write to {where} ({cause.strerror}); fix its permissions and rerun with --resume"
+        text = str(cause).splitlines()[0] if str(cause) else ""
+        return f"task failed: {type(cause).__name__}: {text}"
 
     def _check_rejects(self) -> None:
         if self.reject_limit is not None and self.rejected > self.reject_limit:
@@ -275,6 +294,19 @@ class _ShardRun:
             return 0.0
         span = max(r.finished for r in fresh) - min(r.started for r in fresh)
         return sum(r.shard.count + len(r.rejects) for r in fresh) / span if span > 0 else 0.0
+
+
+def _abandon(refs: list[Any]) -> None:
+    """Cancel tasks still in flight and collect what they leave, so Ray has no unretrieved
+    error to print as an "Unhandled error" traceback after the run's own one-line reason."""
+    import ray
+
+    for ref in refs:
+        ray.cancel(ref)
+    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=ABANDON_SECONDS) if refs else ([], [])
+    for ref in ready:
+        with contextlib.suppress(Exception):
+            ray.get(ref)
 
 
 class _RejectLimitReached(ShardsError):

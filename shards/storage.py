@@ -13,7 +13,7 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -95,14 +95,19 @@ def list_pages(uri: str) -> Iterator[list[str]]:
     if scheme != "s3":
         yield list_files(uri)
         return
-    import boto3
-
     bucket, _, prefix = rest.partition("/")
     prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    client = boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"), region_name=region)
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
+    for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         yield [f"s3://{bucket}/{item['Key']}" for item in page.get("Contents", []) if not item["Key"].endswith("/")]
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client for what pyarrow's S3 file system does not offer (paged listings,
+    conditional writes), configured from the same environment."""
+    import boto3
+
+    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"), region_name=region)
 
 
 def list_files(uri: str) -> list[str]:

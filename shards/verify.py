@@ -9,9 +9,11 @@ import dataclasses
 from collections.abc import Mapping
 
 from shards.errors import ManifestError
+from shards.fileio import NotRegularFileError
 from shards.formats import ShardInfo, get_format
 from shards.location import location
 from shards.manifest import INDEX, load_manifest
+from shards.shard_files import RunFiles
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +40,11 @@ def shard_problems(dest: str, info: ShardInfo, format_name: str, shape: tuple[in
     place = location(dest)
     problems = []
     for file_name, expected in sorted(info.files.items()):
-        size = sizes.get(file_name) if sizes is not None else place.size(file_name)
+        try:
+            size = sizes.get(file_name) if sizes is not None else place.size(file_name)
+        except NotRegularFileError as exc:
+            problems.append(f"{info.name}: {file_name} is {exc.strerror}; shards reads only regular files")
+            continue
         if size is None:
             problems.append(f"{info.name}: {file_name} is missing")
         elif size != expected.bytes:
@@ -47,7 +53,12 @@ def shard_problems(dest: str, info: ShardInfo, format_name: str, shape: tuple[in
             problems.append(f"{info.name}: {file_name} checksum mismatch (sha256 differs)")
     if not problems and deep and not place.is_remote:
         try:
-            get_format(format_name).open_reader(dest, info, shape, dtype)
+            handles = RunFiles(dest, [info]).open(0, info)
+            try:
+                get_format(format_name).open_reader(handles, info, shape, dtype)
+            finally:
+                for handle in handles.values():
+                    handle.close()
         except ManifestError as exc:
             problems.append(f"{info.name}: {exc}")
     return problems
@@ -59,8 +70,6 @@ def verify_dest(dest: str) -> VerifyReport:
     Raises:
         ManifestError: DEST has no readable manifest (nothing to verify against).
     """
-    import pyarrow.parquet as pq
-
     manifest = load_manifest(dest, allow_incomplete=True)
     problems = [] if manifest.complete else [f"{dest}: the manifest marks the run incomplete"]
     names = [s.name for s in manifest.shards]
@@ -69,8 +78,7 @@ def verify_dest(dest: str) -> VerifyReport:
     for info in manifest.shards:
         problems += shard_problems(dest, info, manifest.format, manifest.shape, manifest.dtype)
     try:
-        path, filesystem = location(dest).table_path(INDEX)
-        index = pq.read_table(path, columns=["shard", "row"], filesystem=filesystem)
+        index = location(dest).read_table(INDEX, ["shard", "row"])
         counts = index.column("shard").combine_chunks().dictionary_encode().value_counts().to_pylist()
         by_name = {str(item["values"]): item["counts"] for item in counts}
         for info in manifest.shards:

@@ -2,6 +2,7 @@
 
 import json
 import os
+import time
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -222,3 +223,37 @@ def test_s3_listing_streams_page_by_page(s3):
     client.put_object(Bucket="data", Key="many/loose.jpg", Body=b"x")
     with pytest.raises(SourceError, match="class folders and 1 loose image"):
         list_sources("s3://data/many")
+
+
+def test_an_s3_dest_takes_one_writer_and_a_stale_lock_is_taken_over(s3, photos, capsys):
+    from shards.dest_lock import hold_dest
+
+    dest = "s3://data/locked"
+    with hold_dest(dest):
+        assert "locked/.shards.lock" in object_names(s3, "data")
+        with pytest.raises(shards.DestinationError, match=f"in use by another shards run .pid {os.getpid()} on"):
+            with hold_dest(dest):
+                pass
+        capsys.readouterr()
+        assert cli.main(["preprocess", photos, dest]) == 1
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "in use by another shards run" in err
+    assert "locked/.shards.lock" not in object_names(s3, "data")
+
+    # A holder that stopped refreshing (crashed, or paused past the stale limit) loses the lock to
+    # the next run, and finds out before it could commit.
+    with hold_dest(dest, heartbeat=0.2) as paused:
+        with hold_dest(dest, stale=-1) as taker:  # every lock counts as stale for this taker
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    paused.check()
+                except shards.DestinationError as exc:
+                    assert "took over DEST's lock" in str(exc)
+                    break
+                time.sleep(0.05)
+            else:
+                pytest.fail("the holder never noticed that its lock was taken over")
+            taker.check()
+            assert "locked/.shards.lock" in object_names(s3, "data")
+    assert "locked/.shards.lock" not in object_names(s3, "data")

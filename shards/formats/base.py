@@ -5,7 +5,8 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hashlib
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -96,5 +97,7 @@ class ShardFormat(abc.ABC):
         without `durable`, files are not flushed to disk (they are staged for an upload)."""
 
     @abc.abstractmethod
-    def open_reader(self, dest: str, info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> ShardReader:
-        """A reader; raises ManifestError when the files do not match the manifest."""
+    def open_reader(self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int],
+                    dtype: str) -> ShardReader:
+        """A reader over `files` (each of `info.files`, opened and checked by `shard_files`; the
+        caller closes them once this returns); raises ManifestError when they do not match."""

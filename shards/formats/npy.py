@@ -13,12 +13,13 @@ import io
 import os
 import struct
 import threading
+from collections.abc import Mapping
+from typing import BinaryIO
 
 import numpy as np
 
 from shards.errors import ManifestError
-from shards.fileio import (FileDigest, atomic_write, commit_temporary, digest_file, discard_temporary,
-                           temporary_name)
+from shards.fileio import FileDigest, atomic_write, commit_temporary, digest_file, discard_temporary, temporary_name
 from shards.formats.base import ShardFormat, ShardInfo, ShardReader, ShardWriter
 from shards.options import PreprocessOptions, numpy_dtype, numpy_storage_dtype
 
@@ -138,10 +139,11 @@ def _header(shape: tuple[int, ...], dtype: np.dtype, length: int | None = None) 
 class NpyShardReader(ShardReader):
     """Memory-maps a shard's two files; pages come from the OS cache, not the process heap."""
 
-    def __init__(self, dest: str, info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> None:
+    def __init__(self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int],
+                 dtype: str) -> None:
         self.count = info.count
-        images = _load(os.path.join(dest, info.name + IMAGES_SUFFIX))
-        labels = _load(os.path.join(dest, info.name + LABELS_SUFFIX))
+        images = _map(files[info.name + IMAGES_SUFFIX])
+        labels = _map(files[info.name + LABELS_SUFFIX])
         expected_images = ((info.count, *shape), numpy_storage_dtype(dtype))
         if (images.shape, images.dtype) != expected_images:
             raise ManifestError(
@@ -164,16 +166,29 @@ class NpyShardReader(ShardReader):
         np.take(self.labels, rows, out=labels)
 
 
-def _load(path: str) -> np.ndarray:
+def _map(handle: BinaryIO) -> np.ndarray:
+    """Memory-map the array of an opened .npy file, as `np.load(mmap_mode="r")` would, from the
+    handle the caller checked (np.load itself maps only by path). Object dtypes, which only
+    unpickling could read, and arrays longer than the file are refused."""
+    path = getattr(handle, "name", "shard")
     try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: shard file is missing") from None
-    except (ValueError, OSError) as exc:
-        raise ManifestError(f"{path}: not a readable .npy shard ({exc})") from exc
-    if not isinstance(array, np.ndarray):
-        raise ManifestError(f"{path}: not a single .npy array")
-    return array
+        version = np.lib.format.read_magic(handle)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"unsupported .npy version {version}")
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran_order, dtype = read_header(handle)
+    except (ValueError, OSError, EOFError, SyntaxError) as exc:
+        raise ManifestError(f"{path}: not a readable .npy shard ({exc})") from None
+    if fortran_order or dtype.hasobject:
+        raise ManifestError(f"{path}: not a plain C-order .npy array of numbers")
+    offset = handle.tell()
+    size = os.fstat(handle.fileno()).st_size
+    needed = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if offset + needed > size:
+        raise ManifestError(f"{path}: truncated ({size:,} bytes, the header needs {offset + needed:,})")
+    if needed == 0:
+        return np.empty(shape, dtype)
+    return np.memmap(handle, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
 class NpyFormat(ShardFormat):
@@ -183,5 +198,6 @@ class NpyFormat(ShardFormat):
                     durable: bool = True) -> NpyShardWriter:
         return NpyShardWriter(dest, shard, capacity, options.shape, options.dtype, durable=durable)
 
-    def open_reader(self, dest: str, info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> NpyShardReader:
-        return NpyShardReader(dest, info, shape, dtype)
+    def open_reader(self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int],
+                    dtype: str) -> NpyShardReader:
+        return NpyShardReader(files, info, shape, dtype)

@@ -16,6 +16,8 @@ from __future__ import annotations
 import gzip
 import os
 import struct
+from collections.abc import Mapping
+from typing import BinaryIO
 
 import numpy as np
 
@@ -84,17 +86,17 @@ class TfRecordShardReader(ShardReader):
     (bounded by the shard size), since gzip streams cannot be seeked.
     """
 
-    def __init__(self, dest: str, info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> None:
+    def __init__(self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int],
+                 dtype: str) -> None:
         (file_name,) = info.files
-        path = os.path.join(dest, file_name)
+        handle = files[file_name]
+        path = getattr(handle, "name", file_name)
         try:
             if file_name.endswith(".gz"):
-                with open(path, "rb") as handle:
-                    self._buffer = np.frombuffer(gzip.decompress(handle.read()), np.uint8)
+                self._buffer = np.frombuffer(gzip.decompress(handle.read()), np.uint8)
             else:
-                self._buffer = np.memmap(path, np.uint8, mode="r") if os.path.getsize(path) else np.empty(0, np.uint8)
-        except FileNotFoundError:
-            raise ManifestError(f"{path}: shard file is missing") from None
+                size = os.fstat(handle.fileno()).st_size
+                self._buffer = np.memmap(handle, np.uint8, mode="r") if size else np.empty(0, np.uint8)
         except (OSError, EOFError) as exc:
             raise ManifestError(f"{path}: not a readable TFRecord shard ({exc})") from exc
         self._offsets, self._lengths = _scan(self._buffer, path)
@@ -142,5 +144,6 @@ class TfRecordFormat(ShardFormat):
                     durable: bool = True) -> TfRecordShardWriter:
         return TfRecordShardWriter(dest, shard, options, durable=durable)
 
-    def open_reader(self, dest: str, info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> TfRecordShardReader:
-        return TfRecordShardReader(dest, info, shape, dtype)
+    def open_reader(self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int],
+                    dtype: str) -> TfRecordShardReader:
+        return TfRecordShardReader(files, info, shape, dtype)
