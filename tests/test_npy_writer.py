@@ -1,9 +1,11 @@
 """The npy shard writer on its own (no Ray): what it leaves on disk and in the page cache."""
 
+import errno
 import os
 import subprocess
 
 import numpy as np
+import pytest
 
 from shards.formats import get_format
 from shards.options import PreprocessOptions
@@ -34,3 +36,20 @@ def test_written_rows_leave_the_page_cache_once_they_are_on_disk(tmp_path):
     assert resident_bytes(path) <= size - 64 * row_bytes + 4096
     assert info.count == rows
     assert np.array_equal(np.load(path, mmap_mode="r"), images)  # read back from disk, intact
+
+
+def test_a_failed_background_flush_fails_the_shard_instead_of_committing_it(tmp_path, monkeypatch):
+    """Linux reports a writeback error once per open file description: the final fsync, on a new
+    descriptor, may never see it, so an error of the background fdatasync must not be dropped."""
+    def failing_fdatasync(descriptor):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(os, "fdatasync", failing_fdatasync)
+    options = PreprocessOptions(size=32)
+    image = np.zeros((32, 32, 3), np.uint8)
+    with pytest.raises(OSError, match="Input/output error"):
+        with get_format("npy").open_writer(str(tmp_path), "shard-00000", 200, options) as writer:
+            for row in range(200):
+                writer.write(image, 0)
+            writer.close()
+    assert os.listdir(tmp_path) == []  # neither a committed shard nor a temporary file
