@@ -4,21 +4,35 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test lint fmt docs bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench,docs]'
 	touch $(STAMP)
 
 demo: $(STAMP)
 	$(PY) jobs/demo.py demo-data
 
-test: $(STAMP)
+# What CI runs: the linter, the formatter's check, the type checker, then the suite.
+test: lint
 	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy
+
+fmt: $(STAMP)
+	$(PY) -m ruff check --fix .
+	$(PY) -m ruff format .
+
+# The API reference, generated from the docstrings into docs/api/ (open docs/api/index.html).
+docs: $(STAMP)
+	$(PY) -m pdoc --docformat google --output-directory docs/api shards shards.tf_data
 
 bench: $(STAMP)
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) demo-data bench-results .pytest_cache .hypothesis
+	rm -rf $(VENV) demo-data bench-results docs/api dist build .pytest_cache .hypothesis .mypy_cache .ruff_cache

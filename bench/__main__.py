@@ -37,20 +37,33 @@ def run(module: str, *args: object) -> dict:
     """
     os.sync()
     command = [sys.executable, "-m", module, *map(str, args)]
-    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=3600,
-                            env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", RAY_DEDUP_LOGS="0"))
+    result = subprocess.run(
+        command,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2", RAY_DEDUP_LOGS="0"),
+    )
     lines = [line for line in result.stdout.splitlines() if line.startswith("RESULT ")]
     if result.returncode or not lines:
         raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
+    return json.loads(lines[-1][len("RESULT ") :])
 
 
 def machine() -> dict:
     memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    model = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-                 platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(), "memory_gib": round(memory / 2**30, 1),
-            "python": platform.python_version(), "platform": platform.platform()}
+    model = next(
+        (line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+        platform.processor(),
+    )
+    return {
+        "cpu": model,
+        "cores": os.cpu_count(),
+        "memory_gib": round(memory / 2**30, 1),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+    }
 
 
 def rate(result: dict) -> float:
@@ -59,7 +72,7 @@ def rate(result: dict) -> float:
 
 def preprocess_section(work: str, corpus: str, camera: str, out: dict) -> None:
     for path in jpeg_paths(corpus) + jpeg_paths(camera):  # every pipeline reads from the page cache,
-        with open(path, "rb") as handle:                  # not only those that run after the first
+        with open(path, "rb") as handle:  # not only those that run after the first
             handle.read()
     dest = os.path.join(work, "out")
     shards2 = run("bench.peers", "shards", corpus, dest, 2, SHARD_SIZE)
@@ -71,12 +84,18 @@ def preprocess_section(work: str, corpus: str, camera: str, out: dict) -> None:
     concurrent = run("bench.peers", "decode_only_concurrent", corpus, 3000)
     limit = decode["per_core_images_per_second"] * os.cpu_count()
     out["preprocess"] = {
-        "shards_2_workers": shards2, "shards_1_worker": shards1, "ray_data": raydata, "tf_data": tfdata,
-        "bare_pool_draft": pool, "decode_only": decode, "decode_limit_images_per_second": limit,
+        "shards_2_workers": shards2,
+        "shards_1_worker": shards1,
+        "ray_data": raydata,
+        "tf_data": tfdata,
+        "bare_pool_draft": pool,
+        "decode_only": decode,
+        "decode_limit_images_per_second": limit,
         "decode_only_all_cores_at_once": concurrent,
         "ratios": {
             "shards_steady_vs_decode_limit": shards2["steady_images_per_second"] / limit,
-            "shards_steady_vs_decode_all_cores_at_once": shards2["steady_images_per_second"] / concurrent["images_per_second"],
+            "shards_steady_vs_decode_all_cores_at_once": shards2["steady_images_per_second"]
+            / concurrent["images_per_second"],
             "shards_vs_ray_data_whole_process": rate(shards2) / rate(raydata),
             "shards_vs_tf_data_whole_process": rate(shards2) / rate(tfdata),
             "shards_vs_bare_pool_whole_process": rate(shards2) / rate(pool),
@@ -85,9 +104,12 @@ def preprocess_section(work: str, corpus: str, camera: str, out: dict) -> None:
     }
     cam_shards = run("bench.peers", "shards", camera, os.path.join(work, "camera_out"), 2, "4MiB")
     cam_full = run("bench.peers", "pool", camera, os.path.join(work, "camera_pool"), "full")
-    out["camera"] = {"shards": cam_shards, "bare_pool_full_decode": cam_full,
-                     "ratio_shards_steady_vs_full_decode_loop": cam_shards["steady_images_per_second"] / rate(cam_full),
-                     "ratio_shards_whole_vs_full_decode_loop": rate(cam_shards) / rate(cam_full)}
+    out["camera"] = {
+        "shards": cam_shards,
+        "bare_pool_full_decode": cam_full,
+        "ratio_shards_steady_vs_full_decode_loop": cam_shards["steady_images_per_second"] / rate(cam_full),
+        "ratio_shards_whole_vs_full_decode_loop": rate(cam_shards) / rate(cam_full),
+    }
 
 
 def quality_section(corpus: str, out: dict, samples: int = 200) -> None:
@@ -98,34 +120,43 @@ def quality_section(corpus: str, out: dict, samples: int = 200) -> None:
     errors: dict[str, list[float]] = {"fast_default": [], "pillow_careful": []}
     for path in jpeg_paths(corpus)[:samples]:
         data = open(path, "rb").read()
-        reference = np.asarray(ImageOps.fit(Image.open(io.BytesIO(data)).convert("RGB"), (224, 224),
-                                            Image.Resampling.LANCZOS)).astype(np.float64)
+        reference = np.asarray(
+            ImageOps.fit(Image.open(io.BytesIO(data)).convert("RGB"), (224, 224), Image.Resampling.LANCZOS)
+        ).astype(np.float64)
         for name, fast in (("fast_default", True), ("pillow_careful", False)):
             errors[name].append(float(np.mean((decode_image(data, (224, 224), fast=fast) - reference) ** 2)))
     # PSNR of the whole sample set (mean squared error over every pixel of every image).
-    out["quality_psnr_db_vs_lanczos"] = {name: float(10 * np.log10(255.0**2 / max(np.mean(mse), 1e-12)))
-                                         for name, mse in errors.items()}
+    out["quality_psnr_db_vs_lanczos"] = {
+        name: float(10 * np.log10(255.0**2 / max(np.mean(mse), 1e-12))) for name, mse in errors.items()
+    }
 
 
 def reader_section(work: str, corpus: str, out: dict) -> None:
     dest = os.path.join(work, "out")
     tf_dest = os.path.join(work, "out_tfrecord")
     run("bench.peers", "shards", corpus, tf_dest, 2, SHARD_SIZE, "tfrecord")
-    results = {name: run("bench.readers", name, tf_dest if name == "tfdata_tfrecord" else dest)
-               for name in ("copy", "batches", "batches_shuffled", "to_tf", "tfdata_tfrecord", "raydata_numpy",
-                            "streamed")}
+    results = {
+        name: run("bench.readers", name, tf_dest if name == "tfdata_tfrecord" else dest)
+        for name in ("copy", "batches", "batches_shuffled", "to_tf", "tfdata_tfrecord", "raydata_numpy", "streamed")
+    }
     sample_bytes = 224 * 224 * 3
     for result in results.values():
         result["images_per_second"] = rate(result)
         result["gb_per_second"] = rate(result) * sample_bytes / 1e9
     copy = results["copy"]["images_per_second"]
-    out["reader"] = {**results, "ratios": {
-        "batches_vs_copy": results["batches"]["images_per_second"] / copy,
-        "batches_shuffled_vs_copy": results["batches_shuffled"]["images_per_second"] / copy,
-        "to_tf_vs_tf_data_tfrecord": results["to_tf"]["images_per_second"] / results["tfdata_tfrecord"]["images_per_second"],
-        "batches_vs_ray_data_numpy": results["batches"]["images_per_second"] / results["raydata_numpy"]["images_per_second"],
-        "streamed_vs_direct_shuffled": results["streamed"]["images_per_second"] / results["batches_shuffled"]["images_per_second"],
-    }}
+    out["reader"] = {
+        **results,
+        "ratios": {
+            "batches_vs_copy": results["batches"]["images_per_second"] / copy,
+            "batches_shuffled_vs_copy": results["batches_shuffled"]["images_per_second"] / copy,
+            "to_tf_vs_tf_data_tfrecord": results["to_tf"]["images_per_second"]
+            / results["tfdata_tfrecord"]["images_per_second"],
+            "batches_vs_ray_data_numpy": results["batches"]["images_per_second"]
+            / results["raydata_numpy"]["images_per_second"],
+            "streamed_vs_direct_shuffled": results["streamed"]["images_per_second"]
+            / results["batches_shuffled"]["images_per_second"],
+        },
+    }
 
 
 def memory_section(work: str, corpus: str, out: dict) -> None:
@@ -139,15 +170,20 @@ def memory_section(work: str, corpus: str, out: dict) -> None:
     for copies in (1, 4):
         listing = os.path.join(work, f"x{copies}.csv")
         with open(listing, "w") as handle:
-            handle.write("path,label\n" + "".join(f"{p},{os.path.basename(os.path.dirname(p))}\n"
-                                                  for p in paths * copies))
-        drivers[copies] = run("bench.peers", "shards", listing, os.path.join(work, f"out_x{copies}_run"), 2,
-                              SHARD_SIZE, "npy", "on")
+            handle.write(
+                "path,label\n" + "".join(f"{p},{os.path.basename(os.path.dirname(p))}\n" for p in paths * copies)
+            )
+        drivers[copies] = run(
+            "bench.peers", "shards", listing, os.path.join(work, f"out_x{copies}_run"), 2, SHARD_SIZE, "npy", "on"
+        )
     budget = (2 + 2) * 256 * 224 * 224 * 3 + 300 * 10**6
     peaks = ("driver_peak_rss_anon", "worker_peak_rss_anon")
-    out["memory"] = {"reader": reader, "reader_budget_bytes": budget,
-                     "preprocess_1x": {k: drivers[1][k] for k in peaks},
-                     "preprocess_4x": {k: drivers[4][k] for k in peaks}}
+    out["memory"] = {
+        "reader": reader,
+        "reader_budget_bytes": budget,
+        "preprocess_1x": {k: drivers[1][k] for k in peaks},
+        "preprocess_4x": {k: drivers[4][k] for k in peaks},
+    }
 
 
 def _link_copies(dest: str, target: str, copies: int) -> None:
@@ -178,8 +214,14 @@ def planning_section(work: str, out: dict, rows: int) -> None:
         import pyarrow.parquet as pq
 
         index = pa.array(np.arange(rows))
-        names = pc.binary_join_element_wise("/data/train/n", pc.cast(pc.divide(index, 1300), pa.string()),
-                                            "/img_", pc.cast(index, pa.string()), ".JPEG", "")
+        names = pc.binary_join_element_wise(
+            "/data/train/n",
+            pc.cast(pc.divide(index, 1300), pa.string()),
+            "/img_",
+            pc.cast(index, pa.string()),
+            ".JPEG",
+            "",
+        )
         labels = pc.binary_join_element_wise("n", pc.cast(pc.divide(index, 1300), pa.string()), "")
         pq.write_table(pa.table({"path": names, "label": labels}), path)
     out["planning"] = run("bench.plan_manifest", path)
@@ -246,14 +288,15 @@ def main() -> int:
 
     started = time.perf_counter()
     corpus = ensure_corpus(os.path.join(args.work, f"imagenet-{args.images}"), args.images, sizes=(300, 640))
-    camera = ensure_corpus(os.path.join(args.work, f"camera-{args.camera}"), args.camera, sizes=(3000, 4000),
-                           classes=2)
+    camera = ensure_corpus(os.path.join(args.work, f"camera-{args.camera}"), args.camera, sizes=(3000, 4000), classes=2)
     results: dict = {"machine": machine(), "images": args.images, "camera_images": args.camera}
-    for name, section in (("preprocess", lambda: preprocess_section(args.work, corpus, camera, results)),
-                          ("quality", lambda: quality_section(corpus, results)),
-                          ("reader", lambda: reader_section(args.work, corpus, results)),
-                          ("memory", lambda: memory_section(args.work, corpus, results)),
-                          ("planning", lambda: planning_section(args.work, results, args.plan_rows))):
+    for name, section in (
+        ("preprocess", lambda: preprocess_section(args.work, corpus, camera, results)),
+        ("quality", lambda: quality_section(corpus, results)),
+        ("reader", lambda: reader_section(args.work, corpus, results)),
+        ("memory", lambda: memory_section(args.work, corpus, results)),
+        ("planning", lambda: planning_section(args.work, results, args.plan_rows)),
+    ):
         print(f"[{time.perf_counter() - started:6.0f} s] {name} ...", flush=True)
         section()
     os.makedirs(args.out, exist_ok=True)

@@ -24,8 +24,9 @@ from bench.procmem import PeakSampler, ray_worker_pids, status  # noqa: E402
 SIZE = 224
 
 
-def shards_preprocess(src: str, dest: str, workers: str, shard_size: str = "256MiB", fmt: str = "npy",
-                      memory: str = "off") -> dict:
+def shards_preprocess(
+    src: str, dest: str, workers: str, shard_size: str = "256MiB", fmt: str = "npy", memory: str = "off"
+) -> dict:
     """shards' preprocess; with memory="on", RssAnon of the driver and the workers is sampled
     (off for throughput runs: the sampler's /proc scans cost CPU on a 2-core machine)."""
     import shards
@@ -34,12 +35,19 @@ def shards_preprocess(src: str, dest: str, workers: str, shard_size: str = "256M
     sampler = PeakSampler({"driver": lambda: ["self"], "workers": ray_worker_pids}) if memory == "on" else None
     with sampler or contextlib.nullcontext():
         summary = shards.preprocess(src, dest, options, mode="overwrite", workers=int(workers))
-    result = {"images": summary.written, "ray_start": summary.ray_start_seconds, "shards": summary.shards,
-              "steady_images_per_second": summary.steady_images_per_second,
-              "after_ray_start_images_per_second": summary.images_per_second}
+    result = {
+        "images": summary.written,
+        "ray_start": summary.ray_start_seconds,
+        "shards": summary.shards,
+        "steady_images_per_second": summary.steady_images_per_second,
+        "after_ray_start_images_per_second": summary.images_per_second,
+    }
     if sampler is not None:
-        result.update(driver_peak_rss_anon=sampler.peaks["driver"], worker_peak_rss_anon=sampler.peaks["workers"],
-                      driver_peak_rss=status().get("VmHWM", 0))
+        result.update(
+            driver_peak_rss_anon=sampler.peaks["driver"],
+            worker_peak_rss_anon=sampler.peaks["workers"],
+            driver_peak_rss=status().get("VmHWM", 0),
+        )
     return result
 
 
@@ -59,8 +67,9 @@ def ray_data(src: str, dest: str) -> dict:
     ray_start = time.perf_counter() - begin
     dataset = ray.data.read_images(src, size=(SIZE, SIZE), mode="RGB")
     dataset.write_numpy(dest, column="image")
-    count = sum(np.load(os.path.join(dest, name), mmap_mode="r").shape[0] for name in os.listdir(dest)
-                if name.endswith(".npy"))
+    count = sum(
+        np.load(os.path.join(dest, name), mmap_mode="r").shape[0] for name in os.listdir(dest) if name.endswith(".npy")
+    )
     return {"images": count, "ray_start": ray_start}
 
 
@@ -129,7 +138,7 @@ def decode_only_concurrent(src: str, limit: str) -> dict:
 def _pool_worker(args: tuple) -> None:
     from PIL import Image, ImageOps
 
-    path, row, out_path, count, draft = args
+    path, row, out_path, _, draft = args
     out = np.load(out_path, mmap_mode="r+")
     image = Image.open(path)
     if draft:
@@ -146,13 +155,22 @@ def bare_pool(src: str, dest: str, draft: str) -> dict:
     out_path = os.path.join(dest, "images.npy")
     np.lib.format.open_memmap(out_path, "w+", np.uint8, (len(files), SIZE, SIZE, 3)).flush()
     with multiprocessing.Pool(os.cpu_count()) as pool:
-        pool.map(_pool_worker, [(path, i, out_path, len(files), draft == "draft") for i, path in enumerate(files)],
-                 chunksize=16)
+        pool.map(
+            _pool_worker,
+            [(path, i, out_path, len(files), draft == "draft") for i, path in enumerate(files)],
+            chunksize=16,
+        )
     return {"images": len(files)}
 
 
-PEERS = {"shards": shards_preprocess, "raydata": ray_data, "tfdata": tf_data, "decode_only": decode_only,
-         "decode_only_concurrent": decode_only_concurrent, "pool": bare_pool}
+PEERS = {
+    "shards": shards_preprocess,
+    "raydata": ray_data,
+    "tfdata": tf_data,
+    "decode_only": decode_only,
+    "decode_only_concurrent": decode_only_concurrent,
+    "pool": bare_pool,
+}
 
 if __name__ == "__main__":
     result = PEERS[sys.argv[1]](*sys.argv[2:])

@@ -18,6 +18,11 @@ if __name__ == "__main__":
     listing = list_sources(sys.argv[1])
     key = run_key(listing.fingerprint(), options)
     plan = plan_shards(len(listing), options.samples_per_shard, options.seed)
-    result = {"seconds": time.perf_counter() - begin, "inputs": len(listing), "shards": len(plan),
-              "classes": len(listing.classes), "peak_rss": status().get("VmHWM", 0)}
+    result = {
+        "seconds": time.perf_counter() - begin,
+        "inputs": len(listing),
+        "shards": len(plan),
+        "classes": len(listing.classes),
+        "peak_rss": status().get("VmHWM", 0),
+    }
     print("RESULT " + json.dumps(result), flush=True)

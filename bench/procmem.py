@@ -41,11 +41,11 @@ class PeakSampler:
 
     def __init__(self, groups: dict[str, Callable[[], list[int | str]]], interval: float = 0.1) -> None:
         self.groups, self.interval = groups, interval
-        self.peaks = {name: 0 for name in groups}
+        self.peaks = dict.fromkeys(groups, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "PeakSampler":
+    def __enter__(self) -> PeakSampler:
         self._thread.start()
         return self
 

@@ -38,7 +38,7 @@ def plain_copy(dest: str) -> int:
         if buffer is None:
             buffer = np.empty((BATCH, *images.shape[1:]), images.dtype)
         for begin in range(0, len(images), BATCH):
-            chunk = images[begin: begin + BATCH]
+            chunk = images[begin : begin + BATCH]
             np.copyto(buffer[: len(chunk)], chunk)
             count += len(chunk)
     return count
@@ -60,16 +60,23 @@ def tf_data_tfrecords(dest: str) -> int:
     from shards.tf_support import import_tensorflow
 
     tf = import_tensorflow()
-    spec = {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64),
-            "shape": tf.io.FixedLenFeature([3], tf.int64)}
+    spec = {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+        "shape": tf.io.FixedLenFeature([3], tf.int64),
+    }
 
     def parse(record: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         example = tf.io.parse_single_example(record, spec)
         return tf.reshape(tf.io.decode_raw(example["image"], tf.uint8), example["shape"]), example["label"]
 
     files = sorted(glob.glob(os.path.join(dest, "shard-*.tfrecord")))
-    dataset = (tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
-               .map(parse, num_parallel_calls=tf.data.AUTOTUNE).batch(BATCH).prefetch(tf.data.AUTOTUNE))
+    dataset = (
+        tf.data.TFRecordDataset(files, num_parallel_reads=tf.data.AUTOTUNE)
+        .map(parse, num_parallel_calls=tf.data.AUTOTUNE)
+        .batch(BATCH)
+        .prefetch(tf.data.AUTOTUNE)
+    )
     return sum(int(images.shape[0]) for images, _ in dataset)
 
 

@@ -39,22 +39,27 @@ def main(argv: list[str] | None = None) -> int:
     dataset = shards.open(out)
     started = time.perf_counter()
     seen = 0
-    for images, labels in dataset.batches(64, shuffle=True, seed=1):
+    for images, _ in dataset.batches(64, shuffle=True, seed=1):
         seen += len(images)
     seconds = time.perf_counter() - started
-    print(f"\nstreamed one shuffled epoch: {seen} samples of {list(dataset.shape)} {dataset.dtype} "
-          f"in {seconds * 1000:.0f} ms ({seen / seconds:,.0f} samples/s)")
+    print(
+        f"\nstreamed one shuffled epoch: {seen} samples of {list(dataset.shape)} {dataset.dtype} "
+        f"in {seconds * 1000:.0f} ms ({seen / seconds:,.0f} samples/s)"
+    )
 
     from shards.trainer import run_training
     from shards.training import TrainOptions
 
     model_path = os.path.join(args.folder, "model.keras")
     print(f"\ntraining a small CNN for {args.epochs} epochs in a Ray trainer actor, fed by the stream ...")
-    report = run_training(out, TrainOptions(epochs=args.epochs, batch_size=32, output=model_path,
-                                            validation_split=0.2, augment=("flip",)))
+    report = run_training(
+        out, TrainOptions(epochs=args.epochs, batch_size=32, output=model_path, validation_split=0.2, augment=("flip",))
+    )
     for epoch in report["epochs"]:
-        print(f"epoch {epoch['epoch'] + 1}: loss {epoch['loss']:.3f}, accuracy {epoch['accuracy']:.3f}, "
-              f"val_accuracy {epoch['val_accuracy']:.3f}, {epoch['images_per_second']:,.0f} images/s")
+        print(
+            f"epoch {epoch['epoch'] + 1}: loss {epoch['loss']:.3f}, accuracy {epoch['accuracy']:.3f}, "
+            f"val_accuracy {epoch['val_accuracy']:.3f}, {epoch['images_per_second']:,.0f} images/s"
+        )
     print(f"model written to {model_path}")
     return 0
 

@@ -33,10 +33,18 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)
-        options = PredictOptions(batch_size=batch, top_k=args.top_k,
-                                 host_memory=parse_bytes(args.host_memory) if args.host_memory else None)
-        result = predict_dataset(args.dest, args.model, args.out, options, workers=args.workers,
-                                 mixed_precision=args.mixed_precision, address=args.address)
+        options = PredictOptions(
+            batch_size=batch, top_k=args.top_k, host_memory=parse_bytes(args.host_memory) if args.host_memory else None
+        )
+        result = predict_dataset(
+            args.dest,
+            args.model,
+            args.out,
+            options,
+            workers=args.workers,
+            mixed_precision=args.mixed_precision,
+            address=args.address,
+        )
     except (ShardsError, ValueError) as exc:
         print(f"predict: error: {exc}", file=sys.stderr)
         return 2

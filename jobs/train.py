@@ -36,11 +36,17 @@ def parse_arguments(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue from --checkpoint-dir")
     parser.add_argument("--stop-after-batches", type=int, default=None, help="stop (and checkpoint) after N batches")
     parser.add_argument("--audit-dir", default=None, help="record the sample positions each rank trained on")
-    parser.add_argument("--cache-limit", default=None,
-                        help="for an s3:// or gs:// DEST: local shard cache per worker, e.g. 4GiB (default 8GiB)")
+    parser.add_argument(
+        "--cache-limit",
+        default=None,
+        help="for an s3:// or gs:// DEST: local shard cache per worker, e.g. 4GiB (default 8GiB)",
+    )
     parser.add_argument("--address", default=None)
-    parser.add_argument("--storage-path", default=None,
-                        help="Ray Train storage for multi-worker runs (shared path or s3://; default ~/ray_results)")
+    parser.add_argument(
+        "--storage-path",
+        default=None,
+        help="Ray Train storage for multi-worker runs (shared path or s3://; default ~/ray_results)",
+    )
     parser.add_argument("--report", default=None, help="write the final report as JSON to this file")
     return parser.parse_args(argv)
 
@@ -53,24 +59,42 @@ def main(argv: list[str] | None = None) -> int:
         from shards.training import TrainOptions
 
         options = TrainOptions(
-            epochs=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate, seed=args.seed,
-            model_path=args.model, output=args.output,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            learning_rate=args.learning_rate,
+            seed=args.seed,
+            model_path=args.model,
+            output=args.output,
             augment=tuple(a.strip() for a in args.augment.split(",") if a.strip()),
-            validation_split=args.validation_split, mixed_precision=args.mixed_precision,
-            checkpoint_dir=args.checkpoint_dir, checkpoint_every=args.checkpoint_every, resume=args.resume,
-            stop_after_batches=args.stop_after_batches, audit_dir=args.audit_dir, cache_limit=args.cache_limit)
+            validation_split=args.validation_split,
+            mixed_precision=args.mixed_precision,
+            checkpoint_dir=args.checkpoint_dir,
+            checkpoint_every=args.checkpoint_every,
+            resume=args.resume,
+            stop_after_batches=args.stop_after_batches,
+            audit_dir=args.audit_dir,
+            cache_limit=args.cache_limit,
+        )
         from shards.trainer import run_training
 
-        report = run_training(args.dest, options, workers=args.workers, gpus_per_worker=args.gpus_per_worker,
-                              address=args.address, storage_path=args.storage_path)
+        report = run_training(
+            args.dest,
+            options,
+            workers=args.workers,
+            gpus_per_worker=args.gpus_per_worker,
+            address=args.address,
+            storage_path=args.storage_path,
+        )
     except ShardsError as exc:
         print(f"train: error: {exc}", file=sys.stderr)
         return 2
     for epoch in report["epochs"]:
-        metrics = ", ".join(f"{k} {v:.4f}" for k, v in epoch.items() if k not in ("epoch", "batches", "seconds",
-                                                                                   "images_per_second"))
-        print(f"epoch {epoch['epoch'] + 1}: {metrics}, {epoch['images_per_second']:,.0f} images/s per worker",
-              flush=True)
+        metrics = ", ".join(
+            f"{k} {v:.4f}" for k, v in epoch.items() if k not in ("epoch", "batches", "seconds", "images_per_second")
+        )
+        print(
+            f"epoch {epoch['epoch'] + 1}: {metrics}, {epoch['images_per_second']:,.0f} images/s per worker", flush=True
+        )
     if report.get("stopped_early"):
         print(f"stopped after {report['batches']} batches; continue with --resume")
     else:

@@ -5,12 +5,22 @@ Importing shards does not start Ray; `preprocess` does (or joins the cluster it 
 
 from __future__ import annotations
 
-from shards.errors import (ConfigError, DecodeError, DestinationError, ManifestError, RejectLimitError,
-                           ShardsError, SourceError)
+from shards.errors import (
+    ConfigError,
+    DecodeError,
+    DestinationError,
+    ManifestError,
+    RejectLimitError,
+    ShardsError,
+    SourceError,
+)
 from shards.options import PreprocessOptions
 from shards.reader import BatchStream, ShardDataset
-from shards.reader import open_shards as open  # noqa: A001 - the documented entry point: shards.open(DEST)
+from shards.reader import open_shards as open
 from shards.run import RunSummary, preprocess
+from shards.version import installed_version
+
+__version__ = installed_version()
 
 __all__ = [
     "BatchStream",
@@ -24,6 +34,7 @@ __all__ = [
     "ShardDataset",
     "ShardsError",
     "SourceError",
+    "__version__",
     "open",
     "preprocess",
 ]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import hashlib
 import os
 import shutil
@@ -24,8 +25,8 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from shards.errors import ConfigError, ManifestError
 from shards import storage
+from shards.errors import ConfigError, ManifestError
 from shards.fileio import TEMP_PREFIX, FileDigest, HashingWriter
 from shards.formats import ShardInfo
 from shards.location import RemoteLocation
@@ -45,19 +46,29 @@ class ShardCache:
         downloads: shards downloaded so far.
     """
 
-    def __init__(self, place: RemoteLocation, shards: Sequence[ShardInfo], *, run_key: str, limit: int,
-                 folder: str | None = None, prefetch: int = 2) -> None:
+    def __init__(
+        self,
+        place: RemoteLocation,
+        shards: Sequence[ShardInfo],
+        *,
+        run_key: str,
+        limit: int,
+        folder: str | None = None,
+        prefetch: int = 2,
+    ) -> None:
         largest = max((s.bytes for s in shards), default=0)
         capacity = limit // largest if largest else len(shards)
         if capacity < 2:
-            raise ConfigError(f"cache limit of {limit:,} bytes holds fewer than two shards of up to "
-                              f"{largest:,} bytes; raise cache_limit or write smaller shards (--shard-size)")
+            raise ConfigError(
+                f"cache limit of {limit:,} bytes holds fewer than two shards of up to "
+                f"{largest:,} bytes; raise cache_limit or write smaller shards (--shard-size)"
+            )
         self.prefetch = max(0, min(prefetch, capacity - 1))
         self.window = capacity - self.prefetch
         self.limit = limit
         self.peak_bytes = 0
         self.downloads = 0
-        self.on_evict: Callable[[int], None] | None = None
+        self.on_evict: Callable[[int], object] | None = None
         self._place = place
         self._shards = list(shards)
         self._folder = self._make_folder(folder, place.root, run_key)
@@ -84,8 +95,9 @@ class ShardCache:
     def _adopt_existing(self) -> None:
         """Shards a previous reader left in a named folder count as cached (their files were only
         renamed into place after their digests matched); the rest of the folder is cleared."""
-        wanted = {name: (index, digest.bytes) for index, s in enumerate(self._shards)
-                  for name, digest in s.files.items()}
+        wanted = {
+            name: (index, digest.bytes) for index, s in enumerate(self._shards) for name, digest in s.files.items()
+        }
         for entry in os.scandir(self._folder):
             if not entry.is_file(follow_symlinks=False):
                 continue
@@ -143,16 +155,19 @@ class ShardCache:
         if not self._schedule:
             return set()
         first = self._pointer // self.window * self.window
-        return set(self._schedule[first: first + self.window + self.prefetch])
+        return set(self._schedule[first : first + self.window + self.prefetch])
 
     def _prefetch_ahead(self) -> None:
         protected = self._protected()
-        for shard in self._schedule[self._pointer // self.window * self.window:]:
+        for shard in self._schedule[self._pointer // self.window * self.window :]:
             if shard not in protected:
                 break
-            if shard not in self._resident and shard not in self._loading:
-                if self._start(shard, demanded=False) is None:
-                    break
+            if (
+                shard not in self._resident
+                and shard not in self._loading
+                and self._start(shard, demanded=False) is None
+            ):
+                break
 
     def _start(self, shard: int, *, demanded: bool) -> concurrent.futures.Future[None] | None:
         size = self._shards[shard].bytes
@@ -166,7 +181,7 @@ class ShardCache:
     def _make_room(self, size: int, *, protected: set[int], force: bool) -> bool:
         """Evict least recently used shards until `size` more bytes fit; shards in `protected`
         go only when `force` (a shard needed now always gets its room)."""
-        for allowed in ((False, True) if force else (False,)):
+        for allowed in (False, True) if force else (False,):
             for shard in list(self._resident):
                 if self.held_bytes + size <= self.limit:
                     return True
@@ -198,13 +213,17 @@ class ShardCache:
             for name, expected in sorted(info.files.items()):
                 temp = os.path.join(self._folder, f"{TEMP_PREFIX}{shard}-{name}")
                 try:
-                    found = storage.retried(lambda: self._fetch(name, temp), f"downloading {self._place.root}/{name}")
+                    found = storage.retried(
+                        functools.partial(self._fetch, name, temp), f"downloading {self._place.root}/{name}"
+                    )
                 except FileNotFoundError:
                     raise ManifestError(f"{self._place.root}/{name}: shard object is missing") from None
                 if found != expected:
                     os.remove(temp)
-                    raise ManifestError(f"{self._place.root}/{name}: downloaded {found.bytes} bytes whose sha256 "
-                                        "differs from the manifest; the object was changed or damaged")
+                    raise ManifestError(
+                        f"{self._place.root}/{name}: downloaded {found.bytes} bytes whose sha256 "
+                        "differs from the manifest; the object was changed or damaged"
+                    )
                 os.replace(temp, os.path.join(self._folder, name))
             complete = True
         finally:

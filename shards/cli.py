@@ -23,7 +23,10 @@ LOG_EVERY_SECONDS = 10.0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from shards.version import DISTRIBUTION, installed_version
+
     parser = argparse.ArgumentParser(prog="shards", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"shards {installed_version()} ({DISTRIBUTION})")
     parser.add_argument("-v", "--verbose", action="store_true", help="log every reject as it happens")
     commands = parser.add_subparsers(dest="command", required=True)
 
@@ -70,8 +73,11 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", default="0", help="seed of the shard plan's permutation (default 0)")
     parser.add_argument("--max-rejects", default=None, help="fail past N rejected inputs, or P%% of them")
     parser.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)")
-    parser.add_argument("--endpoint-url", default=None,
-                        help="S3-compatible endpoint for s3:// SRC (default: AWS_ENDPOINT_URL, else AWS)")
+    parser.add_argument(
+        "--endpoint-url",
+        default=None,
+        help="S3-compatible endpoint for s3:// SRC (default: AWS_ENDPOINT_URL, else AWS)",
+    )
     parser.add_argument("--workers", type=int, default=None, help="shard tasks in flight (default: cluster CPUs)")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="keep verified shards of the same run, redo the rest")
@@ -87,10 +93,17 @@ def options_from_arguments(args: argparse.Namespace) -> Any:
     except ValueError:
         raise ConfigError(f"--seed must be a non-negative integer, got {args.seed!r}") from None
     count, fraction = parse_max_rejects(getattr(args, "max_rejects", None))
-    return PreprocessOptions(size=args.size, resize=args.resize, dtype=args.dtype,
-                             format=getattr(args, "format", "npy"), shard_size=args.shard_size, seed=seed,
-                             max_rejects=count, max_reject_fraction=fraction,
-                             compression=getattr(args, "compression", "none"))
+    return PreprocessOptions(
+        size=args.size,
+        resize=args.resize,
+        dtype=args.dtype,
+        format=getattr(args, "format", "npy"),
+        shard_size=args.shard_size,
+        seed=seed,
+        max_rejects=count,
+        max_reject_fraction=fraction,
+        compression=getattr(args, "compression", "none"),
+    )
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
@@ -105,8 +118,15 @@ def run_preprocess(args: argparse.Namespace) -> int:
 
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
     with _ProgressDisplay() as display:
-        summary = preprocess(args.src, args.dest, options, mode=mode, address=args.address,
-                             workers=args.workers, on_progress=display.update)
+        summary = preprocess(
+            args.src,
+            args.dest,
+            options,
+            mode=mode,
+            address=args.address,
+            workers=args.workers,
+            on_progress=display.update,
+        )
     _print_summary(summary)
     return 0
 
@@ -114,13 +134,22 @@ def run_preprocess(args: argparse.Namespace) -> int:
 def _print_summary(summary: Any) -> None:
     rows = [
         ("inputs", f"{summary.inputs:,}"),
-        ("written", f"{summary.written:,} samples in {summary.shards} shard(s)"
-                    + (f" ({summary.resumed_shards} kept from before)" if summary.resumed_shards else "")),
-        ("rejected", f"{summary.rejected:,}" + "".join(f"\n  {n:,} {reason}" for reason, n in
-                                                       sorted(summary.reject_reasons.items()))),
+        (
+            "written",
+            f"{summary.written:,} samples in {summary.shards} shard(s)"
+            + (f" ({summary.resumed_shards} kept from before)" if summary.resumed_shards else ""),
+        ),
+        (
+            "rejected",
+            f"{summary.rejected:,}"
+            + "".join(f"\n  {n:,} {reason}" for reason, n in sorted(summary.reject_reasons.items())),
+        ),
         ("output", f"{summary.bytes / 1e6:,.1f} MB in {summary.dest}"),
-        ("time", f"{summary.seconds:.1f} s ({summary.ray_start_seconds:.1f} s starting Ray), "
-                 f"{summary.images_per_second:,.0f} images/s"),
+        (
+            "time",
+            f"{summary.seconds:.1f} s ({summary.ray_start_seconds:.1f} s starting Ray), "
+            f"{summary.images_per_second:,.0f} images/s",
+        ),
     ]
     width = max(len(name) for name, _ in rows)
     for name, value in rows:
@@ -135,7 +164,7 @@ class _ProgressDisplay:
         self._interactive = sys.stderr.isatty()
         self._last_log = 0.0
 
-    def __enter__(self) -> "_ProgressDisplay":
+    def __enter__(self) -> _ProgressDisplay:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -149,8 +178,9 @@ class _ProgressDisplay:
 
                 self._bar = tqdm(total=progress.inputs_total, unit="img", dynamic_ncols=True)
             self._bar.n = progress.inputs_done
-            self._bar.set_postfix(shards=f"{progress.shards_done}/{progress.shards_total}",
-                                  rejected=progress.rejected, refresh=False)
+            self._bar.set_postfix(
+                shards=f"{progress.shards_done}/{progress.shards_total}", rejected=progress.rejected, refresh=False
+            )
             self._bar.refresh()
             return
         now = time.monotonic()
@@ -160,9 +190,13 @@ class _ProgressDisplay:
             rate = progress.inputs_done / progress.elapsed if progress.elapsed else 0.0
             left = progress.inputs_total - progress.inputs_done
             eta = f", ETA {left / rate:,.0f} s" if rate and left else ""
-            print(f"progress: {progress.inputs_done:,}/{progress.inputs_total:,} images, shards "
-                  f"{progress.shards_done}/{progress.shards_total}, rejected {progress.rejected:,}, "
-                  f"{rate:,.0f} images/s{eta}", file=sys.stderr, flush=True)
+            print(
+                f"progress: {progress.inputs_done:,}/{progress.inputs_total:,} images, shards "
+                f"{progress.shards_done}/{progress.shards_total}, rejected {progress.rejected:,}, "
+                f"{rate:,.0f} images/s{eta}",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
 def run_inspect(args: argparse.Namespace) -> int:
@@ -171,11 +205,18 @@ def run_inspect(args: argparse.Namespace) -> int:
     manifest = load_manifest(args.dest, allow_incomplete=True)
     record = manifest.record
     summary = {
-        "dest": args.dest, "format": manifest.format, "complete": manifest.complete,
-        "count": manifest.count, "shape": list(manifest.shape), "dtype": manifest.dtype,
+        "dest": args.dest,
+        "format": manifest.format,
+        "complete": manifest.complete,
+        "count": manifest.count,
+        "shape": list(manifest.shape),
+        "dtype": manifest.dtype,
         "classes": dict(zip(manifest.classes, record.get("class_counts", []))),
-        "shards": len(manifest.shards), "bytes": sum(s.bytes for s in manifest.shards),
-        "inputs": record.get("inputs"), "rejected": manifest.rejected, "config": record["config"],
+        "shards": len(manifest.shards),
+        "bytes": sum(s.bytes for s in manifest.shards),
+        "inputs": record.get("inputs"),
+        "rejected": manifest.rejected,
+        "config": record["config"],
         "rejects_by_reason": _rejects_by_reason(args.dest),
     }
     if args.json:
@@ -242,13 +283,20 @@ def run_plan(args: argparse.Namespace) -> int:
     mb = 1e6
     print(f"samples      {estimate.samples:,} in {estimate.classes} class(es)")
     print(f"shards       {estimate.shards:,} of up to {estimate.samples_per_shard:,} samples")
-    print(f"on disk      {estimate.bytes_on_disk / mb:,.1f} MB as {options.dtype}  ("
-          + ", ".join(f"{d} {b / mb:,.1f} MB" for d, b in estimate.bytes_on_disk_by_dtype.items()) + ")")
-    print(f"batch {estimate.batch_size:<6} {estimate.host_batch_bytes / mb:,.1f} MB on the host, "
-          f"{estimate.device_batch_bytes / mb:,.1f} MB on the device (float32)")
+    print(
+        f"on disk      {estimate.bytes_on_disk / mb:,.1f} MB as {options.dtype}  ("
+        + ", ".join(f"{d} {b / mb:,.1f} MB" for d, b in estimate.bytes_on_disk_by_dtype.items())
+        + ")"
+    )
+    print(
+        f"batch {estimate.batch_size:<6} {estimate.host_batch_bytes / mb:,.1f} MB on the host, "
+        f"{estimate.device_batch_bytes / mb:,.1f} MB on the device (float32)"
+    )
     if memory is not None:
-        print(f"largest batch in {args.memory}: {estimate.largest_batch_host:,} for the reader on the host "
-              f"(prefetch 2 + 2 held), {estimate.largest_batch_device:,} as float32 input on the device")
+        print(
+            f"largest batch in {args.memory}: {estimate.largest_batch_host:,} for the reader on the host "
+            f"(prefetch 2 + 2 held), {estimate.largest_batch_device:,} as float32 input on the device"
+        )
     return 0
 
 
@@ -264,15 +312,21 @@ def run_verify(args: argparse.Namespace) -> int:
     raise ShardsError(f"{args.dest}: {len(report.problems)} problem(s) found")
 
 
-COMMANDS = {"preprocess": run_preprocess, "inspect": run_inspect, "verify": run_verify, "preview": run_preview,
-            "plan": run_plan}
+COMMANDS = {
+    "preprocess": run_preprocess,
+    "inspect": run_inspect,
+    "verify": run_verify,
+    "preview": run_preview,
+    "plan": run_plan,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `shards` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
     try:
         return COMMANDS[args.command](args)
     except ConfigError as exc:

@@ -74,9 +74,13 @@ def holder_record(token: str = "") -> dict[str, Any]:
     """Who holds a lock: what a refused run prints. The token makes each holder's body, and so
     its ETag (an MD5 of the body in S3), its own: two holders writing in the same second would
     otherwise share an ETag, and If-Match could not tell them apart."""
-    return {"host": socket.gethostname(), "pid": os.getpid(), "token": token or uuid.uuid4().hex,
-            "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "refreshed": time.time()}
+    return {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "token": token or uuid.uuid4().hex,
+        "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "refreshed": time.time(),
+    }
 
 
 def describe_holder(data: bytes) -> str:
@@ -126,14 +130,20 @@ class _FolderLock(DestLock):
         except BlockingIOError:
             holder = describe_holder(os.pread(descriptor, 4096, 0))
             os.close(descriptor)
-            raise DestinationError(f"{os.path.dirname(self._path)}: DEST is in use by another shards run "
-                                   f"({holder}); wait for it to finish or choose another DEST") from None
+            raise DestinationError(
+                f"{os.path.dirname(self._path)}: DEST is in use by another shards run "
+                f"({holder}); wait for it to finish or choose another DEST"
+            ) from None
         except OSError as exc:
             os.close(descriptor)
             if exc.errno not in _NO_LOCKS:
                 raise DestinationError(f"{self._path}: cannot lock DEST ({exc.strerror or exc})") from None
-            logger.warning("%s: the file system cannot lock files (%s); nothing stops another run "
-                           "from writing DEST at the same time", self._path, exc.strerror)
+            logger.warning(
+                "%s: the file system cannot lock files (%s); nothing stops another run "
+                "from writing DEST at the same time",
+                self._path,
+                exc.strerror,
+            )
             return None
         return descriptor
 
@@ -147,8 +157,11 @@ class _FolderLock(DestLock):
 
 
 def _unlocked(dest: str) -> DestLock:
-    logger.warning("%s: gs:// prefixes cannot be locked (no conditional writes through pyarrow); "
-                   "make sure no other run writes this DEST at the same time", dest)
+    logger.warning(
+        "%s: gs:// prefixes cannot be locked (no conditional writes through pyarrow); "
+        "make sure no other run writes this DEST at the same time",
+        dest,
+    )
     return DestLock()
 
 
@@ -179,20 +192,26 @@ class _ObjectLock(DestLock):
         try:
             current = self._client.get_object(Bucket=self._bucket, Key=self._key)
         except ClientError as exc:
-            raise DestinationError(f"{self._dest}: DEST is in use by another shards run, whose lock "
-                                   f"cannot be read ({_client_error(exc)})") from None
+            raise DestinationError(
+                f"{self._dest}: DEST is in use by another shards run, whose lock cannot be read ({_client_error(exc)})"
+            ) from None
         holder = describe_holder(current["Body"].read())
         now = email.utils.parsedate_to_datetime(current["ResponseMetadata"]["HTTPHeaders"]["date"])
         age = (now - current["LastModified"]).total_seconds()
         if age <= stale:
-            raise DestinationError(f"{self._dest}: DEST is in use by another shards run ({holder}); wait "
-                                   "for it to finish or choose another DEST")
+            raise DestinationError(
+                f"{self._dest}: DEST is in use by another shards run ({holder}); wait "
+                "for it to finish or choose another DEST"
+            )
         try:
-            etag = self._client.put_object(Bucket=self._bucket, Key=self._key, Body=body,
-                                           IfMatch=current["ETag"])["ETag"]
+            etag = self._client.put_object(Bucket=self._bucket, Key=self._key, Body=body, IfMatch=current["ETag"])[
+                "ETag"
+            ]
         except ClientError as exc:
-            raise DestinationError(f"{self._dest}: DEST is in use by another shards run (it took over "
-                                   f"a stale lock first: {_client_error(exc)})") from None
+            raise DestinationError(
+                f"{self._dest}: DEST is in use by another shards run (it took over "
+                f"a stale lock first: {_client_error(exc)})"
+            ) from None
         logger.warning("%s: took over a lock not refreshed for %.0f s (%s)", self._dest, age, holder)
         return str(etag)
 
@@ -201,22 +220,27 @@ class _ObjectLock(DestLock):
 
         while not self._stop.wait(heartbeat):
             try:
-                self._etag = self._client.put_object(Bucket=self._bucket, Key=self._key, IfMatch=self._etag,
-                                                     Body=json.dumps(holder_record(self._token)).encode())["ETag"]
+                self._etag = self._client.put_object(
+                    Bucket=self._bucket,
+                    Key=self._key,
+                    IfMatch=self._etag,
+                    Body=json.dumps(holder_record(self._token)).encode(),
+                )["ETag"]
             except ClientError as exc:
                 if _precondition_failed(exc) or exc.response.get("Error", {}).get("Code") == "NoSuchKey":
                     logger.error("%s: another run took over this run's DEST lock", self._dest)
                     self._lost.set()
                     return
-                logger.warning("%s: refreshing the DEST lock failed (%s); trying again", self._dest,
-                               _client_error(exc))
+                logger.warning("%s: refreshing the DEST lock failed (%s); trying again", self._dest, _client_error(exc))
             except BotoCoreError as exc:
                 logger.warning("%s: refreshing the DEST lock failed (%s); trying again", self._dest, exc)
 
     def check(self) -> None:
         if self._lost.is_set():
-            raise DestinationError(f"{self._dest}: another run took over DEST's lock while this run was "
-                                   f"silent for over its stale limit; this run does not commit")
+            raise DestinationError(
+                f"{self._dest}: another run took over DEST's lock while this run was "
+                f"silent for over its stale limit; this run does not commit"
+            )
 
     def release(self) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -228,17 +252,18 @@ class _ObjectLock(DestLock):
         try:
             self._client.delete_object(Bucket=self._bucket, Key=self._key, IfMatch=self._etag)
         except (ClientError, BotoCoreError) as exc:
-            logger.warning("%s: could not remove the DEST lock (%s); the next run takes it over once "
-                           "it is stale", self._dest, exc)
+            logger.warning(
+                "%s: could not remove the DEST lock (%s); the next run takes it over once it is stale", self._dest, exc
+            )
 
 
 def _precondition_failed(exc: Any) -> bool:
     error = exc.response.get("Error", {})
-    return error.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict") or \
-        exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") in (409, 412)
+    return error.get("Code") in ("PreconditionFailed", "ConditionalRequestConflict") or exc.response.get(
+        "ResponseMetadata", {}
+    ).get("HTTPStatusCode") in (409, 412)
 
 
 def _client_error(exc: Any) -> str:
     error = exc.response.get("Error", {})
     return f"{error.get('Code', 'error')}: {error.get('Message', exc)}"
-

@@ -15,8 +15,7 @@ from shards.dest_lock import LOCK_NAME
 from shards.errors import DestinationError, ManifestError
 from shards.fileio import TEMP_PREFIX, remove_temporaries
 from shards.location import Location, location
-from shards.manifest import (INDEX, MANIFEST, PARTS, REJECTS, RUN_RECORD, Receipt, is_run_record, read_json,
-                             read_receipt)
+from shards.manifest import INDEX, MANIFEST, PARTS, REJECTS, RUN_RECORD, Receipt, is_run_record, read_json, read_receipt
 from shards.options import PreprocessOptions
 from shards.plan import ShardPlan
 from shards.verify import shard_problems
@@ -28,8 +27,9 @@ RECEIPT_THREADS = 8
 _RUN_FILE = re.compile(r"shard-\d+\.(images\.npy|labels\.npy|tfrecord(\.gz)?)")
 
 
-def prepare_destination(dest: str, mode: str, key: str, options: PreprocessOptions,
-                        plan: ShardPlan) -> dict[str, Receipt]:
+def prepare_destination(
+    dest: str, mode: str, key: str, options: PreprocessOptions, plan: ShardPlan
+) -> dict[str, Receipt]:
     """Make DEST (a folder or an object-storage prefix, locked by the caller) ready; return the
     receipts a resumed run keeps.
 
@@ -47,22 +47,27 @@ def prepare_destination(dest: str, mode: str, key: str, options: PreprocessOptio
         return {}
     record = _run_record(dest)
     if record is None:
-        raise DestinationError(f"{dest}: DEST is not empty and holds no shards run (found {entries[0]!r}); "
-                               "choose an empty or new folder")
+        raise DestinationError(
+            f"{dest}: DEST is not empty and holds no shards run (found {entries[0]!r}); choose an empty or new folder"
+        )
     foreign = sorted(name for name in entries if not _owned_by_run(name))
     if foreign:
         more = f" and {len(foreign) - 1} more" if len(foreign) > 1 else ""
-        raise DestinationError(f"{dest}: DEST holds a shards run and files that are not its own ({foreign[0]!r}{more}); "
-                               "move them out first, shards never deletes them")
+        raise DestinationError(
+            f"{dest}: DEST holds a shards run and files that are not its own ({foreign[0]!r}{more}); "
+            "move them out first, shards never deletes them"
+        )
     if mode == "overwrite":
         _remove_run_files(place, entries)
         return {}
     if record.get("run_key") != key:
-        raise DestinationError(f"{dest}: DEST holds a different dataset ({_difference(record, options)}); "
-                               "use another DEST or --overwrite")
+        raise DestinationError(
+            f"{dest}: DEST holds a different dataset ({_difference(record, options)}); use another DEST or --overwrite"
+        )
     if mode == "new":
-        raise DestinationError(f"{dest}: DEST already holds this run; pass --resume to continue it "
-                               "or --overwrite to redo it")
+        raise DestinationError(
+            f"{dest}: DEST already holds this run; pass --resume to continue it or --overwrite to redo it"
+        )
     if not place.is_remote:
         remove_temporaries(dest)
     return _verified_receipts(place, key, options, plan)
@@ -74,12 +79,14 @@ def _run_record(dest: str) -> dict | None:
         try:
             record = read_json(dest, relative)
         except ManifestError as exc:
-            raise DestinationError(f"{dest}: DEST holds a {relative} that shards did not write ({exc}); "
-                                   "choose another DEST") from None
+            raise DestinationError(
+                f"{dest}: DEST holds a {relative} that shards did not write ({exc}); choose another DEST"
+            ) from None
         if record is not None:
             if not is_run_record(record):
-                raise DestinationError(f"{dest}: DEST holds a {relative} that shards did not write; "
-                                       "choose another DEST")
+                raise DestinationError(
+                    f"{dest}: DEST holds a {relative} that shards did not write; choose another DEST"
+                )
             return record
     return None
 
@@ -97,8 +104,9 @@ def _verified_receipts(place: Location, key: str, options: PreprocessOptions, pl
     for spec, receipt in zip(specs, receipts):
         if receipt is None or receipt.run_key != key:
             continue
-        problems = shard_problems(place.root, receipt.shard, options.format, options.shape, options.dtype,
-                                  deep=deep, sizes=sizes)
+        problems = shard_problems(
+            place.root, receipt.shard, options.format, options.shape, options.dtype, deep=deep, sizes=sizes
+        )
         if problems:
             logger.warning("redoing %s: %s", spec.name, problems[0])
             continue
@@ -114,8 +122,7 @@ def _difference(record: dict, options: PreprocessOptions) -> str:
 
 
 def _owned_by_run(name: str) -> bool:
-    return (name in (MANIFEST, INDEX, REJECTS, PARTS) or name.startswith(TEMP_PREFIX)
-            or bool(_RUN_FILE.fullmatch(name)))
+    return name in (MANIFEST, INDEX, REJECTS, PARTS) or name.startswith(TEMP_PREFIX) or bool(_RUN_FILE.fullmatch(name))
 
 
 def _remove_run_files(place: Location, entries: list[str]) -> None:

@@ -19,8 +19,16 @@ from shards.tf_support import import_tensorflow
 tf = import_tensorflow()
 
 
-def fit_with_strategy(model: Any, strategy: Any, inputs_from: Callable[[int], Any], *, epochs: int,
-                      initial_epoch: int, callback: Any, validation: Any = None) -> None:
+def fit_with_strategy(
+    model: Any,
+    strategy: Any,
+    inputs_from: Callable[[int], Any],
+    *,
+    epochs: int,
+    initial_epoch: int,
+    callback: Any,
+    validation: Any = None,
+) -> None:
     """Train `model` (built in `strategy.scope()`) on a distributed dataset, epoch by epoch.
 
     Args:
@@ -59,6 +67,7 @@ def fit_with_strategy(model: Any, strategy: Any, inputs_from: Callable[[int], An
         def step(images: Any, labels: Any) -> list[Any]:
             totals = strategy.run(replica_fn, args=(images, labels))
             return [strategy.reduce(tf.distribute.ReduceOp.SUM, t, axis=None) for t in totals]
+
         return step
 
     train_step, eval_step = reduced(train_replica), reduced(eval_replica)

@@ -41,7 +41,11 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
 
 
 def decode_image(
-    data: bytes, size: tuple[int, int], resize: str = "crop", *, max_pixels: int = MAX_PIXELS,
+    data: bytes,
+    size: tuple[int, int],
+    resize: str = "crop",
+    *,
+    max_pixels: int = MAX_PIXELS,
     fast: bool = True,
 ) -> np.ndarray:
     """Decode one encoded image into a (height, width, 3) uint8 array of `size`.
@@ -73,7 +77,7 @@ def _decode_with_pillow(data: bytes, size: tuple[int, int], resize: str, max_pix
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+            image: Image.Image = Image.open(io.BytesIO(data))
             width, height = image.size
             if width * height > max_pixels:
                 raise DecodeError(
@@ -106,7 +110,7 @@ def _decode_with_pillow(data: bytes, size: tuple[int, int], resize: str, max_pix
 def _orientation(image: Image.Image) -> int:
     try:
         value = image.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose an otherwise good image
+    except Exception:
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 

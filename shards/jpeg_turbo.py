@@ -51,8 +51,9 @@ def decode_jpeg(data: bytes, size: tuple[int, int], resize: str, max_pixels: int
     need_w, need_h = needed_size(width, height, orientation, size, resize)
     scale = _power_of_two_scale(width, height, need_w, need_h)
     try:
-        pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_height=-(-height // scale),
-                                        min_width=-(-width // scale), **DECODE_FLAGS)
+        pixels = simplejpeg.decode_jpeg(
+            data, colorspace="RGB", min_height=-(-height // scale), min_width=-(-width // scale), **DECODE_FLAGS
+        )
     except ValueError:
         return None  # truncated or corrupt: Pillow gives the reason
     return _resize(_orient(pixels, orientation), size, resize)
@@ -80,7 +81,7 @@ def _orientation(data: bytes) -> int:
 
     try:
         value = Image.open(io.BytesIO(data)).getexif().get(0x0112, 1)
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not lose an otherwise good image
+    except Exception:
         return 1
     return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
@@ -103,10 +104,10 @@ def _has_exif(data: bytes) -> bool:
             position += 2
         elif marker in (0xDA, 0xD9):  # start of scan, end of image: no header follows
             return False
-        elif marker == 0xE1 and data[position + 4: position + 10] == _EXIF_MARKER:
+        elif marker == 0xE1 and data[position + 4 : position + 10] == _EXIF_MARKER:
             return True
         else:
-            position += 2 + int.from_bytes(data[position + 2: position + 4], "big")
+            position += 2 + int.from_bytes(data[position + 2 : position + 4], "big")
     return False
 
 
@@ -133,8 +134,10 @@ def _resize(pixels: np.ndarray, size: tuple[int, int], resize: str) -> np.ndarra
     height, width = pixels.shape[:2]
     placement = place(width, height, size, resize)
     left, top, right, bottom = placement.source
-    crop = pixels[int(round(top)): max(int(round(bottom)), int(round(top)) + 1),
-                  int(round(left)): max(int(round(right)), int(round(left)) + 1)]
+    crop = pixels[
+        int(round(top)) : max(int(round(bottom)), int(round(top)) + 1),
+        int(round(left)) : max(int(round(right)), int(round(left)) + 1),
+    ]
     x, y, inner_w, inner_h = placement.target
     if crop.strides[1:] != (3, 1):  # transposed by the orientation: OpenCV needs packed pixels
         crop = np.ascontiguousarray(crop)
@@ -142,5 +145,5 @@ def _resize(pixels: np.ndarray, size: tuple[int, int], resize: str) -> np.ndarra
     if (inner_w, inner_h) == (size[1], size[0]):
         return resized
     canvas = np.zeros((size[0], size[1], 3), np.uint8)
-    canvas[y: y + inner_h, x: x + inner_w] = resized
+    canvas[y : y + inner_h, x : x + inner_w] = resized
     return canvas

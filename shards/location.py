@@ -21,8 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from shards import storage
-from shards.fileio import (FileDigest, atomic_write, digest_stream, open_regular, regular_size,
-                           write_bytes_atomically)
+from shards.fileio import FileDigest, atomic_write, digest_stream, open_regular, regular_size, write_bytes_atomically
 
 
 class Location(abc.ABC):
@@ -161,12 +160,12 @@ class RemoteLocation(Location):
         return [os.path.basename(entry.path.rstrip("/")) for entry in self._listing(folder)] or None
 
     def sizes(self) -> dict[str, int]:
-        return {os.path.basename(entry.path): entry.size for entry in self._listing()
-                if entry.type == pafs.FileType.File}
+        return {
+            os.path.basename(entry.path): entry.size for entry in self._listing() if entry.type == pafs.FileType.File
+        }
 
     def _listing(self, folder: str = "") -> list[pafs.FileInfo]:
-        selector = pafs.FileSelector(self.key(folder) if folder else self._path, recursive=False,
-                                     allow_not_found=True)
+        selector = pafs.FileSelector(self.key(folder) if folder else self._path, recursive=False, allow_not_found=True)
         return storage.retried(lambda: self._filesystem.get_file_info(selector), f"listing {self.root}")
 
     def read(self, relative: str) -> bytes | None:
@@ -192,14 +191,21 @@ class RemoteLocation(Location):
 
     def put(self, local_path: str, relative: str) -> None:
         """Upload a finished local file whole: the object appears only once the upload completes."""
-        storage.retried(lambda: pafs.copy_files(local_path, self.key(relative),
-                                                source_filesystem=pafs.LocalFileSystem(),
-                                                destination_filesystem=self._filesystem),
-                        f"uploading {storage.join(self.root, relative)}")
+        storage.retried(
+            lambda: pafs.copy_files(
+                local_path,
+                self.key(relative),
+                source_filesystem=pafs.LocalFileSystem(),
+                destination_filesystem=self._filesystem,
+            ),
+            f"uploading {storage.join(self.root, relative)}",
+        )
 
     def size(self, relative: str) -> int | None:
-        found = storage.retried(lambda: self._filesystem.get_file_info(self.key(relative)),
-                                f"looking up {storage.join(self.root, relative)}")
+        found = storage.retried(
+            lambda: self._filesystem.get_file_info(self.key(relative)),
+            f"looking up {storage.join(self.root, relative)}",
+        )
         return found.size if found.type == pafs.FileType.File else None
 
     def remove(self, relative: str) -> None:
@@ -211,16 +217,20 @@ class RemoteLocation(Location):
 
     @contextlib.contextmanager
     def open(self, relative: str) -> Iterator[BinaryIO]:
-        handle = storage.retried(lambda: self._filesystem.open_input_stream(self.key(relative)),
-                                 f"opening {storage.join(self.root, relative)}")
+        handle = storage.retried(
+            lambda: self._filesystem.open_input_stream(self.key(relative)),
+            f"opening {storage.join(self.root, relative)}",
+        )
         with handle:
-            yield handle  # type: ignore[misc]
+            yield handle
 
     def read_table(self, relative: str, columns: list[str]) -> pa.Table:
         import pyarrow.parquet as pq
 
-        return storage.retried(lambda: pq.read_table(self.key(relative), columns=columns, filesystem=self._filesystem),
-                               f"reading {storage.join(self.root, relative)}")
+        return storage.retried(
+            lambda: pq.read_table(self.key(relative), columns=columns, filesystem=self._filesystem),
+            f"reading {storage.join(self.root, relative)}",
+        )
 
 
 def location(dest: str) -> Location:

@@ -27,13 +27,14 @@ INDEX = "index.parquet"
 REJECTS = "rejects.jsonl"
 PARTS = ".parts"
 RUN_RECORD = "run.json"
-HOW_TO_PROCEED = ("fix or remove those inputs and rerun with --overwrite, or accept them and rerun with "
-                  "--resume and a higher --max-rejects")
+HOW_TO_PROCEED = (
+    "fix or remove those inputs and rerun with --overwrite, or accept them and rerun with "
+    "--resume and a higher --max-rejects"
+)
 
 _RUN_KEY = re.compile(r"[0-9a-f]{64}")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
-_REQUIRED = ("version", "format", "complete", "count", "shape", "dtype", "classes", "rejected",
-             "shards", "config")
+_REQUIRED = ("version", "format", "complete", "count", "shape", "dtype", "classes", "rejected", "shards", "config")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,15 +58,26 @@ class Receipt:
     finished: float = 0.0
 
     def to_json(self) -> dict[str, Any]:
-        return {"version": MANIFEST_VERSION, "run_key": self.run_key, "shard": self.shard.to_json(),
-                "rejects": [dataclasses.asdict(r) for r in self.rejects], "node": self.node,
-                "started": self.started, "finished": self.finished}
+        return {
+            "version": MANIFEST_VERSION,
+            "run_key": self.run_key,
+            "shard": self.shard.to_json(),
+            "rejects": [dataclasses.asdict(r) for r in self.rejects],
+            "node": self.node,
+            "started": self.started,
+            "finished": self.finished,
+        }
 
     @classmethod
-    def from_json(cls, record: dict[str, Any]) -> "Receipt":
-        return cls(record["run_key"], ShardInfo.from_json(record["shard"]),
-                   [Reject(**r) for r in record["rejects"]], record.get("node", ""),
-                   float(record.get("started", 0.0)), float(record.get("finished", 0.0)))
+    def from_json(cls, record: dict[str, Any]) -> Receipt:
+        return cls(
+            record["run_key"],
+            ShardInfo.from_json(record["shard"]),
+            [Reject(**r) for r in record["rejects"]],
+            record.get("node", ""),
+            float(record.get("started", 0.0)),
+            float(record.get("finished", 0.0)),
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -110,8 +122,12 @@ def run_key(listing_fingerprint: str, options: PreprocessOptions) -> str:
 def is_run_record(record: dict[str, Any]) -> bool:
     """Whether a manifest or run record is one shards wrote (and so may be replaced by a run)."""
     key = record.get("run_key")
-    return (isinstance(record.get("version"), int) and isinstance(key, str) and bool(_RUN_KEY.fullmatch(key))
-            and isinstance(record.get("config"), dict))
+    return (
+        isinstance(record.get("version"), int)
+        and isinstance(key, str)
+        and bool(_RUN_KEY.fullmatch(key))
+        and isinstance(record.get("config"), dict)
+    )
 
 
 def build_manifest(
@@ -164,14 +180,17 @@ def load_manifest(dest: str, *, allow_incomplete: bool = False) -> Manifest:
         raise ManifestError(f"{dest}: no {MANIFEST}; not a finished shards run")
     version = record.get("version")
     if version != MANIFEST_VERSION:
-        raise ManifestError(f"{path}: manifest version {version!r} is not supported "
-                            f"(this shards reads version {MANIFEST_VERSION})")
+        raise ManifestError(
+            f"{path}: manifest version {version!r} is not supported (this shards reads version {MANIFEST_VERSION})"
+        )
     missing = [key for key in _REQUIRED if key not in record]
     if missing:
         raise ManifestError(f"{path}: missing field(s) {', '.join(missing)}")
     if not record["complete"] and not allow_incomplete:
-        raise ManifestError(f"{path}: the run that wrote it failed ({record.get('rejected')} of "
-                            f"{record.get('inputs')} inputs rejected; see rejects.jsonl): {HOW_TO_PROCEED}")
+        raise ManifestError(
+            f"{path}: the run that wrote it failed ({record.get('rejected')} of "
+            f"{record.get('inputs')} inputs rejected; see rejects.jsonl): {HOW_TO_PROCEED}"
+        )
     try:
         shards = [ShardInfo.from_json(s) for s in record["shards"]]
         for shard in shards:
@@ -186,9 +205,18 @@ def load_manifest(dest: str, *, allow_incomplete: bool = False) -> Manifest:
         raise ManifestError(f"{path}: malformed manifest ({exc})") from exc
     if len(shape) != 3 or sum(s.count for s in shards) != record["count"]:
         raise ManifestError(f"{path}: shape or count disagrees with its shards")
-    return Manifest(record["format"], bool(record["complete"]), int(record["count"]), shape,  # type: ignore[arg-type]
-                    str(record["dtype"]), list(record["classes"]), int(record["rejected"]), shards,
-                    config, record)
+    return Manifest(
+        record["format"],
+        bool(record["complete"]),
+        int(record["count"]),
+        shape,
+        str(record["dtype"]),
+        list(record["classes"]),
+        int(record["rejected"]),
+        shards,
+        config,
+        record,
+    )
 
 
 def write_receipt(dest: str, receipt: Receipt) -> None:
@@ -215,8 +243,9 @@ def write_run_record(dest: str, key: str, source: str, options: PreprocessOption
     location(dest).write(f"{PARTS}/{RUN_RECORD}", _dumps(record))
 
 
-def write_index(dest: str, shards: list[ShardInfo], positions: list[np.ndarray], sources: pa.Array,
-                labels: np.ndarray) -> None:
+def write_index(
+    dest: str, shards: list[ShardInfo], positions: list[np.ndarray], sources: pa.Array, labels: np.ndarray
+) -> None:
     """index.parquet: one row per sample, in shard order: shard, row, source, label."""
     import pyarrow.parquet as pq
 
@@ -224,12 +253,14 @@ def write_index(dest: str, shards: list[ShardInfo], positions: list[np.ndarray],
     every = np.concatenate(positions) if positions else np.empty(0, np.int64)
     shard_ids = np.repeat(np.arange(len(shards), dtype=np.int32), counts)
     rows = np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if len(counts) else np.empty(0, np.int32)
-    table = pa.table({
-        "shard": pa.DictionaryArray.from_arrays(pa.array(shard_ids), pa.array([s.name for s in shards])),
-        "row": pa.array(rows),
-        "source": sources.take(pa.array(every)),
-        "label": pa.array(labels[every].astype(np.int32)),
-    })
+    table = pa.table(
+        {
+            "shard": pa.DictionaryArray.from_arrays(pa.array(shard_ids), pa.array([s.name for s in shards])),
+            "row": pa.array(rows),
+            "source": sources.take(pa.array(every)),
+            "label": pa.array(labels[every].astype(np.int32)),
+        }
+    )
     with location(dest).writing(INDEX) as handle:
         pq.write_table(table, handle, compression="zstd")
 

@@ -22,9 +22,22 @@ COMPRESSIONS = ("none", "gzip")
 REJECT_POLICY = ("max_rejects", "max_reject_fraction")
 DTYPE_BYTES = {"uint8": 1, "float16": 2, "bfloat16": 2, "float32": 4}
 
-_UNITS = {"": 1, "B": 1, "K": 1000, "KB": 1000, "M": 1000**2, "MB": 1000**2, "G": 1000**3,
-          "GB": 1000**3, "T": 1000**4, "TB": 1000**4, "KIB": 1024, "MIB": 1024**2,
-          "GIB": 1024**3, "TIB": 1024**4}
+_UNITS = {
+    "": 1,
+    "B": 1,
+    "K": 1000,
+    "KB": 1000,
+    "M": 1000**2,
+    "MB": 1000**2,
+    "G": 1000**3,
+    "GB": 1000**3,
+    "T": 1000**4,
+    "TB": 1000**4,
+    "KIB": 1024,
+    "MIB": 1024**2,
+    "GIB": 1024**3,
+    "TIB": 1024**4,
+}
 _MAX_SIDE = 16384
 
 
@@ -167,7 +180,7 @@ class PreprocessOptions:
         return record
 
     @classmethod
-    def from_json(cls, record: dict[str, Any]) -> "PreprocessOptions":
+    def from_json(cls, record: dict[str, Any]) -> PreprocessOptions:
         """The inverse of `to_json`; unknown keys are refused by the dataclass."""
         record = dict(record)
         record["size"] = tuple(record["size"])

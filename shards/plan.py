@@ -32,7 +32,7 @@ class ShardPlan:
     samples_per_shard: int
 
     def __len__(self) -> int:
-        return -(-len(self.order) // self.samples_per_shard)
+        return (len(self.order) + self.samples_per_shard - 1) // self.samples_per_shard
 
     def __iter__(self) -> Iterator[ShardSpec]:
         return (self[i] for i in range(len(self)))
@@ -41,7 +41,7 @@ class ShardPlan:
         if not 0 <= index < len(self):
             raise IndexError(index)
         begin = index * self.samples_per_shard
-        return ShardSpec(index, shard_name(index), self.order[begin: begin + self.samples_per_shard])
+        return ShardSpec(index, shard_name(index), self.order[begin : begin + self.samples_per_shard])
 
 
 def shard_name(index: int) -> str:

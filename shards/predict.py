@@ -53,9 +53,15 @@ def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
     return errors
 
 
-def predict_to_parquet(dataset: ShardDataset, predict_batch: Callable[[np.ndarray], np.ndarray], out: str,
-                       options: PredictOptions, *, positions: np.ndarray | None = None,
-                       sources: pa.Array | None = None) -> dict[str, Any]:
+def predict_to_parquet(
+    dataset: ShardDataset,
+    predict_batch: Callable[[np.ndarray], np.ndarray],
+    out: str,
+    options: PredictOptions,
+    *,
+    positions: np.ndarray | None = None,
+    sources: pa.Array | None = None,
+) -> dict[str, Any]:
     """Predict every sample (or those at `positions`), in order, writing one row each to `out`.
 
     Args:
@@ -78,7 +84,7 @@ def predict_to_parquet(dataset: ShardDataset, predict_batch: Callable[[np.ndarra
         writer: pq.ParquetWriter | None = None
         begin = 0
         while begin < len(positions):
-            chunk = positions[begin: begin + batch]
+            chunk = positions[begin : begin + batch]
             try:
                 images, labels = dataset.read(chunk)  # ascending; chunk is ascending too
                 scores = np.asarray(predict_batch(images), np.float32)
@@ -95,14 +101,19 @@ def predict_to_parquet(dataset: ShardDataset, predict_batch: Callable[[np.ndarra
             written += len(chunk)
             begin += len(chunk)
         if writer is None:
-            writer = pq.ParquetWriter(temp, _rows(np.empty(0, np.int64), np.empty(0, np.int32),
-                                                  np.empty((0, 1), np.float32), options.top_k, sources).schema)
+            writer = pq.ParquetWriter(
+                temp,
+                _rows(
+                    np.empty(0, np.int64), np.empty(0, np.int32), np.empty((0, 1), np.float32), options.top_k, sources
+                ).schema,
+            )
         writer.close()
     return {"rows": written, "batch_size": batch}
 
 
-def _rows(positions: np.ndarray, labels: np.ndarray, scores: np.ndarray, top_k: int,
-          sources: pa.Array | None) -> pa.Table:
+def _rows(
+    positions: np.ndarray, labels: np.ndarray, scores: np.ndarray, top_k: int, sources: pa.Array | None
+) -> pa.Table:
     scores = scores.reshape(len(scores), -1)
     k = min(top_k, scores.shape[1])
     top = np.argsort(-scores, axis=1, kind="stable")[:, :k]
@@ -143,16 +154,31 @@ def index_sources(dest: str) -> pa.Array | None:
     return table.column("source").combine_chunks()
 
 
-def _predict_part(dest: str, model_path: str, out: str, options: PredictOptions, positions: np.ndarray,
-                  mixed_precision: bool) -> dict[str, Any]:
+def _predict_part(
+    dest: str, model_path: str, out: str, options: PredictOptions, positions: np.ndarray, mixed_precision: bool
+) -> dict[str, Any]:
     from shards.reader import open_shards
 
-    return predict_to_parquet(open_shards(dest), keras_predictor(model_path, mixed_precision=mixed_precision), out,
-                              options, positions=positions, sources=index_sources(dest))
+    return predict_to_parquet(
+        open_shards(dest),
+        keras_predictor(model_path, mixed_precision=mixed_precision),
+        out,
+        options,
+        positions=positions,
+        sources=index_sources(dest),
+    )
 
 
-def predict_dataset(dest: str, model_path: str, out: str, options: PredictOptions, *, workers: int = 1,
-                    mixed_precision: bool = False, address: str | None = None) -> dict[str, Any]:
+def predict_dataset(
+    dest: str,
+    model_path: str,
+    out: str,
+    options: PredictOptions,
+    *,
+    workers: int = 1,
+    mixed_precision: bool = False,
+    address: str | None = None,
+) -> dict[str, Any]:
     """Predict DEST into `out`: in this process, or as `workers` Ray tasks over groups of shards.
 
     Parts are written by the tasks (one GPU each where the cluster has them) and joined in
@@ -174,8 +200,10 @@ def predict_dataset(dest: str, model_path: str, out: str, options: PredictOption
     task = ray.remote(_predict_part).options(num_cpus=1, num_gpus=gpus)
     bounds = np.linspace(0, len(dataset), workers + 1).astype(np.int64)
     parts = [f"{out}.part-{i:04d}" for i in range(workers)]
-    refs = [task.remote(dest, model_path, part, options, np.arange(bounds[i], bounds[i + 1]), mixed_precision)
-            for i, part in enumerate(parts)]
+    refs = [
+        task.remote(dest, model_path, part, options, np.arange(bounds[i], bounds[i + 1]), mixed_precision)
+        for i, part in enumerate(parts)
+    ]
     results = ray.get(refs)
     with temporary_path(out) as temp:
         writer = None
@@ -184,5 +212,6 @@ def predict_dataset(dest: str, model_path: str, out: str, options: PredictOption
             writer = writer or pq.ParquetWriter(temp, table.schema, compression="zstd")
             writer.write_table(table)
             os.remove(part)
-        writer.close()
+        if writer is not None:
+            writer.close()
     return {"rows": sum(r["rows"] for r in results), "batch_size": min(r["batch_size"] for r in results)}

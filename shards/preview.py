@@ -59,7 +59,7 @@ def render_contact_sheet(dataset: ShardDataset, indices: list[int], *, columns: 
     font = ImageFont.load_default()
     origins = []
     for start in range(0, len(indices), 256):
-        block = np.asarray(indices[start: start + 256])
+        block = np.asarray(indices[start : start + 256])
         images, labels = dataset.read(block)  # in ascending position order
         images = to_display(images)
         for offset, row in enumerate(np.argsort(np.argsort(block, kind="stable"), kind="stable")):

@@ -53,8 +53,15 @@ class ShardDataset:
         classes: the class names labels index into.
     """
 
-    def __init__(self, dest: str, *, cache_dir: str | None = None, cache_limit: int | str | None = None,
-                 shuffle_window: int | None = None, verify: bool = False) -> None:
+    def __init__(
+        self,
+        dest: str,
+        *,
+        cache_dir: str | None = None,
+        cache_limit: int | str | None = None,
+        shuffle_window: int | None = None,
+        verify: bool = False,
+    ) -> None:
         self.dest = dest
         self._place = location(dest)
         self._files: dict[str, RunFiles] = {}
@@ -62,8 +69,9 @@ class ShardDataset:
             # The cache checks every downloaded file's sha256 against this manifest.
             self.manifest: Manifest = load_manifest(dest)
         else:
-            self.manifest, self._files[dest] = bind_run(dest, lambda manifest: manifest.shards,
-                                                        lambda: load_manifest(dest), verify=verify)
+            self.manifest, self._files[dest] = bind_run(
+                dest, lambda manifest: manifest.shards, lambda: load_manifest(dest), verify=verify
+            )
         self.shape = self.manifest.shape
         self.dtype = numpy_dtype(self.manifest.dtype)
         self.classes = self.manifest.classes
@@ -73,9 +81,13 @@ class ShardDataset:
         self._subset: np.ndarray | None = None
         self.cache: ShardCache | None = None
         if isinstance(self._place, RemoteLocation):
-            self.cache = ShardCache(self._place, self.manifest.shards, run_key=str(self.manifest.record.get("run_key")),
-                                    limit=parse_bytes(cache_limit if cache_limit is not None else DEFAULT_CACHE_LIMIT, "cache_limit"),
-                                    folder=cache_dir)
+            self.cache = ShardCache(
+                self._place,
+                self.manifest.shards,
+                run_key=str(self.manifest.record.get("run_key")),
+                limit=parse_bytes(cache_limit if cache_limit is not None else DEFAULT_CACHE_LIMIT, "cache_limit"),
+                folder=cache_dir,
+            )
             readers = self._readers  # not `self`: the cache must not keep the dataset alive
             self.cache.on_evict = lambda shard: readers.pop(shard, None)
         elif cache_dir is not None or cache_limit is not None:
@@ -89,8 +101,10 @@ class ShardDataset:
         return self.manifest.count if self._subset is None else len(self._subset)
 
     def __repr__(self) -> str:
-        return (f"ShardDataset({self.dest!r}, count={len(self)}, shape={list(self.shape)}, "
-                f"dtype={self.manifest.dtype}, classes={len(self.classes)}, shards={len(self.manifest.shards)})")
+        return (
+            f"ShardDataset({self.dest!r}, count={len(self)}, shape={list(self.shape)}, "
+            f"dtype={self.manifest.dtype}, classes={len(self.classes)}, shards={len(self.manifest.shards)})"
+        )
 
     def _reader(self, shard: int) -> ShardReader:
         if self.cache is not None:
@@ -138,11 +152,18 @@ class ShardDataset:
         labels = column.to_numpy().astype(np.int32)
         return labels if self._subset is None else labels[self._subset]
 
-    def split(self, fraction: float, seed: int = 0) -> tuple["ShardDataset", "ShardDataset"]:
+    def split(self, fraction: float, seed: int = 0) -> tuple[ShardDataset, ShardDataset]:
         """(train, validation): a deterministic, disjoint split at read time.
 
         The validation part holds round(fraction * len) samples chosen by `seed`; one
         preprocessing run serves both, and the same seed gives the same split on every rank.
+
+        Args:
+            fraction: the validation share, strictly between 0 and 1.
+            seed: chooses the validation samples.
+
+        Raises:
+            ValueError: `fraction` outside (0, 1).
         """
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must be between 0 and 1, got {fraction}")
@@ -151,19 +172,30 @@ class ShardDataset:
         held = round(fraction * count)
         return self._view(np.sort(chosen[held:])), self._view(np.sort(chosen[:held]))
 
-    def _view(self, positions: np.ndarray) -> "ShardDataset":
+    def _view(self, positions: np.ndarray) -> ShardDataset:
         view = copy.copy(self)  # shares the manifest and the open shard readers
         view._subset = positions if self._subset is None else self._subset[positions]
         return view
 
-    def read(self, indices: np.ndarray, *, pool: "BufferPool | None" = None) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, indices: np.ndarray, *, pool: BufferPool | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The samples at `indices` (positions in this dataset), returned in ascending order.
 
         Samples of one shard are copied in one pass in storage order, which is what makes a
         shuffled read close to a plain copy; a batch is a set, so its inner order is free.
+
+        Args:
+            indices: positions in [0, len(self)), in any order.
+            pool: reusable batch buffers (what `BatchStream` passes); default: a new array.
+
+        Returns:
+            (images [N, H, W, 3] in `self.dtype`, labels [N] int32), sorted by position.
+
+        Raises:
+            IndexError: a position outside the dataset.
+            ManifestError: a shard that is missing, damaged, replaced or not a regular file.
         """
         indices = np.sort(np.asarray(indices, np.int64))
-        if len(indices) and not (0 <= indices[0] and indices[-1] < len(self)):
+        if len(indices) and not (indices[0] >= 0 and indices[-1] < len(self)):
             raise IndexError(f"indices must be in [0, {len(self)})")
         if self._subset is not None:
             indices = self._subset[indices]
@@ -181,9 +213,20 @@ class ShardDataset:
             self._reader(shard).read(rows, images[begin:end], labels[begin:end])
         return images, labels
 
-    def batches(self, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
-                rank: int = 0, world_size: int = 1, drop_last: bool = False, start: int = 0,
-                prefetch: int = 2, return_indices: bool = False) -> "BatchStream":
+    def batches(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        start: int = 0,
+        prefetch: int = 2,
+        return_indices: bool = False,
+    ) -> BatchStream:
         """Stream (images, labels) batches of this rank's slice of the epoch.
 
         Args:
@@ -197,16 +240,30 @@ class ShardDataset:
             prefetch: batches gathered ahead on a background thread.
             return_indices: also yield each batch's positions in this dataset (the rows of
                 index.parquet for a whole dataset), as a third array.
+
+        Raises:
+            ConfigError: (a ValueError) a batch size below 1, a rank outside [0, world_size),
+                or a `start` outside the epoch.
         """
         check_slicing(len(self), batch_size, rank, world_size, start)
         if prefetch < 0:
             raise ValueError(f"prefetch must be >= 0, got {prefetch}")
         order = self.epoch_order(shuffle=shuffle, seed=seed, epoch=epoch)
         self.schedule(order[start:])
-        return BatchStream(self, order, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, rank=rank,
-                           world_size=world_size, drop_last=drop_last, start=start, prefetch=prefetch,
-                           return_indices=return_indices)
-
+        return BatchStream(
+            self,
+            order,
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+            start=start,
+            prefetch=prefetch,
+            return_indices=return_indices,
+        )
 
     def to_tf(self, batch_size: int, **kwargs: Any) -> Any:
         """A `tf.data.Dataset` of (images, labels) batches; see `shards.tf_data.to_tf`."""
@@ -221,22 +278,38 @@ class ShardDataset:
         return ShardsPyDataset(self, batch_size, **kwargs)
 
 
-class BatchStream(Iterator[tuple[np.ndarray, np.ndarray]]):
+class BatchStream(Iterator[tuple[np.ndarray, ...]]):
     """An iterator of (images, labels) with a bounded background prefetch and a resumable state."""
 
-    def __init__(self, dataset: ShardDataset, order: np.ndarray, batch_size: int, *, shuffle: bool,
-                 seed: int, epoch: int, rank: int, world_size: int, drop_last: bool, start: int,
-                 prefetch: int, return_indices: bool = False) -> None:
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        order: np.ndarray,
+        batch_size: int,
+        *,
+        shuffle: bool,
+        seed: int,
+        epoch: int,
+        rank: int,
+        world_size: int,
+        drop_last: bool,
+        start: int,
+        prefetch: int,
+        return_indices: bool = False,
+    ) -> None:
         self._dataset = dataset
         self._return_indices = return_indices
         self._batch_size, self._world_size, self._start = batch_size, world_size, start
-        self._settings = {"shuffle": shuffle, "seed": seed, "epoch": epoch, "drop_last": drop_last,
-                          "shuffle_window": dataset.shuffle_window}
-        self._length = batch_count(len(dataset), batch_size, world_size=world_size, drop_last=drop_last,
-                                   start=start)
+        self._settings = {
+            "shuffle": shuffle,
+            "seed": seed,
+            "epoch": epoch,
+            "drop_last": drop_last,
+            "shuffle_window": dataset.shuffle_window,
+        }
+        self._length = batch_count(len(dataset), batch_size, world_size=world_size, drop_last=drop_last, start=start)
         self._consumed = 0
-        self._plan = rank_batches(order, batch_size, rank=rank, world_size=world_size,
-                                  drop_last=drop_last, start=start)
+        self._plan = rank_batches(order, batch_size, rank=rank, world_size=world_size, drop_last=drop_last, start=start)
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
         self._pool = BufferPool(limit=prefetch + 3)
         self._stop = threading.Event()
@@ -246,7 +319,7 @@ class BatchStream(Iterator[tuple[np.ndarray, np.ndarray]]):
     def __len__(self) -> int:
         return self._length
 
-    def __iter__(self) -> "BatchStream":
+    def __iter__(self) -> BatchStream:
         return self
 
     def __next__(self) -> tuple[np.ndarray, ...]:
@@ -256,8 +329,11 @@ class BatchStream(Iterator[tuple[np.ndarray, np.ndarray]]):
         else:
             if self._thread is None:
                 self._thread = threading.Thread(
-                    target=_produce, args=(self._dataset, self._plan, self._queue, self._stop, self._pool),
-                    name="shards-prefetch", daemon=True)
+                    target=_produce,
+                    args=(self._dataset, self._plan, self._queue, self._stop, self._pool),
+                    name="shards-prefetch",
+                    daemon=True,
+                )
                 self._thread.start()
             item = self._queue.get()
         if item is _DONE:
@@ -270,8 +346,9 @@ class BatchStream(Iterator[tuple[np.ndarray, np.ndarray]]):
 
     def state(self) -> dict[str, Any]:
         """Where this stream stands: pass `position` back as `start` (with the same epoch and seed)."""
-        position = position_after(len(self._dataset), self._batch_size, self._consumed,
-                                   world_size=self._world_size, start=self._start)
+        position = position_after(
+            len(self._dataset), self._batch_size, self._consumed, world_size=self._world_size, start=self._start
+        )
         return dict(self._settings, position=position, batches=self._consumed)
 
     def close(self) -> None:
@@ -289,8 +366,9 @@ class BatchStream(Iterator[tuple[np.ndarray, np.ndarray]]):
         self._stop.set()
 
 
-def _produce(dataset: ShardDataset, plan: Iterator[np.ndarray], out: queue.Queue[Any],
-             stop: threading.Event, pool: BufferPool) -> None:
+def _produce(
+    dataset: ShardDataset, plan: Iterator[np.ndarray], out: queue.Queue[Any], stop: threading.Event, pool: BufferPool
+) -> None:
     """The prefetch thread. It holds no reference to its BatchStream, so dropping the stream
     stops the thread instead of keeping both alive."""
     try:
@@ -299,7 +377,7 @@ def _produce(dataset: ShardDataset, plan: Iterator[np.ndarray], out: queue.Queue
                 return
             _put(out, stop, _gather(dataset, indices, pool))
         _put(out, stop, _DONE)
-    except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+    except BaseException as exc:
         _put(out, stop, exc)
 
 
@@ -345,11 +423,17 @@ class BufferPool:
 
 def _aligned_view(raw: np.ndarray, size: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     start = -raw.ctypes.data % ALIGNMENT
-    return raw[start: start + size].view(dtype).reshape(shape)
+    return raw[start : start + size].view(dtype).reshape(shape)
 
 
-def open_shards(dest: str, *, cache_dir: str | None = None, cache_limit: int | str | None = None,
-                shuffle_window: int | None = None, verify: bool = False) -> ShardDataset:
+def open_shards(
+    dest: str,
+    *,
+    cache_dir: str | None = None,
+    cache_limit: int | str | None = None,
+    shuffle_window: int | None = None,
+    verify: bool = False,
+) -> ShardDataset:
     """Open a finished shards run in DEST (a folder, or an s3:// / gs:// prefix) for reading.
 
     Args:
@@ -374,5 +458,6 @@ def open_shards(dest: str, *, cache_dir: str | None = None, cache_limit: int | s
             reading, a shard that is missing, replaced, damaged or not a regular file.
         ConfigError: the cache cannot hold two shards, or cache settings for a local DEST.
     """
-    return ShardDataset(dest, cache_dir=cache_dir, cache_limit=cache_limit, shuffle_window=shuffle_window,
-                        verify=verify)
+    return ShardDataset(
+        dest, cache_dir=cache_dir, cache_limit=cache_limit, shuffle_window=shuffle_window, verify=verify
+    )

@@ -31,15 +31,15 @@ def _open(dest: str, split: tuple[float, int, int] | None) -> Any:
 
 def _describe(dest: str, split: tuple[float, int, int] | None) -> dict[str, Any]:
     dataset = _open(dest, split)
-    return {"count": len(dataset), "shape": dataset.shape, "dtype": dataset.manifest.dtype,
-            "classes": dataset.classes}
+    return {"count": len(dataset), "shape": dataset.shape, "dtype": dataset.manifest.dtype, "classes": dataset.classes}
 
 
-def _stream(dest: str, split: tuple[float, int, int] | None, batch_size: int,
-            kwargs: dict[str, Any]) -> Iterator[tuple[np.ndarray, ...]]:
+def _stream(
+    dest: str, split: tuple[float, int, int] | None, batch_size: int, kwargs: dict[str, Any]
+) -> Iterator[tuple[np.ndarray, ...]]:
     stream = _open(dest, split).batches(batch_size, **kwargs)
     try:
-        for batch in stream:  # not `yield from`: Ray drives generators with send()
+        for batch in stream:  # noqa: UP028 - not `yield from`: Ray drives generators with send()
             yield batch
     finally:
         stream.close()
@@ -48,8 +48,14 @@ def _stream(dest: str, split: tuple[float, int, int] | None, batch_size: int,
 class RemoteShardDataset:
     """A shards dataset read on node `node_id` and streamed to this process through Ray."""
 
-    def __init__(self, dest: str, node_id: str, *, max_in_flight: int = DEFAULT_IN_FLIGHT,
-                 _split: tuple[float, int, int] | None = None) -> None:
+    def __init__(
+        self,
+        dest: str,
+        node_id: str,
+        *,
+        max_in_flight: int = DEFAULT_IN_FLIGHT,
+        _split: tuple[float, int, int] | None = None,
+    ) -> None:
         import ray
 
         self.dest, self.node_id, self.max_in_flight, self._split = dest, node_id, max_in_flight, _split
@@ -68,19 +74,22 @@ class RemoteShardDataset:
     def __len__(self) -> int:
         return self._count
 
-    def split(self, fraction: float, seed: int = 0) -> tuple["RemoteShardDataset", "RemoteShardDataset"]:
+    def split(self, fraction: float, seed: int = 0) -> tuple[RemoteShardDataset, RemoteShardDataset]:
         """The same disjoint split as `ShardDataset.split`, computed where the shards are."""
         if self._split is not None:
             raise ValueError("a split of a remote dataset cannot be split again")
-        return tuple(RemoteShardDataset(self.dest, self.node_id, max_in_flight=self.max_in_flight,
-                                        _split=(fraction, seed, part)) for part in (0, 1))  # type: ignore[return-value]
+        return tuple(
+            RemoteShardDataset(self.dest, self.node_id, max_in_flight=self.max_in_flight, _split=(fraction, seed, part))
+            for part in (0, 1)
+        )  # type: ignore[return-value]
 
-    def batches(self, batch_size: int, **kwargs: Any) -> "RemoteBatchStream":
+    def batches(self, batch_size: int, **kwargs: Any) -> RemoteBatchStream:
         """Like `ShardDataset.batches`, with at most `max_in_flight` batches between the nodes."""
         import ray
 
-        task = ray.remote(_stream).options(num_cpus=0, scheduling_strategy=self._pinned(),
-                                           _generator_backpressure_num_objects=self.max_in_flight)
+        task = ray.remote(_stream).options(
+            num_cpus=0, scheduling_strategy=self._pinned(), _generator_backpressure_num_objects=self.max_in_flight
+        )
         return RemoteBatchStream(task.remote(self.dest, self._split, batch_size, kwargs))
 
     def to_tf(self, batch_size: int, **kwargs: Any) -> Any:
@@ -95,7 +104,7 @@ class RemoteBatchStream(Iterator[tuple[np.ndarray, ...]]):
     def __init__(self, generator: Any) -> None:
         self._generator = generator
 
-    def __iter__(self) -> "RemoteBatchStream":
+    def __iter__(self) -> RemoteBatchStream:
         return self
 
     def __next__(self) -> tuple[np.ndarray, ...]:

@@ -26,12 +26,21 @@ from shards.dest_lock import hold_dest
 from shards.destination import MODES, prepare_destination
 from shards.errors import ConfigError, DestinationError, RejectLimitError, ShardsError
 from shards.fileio import remove_temporaries
-from shards.manifest import (HOW_TO_PROCEED, Receipt, build_manifest, reason_kind, run_key, write_index,
-                             write_manifest, write_rejects, write_run_record)
+from shards.manifest import (
+    HOW_TO_PROCEED,
+    Receipt,
+    build_manifest,
+    reason_kind,
+    run_key,
+    write_index,
+    write_manifest,
+    write_rejects,
+    write_run_record,
+)
 from shards.options import PreprocessOptions
 from shards.plan import ShardPlan, ShardSpec, plan_shards
 from shards.sources import Listing, list_sources
-from shards.worker import write_shard
+from shards.worker import ShardTask, write_shard
 
 logger = logging.getLogger(__name__)
 
@@ -129,8 +138,10 @@ def preprocess(
         except _RejectLimitReached as exc:
             lock.check()
             run.commit(complete=False, workers=limit, ray_start_seconds=ray_start_seconds)
-            raise RejectLimitError(f"{src}: {exc.rejected} inputs rejected, over the --max-rejects limit of "
-                                   f"{run.reject_limit} (see {dest}/rejects.jsonl): {HOW_TO_PROCEED}") from None
+            raise RejectLimitError(
+                f"{src}: {exc.rejected} inputs rejected, over the --max-rejects limit of "
+                f"{run.reject_limit} (see {dest}/rejects.jsonl): {HOW_TO_PROCEED}"
+            ) from None
         written = run.inputs_done - run.rejected
         lock.check()
         summary = run.commit(complete=written > 0, workers=limit, ray_start_seconds=ray_start_seconds)
@@ -162,19 +173,28 @@ def _cluster_cpus() -> float:
     return ray.cluster_resources().get("CPU", 1.0)
 
 
-def _write_shard_on_node(*args: Any) -> Receipt:
+def _write_shard_on_node(task: ShardTask) -> Receipt:
     """The Ray task: record the node it ran on, then write the shard."""
     import ray
 
-    return write_shard(*args, node=ray.get_runtime_context().get_node_id())
+    return write_shard(task, node=ray.get_runtime_context().get_node_id())
 
 
 class _ShardRun:
     """Submits one task per pending shard with back-pressure and gathers their receipts."""
 
-    def __init__(self, src: str, dest: str, listing: Listing, plan: ShardPlan, options: PreprocessOptions,
-                 key: str, kept: dict[str, Receipt], on_progress: Callable[[Progress], None] | None,
-                 started: float) -> None:
+    def __init__(
+        self,
+        src: str,
+        dest: str,
+        listing: Listing,
+        plan: ShardPlan,
+        options: PreprocessOptions,
+        key: str,
+        kept: dict[str, Receipt],
+        on_progress: Callable[[Progress], None] | None,
+        started: float,
+    ) -> None:
         self.src, self.dest, self.listing, self.plan, self.options, self.key = src, dest, listing, plan, options, key
         self.receipts = dict(kept)
         self.kept = set(kept)
@@ -201,7 +221,7 @@ class _ShardRun:
             while pending or in_flight:
                 while pending and len(in_flight) < limit:
                     spec = pending.popleft()
-                    in_flight[task.remote(*self._task_args(spec))] = spec
+                    in_flight[task.remote(self._task(spec))] = spec
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in ready:
                     spec = in_flight.pop(ref)
@@ -217,10 +237,11 @@ class _ShardRun:
             _abandon(list(in_flight))
             raise
 
-    def _task_args(self, spec: ShardSpec) -> tuple[Any, ...]:
+    def _task(self, spec: ShardSpec) -> ShardTask:
         sources = self.listing.sources.take(spec.positions).to_pylist()
-        return (self.dest, spec.name, spec.positions, sources, self.listing.labels[spec.positions],
-                self.options, self.key)
+        return ShardTask(
+            self.dest, spec.name, spec.positions, sources, self.listing.labels[spec.positions], self.options, self.key
+        )
 
     def _result(self, ref: Any, spec: ShardSpec) -> Receipt:
         import ray
@@ -231,15 +252,18 @@ class _ShardRun:
             cause = exc.cause if exc.cause is not None else exc
             raise ShardsError(f"{spec.name}: {self._failure(cause)}") from exc
         except ray.exceptions.RayError as exc:
-            raise ShardsError(f"{spec.name}: task lost after {TASK_RETRIES} retries: "
-                              f"{str(exc).splitlines()[0]}") from exc
+            raise ShardsError(
+                f"{spec.name}: task lost after {TASK_RETRIES} retries: {str(exc).splitlines()[0]}"
+            ) from exc
 
     def _failure(self, cause: BaseException) -> str:
         """A task's failure in one line that names the cause a user can act on."""
         where = self.dest if not storage.is_remote(self.dest) else "the staging folder (SHARDS_STAGING_DIR or TMPDIR)"
         if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
-            return (f"no space left on the device of {where}; free some space and rerun with --resume "
-                    "(finished shards are kept)")
+            return (
+                f"no space left on the device of {where}; free some space and rerun with --resume "
+                "(finished shards are kept)"
+            )
         if isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return f"cannot write to {where} ({cause.strerror}); fix its permissions and rerun with --resume"
         text = str(cause).splitlines()[0] if str(cause) else ""
@@ -252,10 +276,17 @@ class _ShardRun:
     def _report(self) -> None:
         if self.on_progress is None:
             return
-        self.on_progress(Progress(len(self.receipts), len(self.plan), self.inputs_done, len(self.listing),
-                                  self.inputs_done - self.rejected, self.rejected,
-                                  time.perf_counter() - self.started))
-
+        self.on_progress(
+            Progress(
+                len(self.receipts),
+                len(self.plan),
+                self.inputs_done,
+                len(self.listing),
+                self.inputs_done - self.rejected,
+                self.rejected,
+                time.perf_counter() - self.started,
+            )
+        )
 
     def commit(self, *, complete: bool, workers: int, ray_start_seconds: float) -> RunSummary:
         """Write index.parquet, rejects.jsonl and, last, manifest.json, in plan order."""
@@ -272,19 +303,40 @@ class _ShardRun:
         write_index(self.dest, shards, positions, self.listing.sources, self.listing.labels)
         write_rejects(self.dest, rejects)
         seconds = time.perf_counter() - self.started
-        run = {"workers": workers, "seconds": round(seconds, 3),
-               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-               "nodes": {r.shard.name: r.node for r in ordered}}
-        record = build_manifest(self.options, self.listing.classes, shards, inputs=len(self.listing),
-                                rejected=len(rejects), class_counts=class_counts, source=self.src,
-                                key=self.key, complete=complete, run=run)
+        run = {
+            "workers": workers,
+            "seconds": round(seconds, 3),
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            "nodes": {r.shard.name: r.node for r in ordered},
+        }
+        record = build_manifest(
+            self.options,
+            self.listing.classes,
+            shards,
+            inputs=len(self.listing),
+            rejected=len(rejects),
+            class_counts=class_counts,
+            source=self.src,
+            key=self.key,
+            complete=complete,
+            run=run,
+        )
         write_manifest(self.dest, record)
         if not storage.is_remote(self.dest):
             remove_temporaries(self.dest)  # left by workers killed mid-write; their shards were redone
-        return RunSummary(self.dest, len(self.listing), int(record["count"]), len(rejects), len(shards),
-                          self.resumed, sum(s.bytes for s in shards), seconds, ray_start_seconds,
-                          dict(collections.Counter(reason_kind(r.reason) for r in rejects)),
-                          self._steady_rate())
+        return RunSummary(
+            self.dest,
+            len(self.listing),
+            int(record["count"]),
+            len(rejects),
+            len(shards),
+            self.resumed,
+            sum(s.bytes for s in shards),
+            seconds,
+            ray_start_seconds,
+            dict(collections.Counter(reason_kind(r.reason) for r in rejects)),
+            self._steady_rate(),
+        )
 
     def _steady_rate(self) -> float:
         """Inputs per second between the first shard task starting and the last finishing, for

@@ -52,8 +52,9 @@ def check_slicing(count: int, batch_size: int, rank: int, world_size: int, start
         raise ConfigError(f"start must be in [0, {count}], got {start}")
 
 
-def rank_batches(order: np.ndarray, batch_size: int, *, rank: int = 0, world_size: int = 1,
-                 drop_last: bool = False, start: int = 0) -> Iterator[np.ndarray]:
+def rank_batches(
+    order: np.ndarray, batch_size: int, *, rank: int = 0, world_size: int = 1, drop_last: bool = False, start: int = 0
+) -> Iterator[np.ndarray]:
     """Yield rank `rank`'s batches of global sample indices from `order[start:]`.
 
     With `drop_last`, the last incomplete global batch is dropped, so no sample repeats. Without
@@ -70,13 +71,12 @@ def rank_batches(order: np.ndarray, batch_size: int, *, rank: int = 0, world_siz
         if pad:
             remaining = np.concatenate([remaining, np.resize(order, pad)])
     for begin in range(0, len(remaining), global_batch):
-        chunk = remaining[begin: begin + global_batch]
+        chunk = remaining[begin : begin + global_batch]
         share = len(chunk) // world_size
-        yield chunk[rank * share: (rank + 1) * share]
+        yield chunk[rank * share : (rank + 1) * share]
 
 
-def batch_count(count: int, batch_size: int, *, world_size: int = 1, drop_last: bool = False,
-                start: int = 0) -> int:
+def batch_count(count: int, batch_size: int, *, world_size: int = 1, drop_last: bool = False, start: int = 0) -> int:
     """How many batches each rank gets from `rank_batches` with the same arguments."""
     remaining = count - start
     global_batch = batch_size * world_size

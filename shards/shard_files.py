@@ -39,8 +39,9 @@ class RunFiles:
         verify: hash every file when it is first opened and compare with the manifest.
     """
 
-    def __init__(self, folder: str, shards: list[ShardInfo], inodes: list[tuple[int, ...]] | None = None,
-                 *, verify: bool = False) -> None:
+    def __init__(
+        self, folder: str, shards: list[ShardInfo], inodes: list[tuple[int, ...]] | None = None, *, verify: bool = False
+    ) -> None:
         self.folder = folder
         self.verify = verify
         # Flat, with each shard's first entry: 8 bytes a file, for runs of a million shards.
@@ -61,12 +62,16 @@ class RunFiles:
                 handles[name] = handle = _open_shard_file(path)
                 status = os.fstat(handle.fileno())
                 if self._inodes is not None and status.st_ino != int(self._inodes[self._first[shard] + column]):
-                    raise ManifestError(f"{path}: replaced since {self.folder} was opened (another run "
-                                        "wrote DEST); open the dataset again")
+                    raise ManifestError(
+                        f"{path}: replaced since {self.folder} was opened (another run "
+                        "wrote DEST); open the dataset again"
+                    )
                 expected = info.files[name]
                 if status.st_size != expected.bytes:
-                    raise ManifestError(f"{path}: is {status.st_size:,} bytes, the manifest says "
-                                        f"{expected.bytes:,} (damaged or replaced; run `shards verify`)")
+                    raise ManifestError(
+                        f"{path}: is {status.st_size:,} bytes, the manifest says "
+                        f"{expected.bytes:,} (damaged or replaced; run `shards verify`)"
+                    )
                 if self.verify:
                     if digest_stream(handle).sha256 != expected.sha256:
                         raise ManifestError(f"{path}: checksum mismatch (sha256 differs from the manifest)")
@@ -78,8 +83,9 @@ class RunFiles:
             raise
 
 
-def bind_run(folder: str, shards_of: Callable[[T], list[ShardInfo]], load: Callable[[], T], *,
-             verify: bool = False) -> tuple[T, RunFiles]:
+def bind_run(
+    folder: str, shards_of: Callable[[T], list[ShardInfo]], load: Callable[[], T], *, verify: bool = False
+) -> tuple[T, RunFiles]:
     """Load a run's manifest with `load` and record its shard files' inodes, consistently.
 
     The listing counts only if manifest.json is the same file before and after it: a run that
@@ -98,8 +104,9 @@ def bind_run(folder: str, shards_of: Callable[[T], list[ShardInfo]], load: Calla
             shards = shards_of(manifest)
             inodes = [tuple(found.get(name, 0) for name in sorted(info.files)) for info in shards]
             return manifest, RunFiles(folder, shards, inodes, verify=verify)
-    raise ManifestError(f"{folder}: DEST kept changing while it was opened (a run is writing it); "
-                        "open it once that run has finished")
+    raise ManifestError(
+        f"{folder}: DEST kept changing while it was opened (a run is writing it); open it once that run has finished"
+    )
 
 
 def _identity(path: str) -> tuple[int, int, int] | None:

@@ -43,7 +43,8 @@ def npy_bytes(count: int, shape: tuple[int, ...], dtype: np.dtype) -> int:
     """The exact size of a .npy file NumPy writes for an array of this shape and dtype."""
     header = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        header, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (count, *shape)})
+        header, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (count, *shape)}
+    )
     return len(header.getvalue()) + count * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
 
@@ -53,14 +54,14 @@ def shard_bytes(plan_counts: list[int], options: PreprocessOptions, dtype: str) 
     return sum(npy_bytes(n, options.shape, storage) + npy_bytes(n, (), np.dtype("<i4")) for n in plan_counts)
 
 
-def estimate_run(src: str, options: PreprocessOptions, *, batch_size: int = 256, memory: int | None = None,
-                 prefetch: int = 2) -> RunEstimate:
+def estimate_run(
+    src: str, options: PreprocessOptions, *, batch_size: int = 256, memory: int | None = None, prefetch: int = 2
+) -> RunEstimate:
     """List SRC and compute what `shards preprocess SRC ... options` would write."""
     listing = list_sources(src)
     plan = plan_shards(len(listing), options.samples_per_shard, options.seed)
     counts = [len(spec.positions) for spec in plan]
-    by_dtype = {dtype: shard_bytes(counts, dataclasses.replace(options, dtype=dtype), dtype)
-                for dtype in DTYPE_BYTES}
+    by_dtype = {dtype: shard_bytes(counts, dataclasses.replace(options, dtype=dtype), dtype) for dtype in DTYPE_BYTES}
     height, width, channels = options.shape
     device_sample = height * width * channels * DEVICE_DTYPE_BYTES
     host_batch = batch_size * (options.sample_bytes + LABEL_BYTES)
@@ -69,8 +70,16 @@ def estimate_run(src: str, options: PreprocessOptions, *, batch_size: int = 256,
         largest_host = memory // ((prefetch + 2) * (options.sample_bytes + LABEL_BYTES))
         largest_device = memory // (device_sample + LABEL_BYTES)
     return RunEstimate(
-        samples=len(listing), classes=len(listing.classes), shards=len(plan),
-        samples_per_shard=options.samples_per_shard, bytes_on_disk=by_dtype[options.dtype],
-        bytes_on_disk_by_dtype=by_dtype, sample_bytes=options.sample_bytes, batch_size=batch_size,
-        host_batch_bytes=host_batch, device_batch_bytes=batch_size * (device_sample + LABEL_BYTES),
-        largest_batch_host=largest_host, largest_batch_device=largest_device)
+        samples=len(listing),
+        classes=len(listing.classes),
+        shards=len(plan),
+        samples_per_shard=options.samples_per_shard,
+        bytes_on_disk=by_dtype[options.dtype],
+        bytes_on_disk_by_dtype=by_dtype,
+        sample_bytes=options.sample_bytes,
+        batch_size=batch_size,
+        host_batch_bytes=host_batch,
+        device_batch_bytes=batch_size * (device_sample + LABEL_BYTES),
+        largest_batch_host=largest_host,
+        largest_batch_device=largest_device,
+    )

@@ -22,9 +22,7 @@ from shards.errors import DecodeError, SourceError
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset(
-    {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"}
-)
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 MANIFEST_EXTENSIONS = (".csv", ".parquet", ".pq")
 UNLABELED = -1
 _CHUNK = 65536
@@ -56,10 +54,10 @@ class Listing:
         for chunk in chunks:
             chunk = chunk.cast(pa.large_string())
             _, offsets_buffer, data_buffer = chunk.buffers()
-            offsets = np.frombuffer(offsets_buffer, np.int64)[chunk.offset: chunk.offset + len(chunk) + 1]
+            offsets = np.frombuffer(offsets_buffer, np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
             lengths.update(np.diff(offsets).tobytes())
             if data_buffer is not None:
-                data.update(memoryview(data_buffer)[offsets[0]: offsets[-1]])
+                data.update(memoryview(data_buffer)[offsets[0] : offsets[-1]])
         digest = hashlib.sha256(lengths.digest() + data.digest())
         digest.update(np.ascontiguousarray(self.labels, "<i4").tobytes())
         digest.update("\0".join(self.classes).encode())
@@ -157,8 +155,10 @@ def _list_folder(folder: str) -> Listing:
 def _mixed_layout(src: str, loose: list[str], count: int | None = None) -> SourceError:
     """Class folders beside loose images: which label the loose ones get is anybody's guess."""
     count = len(loose) if count is None else count
-    return SourceError(f"{src}: holds both class folders and {count} loose image(s) such as {loose[0]!r}; "
-                       "move them into a class folder or use a manifest")
+    return SourceError(
+        f"{src}: holds both class folders and {count} loose image(s) such as {loose[0]!r}; "
+        "move them into a class folder or use a manifest"
+    )
 
 
 def _read_manifest_table(path: str, filesystem: object = None) -> pa.Table:
@@ -180,6 +180,7 @@ def _read_manifest_table(path: str, filesystem: object = None) -> pa.Table:
 
 def _list_remote(src: str) -> Listing:
     """An s3:// or gs:// SRC: a prefix of class folders or flat images, or a manifest object."""
+    listing_errors: tuple[type[BaseException], ...] = (OSError, *_boto_errors())
     try:
         found = storage.info(src)
         if found.type == storage.pafs.FileType.File:
@@ -190,10 +191,11 @@ def _list_remote(src: str) -> Listing:
         if found.type != storage.pafs.FileType.Directory:
             raise SourceError(f"{src}: no such prefix or object")
         uri_chunks, class_chunks = _listed_pages(src)
-    except (OSError, *_boto_errors()) as exc:
+    except listing_errors as exc:
         raise SourceError(f"{src}: cannot list ({str(exc).splitlines()[0]})") from exc
-    table = pa.table({"class": pa.chunked_array(class_chunks, pa.string()),
-                      "uri": pa.chunked_array(uri_chunks, pa.large_string())})
+    table = pa.table(
+        {"class": pa.chunked_array(class_chunks, pa.string()), "uri": pa.chunked_array(uri_chunks, pa.large_string())}
+    )
     classes = sorted(pc.unique(table.column("class")).drop_null().to_pylist())
     loose = table.filter(pc.is_null(table.column("class"))).column("uri")
     if classes and len(loose):
@@ -211,7 +213,7 @@ def _listed_pages(src: str) -> tuple[list[pa.Array], list[pa.Array]]:
     for page in storage.list_pages(src):
         uris, classes = [], []
         for uri in page:
-            parts = uri[len(prefix):].split("/")
+            parts = uri[len(prefix) :].split("/")
             if any(part.startswith(".") for part in parts) or not is_image_name(parts[-1]):
                 continue
             uris.append(uri)
@@ -239,8 +241,9 @@ def _list_manifest(path: str, filesystem: object = None, base: str | None = None
     is_relative = pc.invert(pc.or_(pc.starts_with(sources, "/"), pc.match_substring(sources, "://")))
     if pc.any(is_relative).as_py():
         folder = base if base is not None else os.path.dirname(os.path.abspath(path))
-        joined = pc.binary_join_element_wise(pa.scalar(folder, pa.large_string()), sources,
-                                             pa.scalar("/", pa.large_string()))
+        joined = pc.binary_join_element_wise(
+            pa.scalar(folder, pa.large_string()), sources, pa.scalar("/", pa.large_string())
+        )
         sources = pc.if_else(is_relative, joined, sources)
     del is_relative
     if "label" not in table.column_names:

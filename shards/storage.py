@@ -22,8 +22,15 @@ import pyarrow.fs as pafs
 logger = logging.getLogger(__name__)
 
 SCHEMES = ("s3://", "gs://", "gcs://")
-ENVIRONMENT = ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-               "AWS_DEFAULT_REGION", "AWS_REGION", "GOOGLE_APPLICATION_CREDENTIALS")
+ENVIRONMENT = (
+    "AWS_ENDPOINT_URL",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_DEFAULT_REGION",
+    "AWS_REGION",
+    "GOOGLE_APPLICATION_CREDENTIALS",
+)
 ATTEMPTS = 3
 T = TypeVar("T")
 

@@ -14,8 +14,16 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image
 
-CLASS_TINTS = [(200, 60, 50), (60, 170, 70), (50, 80, 200), (210, 190, 60), (150, 70, 180),
-               (60, 180, 190), (230, 130, 40), (120, 120, 120)]
+CLASS_TINTS = [
+    (200, 60, 50),
+    (60, 170, 70),
+    (50, 80, 200),
+    (210, 190, 60),
+    (150, 70, 180),
+    (60, 180, 190),
+    (230, 130, 40),
+    (120, 120, 120),
+]
 
 
 def photo_like(rng: np.random.Generator, height: int, width: int, tint: Sequence[int]) -> np.ndarray:
@@ -82,7 +90,9 @@ def make_image_folder(
         os.makedirs(folder, exist_ok=True)
         longer = int(rng.integers(sizes[0], sizes[1] + 1))
         aspect = rng.uniform(0.75, 1.78)
-        width, height = (longer, max(8, int(longer / aspect))) if rng.random() < 0.7 else (max(8, int(longer / aspect)), longer)
+        width, height = (
+            (longer, max(8, int(longer / aspect))) if rng.random() < 0.7 else (max(8, int(longer / aspect)), longer)
+        )
         pixels = _render(rng, height, width, CLASS_TINTS[label % len(CLASS_TINTS)])
         kind = formats[i % len(formats)].lower()
         extension = {"jpeg": "jpg"}.get(kind, kind)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -16,13 +16,27 @@ from shards.reader import ShardDataset
 from shards.sampling import batch_count, rank_batches
 from shards.tf_support import import_tensorflow
 
+if TYPE_CHECKING:
+    import tensorflow
+
 tf = import_tensorflow()
 import keras  # noqa: E402 - after TensorFlow is imported quietly
 
 
-def to_tf(dataset: ShardDataset, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
-          rank: int = 0, world_size: int = 1, drop_last: bool = False, start: int = 0,
-          prefetch: int = 2, on_batch: Callable[[int, np.ndarray], None] | None = None) -> tf.data.Dataset:
+def to_tf(
+    dataset: ShardDataset,
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int = 0,
+    epoch: int = 0,
+    rank: int = 0,
+    world_size: int = 1,
+    drop_last: bool = False,
+    start: int = 0,
+    prefetch: int = 2,
+    on_batch: Callable[[int, np.ndarray], None] | None = None,
+) -> tensorflow.data.Dataset:
     """A `tf.data.Dataset` of (images, labels) batches for this rank, with a known length.
 
     With `start == 0`, each new iteration (each `model.fit` epoch) takes the next epoch's order,
@@ -30,10 +44,26 @@ def to_tf(dataset: ShardDataset, batch_size: int, *, shuffle: bool = False, seed
     position (what a resumed run needs), on every iteration; build another for the epochs after.
     `on_batch(epoch, positions)` sees each batch's dataset positions as the pipeline reads it, in
     order (for audits and prediction bookkeeping).
+
+    Args:
+        dataset: the opened run (`shards.open(DEST)`, or a `split()` part of it).
+        batch_size: samples per batch on this rank.
+        shuffle, seed, epoch, rank, world_size, drop_last, start, prefetch: as for
+            `ShardDataset.batches`.
+        on_batch: called with (epoch, positions) for every batch read.
+
+    Returns:
+        A dataset of (uint8 or float images [B, H, W, 3], int32 labels [B]) whose cardinality
+        is the number of batches this rank reads in one epoch.
+
+    Raises:
+        ConfigError: (a ValueError) bad slicing arguments (batch size, rank, world size, start).
+        ManifestError: while iterating, a shard that is missing, damaged or replaced.
     """
     epochs = itertools.count(epoch)
-    kwargs = dict(shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last,
-                  prefetch=prefetch)
+    kwargs: dict[str, Any] = dict(
+        shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last, prefetch=prefetch
+    )
 
     def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         current = epoch if start else next(epochs)
@@ -46,8 +76,7 @@ def to_tf(dataset: ShardDataset, batch_size: int, *, shuffle: bool = False, seed
         finally:
             stream.close()
 
-    signature = (tf.TensorSpec((None, *dataset.shape), tf.as_dtype(dataset.dtype)),
-                 tf.TensorSpec((None,), tf.int32))
+    signature = (tf.TensorSpec((None, *dataset.shape), tf.as_dtype(dataset.dtype)), tf.TensorSpec((None,), tf.int32))
     count = batch_count(len(dataset), batch_size, world_size=world_size, drop_last=drop_last, start=start)
     result = tf.data.Dataset.from_generator(generate, output_signature=signature)
     return result.apply(tf.data.experimental.assert_cardinality(count)).prefetch(tf.data.AUTOTUNE)
@@ -57,31 +86,65 @@ class ShardsPyDataset(keras.utils.PyDataset):
     """A Keras 3 PyDataset: random access to this rank's batches of the current epoch.
 
     Each epoch after the first moves to the next epoch's order (`epoch` is the one being read),
-    so shuffling differs between epochs exactly as with `batches()`; Keras' own workers (`workers=`, `use_multiprocessing=`) can index it.
+    so shuffling differs between epochs exactly as with `batches()`; Keras' own workers
+    (`workers=`, `use_multiprocessing=`) can index it.
+
+    Args:
+        dataset: the opened run (`shards.open(DEST)`, or a `split()` part of it).
+        batch_size: samples per batch on this rank.
+        shuffle, seed, epoch, rank, world_size, drop_last: as for `ShardDataset.batches`.
+        **pydataset_kwargs: passed to `keras.utils.PyDataset` (`workers`, `use_multiprocessing`,
+            `max_queue_size`).
+
+    Raises:
+        ManifestError: when a batch is read, a shard that is missing, damaged or replaced.
     """
 
-    def __init__(self, dataset: ShardDataset, batch_size: int, *, shuffle: bool = False, seed: int = 0,
-                 epoch: int = 0, rank: int = 0, world_size: int = 1, drop_last: bool = False,
-                 **pydataset_kwargs: Any) -> None:
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        **pydataset_kwargs: Any,
+    ) -> None:
         super().__init__(**pydataset_kwargs)
         self.dataset = dataset
         self.batch_size = batch_size
         self.epoch = epoch
-        self._settings = dict(shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last)
+        self._settings: dict[str, Any] = dict(
+            shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last
+        )
         self._batches: list[np.ndarray] | None = None
         self._begun = False
 
     def __len__(self) -> int:
-        return batch_count(len(self.dataset), self.batch_size, world_size=self._settings["world_size"],
-                           drop_last=self._settings["drop_last"])
+        return batch_count(
+            len(self.dataset),
+            self.batch_size,
+            world_size=self._settings["world_size"],
+            drop_last=self._settings["drop_last"],
+        )
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if self._batches is None:
             settings = self._settings
             order = self.dataset.epoch_order(shuffle=settings["shuffle"], seed=settings["seed"], epoch=self.epoch)
             self.dataset.schedule(order)
-            self._batches = list(rank_batches(order, self.batch_size, rank=settings["rank"],
-                                              world_size=settings["world_size"], drop_last=settings["drop_last"]))
+            self._batches = list(
+                rank_batches(
+                    order,
+                    self.batch_size,
+                    rank=settings["rank"],
+                    world_size=settings["world_size"],
+                    drop_last=settings["drop_last"],
+                )
+            )
         if not 0 <= index < len(self._batches):
             raise IndexError(index)
         return self.dataset.read(self._batches[index])

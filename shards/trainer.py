@@ -49,8 +49,14 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     tf = import_tensorflow()
     context = ray.train.get_context()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
-    report = train_worker(config["dest"], config["options"], rank=context.get_world_rank(),
-                          world_size=context.get_world_size(), strategy=strategy, data_node=config["data_node"])
+    report = train_worker(
+        config["dest"],
+        config["options"],
+        rank=context.get_world_rank(),
+        world_size=context.get_world_size(),
+        strategy=strategy,
+        data_node=config["data_node"],
+    )
     # Ray Train V2 hands metrics back to the driver only with a checkpoint: rank 0 attaches a
     # small one holding its report; every rank reports once, as Train requires.
     with tempfile.TemporaryDirectory() as folder:
@@ -62,8 +68,15 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
         ray.train.report({"report": json.dumps(report)}, checkpoint=checkpoint)
 
 
-def run_training(dest: str, options: TrainOptions, *, workers: int = 1, gpus_per_worker: float | None = None,
-                 address: str | None = None, storage_path: str | None = None) -> dict[str, Any]:
+def run_training(
+    dest: str,
+    options: TrainOptions,
+    *,
+    workers: int = 1,
+    gpus_per_worker: float | None = None,
+    address: str | None = None,
+    storage_path: str | None = None,
+) -> dict[str, Any]:
     """Train on DEST with `workers` Ray workers; returns rank 0's report.
 
     Raises:
@@ -87,7 +100,7 @@ def run_training(dest: str, options: TrainOptions, *, workers: int = 1, gpus_per
     logger.info("training on %s with %d worker(s), %.1f GPU each", dest, workers, gpus)
     if workers == 1:
         settings: dict[str, Any] = {"runtime_env": {"env_vars": environment}} if environment else {}
-        actor = ray.remote(TrainerActor).options(num_cpus=1, num_gpus=gpus, **settings).remote()
+        actor: Any = ray.remote(TrainerActor).options(num_cpus=1, num_gpus=gpus, **settings).remote()
         try:
             return ray.get(actor.fit.remote(dest, options, data_node))
         except ray.exceptions.RayTaskError as exc:
@@ -107,4 +120,4 @@ def run_training(dest: str, options: TrainOptions, *, workers: int = 1, gpus_per
         run_config=RunConfig(name="shards-train", storage_path=storage_path),
     )
     result = trainer.fit()
-    return json.loads(result.metrics["report"])
+    return json.loads((result.metrics or {})["report"])

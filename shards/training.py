@@ -99,8 +99,11 @@ def augmentation(names: tuple[str, ...]) -> Any:
 
 
 def compile_model(model: Any, learning_rate: float) -> Any:
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), metrics=["accuracy"])
+    model.compile(
+        optimizer=keras.optimizers.Adam(learning_rate),
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+        metrics=["accuracy"],
+    )
     return model
 
 
@@ -133,9 +136,20 @@ class ProgressCheckpoint(keras.callbacks.Callback):
     is what makes a resume valid for any world size. Only the chief (rank 0) writes.
     """
 
-    def __init__(self, *, dataset_size: int, batch_size: int, world_size: int, seed: int, first_epoch: int,
-                 first_start: int, checkpoint_dir: str | None, every: int, is_chief: bool,
-                 stop_after_batches: int | None) -> None:
+    def __init__(
+        self,
+        *,
+        dataset_size: int,
+        batch_size: int,
+        world_size: int,
+        seed: int,
+        first_epoch: int,
+        first_start: int,
+        checkpoint_dir: str | None,
+        every: int,
+        is_chief: bool,
+        stop_after_batches: int | None,
+    ) -> None:
         super().__init__()
         self.dataset_size, self.batch_size, self.world_size, self.seed = dataset_size, batch_size, world_size, seed
         self.first_epoch, self.first_start = first_epoch, first_start
@@ -149,8 +163,9 @@ class ProgressCheckpoint(keras.callbacks.Callback):
 
     def position(self) -> int:
         start = self.first_start if self.epoch == self.first_epoch else 0
-        return position_after(self.dataset_size, self.batch_size, self.batches_in_epoch,
-                              world_size=self.world_size, start=start)
+        return position_after(
+            self.dataset_size, self.batch_size, self.batches_in_epoch, world_size=self.world_size, start=start
+        )
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch, self.batches_in_epoch = epoch, 0
@@ -170,8 +185,12 @@ class ProgressCheckpoint(keras.callbacks.Callback):
             return  # interrupted mid-epoch: the state saved at the stop stands
         seconds = time.perf_counter() - self._epoch_started
         samples = self.batches_in_epoch * self.batch_size
-        record = {"epoch": epoch, "batches": self.batches_in_epoch, "seconds": round(seconds, 3),
-                  "images_per_second": round(samples / seconds, 1) if seconds else None}
+        record = {
+            "epoch": epoch,
+            "batches": self.batches_in_epoch,
+            "seconds": round(seconds, 3),
+            "images_per_second": round(samples / seconds, 1) if seconds else None,
+        }
         record.update({k: float(v) for k, v in (logs or {}).items()})
         self.epoch_log.append(record)
         logger.info("epoch %d: %s", epoch, record)
@@ -184,8 +203,13 @@ class ProgressCheckpoint(keras.callbacks.Callback):
         with temporary_path(os.path.join(self.checkpoint_dir, CHECKPOINT_MODEL)) as temp:
             self.model.save(temp + ".keras")
             os.replace(temp + ".keras", temp)
-        state = {"epoch": epoch, "position": position, "seed": self.seed, "batch_size": self.batch_size,
-                 "world_size": self.world_size}
+        state = {
+            "epoch": epoch,
+            "position": position,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "world_size": self.world_size,
+        }
         write_bytes_atomically(os.path.join(self.checkpoint_dir, CHECKPOINT_STATE), json.dumps(state).encode())
 
 
@@ -202,8 +226,15 @@ def open_for_training(dest: str, data_node: str | None, cache_limit: str | None 
     return RemoteShardDataset(dest, data_node)
 
 
-def train_worker(dest: str, options: TrainOptions, *, rank: int = 0, world_size: int = 1,
-                 strategy: Any = None, data_node: str | None = None) -> dict[str, Any]:
+def train_worker(
+    dest: str,
+    options: TrainOptions,
+    *,
+    rank: int = 0,
+    world_size: int = 1,
+    strategy: Any = None,
+    data_node: str | None = None,
+) -> dict[str, Any]:
     """Train on this rank's slice of DEST; returns a report (per-epoch loss and throughput).
 
     With a `strategy` (MultiWorkerMirroredStrategy under Ray Train), the model is built in its
@@ -219,8 +250,9 @@ def train_worker(dest: str, options: TrainOptions, *, rank: int = 0, world_size:
     dataset = open_for_training(dest, data_node, options.cache_limit)
     if not dataset.classes:
         raise ConfigError(f"{dest}: the dataset has no labels (no classes); nothing to train on")
-    train_set, validation_set = (dataset.split(options.validation_split, options.seed)
-                                 if options.validation_split else (dataset, None))
+    train_set, validation_set = (
+        dataset.split(options.validation_split, options.seed) if options.validation_split else (dataset, None)
+    )
     state = read_checkpoint_state(options.checkpoint_dir) if options.resume else None
     first_epoch, start = (int(state["epoch"]), int(state["position"])) if state else (0, 0)
     if first_epoch >= options.epochs:
@@ -235,16 +267,33 @@ def train_worker(dest: str, options: TrainOptions, *, rank: int = 0, world_size:
 
     def train_inputs(epoch: int) -> Any:
         """Epoch `epoch` onwards; a resumed epoch starts at the checkpointed position."""
-        return feed(train_set, shuffle=True, seed=options.seed, epoch=epoch, rank=rank, world_size=world_size,
-                    start=start if epoch == first_epoch else 0,
-                    on_batch=lambda e, positions: audit.setdefault(e, []).append(positions))
+        return feed(
+            train_set,
+            shuffle=True,
+            seed=options.seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            start=start if epoch == first_epoch else 0,
+            on_batch=lambda e, positions: audit.setdefault(e, []).append(positions),
+        )
 
     validation = feed(validation_set, rank=rank, world_size=world_size) if validation_set else None
     callback = ProgressCheckpoint(
-        dataset_size=len(train_set), batch_size=options.batch_size, world_size=world_size, seed=options.seed,
-        first_epoch=first_epoch, first_start=start, checkpoint_dir=options.checkpoint_dir,
-        every=options.checkpoint_every, is_chief=rank == 0, stop_after_batches=options.stop_after_batches)
-    checkpoint_model = os.path.join(options.checkpoint_dir, CHECKPOINT_MODEL) if state else None
+        dataset_size=len(train_set),
+        batch_size=options.batch_size,
+        world_size=world_size,
+        seed=options.seed,
+        first_epoch=first_epoch,
+        first_start=start,
+        checkpoint_dir=options.checkpoint_dir,
+        every=options.checkpoint_every,
+        is_chief=rank == 0,
+        stop_after_batches=options.stop_after_batches,
+    )
+    checkpoint_model = (
+        os.path.join(options.checkpoint_dir, CHECKPOINT_MODEL) if state and options.checkpoint_dir else None
+    )
     if strategy is None:
         model = load_or_build(dataset, options, checkpoint_model)
         fit = dict(callbacks=[callback], validation_data=validation, verbose=0, shuffle=False)
@@ -259,17 +308,29 @@ def train_worker(dest: str, options: TrainOptions, *, rank: int = 0, world_size:
 
         with strategy.scope():
             model = load_or_build(dataset, options, checkpoint_model)
-        fit_with_strategy(model, strategy, train_inputs, epochs=options.epochs, initial_epoch=first_epoch,
-                          callback=callback, validation=validation)
+        fit_with_strategy(
+            model,
+            strategy,
+            train_inputs,
+            epochs=options.epochs,
+            initial_epoch=first_epoch,
+            callback=callback,
+            validation=validation,
+        )
     if rank == 0 and not model.stop_training:
         os.makedirs(os.path.dirname(os.path.abspath(options.output)), exist_ok=True)
         model.save(options.output)
     if options.audit_dir:
         _write_audit(options.audit_dir, rank, audit, callback)
-    return {"rank": rank, "world_size": world_size, "samples": len(train_set),
-            "validation_samples": len(validation_set) if validation_set else 0,
-            "epochs": callback.epoch_log, "batches": callback.total_batches,
-            "stopped_early": bool(model.stop_training)}
+    return {
+        "rank": rank,
+        "world_size": world_size,
+        "samples": len(train_set),
+        "validation_samples": len(validation_set) if validation_set else 0,
+        "epochs": callback.epoch_log,
+        "batches": callback.total_batches,
+        "stopped_early": bool(model.stop_training),
+    }
 
 
 def _write_audit(folder: str, rank: int, audit: dict[int, list[np.ndarray]], callback: ProgressCheckpoint) -> None:
@@ -280,8 +341,11 @@ def _write_audit(folder: str, rank: int, audit: dict[int, list[np.ndarray]], cal
     os.makedirs(folder, exist_ok=True)
     trained = {entry["epoch"]: entry["batches"] for entry in callback.epoch_log}
     trained.setdefault(callback.epoch, callback.batches_in_epoch)
-    epochs = {str(epoch): np.concatenate(batches[: trained.get(epoch, len(batches))]).tolist()
-              for epoch, batches in audit.items() if batches[: trained.get(epoch, len(batches))]}
+    epochs = {
+        str(epoch): np.concatenate(batches[: trained.get(epoch, len(batches))]).tolist()
+        for epoch, batches in audit.items()
+        if batches[: trained.get(epoch, len(batches))]
+    }
     record = {"rank": rank, "node": _ray_node(), "epochs": epochs}
     name = f"rank-{rank}-{uuid.uuid4().hex[:8]}.json"  # one file per run and rank, never overwritten
     write_bytes_atomically(os.path.join(folder, name), json.dumps(record).encode())

@@ -29,8 +29,16 @@ class VerifyReport:
         return not self.problems
 
 
-def shard_problems(dest: str, info: ShardInfo, format_name: str, shape: tuple[int, int, int],
-                   dtype: str, *, deep: bool = True, sizes: Mapping[str, int] | None = None) -> list[str]:
+def shard_problems(
+    dest: str,
+    info: ShardInfo,
+    format_name: str,
+    shape: tuple[int, int, int],
+    dtype: str,
+    *,
+    deep: bool = True,
+    sizes: Mapping[str, int] | None = None,
+) -> list[str]:
     """Everything wrong with one shard in DEST; an empty list when it verifies.
 
     `deep` also reads every byte for the sha256 and, for local files, opens the shard the way a
@@ -83,8 +91,9 @@ def verify_dest(dest: str) -> VerifyReport:
         by_name = {str(item["values"]): item["counts"] for item in counts}
         for info in manifest.shards:
             if by_name.get(info.name, 0) != info.count:
-                problems.append(f"{info.name}: index.parquet lists {by_name.get(info.name, 0)} rows, "
-                                f"the manifest {info.count}")
+                problems.append(
+                    f"{info.name}: index.parquet lists {by_name.get(info.name, 0)} rows, the manifest {info.count}"
+                )
         if index.num_rows != manifest.count:
             problems.append(f"index.parquet: {index.num_rows} rows, the manifest counts {manifest.count}")
     except (OSError, ValueError) as exc:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import collections
 import concurrent.futures
 import contextlib
+import dataclasses
 import itertools
 import logging
 import os
@@ -35,19 +36,11 @@ READ_AHEAD = 16
 LOCAL_BATCH = 4  # READ_AHEAD // LOCAL_BATCH batches in flight keep all READ_THREADS busy
 
 
-def write_shard(
-    dest: str,
-    shard: str,
-    positions: np.ndarray,
-    sources: Sequence[str],
-    labels: np.ndarray,
-    options: PreprocessOptions,
-    run_key: str,
-    node: str = "",
-) -> Receipt:
-    """Write shard `shard` from its inputs and leave its receipt in DEST/.parts.
+@dataclasses.dataclass(frozen=True)
+class ShardTask:
+    """One shard's work, as the driver hands it to a Ray task.
 
-    Args:
+    Attributes:
         dest: the DEST folder or object-storage prefix.
         shard: the shard's name.
         positions: each input's position in the listing (recorded with rejects).
@@ -55,35 +48,51 @@ def write_shard(
         labels: each input's label, aligned with `positions`.
         options: the run's options.
         run_key: identifies the run the receipt belongs to.
+    """
+
+    dest: str
+    shard: str
+    positions: np.ndarray
+    sources: Sequence[str]
+    labels: np.ndarray
+    options: PreprocessOptions
+    run_key: str
+
+
+def write_shard(task: ShardTask, node: str = "") -> Receipt:
+    """Write the task's shard and leave its receipt in DEST/.parts.
+
+    Args:
+        task: what to write.
         node: where the shard ran (recorded for the user, not for the data).
     """
     started = time.time()
-    place = location(dest)
+    place = location(task.dest)
     with _staging(place) as folder:
         # A staged shard is not flushed to this disk: the upload is what makes it last.
-        info, rejects = _write_files(folder, shard, positions, sources, labels, options, durable=not place.is_remote)
+        info, rejects = _write_files(folder, task, durable=not place.is_remote)
         if isinstance(place, RemoteLocation):
             for file_name in info.files:
                 place.put(os.path.join(folder, file_name), file_name)
-    receipt = Receipt(run_key, info, rejects, node, started, time.time())
-    write_receipt(dest, receipt)
+    receipt = Receipt(task.run_key, info, rejects, node, started, time.time())
+    write_receipt(task.dest, receipt)
     return receipt
 
 
-def _write_files(folder: str, shard: str, positions: np.ndarray, sources: Sequence[str], labels: np.ndarray,
-                 options: PreprocessOptions, *, durable: bool) -> tuple[ShardInfo, list[Reject]]:
+def _write_files(folder: str, task: ShardTask, *, durable: bool) -> tuple[ShardInfo, list[Reject]]:
+    options, sources = task.options, task.sources
     rejects: list[Reject] = []
-    with get_format(options.format).open_writer(folder, shard, len(sources), options, durable=durable) as writer:
+    with get_format(options.format).open_writer(folder, task.shard, len(sources), options, durable=durable) as writer:
         for i, data in enumerate(_read_ahead(sources)):
             try:
                 if isinstance(data, DecodeError):
                     raise data
                 rgb = decode_image(data, options.size, options.resize)
             except DecodeError as exc:
-                rejects.append(Reject(int(positions[i]), sources[i], str(exc)))
+                rejects.append(Reject(int(task.positions[i]), sources[i], str(exc)))
                 logger.info("rejected %s: %s", sources[i], exc)
                 continue
-            writer.write(to_storage(rgb, options.dtype), int(labels[i]))
+            writer.write(to_storage(rgb, options.dtype), int(task.labels[i]))
         return writer.close(), rejects
 
 
@@ -112,10 +121,11 @@ def _read_ahead(sources: Sequence[str]) -> Iterator[bytes | DecodeError]:
     go one by one. On a cold page cache the threads keep READ_THREADS reads in flight.
     """
     batch = 1 if any(storage.is_remote(source) for source in sources) else LOCAL_BATCH
-    batches = (sources[start: start + batch] for start in range(0, len(sources), batch))
+    batches = (sources[start : start + batch] for start in range(0, len(sources), batch))
     with concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="shards-read") as pool:
-        window = collections.deque(pool.submit(_read_batch, first)
-                                   for first in itertools.islice(batches, READ_AHEAD // batch))
+        window = collections.deque(
+            pool.submit(_read_batch, first) for first in itertools.islice(batches, READ_AHEAD // batch)
+        )
         while window:
             datas = window.popleft().result()
             window.extend(pool.submit(_read_batch, later) for later in itertools.islice(batches, 1))

@@ -46,8 +46,12 @@ def add_bad_files(folder: str) -> dict[str, str]:
         handle.write(b"this is a text file with an image extension\n" * 20)
     bomb = Image.new("L", (12000, 12000))  # 144 Mpx: over the 89 Mpx limit, tiny once compressed
     bomb.save(os.path.join(folder, "bomb.png"), optimize=False)
-    return {"truncated.jpg": "truncated", "empty.jpg": "empty file", "notes.png": "not an image",
-            "bomb.png": "decompression bomb"}
+    return {
+        "truncated.jpg": "truncated",
+        "empty.jpg": "empty file",
+        "notes.png": "not an image",
+        "bomb.png": "decompression bomb",
+    }
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -62,8 +66,11 @@ def wait_for_finished_shards(dest: str, count: int, driver: subprocess.Popen, ti
     deadline = time.monotonic() + timeout
     finished: list[str] = []
     while time.monotonic() < deadline and driver.poll() is None:
-        finished = sorted(n[: -len(".json")] for n in os.listdir(parts) if n.startswith("shard-")) \
-            if os.path.isdir(parts) else []
+        finished = (
+            sorted(n[: -len(".json")] for n in os.listdir(parts) if n.startswith("shard-"))
+            if os.path.isdir(parts)
+            else []
+        )
         if len(finished) >= count:
             break
         time.sleep(0.01)

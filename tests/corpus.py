@@ -19,8 +19,10 @@ def _photo(height=90, width=120, seed=0) -> Image.Image:
 
 def _png_header_only(width: int, height: int) -> bytes:
     """A PNG whose IHDR claims width x height, with one tiny compressed row: a classic bomb shape."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0\0")) + chunk(b"IEND", b"")
 
@@ -39,12 +41,13 @@ def build_corpus(root: str) -> tuple[dict[str, bool], dict[str, str]]:
     files: dict[str, bytes] = {}
     for mode in ["1", "L", "RGB", "CMYK", "YCbCr"]:
         files[f"mode_{mode}.{'tif' if mode in ('CMYK', 'YCbCr') else 'png'}"] = _save(
-            photo.convert(mode), "TIFF" if mode in ("CMYK", "YCbCr") else "PNG")
+            photo.convert(mode), "TIFF" if mode in ("CMYK", "YCbCr") else "PNG"
+        )
     files["mode_LA.png"] = _save(photo.convert("LA"), "PNG")
     files["mode_RGBA.png"] = _save(photo.convert("RGBA"), "PNG")
     palette = photo.convert("P")
     files["mode_P_transparent.png"] = _save(palette, "PNG", transparency=0)
-    grey16 = (np.asarray(photo.convert("L")).astype(np.uint16) * 257)
+    grey16 = np.asarray(photo.convert("L")).astype(np.uint16) * 257
     files["mode_I16.png"] = _save(Image.fromarray(grey16), "PNG")
     files["mode_I.tif"] = _save(Image.fromarray(grey16).convert("I"), "TIFF")
     files["mode_F.tif"] = _save(Image.fromarray(np.asarray(photo.convert("L"), np.float32) / 255, mode="F"), "TIFF")
@@ -64,7 +67,7 @@ def build_corpus(root: str) -> tuple[dict[str, bool], dict[str, str]]:
     files["trailing_bytes.jpg"] = _save(photo, "JPEG") + b"\x00garbage after the end of image" * 10
     files["png_named.jpg"] = _save(photo, "PNG")  # wrong extension: content decides
     files["fotografía ñandú 写真.jpg"] = _save(photo, "JPEG")
-    accepted = {name: True for name in files}
+    accepted = dict.fromkeys(files, True)
 
     jpeg = _save(_photo(200, 300, 3), "JPEG", quality=90)
     bad = {
@@ -92,5 +95,5 @@ def build_corpus(root: str) -> tuple[dict[str, bool], dict[str, str]]:
         accepted["locked.jpg"] = True
     else:
         reasons["locked.jpg"] = "permission denied"
-    accepted.update({name: False for name in reasons})
+    accepted.update(dict.fromkeys(reasons, False))
     return accepted, reasons

@@ -27,15 +27,18 @@ def held_run(ray_cluster, photos, tmp_path):
     return dest
 
 
-@pytest.mark.parametrize("args, words", [
-    (["preprocess", "/no/such/folder", "OUT"], "no such file or folder"),
-    (["preprocess", "PHOTOS", "OUT", "--dtype", "int3"], "--dtype must be one of"),
-    (["preprocess", "PHOTOS", "OUT", "--size", "0"], "--size must be"),
-    (["preprocess", "PHOTOS", "OUT", "--shard-size", "lots"], "--shard-size"),
-    (["preprocess", "PHOTOS", "OUT", "--workers", "0"], "--workers must be at least 1"),
-    (["preprocess", "PHOTOS", "HELD", "--size", "64", "--resume"], "holds a different dataset"),
-    (["preprocess", "PHOTOS", "HELD", "--size", "20", "--shard-size", "36000"], "already holds this run"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["preprocess", "/no/such/folder", "OUT"], "no such file or folder"),
+        (["preprocess", "PHOTOS", "OUT", "--dtype", "int3"], "--dtype must be one of"),
+        (["preprocess", "PHOTOS", "OUT", "--size", "0"], "--size must be"),
+        (["preprocess", "PHOTOS", "OUT", "--shard-size", "lots"], "--shard-size"),
+        (["preprocess", "PHOTOS", "OUT", "--workers", "0"], "--workers must be at least 1"),
+        (["preprocess", "PHOTOS", "HELD", "--size", "64", "--resume"], "holds a different dataset"),
+        (["preprocess", "PHOTOS", "HELD", "--size", "20", "--shard-size", "36000"], "already holds this run"),
+    ],
+)
 def test_bad_arguments_fail_fast_with_one_line_before_any_ray_work(photos, held_run, tmp_path, args, words):
     args = [{"PHOTOS": photos, "OUT": str(tmp_path / "out"), "HELD": held_run}.get(a, a) for a in args]
     # RAY_ADDRESS points where nothing listens: any attempt at Ray work would fail differently.
@@ -49,8 +52,13 @@ def test_bad_arguments_fail_fast_with_one_line_before_any_ray_work(photos, held_
 def test_preprocess_command_end_to_end_on_an_embedded_ray(photos, tmp_path):
     dest = str(tmp_path / "out")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    result = subprocess.run([*SHARDS, "preprocess", photos, dest, "--size", "32x40", "--resize", "pad",
-                             "--shard-size", "64KiB"], capture_output=True, text=True, timeout=300, env=env)
+    result = subprocess.run(
+        [*SHARDS, "preprocess", photos, dest, "--size", "32x40", "--resize", "pad", "--shard-size", "64KiB"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
     assert result.returncode == 0, result.stderr
     assert "written   90 samples" in result.stdout
     assert "progress: 90/90 images" in result.stderr  # plain log lines when not on a terminal
@@ -73,11 +81,20 @@ def _flip_byte(path, offset):
         handle.write(bytes([value[0] ^ 0xFF]))
 
 
-@pytest.mark.parametrize("damage, words", [
-    (lambda d: _flip_byte(f"{d}/shard-00001.images.npy", 4000), "shard-00001: shard-00001.images.npy checksum mismatch"),
-    (lambda d: os.truncate(f"{d}/shard-00002.images.npy", 1000), "shard-00002: shard-00002.images.npy is 1000 bytes"),
-    (lambda d: os.remove(f"{d}/shard-00000.labels.npy"), "shard-00000: shard-00000.labels.npy is missing"),
-])
+@pytest.mark.parametrize(
+    "damage, words",
+    [
+        (
+            lambda d: _flip_byte(f"{d}/shard-00001.images.npy", 4000),
+            "shard-00001: shard-00001.images.npy checksum mismatch",
+        ),
+        (
+            lambda d: os.truncate(f"{d}/shard-00002.images.npy", 1000),
+            "shard-00002: shard-00002.images.npy is 1000 bytes",
+        ),
+        (lambda d: os.remove(f"{d}/shard-00000.labels.npy"), "shard-00000: shard-00000.labels.npy is missing"),
+    ],
+)
 def test_verify_names_each_damaged_shard(held_run, capsys, damage, words):
     assert cli.main(["verify", held_run]) == 0
     damage(held_run)

@@ -44,12 +44,35 @@ def start_head() -> tuple[dict, str]:
     port, dashboard = free_port(), free_port()
     env = dict(os.environ, RAY_AUTH_MODE="token")
     # Every agent gets its own port: the session's cluster already holds Ray's defaults on this host.
-    agent_ports = [f"--{name}={free_port()}" for name in (
-        "dashboard-agent-listen-port", "dashboard-agent-grpc-port", "metrics-export-port", "runtime-env-agent-port",
-        "ray-client-server-port")]
-    subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
-                    "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}", f"--temp-dir={temp}",
-                    "--disable-usage-stats", *agent_ports], check=True, capture_output=True, env=env, timeout=180)
+    agent_ports = [
+        f"--{name}={free_port()}"
+        for name in (
+            "dashboard-agent-listen-port",
+            "dashboard-agent-grpc-port",
+            "metrics-export-port",
+            "runtime-env-agent-port",
+            "ray-client-server-port",
+        )
+    ]
+    subprocess.run(
+        [
+            RAY,
+            "start",
+            "--head",
+            f"--port={port}",
+            "--num-cpus=2",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard}",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+            *agent_ports,
+        ],
+        check=True,
+        capture_output=True,
+        env=env,
+        timeout=180,
+    )
     return {"address": f"http://127.0.0.1:{dashboard}", "env": env}, temp
 
 
@@ -90,9 +113,14 @@ def submit(head, *args, timeout=600, wait=120):
     """`ray job submit`, retried while the head's job agent is still starting (a fresh head says so)."""
     deadline = time.monotonic() + wait
     while True:
-        result = subprocess.run([RAY, "job", "submit", "--address", head["address"], "--working-dir", ROOT, "--",
-                                 sys.executable, *args], capture_output=True, text=True, env=head["env"],
-                                timeout=timeout, cwd=ROOT)
+        result = subprocess.run(
+            [RAY, "job", "submit", "--address", head["address"], "--working-dir", ROOT, "--", sys.executable, *args],
+            capture_output=True,
+            text=True,
+            env=head["env"],
+            timeout=timeout,
+            cwd=ROOT,
+        )
         if "No available agent to submit job" not in result.stderr or time.monotonic() > deadline:
             return result
         time.sleep(2)
@@ -102,8 +130,9 @@ def test_a_submitted_preprocess_job_writes_output_that_verifies(ray_head, tmp_pa
     make_image_folder(str(tmp_path / "photos"), 40, classes=2, sizes=(60, 120), seed=9)
     (tmp_path / "photos" / "class_0" / "broken.jpg").write_bytes(b"\xff\xd8 no more")
     dest = str(tmp_path / "out")
-    result = submit(ray_head, "jobs/preprocess.py", str(tmp_path / "photos"), dest, "--size", "32",
-                    "--shard-size", "16KiB")
+    result = submit(
+        ray_head, "jobs/preprocess.py", str(tmp_path / "photos"), dest, "--size", "32", "--shard-size", "16KiB"
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "progress: 41/41 images" in result.stdout  # progress lines reach `ray job logs`
     assert "succeeded" in result.stdout
@@ -133,8 +162,14 @@ def test_a_failed_job_exits_non_zero_with_the_reason_in_its_logs(ray_head, tmp_p
 
 @pytest.fixture()
 def three_nodes():
-    host = subprocess.Popen([sys.executable, "-m", "tests.cluster_host", "3"], cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    host = subprocess.Popen(
+        [sys.executable, "-m", "tests.cluster_host", "3"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     info = json.loads(host.stdout.readline())
     yield host, info
     if not host.stdin.closed:
@@ -149,14 +184,31 @@ def test_shard_tasks_spread_over_nodes_and_a_lost_node_costs_only_its_shards(ray
     clean = str(tmp_path / "clean")
     shards.preprocess(str(tmp_path / "photos"), clean, options)
     dest = str(tmp_path / "out")
-    driver = subprocess.Popen([sys.executable, "-m", "shards.cli", "preprocess", str(tmp_path / "photos"), dest,
-                               "--size", "128", "--shard-size", str(options.shard_size), "--address", info["address"]],
-                              cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shards.cli",
+            "preprocess",
+            str(tmp_path / "photos"),
+            dest,
+            "--size",
+            "128",
+            "--shard-size",
+            str(options.shard_size),
+            "--address",
+            info["address"],
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_finished_shards(dest, 6, driver)
     host.stdin.write("remove\n")
     host.stdin.flush()
     assert json.loads(host.stdout.readline()) == {"removed": True}
-    out, err = driver.communicate(timeout=600)
+    _, err = driver.communicate(timeout=600)
     assert driver.returncode == 0, err[-3000:]
     manifest = json.load(open(os.path.join(dest, "manifest.json")))
     nodes = set(manifest["run"]["nodes"].values())

@@ -36,8 +36,11 @@ def clean_run(ray_cluster, large_photos, tmp_path_factory):
 
 
 def shard_files(dest):
-    return {n: open(os.path.join(dest, n), "rb").read() for n in sorted(os.listdir(dest))
-            if n.startswith("shard-") or n in ("index.parquet", "rejects.jsonl")}
+    return {
+        n: open(os.path.join(dest, n), "rb").read()
+        for n in sorted(os.listdir(dest))
+        if n.startswith("shard-") or n in ("index.parquet", "rejects.jsonl")
+    }
 
 
 def deterministic_manifest(dest):
@@ -49,7 +52,9 @@ def deterministic_manifest(dest):
 def test_a_worker_killed_mid_shard_is_retried_and_the_output_equals_a_clean_run(clean_run, large_photos, tmp_path):
     dest = str(tmp_path / "out")
     outcome = {}
-    runner = threading.Thread(target=lambda: outcome.setdefault("summary", shards.preprocess(large_photos, dest, OPTIONS)))
+    runner = threading.Thread(
+        target=lambda: outcome.setdefault("summary", shards.preprocess(large_photos, dest, OPTIONS))
+    )
     runner.start()
     killed = []
     deadline = time.monotonic() + 60
@@ -71,9 +76,24 @@ def test_a_worker_killed_mid_shard_is_retried_and_the_output_equals_a_clean_run(
 def test_a_killed_driver_resumes_without_redoing_finished_shards(ray_cluster, clean_run, large_photos, tmp_path):
     dest = str(tmp_path / "out")
     address = ray_cluster.get_runtime_context().gcs_address
-    driver = subprocess.Popen([sys.executable, "-m", "shards.cli", "preprocess", large_photos, dest,
-                               "--size", "160", "--shard-size", str(OPTIONS.shard_size), "--address", address],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    driver = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "shards.cli",
+            "preprocess",
+            large_photos,
+            dest,
+            "--size",
+            "160",
+            "--shard-size",
+            str(OPTIONS.shard_size),
+            "--address",
+            address,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     wait_for_finished_shards(dest, 3, driver)
     driver.send_signal(signal.SIGKILL)
     driver.wait(timeout=30)

@@ -42,8 +42,11 @@ def one_line_error(result, *words):
 
 def run_files(dest):
     """Every file of DEST but the receipts folder, with its bytes."""
-    return {name: open(os.path.join(dest, name), "rb").read() for name in sorted(os.listdir(dest))
-            if os.path.isfile(os.path.join(dest, name))}
+    return {
+        name: open(os.path.join(dest, name), "rb").read()
+        for name in sorted(os.listdir(dest))
+        if os.path.isfile(os.path.join(dest, name))
+    }
 
 
 def assert_one_whole_run(dest):
@@ -80,8 +83,9 @@ def flawed(tmp_path):
 def test_a_run_over_its_reject_limit_stays_failed_on_resume_until_the_limit_allows_it(flawed, tmp_path, address):
     dest = tmp_path / "out"
     first = run("preprocess", flawed, dest, *SMALL, "--max-rejects", "1", "--address", address)
-    one_line_error(first, "inputs rejected, over the --max-rejects limit of 1",
-                   "rerun with --resume and a higher --max-rejects")
+    one_line_error(
+        first, "inputs rejected, over the --max-rejects limit of 1", "rerun with --resume and a higher --max-rejects"
+    )
     again = run("preprocess", flawed, dest, *SMALL, "--max-rejects", "1", "--resume", "--address", address)
     one_line_error(again, "over the --max-rejects limit of 1")
     assert json.load(open(dest / "manifest.json"))["complete"] is False
@@ -98,14 +102,18 @@ def test_a_run_over_its_reject_limit_stays_failed_on_resume_until_the_limit_allo
 
 def test_a_second_writer_is_refused_while_the_first_holds_dest(slow_photos, tmp_path, address):
     dest = str(tmp_path / "out")
-    first = subprocess.Popen([*SHARDS, "preprocess", slow_photos, dest, "--size", "64", "--shard-size", "160KiB",
-                              "--address", address], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    first = subprocess.Popen(
+        [*SHARDS, "preprocess", slow_photos, dest, "--size", "64", "--shard-size", "160KiB", "--address", address],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert wait_for_finished_shards(dest, 1, first), "the first run finished no shard"
         assert first.poll() is None, "the first run ended before a second could meet it"
         second = run("preprocess", slow_photos, dest, "--size", "32", "--overwrite", "--address", address)
         one_line_error(second, "DEST is in use by another shards run", f"pid {first.pid} on")
-        out, err = first.communicate(timeout=300)
+        _, err = first.communicate(timeout=300)
     finally:
         if first.poll() is None:
             first.kill()
@@ -117,13 +125,21 @@ def test_a_second_writer_is_refused_while_the_first_holds_dest(slow_photos, tmp_
 
 def test_a_crashed_holder_leaves_no_stale_lock(tmp_path):
     dest = str(tmp_path / "out")
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         from shards.dest_lock import hold_dest
         with hold_dest({dest!r}):
             print("held", flush=True)
             time.sleep(600)
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         with pytest.raises(DestinationError, match=f"in use by another shards run .pid {holder.pid} on"):
@@ -137,12 +153,15 @@ def test_a_crashed_holder_leaves_no_stale_lock(tmp_path):
     assert not os.path.exists(os.path.join(dest, LOCK_NAME))
 
 
-@pytest.mark.parametrize("files", [
-    {"index.parquet": b"PAR1 the user's own table", "rejects.jsonl": b'{"mine": true}\n'},
-    {"manifest.json": b'{"name": "my photo manifest", "count": 3}'},
-    {"manifest.json": b"not json at all"},
-    {".parts": None, "shard-00000.images.npy": b"the user's own array"},
-])
+@pytest.mark.parametrize(
+    "files",
+    [
+        {"index.parquet": b"PAR1 the user's own table", "rejects.jsonl": b'{"mine": true}\n'},
+        {"manifest.json": b'{"name": "my photo manifest", "count": 3}'},
+        {"manifest.json": b"not json at all"},
+        {".parts": None, "shard-00000.images.npy": b"the user's own array"},
+    ],
+)
 @pytest.mark.parametrize("mode", [[], ["--overwrite"], ["--resume"]])
 def test_files_shards_did_not_write_are_refused_and_left_as_they_are(photos, tmp_path, files, mode):
     dest = tmp_path / "mine"
@@ -187,7 +206,7 @@ def test_a_reader_opened_before_an_overwrite_never_returns_the_new_runs_samples(
     assert [info.bytes for info in fresh.manifest.shards] == [info.bytes for info in old.manifest.shards]
     assert not np.array_equal(fresh.read(np.arange(len(fresh)))[0], expected)
 
-    for epoch in range(2):
+    for _epoch in range(2):
         for shard in range(len(counts)):
             rows = np.arange(bounds[shard], bounds[shard + 1])
             if shard == 0:

@@ -24,18 +24,26 @@ def photo(height=300, width=400, seed=0) -> Image.Image:
 
 
 @settings(max_examples=40, deadline=None)
-@given(src_h=st.integers(1, 300), src_w=st.integers(1, 300), out_h=st.integers(1, 96), out_w=st.integers(1, 96),
-       resize=st.sampled_from(["stretch", "crop", "pad"]))
+@given(
+    src_h=st.integers(1, 300),
+    src_w=st.integers(1, 300),
+    out_h=st.integers(1, 96),
+    out_w=st.integers(1, 96),
+    resize=st.sampled_from(["stretch", "crop", "pad"]),
+)
 def test_every_resize_gives_the_requested_shape(src_h, src_w, out_h, out_w, resize):
     data = encode(Image.new("RGB", (src_w, src_h), (10, 200, 30)))
     out = decode_image(data, (out_h, out_w), resize)
     assert out.shape == (out_h, out_w, 3) and out.dtype == np.uint8
 
 
-@pytest.mark.parametrize("resize, reference", [
-    ("crop", lambda im, size: ImageOps.fit(im, size, Image.Resampling.LANCZOS)),
-    ("stretch", lambda im, size: im.resize(size, Image.Resampling.LANCZOS)),
-])
+@pytest.mark.parametrize(
+    "resize, reference",
+    [
+        ("crop", lambda im, size: ImageOps.fit(im, size, Image.Resampling.LANCZOS)),
+        ("stretch", lambda im, size: im.resize(size, Image.Resampling.LANCZOS)),
+    ],
+)
 def test_jpeg_draft_path_stays_close_to_a_full_lanczos_reference(resize, reference):
     source = photo(900, 1200, seed=3)
     data = encode(source, "JPEG", quality=92)
@@ -70,7 +78,7 @@ def test_exif_orientation_is_honoured(orientation):
 def test_every_pillow_mode_becomes_rgb(mode):
     base = photo(64, 64).convert("RGBA" if "A" in mode else "RGB")
     if mode in ("I;16", "I"):
-        image = Image.fromarray((np.asarray(base.convert("L")).astype(np.uint16) * 257))
+        image = Image.fromarray(np.asarray(base.convert("L")).astype(np.uint16) * 257)
         image = image if mode == "I;16" else image.convert("I")
     elif mode == "F":
         image = Image.fromarray(np.asarray(base.convert("L"), np.float32) / 255.0, mode="F")

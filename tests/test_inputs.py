@@ -19,8 +19,9 @@ def test_a_corpus_of_every_input_kind_gives_exact_counts_and_reasons(ray_cluster
     summary = shards.preprocess(str(tmp_path / "src"), str(tmp_path / "out"), PreprocessOptions(size=32))
     good = sorted(name for name, ok in accepted.items() if ok)
     assert (summary.inputs, summary.written, summary.rejected) == (len(accepted), len(good), len(reasons))
-    written = sorted(os.path.basename(s) for s in pq.read_table(tmp_path / "out" / "index.parquet")
-                     .column("source").to_pylist())
+    written = sorted(
+        os.path.basename(s) for s in pq.read_table(tmp_path / "out" / "index.parquet").column("source").to_pylist()
+    )
     assert written == good
     rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").read_text().splitlines()]
     got = {os.path.basename(r["source"]): r["reason"] for r in rejects}
@@ -39,10 +40,12 @@ def test_unreadable_files_are_refused_for_permission():
         with open(locked, "wb") as handle:
             handle.write(b"\xff\xd8\xff")
         os.chmod(locked, 0)
-        code = ("import os, sys\n"
-                "from shards.sources import read_source\n"
-                "from shards.errors import DecodeError\n"
-                "if os.geteuid() == 0:\n    os.setgid(65534); os.setuid(65534)\n"
-                "try:\n    read_source(sys.argv[1])\nexcept DecodeError as e:\n    print(e)\n")
+        code = (
+            "import os, sys\n"
+            "from shards.sources import read_source\n"
+            "from shards.errors import DecodeError\n"
+            "if os.geteuid() == 0:\n    os.setgid(65534); os.setuid(65534)\n"
+            "try:\n    read_source(sys.argv[1])\nexcept DecodeError as e:\n    print(e)\n"
+        )
         result = subprocess.run([sys.executable, "-c", code, locked], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "permission denied", result.stderr

@@ -17,8 +17,14 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def two_nodes():
     """A 2-node cluster (1 CPU each) in a helper process, shut down by closing its stdin."""
-    host = subprocess.Popen([sys.executable, "-m", "tests.cluster_host", "2"], cwd=ROOT, stdin=subprocess.PIPE,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    host = subprocess.Popen(
+        [sys.executable, "-m", "tests.cluster_host", "2"],
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     info = json.loads(host.stdout.readline())
     yield host, info
     host.stdin.close()
@@ -32,10 +38,32 @@ def test_train_job_with_two_workers_on_two_nodes_covers_the_set_once_per_epoch(r
     shards.preprocess(str(tmp_path / "photos"), dest, PreprocessOptions(size=16, shard_size="8KiB"))
     audit, report = tmp_path / "audit", tmp_path / "report.json"
     result = subprocess.run(
-        [sys.executable, "jobs/train.py", dest, "--workers", "2", "--epochs", "2", "--batch-size", "8",
-         "--address", info["address"], "--audit-dir", str(audit), "--output", str(tmp_path / "model.keras"),
-         "--storage-path", str(tmp_path / "ray_results"), "--report", str(report)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600)
+        [
+            sys.executable,
+            "jobs/train.py",
+            dest,
+            "--workers",
+            "2",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--address",
+            info["address"],
+            "--audit-dir",
+            str(audit),
+            "--output",
+            str(tmp_path / "model.keras"),
+            "--storage-path",
+            str(tmp_path / "ray_results"),
+            "--report",
+            str(report),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch 2:" in result.stdout and os.path.exists(tmp_path / "model.keras")
     records = [json.load(open(audit / name)) for name in sorted(os.listdir(audit))]

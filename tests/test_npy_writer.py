@@ -13,8 +13,9 @@ from shards.options import PreprocessOptions
 
 def resident_bytes(path: str) -> int:
     """How many of the file's bytes are in the page cache, as util-linux's fincore reports."""
-    result = subprocess.run(["fincore", "--bytes", "--noheadings", "--output", "RES", path],
-                            capture_output=True, text=True, check=True)
+    result = subprocess.run(
+        ["fincore", "--bytes", "--noheadings", "--output", "RES", path], capture_output=True, text=True, check=True
+    )
     return int(result.stdout.split()[0])
 
 
@@ -41,6 +42,7 @@ def test_written_rows_leave_the_page_cache_once_they_are_on_disk(tmp_path):
 def test_a_failed_background_flush_fails_the_shard_instead_of_committing_it(tmp_path, monkeypatch):
     """Linux reports a writeback error once per open file description: the final fsync, on a new
     descriptor, may never see it, so an error of the background fdatasync must not be dropped."""
+
     def failing_fdatasync(descriptor):
         raise OSError(errno.EIO, "Input/output error")
 
@@ -49,7 +51,7 @@ def test_a_failed_background_flush_fails_the_shard_instead_of_committing_it(tmp_
     image = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(OSError, match="Input/output error"):
         with get_format("npy").open_writer(str(tmp_path), "shard-00000", 200, options) as writer:
-            for row in range(200):
+            for _ in range(200):
                 writer.write(image, 0)
             writer.close()
     assert os.listdir(tmp_path) == []  # neither a committed shard nor a temporary file

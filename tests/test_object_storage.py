@@ -26,12 +26,22 @@ def s3(photos):
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    settings = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    settings = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
     saved = {name: os.environ.get(name) for name in settings}
     os.environ.update(settings)
-    filesystem = pafs.S3FileSystem(endpoint_override=f"{host}:{port}", scheme="http", access_key="testing",
-                                   secret_key="testing", region="us-east-1", allow_bucket_creation=True)
+    filesystem = pafs.S3FileSystem(
+        endpoint_override=f"{host}:{port}",
+        scheme="http",
+        access_key="testing",
+        secret_key="testing",
+        region="us-east-1",
+        allow_bucket_creation=True,
+    )
     filesystem.create_dir("data")
     for folder, _, names in os.walk(photos):
         for name in names:
@@ -50,8 +60,9 @@ def s3(photos):
 def test_listing_an_s3_prefix_of_class_folders(s3, photos):
     remote, local = list_sources("s3://data/photos"), list_sources(photos)
     assert remote.classes == local.classes == ["class_0", "class_1", "class_2"]
-    assert [u.removeprefix("s3://data/photos/") for u in remote.sources.to_pylist()] == \
-        [os.path.relpath(p, photos) for p in local.sources.to_pylist()]
+    assert [u.removeprefix("s3://data/photos/") for u in remote.sources.to_pylist()] == [
+        os.path.relpath(p, photos) for p in local.sources.to_pylist()
+    ]
     assert remote.labels.tolist() == local.labels.tolist()
     with pytest.raises(SourceError, match="no such prefix"):
         list_sources("s3://data/nothing-here")
@@ -84,8 +95,10 @@ def test_an_s3_manifest_with_relative_paths_and_a_missing_object(ray_cluster, s3
 def s3_run(ray_cluster, s3, tmp_path_factory, photos):
     """s3://data/photos preprocessed to s3://data/runs/main, and the same run into a local folder."""
     local = str(tmp_path_factory.mktemp("local-run"))
-    assert cli.main(["preprocess", "s3://data/photos", "s3://data/runs/main", "--size", "24x32",
-                     "--shard-size", "20KiB"]) == 0
+    assert (
+        cli.main(["preprocess", "s3://data/photos", "s3://data/runs/main", "--size", "24x32", "--shard-size", "20KiB"])
+        == 0
+    )
     shards.preprocess(photos, local, OPTIONS, mode="overwrite")
     return "s3://data/runs/main", local
 
@@ -124,8 +137,9 @@ def test_reader_trains_from_s3_through_a_cache_smaller_than_the_dataset(s3_run, 
     for epoch in range(2):
         seen = []
         for rank in range(2):
-            for images, labels, positions in dataset.batches(8, shuffle=True, epoch=epoch, rank=rank,
-                                                             world_size=2, return_indices=True):
+            for images, labels, positions in dataset.batches(
+                8, shuffle=True, epoch=epoch, rank=rank, world_size=2, return_indices=True
+            ):
                 expected_images, expected_labels = nearby.read(positions)
                 assert np.array_equal(images, expected_images) and np.array_equal(labels, expected_labels)
                 seen += positions.tolist()
@@ -135,8 +149,12 @@ def test_reader_trains_from_s3_through_a_cache_smaller_than_the_dataset(s3_run, 
     assert dataset.cache.downloads <= 2 * 2 * len(dataset.manifest.shards) + 2
 
     audit = str(tmp_path / "audit")
-    report = train_worker(remote, TrainOptions(epochs=2, batch_size=8, audit_dir=audit, cache_limit=str(limit),
-                                               output=str(tmp_path / "model.keras")))
+    report = train_worker(
+        remote,
+        TrainOptions(
+            epochs=2, batch_size=8, audit_dir=audit, cache_limit=str(limit), output=str(tmp_path / "model.keras")
+        ),
+    )
     assert [e["epoch"] for e in report["epochs"]] == [0, 1] and os.path.exists(tmp_path / "model.keras")
     for epoch in ("0", "1"):
         (name,) = os.listdir(audit)
@@ -170,8 +188,9 @@ def test_a_shared_cache_folder_is_reused_and_damaged_objects_are_refused(s3_run,
         damaged.read(np.arange(first_rows, first_rows + 1))
     from shards.verify import verify_dest
 
-    assert verify_dest(f"s3://data/{copy}").problems == ["shard-00001: shard-00001.images.npy checksum mismatch "
-                                                         "(sha256 differs)"]
+    assert verify_dest(f"s3://data/{copy}").problems == [
+        "shard-00001: shard-00001.images.npy checksum mismatch (sha256 differs)"
+    ]
 
 
 def test_resume_on_s3_redoes_only_what_is_missing(s3_run, s3):

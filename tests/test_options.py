@@ -4,8 +4,9 @@ from shards.errors import ConfigError
 from shards.options import PreprocessOptions, parse_bytes, parse_max_rejects, parse_size
 
 
-@pytest.mark.parametrize("text, expected", [("224", (224, 224)), ("160x128", (160, 128)), (" 32X48 ", (32, 48)),
-                                            (96, (96, 96))])
+@pytest.mark.parametrize(
+    "text, expected", [("224", (224, 224)), ("160x128", (160, 128)), (" 32X48 ", (32, 48)), (96, (96, 96))]
+)
 def test_parse_size_accepts_square_and_height_by_width(text, expected):
     assert parse_size(text) == expected
 
@@ -16,8 +17,7 @@ def test_parse_size_refuses_bad_sizes_naming_the_option(text):
         parse_size(text)
 
 
-@pytest.mark.parametrize("text, expected", [("256MiB", 256 * 2**20), ("1GB", 10**9), ("4096", 4096),
-                                            ("1.5KiB", 1536)])
+@pytest.mark.parametrize("text, expected", [("256MiB", 256 * 2**20), ("1GB", 10**9), ("4096", 4096), ("1.5KiB", 1536)])
 def test_parse_bytes_units(text, expected):
     assert parse_bytes(text) == expected
 

@@ -42,8 +42,9 @@ def test_predict_writes_one_row_per_sample_in_order_with_injected_oom(model_and_
         return model.predict_on_batch(images)
 
     out = str(tmp_path / "p.parquet")
-    result = predict_to_parquet(dataset, fragile, out, PredictOptions(batch_size="auto", top_k=2),
-                                sources=index_sources(dest))
+    result = predict_to_parquet(
+        dataset, fragile, out, PredictOptions(batch_size="auto", top_k=2), sources=index_sources(dest)
+    )
     table = pq.read_table(out)
     assert result["rows"] == table.num_rows == 90 and result["batch_size"] == 11
     assert table.column("row").to_pylist() == list(range(90))  # every row once, in order
@@ -70,8 +71,12 @@ def test_host_memory_budget_bounds_the_batch(model_and_data, tmp_path):
     dest, _, model = model_and_data
     seen = []
     budget = 2 * 16 * 16 * 3 * 7  # room for two batches of 7 samples
-    predict_to_parquet(shards.open(dest), lambda x: seen.append(len(x)) or model.predict_on_batch(x),
-                       str(tmp_path / "p.parquet"), PredictOptions(host_memory=budget))
+    predict_to_parquet(
+        shards.open(dest),
+        lambda x: seen.append(len(x)) or model.predict_on_batch(x),
+        str(tmp_path / "p.parquet"),
+        PredictOptions(host_memory=budget),
+    )
     assert max(seen) == 7 and sum(seen) == 90
 
 
@@ -84,7 +89,21 @@ def test_predict_job_as_ray_tasks_equals_one_process(model_and_data, tmp_path):
     assert one["rows"] == two["rows"] == 90
     a, b = pq.read_table(tmp_path / "one.parquet"), pq.read_table(tmp_path / "two.parquet")
     assert a.column("row").equals(b.column("row")) and a.column("prediction").equals(b.column("prediction"))
-    result = subprocess.run([sys.executable, "jobs/predict.py", dest, "--model", model_path, "--out",
-                             str(tmp_path / "cli.parquet"), "--batch-size", "0"], cwd=ROOT, capture_output=True,
-                            text=True, timeout=300)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "jobs/predict.py",
+            dest,
+            "--model",
+            model_path,
+            "--out",
+            str(tmp_path / "cli.parquet"),
+            "--batch-size",
+            "0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2 and "--batch-size must be a positive integer" in result.stderr

@@ -32,8 +32,7 @@ def test_round_trip_every_input_once_with_its_label_and_pixels(ray_cluster, phot
     table = pq.read_table(tmp_path / "out" / "index.parquet")
     assert table.column_names == ["shard", "row", "source", "label"]
     index = table.to_pydict()
-    assert sorted(index["source"]) == sorted(
-        os.path.join(root, f) for root, _, files in os.walk(photos) for f in files)
+    assert sorted(index["source"]) == sorted(os.path.join(root, f) for root, _, files in os.walk(photos) for f in files)
     # Index order is dataset order: row i of the dataset came from index.source[i].
     for i in range(0, 90, 7):
         source = index["source"][i]
@@ -58,8 +57,9 @@ def test_one_and_two_workers_give_byte_identical_output(ray_cluster, photos, tmp
     shards.preprocess(photos, str(tmp_path / "one"), options, workers=1)
     shards.preprocess(photos, str(tmp_path / "two"), options, workers=2)
     names = sorted(n for n in os.listdir(tmp_path / "one") if n.startswith("shard-") or n.endswith(".parquet"))
-    assert names and names == sorted(n for n in os.listdir(tmp_path / "two")
-                                     if n.startswith("shard-") or n.endswith(".parquet"))
+    assert names and names == sorted(
+        n for n in os.listdir(tmp_path / "two") if n.startswith("shard-") or n.endswith(".parquet")
+    )
     for name in names + ["rejects.jsonl"]:
         assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
     one, two = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("one", "two"))
@@ -70,8 +70,9 @@ def test_one_and_two_workers_give_byte_identical_output(ray_cluster, photos, tmp
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_float_dtypes_hold_the_uint8_pixels_scaled_to_unit_range(ray_cluster, photos, tmp_path, dtype):
     shards.preprocess(photos, str(tmp_path / "u8"), PreprocessOptions(**SMALL))
-    shards.preprocess(photos, str(tmp_path / dtype), PreprocessOptions(size=SMALL["size"], dtype=dtype,
-                                                                       shard_size="64KiB"))
+    shards.preprocess(
+        photos, str(tmp_path / dtype), PreprocessOptions(size=SMALL["size"], dtype=dtype, shard_size="64KiB")
+    )
     _, ref, ref_labels = read_all(str(tmp_path / "u8"))
     ds, images, labels = read_all(str(tmp_path / dtype))
     assert str(ds.dtype) == dtype and images.dtype == ds.dtype
@@ -143,9 +144,11 @@ def test_resume_keeps_verified_shards_and_redoes_damaged_ones(ray_cluster, photo
 def test_bad_image_manifest_rows_become_rejects(ray_cluster, photos, tmp_path):
     first = sorted(os.listdir(os.path.join(photos, "class_0")))[0]
     (tmp_path / "list.csv").write_text(
-        f"path,label\n{os.path.join(photos, 'class_0', first)},cat\n{tmp_path}/missing.jpg,dog\n")
-    summary = shards.preprocess(str(tmp_path / "list.csv"), str(tmp_path / "out"),
-                                PreprocessOptions(size=(40, 30), resize="pad"))
+        f"path,label\n{os.path.join(photos, 'class_0', first)},cat\n{tmp_path}/missing.jpg,dog\n"
+    )
+    summary = shards.preprocess(
+        str(tmp_path / "list.csv"), str(tmp_path / "out"), PreprocessOptions(size=(40, 30), resize="pad")
+    )
     assert (summary.written, summary.rejected) == (1, 1)
     ds = shards.open(str(tmp_path / "out"))
     assert ds.classes == ["cat", "dog"] and ds.shape == (40, 30, 3)

@@ -32,7 +32,7 @@ def test_preview_png_is_a_grid_whose_tiles_are_the_shard_samples(small_run, tmp_
     for k in (0, 4, 8):
         expected, _ = dataset.read(np.array([indices[k]]))
         x, y = GAP + (k % 3) * cell_w, GAP + (k // 3) * cell_h
-        np.testing.assert_array_equal(image[y: y + 40, x: x + 48], to_display(expected)[0])
+        np.testing.assert_array_equal(image[y : y + 40, x : x + 48], to_display(expected)[0])
 
 
 def test_preview_per_class_puts_one_class_per_row(small_run):
@@ -54,8 +54,24 @@ def test_plan_figures_equal_what_a_run_writes(ray_cluster, photos, tmp_path, cap
     assert estimate.bytes_on_disk == on_disk == summary.bytes
     assert estimate.host_batch_bytes == 32 * (30 * 20 * 3 * 2 + 4)
     assert estimate.largest_batch_host == 2**30 // (4 * (30 * 20 * 3 * 2 + 4))
-    assert cli.main(["plan", photos, "--size", "30x20", "--dtype", "bfloat16", "--shard-size", "40KiB",
-                     "--memory", "1GiB", "--json"]) == 0
+    assert (
+        cli.main(
+            [
+                "plan",
+                photos,
+                "--size",
+                "30x20",
+                "--dtype",
+                "bfloat16",
+                "--shard-size",
+                "40KiB",
+                "--memory",
+                "1GiB",
+                "--json",
+            ]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["bytes_on_disk"] == on_disk
 
 

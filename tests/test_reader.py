@@ -79,8 +79,7 @@ def test_start_resumes_exactly_where_a_reader_stopped(dataset_dir):
     state = stream.state()
     stream.close()
     assert state["position"] == 24 and state["epoch"] == 1 and state["seed"] == 8
-    tail = [fingerprints(images) for images, _ in ds.batches(6, shuffle=True, seed=8, epoch=1,
-                                                              start=state["position"])]
+    tail = [fingerprints(images) for images, _ in ds.batches(6, shuffle=True, seed=8, epoch=1, start=state["position"])]
     assert head + tail == full
 
 
@@ -135,8 +134,10 @@ def test_manifest_of_another_version_or_escaping_names_is_refused(dataset_dir, t
 
 def test_reused_batch_buffers_never_change_a_batch_someone_still_holds(dataset_dir):
     ds = shards.open(dataset_dir)
-    expected = [ds.read(indices)[0].copy() for indices in
-                (b[2] for b in ds.batches(5, shuffle=True, seed=9, return_indices=True))]
+    expected = [
+        ds.read(indices)[0].copy()
+        for indices in (b[2] for b in ds.batches(5, shuffle=True, seed=9, return_indices=True))
+    ]
     held = []
     for step, (images, _) in enumerate(ds.batches(5, shuffle=True, seed=9, prefetch=1)):
         if step % 3 == 0:

@@ -10,8 +10,13 @@ from shards.sampling import batch_count, epoch_order, position_after, rank_batch
 
 
 @settings(max_examples=80, deadline=None)
-@given(count=st.integers(1, 400), batch=st.integers(1, 40), world=st.integers(1, 6),
-       shuffle=st.booleans(), seed=st.integers(0, 1000))
+@given(
+    count=st.integers(1, 400),
+    batch=st.integers(1, 40),
+    world=st.integers(1, 6),
+    shuffle=st.booleans(),
+    seed=st.integers(0, 1000),
+)
 def test_ranks_together_see_every_sample_once_per_epoch(count, batch, world, shuffle, seed):
     order = epoch_order(count, shuffle=shuffle, seed=seed, epoch=3)
     per_rank = [list(rank_batches(order, batch, rank=r, world_size=world)) for r in range(world)]
@@ -36,18 +41,25 @@ def test_drop_last_never_repeats_and_gives_full_batches(count, batch, world):
 
 
 @settings(max_examples=60, deadline=None)
-@given(count=st.integers(1, 300), batch=st.integers(1, 20), world_before=st.integers(1, 4),
-       world_after=st.integers(1, 4), stop_after=st.integers(0, 20))
-def test_resume_with_another_world_size_neither_repeats_nor_skips(count, batch, world_before, world_after,
-                                                                   stop_after):
+@given(
+    count=st.integers(1, 300),
+    batch=st.integers(1, 20),
+    world_before=st.integers(1, 4),
+    world_after=st.integers(1, 4),
+    stop_after=st.integers(0, 20),
+)
+def test_resume_with_another_world_size_neither_repeats_nor_skips(count, batch, world_before, world_after, stop_after):
     order = epoch_order(count, shuffle=True, seed=5, epoch=1)
     total = batch_count(count, batch, world_size=world_before)
     stop_after = min(stop_after, total)
-    before = [list(rank_batches(order, batch, rank=r, world_size=world_before))[:stop_after]
-              for r in range(world_before)]
+    before = [
+        list(rank_batches(order, batch, rank=r, world_size=world_before))[:stop_after] for r in range(world_before)
+    ]
     start = position_after(count, batch, stop_after, world_size=world_before)
-    after = [list(rank_batches(order, batch, rank=r, world_size=world_after, drop_last=True, start=start))
-             for r in range(world_after)]
+    after = [
+        list(rank_batches(order, batch, rank=r, world_size=world_after, drop_last=True, start=start))
+        for r in range(world_after)
+    ]
     tail = count - start - (count - start) // (batch * world_after) * batch * world_after
     seen = [int(i) for part in (before, after) for batches in part for b in batches for i in b]
     if start < count:  # padding only happens at the very end of an epoch
@@ -78,8 +90,12 @@ def test_bad_slicing_arguments_are_refused(kwargs):
 
 
 @settings(max_examples=80, deadline=None)
-@given(counts=st.lists(st.integers(1, 30), min_size=1, max_size=12), window=st.integers(1, 5),
-       seed=st.integers(0, 1000), epoch=st.integers(0, 5))
+@given(
+    counts=st.lists(st.integers(1, 30), min_size=1, max_size=12),
+    window=st.integers(1, 5),
+    seed=st.integers(0, 1000),
+    epoch=st.integers(0, 5),
+)
 def test_window_order_is_a_permutation_that_reads_a_window_of_shards_at_a_time(counts, window, seed, epoch):
     shard_of = np.repeat(np.arange(len(counts)), counts)
     order = window_order(shard_of, seed=seed, epoch=epoch, window=window)

@@ -56,8 +56,10 @@ def test_manifest_without_labels_is_unlabeled(tmp_path):
     assert list_sources(str(tmp_path / "list.csv")).labels.tolist() == [-1, -1]
 
 
-@pytest.mark.parametrize("content, match", [("file,label\na.jpg,x\n", "needs a 'path' column"),
-                                            ("path,label\na.jpg,-4\n", "labels must be >= 0")])
+@pytest.mark.parametrize(
+    "content, match",
+    [("file,label\na.jpg,x\n", "needs a 'path' column"), ("path,label\na.jpg,-4\n", "labels must be >= 0")],
+)
 def test_bad_manifests_are_refused_with_a_reason(tmp_path, content, match):
     (tmp_path / "list.csv").write_text(content)
     with pytest.raises(SourceError, match=match):

@@ -43,13 +43,20 @@ PLAIN_TF_READER = textwrap.dedent("""
 @pytest.mark.parametrize("dtype, compression", [("uint8", "none"), ("float16", "gzip"), ("bfloat16", "none")])
 def test_plain_tf_data_reads_the_same_pixels_as_the_npy_output(npy_run, photos, tmp_path, dtype, compression):
     dest = str(tmp_path / "tf")
-    shards.preprocess(photos, dest, PreprocessOptions(size=SIZE, format="tfrecord", dtype=dtype,
-                                                      compression=compression, shard_size="40KiB"))
+    shards.preprocess(
+        photos,
+        dest,
+        PreprocessOptions(size=SIZE, format="tfrecord", dtype=dtype, compression=compression, shard_size="40KiB"),
+    )
     suffix = ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
     assert glob.glob(f"{dest}/shard-*{suffix}")
     out = tmp_path / "parsed.npz"
-    result = subprocess.run([sys.executable, "-c", PLAIN_TF_READER, dest, "GZIP" if compression == "gzip" else "",
-                             dtype, str(out)], capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, "-c", PLAIN_TF_READER, dest, "GZIP" if compression == "gzip" else "", dtype, str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     parsed = np.load(out)
     reference, labels = shards.open(npy_run).read(np.arange(90))
@@ -59,7 +66,7 @@ def test_plain_tf_data_reads_the_same_pixels_as_the_npy_output(npy_run, photos, 
     np.testing.assert_array_equal(parsed["labels"], labels)
     np.testing.assert_allclose(parsed["images"], expected, atol=0 if dtype == "uint8" else 4e-3)
     # And shards.open reads the TFRecords behind the same API.
-    images, read_labels = shards.open(dest).read(np.arange(90))
+    images, _ = shards.open(dest).read(np.arange(90))
     np.testing.assert_allclose(images.astype(np.float32), expected, atol=0 if dtype == "uint8" else 4e-3)
     manifest = json.load(open(f"{dest}/manifest.json"))
     assert manifest["format"] == "tfrecord" and manifest["dtype"] == dtype

@@ -99,8 +99,12 @@ def test_resume_mid_epoch_with_another_world_size_sees_each_sample_once(colour_c
     # Restart with two ranks: each restores the same checkpoint and takes its slice of the rest.
     shutil.copytree(checkpoint, checkpoint + "-rank1")
     train_worker(colour_classes, TrainOptions(**common, resume=True), rank=0, world_size=2)
-    train_worker(colour_classes, TrainOptions(**dict(common, checkpoint_dir=checkpoint + "-rank1"), resume=True),
-                 rank=1, world_size=2)
+    train_worker(
+        colour_classes,
+        TrainOptions(**dict(common, checkpoint_dir=checkpoint + "-rank1"), resume=True),
+        rank=1,
+        world_size=2,
+    )
     seen = audit_positions(audit)
     assert sorted(seen) == list(range(192))  # every sample exactly once in the interrupted epoch
     assert read_checkpoint_state(checkpoint)["epoch"] == 1
@@ -111,8 +115,16 @@ def test_trainer_actor_trains_and_writes_the_model(colour_classes, tmp_path):
     from shards.trainer import run_training
     from shards.training import TrainOptions
 
-    report = run_training(colour_classes, TrainOptions(epochs=2, batch_size=16, output=str(tmp_path / "model.keras"),
-                                                       augment=("flip", "brightness"), validation_split=0.2))
+    report = run_training(
+        colour_classes,
+        TrainOptions(
+            epochs=2,
+            batch_size=16,
+            output=str(tmp_path / "model.keras"),
+            augment=("flip", "brightness"),
+            validation_split=0.2,
+        ),
+    )
     assert [e["epoch"] for e in report["epochs"]] == [0, 1]
     assert report["samples"] + report["validation_samples"] == 192 and report["validation_samples"] == 38
     assert "val_loss" in report["epochs"][-1] and report["epochs"][-1]["images_per_second"] > 0
@@ -131,12 +143,12 @@ def test_streaming_generator_gives_the_same_batches_as_direct_reading(ray_cluste
     direct = shards.open(colour_classes)
     assert (len(remote), remote.shape, remote.classes) == (len(direct), direct.shape, direct.classes)
     kwargs = dict(shuffle=True, seed=5, epoch=2, rank=1, world_size=2)
-    got = [(i.tobytes(), l.tolist()) for i, l in remote.batches(10, **kwargs)]
-    want = [(i.tobytes(), l.tolist()) for i, l in direct.batches(10, **kwargs)]
+    got = [(images.tobytes(), labels.tolist()) for images, labels in remote.batches(10, **kwargs)]
+    want = [(images.tobytes(), labels.tolist()) for images, labels in direct.batches(10, **kwargs)]
     assert got == want
     train, _ = remote.split(0.25, seed=3)
     assert len(train) == 144
-    images, labels = next(iter(train.to_tf(8)))
+    images, _ = next(iter(train.to_tf(8)))
     assert images.shape == (8, 24, 24, 3)
 
 

@@ -47,7 +47,7 @@ class ShardInfo:
         }
 
     @classmethod
-    def from_json(cls, record: dict[str, Any]) -> "ShardInfo":
+    def from_json(cls, record: dict[str, Any]) -> ShardInfo:
         files = {name: FileDigest(int(d["bytes"]), str(d["sha256"])) for name, d in record["files"].items()}
         return cls(str(record["name"]), int(record["count"]), files)
 
@@ -67,7 +67,7 @@ class ShardWriter(abc.ABC):
     def abort(self) -> None:
         """Drop everything written so far; no file is left under a final name."""
 
-    def __enter__(self) -> "ShardWriter":
+    def __enter__(self) -> ShardWriter:
         return self
 
     def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
@@ -91,13 +91,15 @@ class ShardFormat(abc.ABC):
     name: str
 
     @abc.abstractmethod
-    def open_writer(self, dest: str, shard: str, capacity: int, options: PreprocessOptions, *,
-                    durable: bool = True) -> ShardWriter:
+    def open_writer(
+        self, dest: str, shard: str, capacity: int, options: PreprocessOptions, *, durable: bool = True
+    ) -> ShardWriter:
         """A writer for at most `capacity` samples of `options.shape` and `options.dtype`;
         without `durable`, files are not flushed to disk (they are staged for an upload)."""
 
     @abc.abstractmethod
-    def open_reader(self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int],
-                    dtype: str) -> ShardReader:
+    def open_reader(
+        self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str
+    ) -> ShardReader:
         """A reader over `files` (each of `info.files`, opened and checked by `shard_files`; the
         caller closes them once this returns); raises ManifestError when they do not match."""

@@ -38,8 +38,9 @@ class NpyShardWriter(ShardWriter):
     not move), truncates the unused tail and hashes the file once more.
     """
 
-    def __init__(self, dest: str, shard: str, capacity: int, shape: tuple[int, int, int], dtype: str, *,
-                 durable: bool = True) -> None:
+    def __init__(
+        self, dest: str, shard: str, capacity: int, shape: tuple[int, int, int], dtype: str, *, durable: bool = True
+    ) -> None:
         self._dest, self._shard, self._durable = dest, shard, durable
         self._shape, self._storage = shape, numpy_storage_dtype(dtype)
         self._capacity = capacity
@@ -60,7 +61,7 @@ class NpyShardWriter(ShardWriter):
         row = np.ascontiguousarray(image, self._storage)
         if row.shape != self._shape:
             raise ValueError(f"{self._shard}: sample of shape {row.shape}, expected {self._shape}")
-        self._emit(memoryview(row).cast("B"))
+        self._emit(row.data.cast("B"))
         self._labels[self.count] = label
         self.count += 1
         self._flusher.maybe_flush(self.count)
@@ -72,14 +73,17 @@ class NpyShardWriter(ShardWriter):
             self._file.write(_header((self.count, *self._shape), self._storage, length=self._header_length))
             self._file.truncate(self._header_length + self.count * int(np.prod(self._shape)) * self._storage.itemsize)
         self._file.close()
-        digest = FileDigest(os.path.getsize(self._temp), self._hash.hexdigest()) if self.count == self._capacity \
+        digest = (
+            FileDigest(os.path.getsize(self._temp), self._hash.hexdigest())
+            if self.count == self._capacity
             else digest_file(self._temp)
+        )
         commit_temporary(self._temp, self._path, durable=self._durable)
         files = {self._shard + IMAGES_SUFFIX: digest}
         labels_name = self._shard + LABELS_SUFFIX
         with atomic_write(os.path.join(self._dest, labels_name), durable=self._durable) as handle:
             handle.write(_header((self.count,), LABEL_DTYPE))
-            handle.write(memoryview(self._labels[: self.count]).cast("B"))
+            handle.write(self._labels[: self.count].data.cast("B"))
         files[labels_name] = handle.digest()
         return ShardInfo(self._shard, self.count, files)
 
@@ -116,8 +120,9 @@ class _BackgroundFlush:
             return
         self._raise_error()
         self._handle.flush()
-        self._thread = threading.Thread(target=self._sync, args=(self._handle.fileno(), self._handle.tell()),
-                                        daemon=True)
+        self._thread = threading.Thread(
+            target=self._sync, args=(self._handle.fileno(), self._handle.tell()), daemon=True
+        )
         self._thread.start()
 
     def _sync(self, descriptor: int, written: int) -> None:
@@ -146,7 +151,8 @@ def _header(shape: tuple[int, ...], dtype: np.dtype, length: int | None = None) 
     """A version 1.0 .npy header, as NumPy writes it; padded with spaces to `length` if given."""
     buffer = io.BytesIO()
     np.lib.format.write_array_header_1_0(
-        buffer, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape})
+        buffer, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+    )
     header = buffer.getvalue()
     if length is None or len(header) == length:
         return header
@@ -157,8 +163,7 @@ def _header(shape: tuple[int, ...], dtype: np.dtype, length: int | None = None) 
 class NpyShardReader(ShardReader):
     """Memory-maps a shard's two files; pages come from the OS cache, not the process heap."""
 
-    def __init__(self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int],
-                 dtype: str) -> None:
+    def __init__(self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> None:
         self.count = info.count
         images = _map(files[info.name + IMAGES_SUFFIX])
         labels = _map(files[info.name + LABELS_SUFFIX])
@@ -169,8 +174,10 @@ class NpyShardReader(ShardReader):
                 f"says {expected_images[1]}{list(expected_images[0])}"
             )
         if (labels.shape, labels.dtype) != ((info.count,), LABEL_DTYPE):
-            raise ManifestError(f"{info.name}{LABELS_SUFFIX}: holds {labels.dtype}{list(labels.shape)}, "
-                                f"the manifest says int32[{info.count}]")
+            raise ManifestError(
+                f"{info.name}{LABELS_SUFFIX}: holds {labels.dtype}{list(labels.shape)}, "
+                f"the manifest says int32[{info.count}]"
+            )
         self.images = images.view(numpy_dtype(dtype))
         self.labels = labels
 
@@ -180,7 +187,7 @@ class NpyShardReader(ShardReader):
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
         for begin, end in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(rows)].tolist()):
             first = int(rows[begin])
-            images[begin:end] = self.images[first: first + end - begin]
+            images[begin:end] = self.images[first : first + end - begin]
         np.take(self.labels, rows, out=labels)
 
 
@@ -212,10 +219,12 @@ def _map(handle: BinaryIO) -> np.ndarray:
 class NpyFormat(ShardFormat):
     name = "npy"
 
-    def open_writer(self, dest: str, shard: str, capacity: int, options: PreprocessOptions, *,
-                    durable: bool = True) -> NpyShardWriter:
+    def open_writer(
+        self, dest: str, shard: str, capacity: int, options: PreprocessOptions, *, durable: bool = True
+    ) -> NpyShardWriter:
         return NpyShardWriter(dest, shard, capacity, options.shape, options.dtype, durable=durable)
 
-    def open_reader(self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int],
-                    dtype: str) -> NpyShardReader:
+    def open_reader(
+        self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str
+    ) -> NpyShardReader:
         return NpyShardReader(files, info, shape, dtype)

@@ -37,8 +37,11 @@ def feature_spec() -> dict:
     """The parsing spec of a shards Example, for `tf.io.parse_single_example`/`parse_example`."""
     tf = import_tensorflow()
 
-    return {"image": tf.io.FixedLenFeature([], tf.string), "label": tf.io.FixedLenFeature([], tf.int64),
-            "shape": tf.io.FixedLenFeature([3], tf.int64)}
+    return {
+        "image": tf.io.FixedLenFeature([], tf.string),
+        "label": tf.io.FixedLenFeature([], tf.int64),
+        "shape": tf.io.FixedLenFeature([3], tf.int64),
+    }
 
 
 class TfRecordShardWriter(ShardWriter):
@@ -60,11 +63,15 @@ class TfRecordShardWriter(ShardWriter):
 
     def write(self, image: np.ndarray, label: int) -> None:
         train = self._tf.train
-        example = train.Example(features=train.Features(feature={
-            "image": train.Feature(bytes_list=train.BytesList(value=[np.ascontiguousarray(image).tobytes()])),
-            "label": train.Feature(int64_list=train.Int64List(value=[label])),
-            "shape": train.Feature(int64_list=train.Int64List(value=self._shape)),
-        }))
+        example = train.Example(
+            features=train.Features(
+                feature={
+                    "image": train.Feature(bytes_list=train.BytesList(value=[np.ascontiguousarray(image).tobytes()])),
+                    "label": train.Feature(int64_list=train.Int64List(value=[label])),
+                    "shape": train.Feature(int64_list=train.Int64List(value=self._shape)),
+                }
+            )
+        )
         self._writer.write(example.SerializeToString())
         self.count += 1
 
@@ -86,8 +93,7 @@ class TfRecordShardReader(ShardReader):
     (bounded by the shard size), since gzip streams cannot be seeked.
     """
 
-    def __init__(self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int],
-                 dtype: str) -> None:
+    def __init__(self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> None:
         (file_name,) = info.files
         handle = files[file_name]
         path = getattr(handle, "name", file_name)
@@ -109,7 +115,7 @@ class TfRecordShardReader(ShardReader):
 
     def records(self, rows: np.ndarray) -> list[bytes]:
         """The serialized Examples at `rows`."""
-        return [self._buffer[o: o + n].tobytes() for o, n in zip(self._offsets[rows], self._lengths[rows])]
+        return [self._buffer[o : o + n].tobytes() for o, n in zip(self._offsets[rows], self._lengths[rows])]
 
     def read(self, rows: np.ndarray, images: np.ndarray, labels: np.ndarray) -> None:
         tf = import_tensorflow()
@@ -124,7 +130,7 @@ def _scan(buffer: np.ndarray, path: str) -> tuple[np.ndarray, np.ndarray]:
     """Walk the record frames: [u64 length][u32 crc][data][u32 crc]."""
     offsets, lengths = [], []
     position, size = 0, len(buffer)
-    view = memoryview(buffer) if size else memoryview(b"")
+    view = buffer.data if size else memoryview(b"")
     while position < size:
         if position + _FRAME > size:
             raise ManifestError(f"{path}: truncated record at byte {position}")
@@ -140,10 +146,12 @@ def _scan(buffer: np.ndarray, path: str) -> tuple[np.ndarray, np.ndarray]:
 class TfRecordFormat(ShardFormat):
     name = "tfrecord"
 
-    def open_writer(self, dest: str, shard: str, capacity: int, options: PreprocessOptions, *,
-                    durable: bool = True) -> TfRecordShardWriter:
+    def open_writer(
+        self, dest: str, shard: str, capacity: int, options: PreprocessOptions, *, durable: bool = True
+    ) -> TfRecordShardWriter:
         return TfRecordShardWriter(dest, shard, options, durable=durable)
 
-    def open_reader(self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int],
-                    dtype: str) -> TfRecordShardReader:
+    def open_reader(
+        self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str
+    ) -> TfRecordShardReader:
         return TfRecordShardReader(files, info, shape, dtype)
