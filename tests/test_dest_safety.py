@@ -110,12 +110,16 @@ def test_a_second_writer_is_refused_while_the_first_holds_dest(slow_photos, tmp_
     )
     try:
         assert wait_for_finished_shards(dest, 1, first), "the first run finished no shard"
-        assert first.poll() is None, "the first run ended before a second could meet it"
+        # Paused mid-run, the first run certainly holds DEST (it has shards left to write).
+        first.send_signal(signal.SIGSTOP)
+        assert not os.path.exists(os.path.join(dest, "manifest.json"))
         second = run("preprocess", slow_photos, dest, "--size", "32", "--overwrite", "--address", address)
+        first.send_signal(signal.SIGCONT)
         one_line_error(second, "DEST is in use by another shards run", f"pid {first.pid} on")
         _, err = first.communicate(timeout=300)
     finally:
         if first.poll() is None:
+            first.send_signal(signal.SIGCONT)
             first.kill()
     assert first.returncode == 0, err
     assert json.load(open(os.path.join(dest, "manifest.json")))["shape"] == [64, 64, 3]
