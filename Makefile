@@ -29,7 +29,7 @@ fmt: $(STAMP)
 
 # The API reference, generated from the docstrings into docs/api/ (open docs/api/index.html).
 docs: $(STAMP)
-	$(PY) -m pdoc --docformat google --output-directory docs/api shards shards.tf_data
+	$(PY) -m pdoc --docformat google --output-directory docs/api shards shards.tf.adapters
 
 bench: $(STAMP)
 	$(PY) -m bench

@@ -115,7 +115,7 @@ def preprocess_section(work: str, corpus: str, camera: str, out: dict) -> None:
 def quality_section(corpus: str, out: dict, samples: int = 200) -> None:
     from PIL import Image, ImageOps
 
-    from shards.imaging import decode_image
+    from shards.write.imaging import decode_image
 
     errors: dict[str, list[float]] = {"fast_default": [], "pillow_careful": []}
     for path in jpeg_paths(corpus)[:samples]:

@@ -101,7 +101,7 @@ def decode_only(src: str, limit: str) -> dict:
     with), no resize, one process."""
     import simplejpeg
 
-    from shards.jpeg_turbo import DECODE_FLAGS
+    from shards.write.jpeg_turbo import DECODE_FLAGS
 
     datas = [open(path, "rb").read() for path in jpeg_paths(src)[: int(limit)]]
     begin = time.perf_counter()
@@ -113,7 +113,7 @@ def decode_only(src: str, limit: str) -> dict:
 def _decode_all(paths: list[str]) -> int:
     import simplejpeg
 
-    from shards.jpeg_turbo import DECODE_FLAGS
+    from shards.write.jpeg_turbo import DECODE_FLAGS
 
     datas = [open(path, "rb").read() for path in paths]
     for data in datas:

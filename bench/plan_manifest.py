@@ -7,10 +7,10 @@ import sys
 import time
 
 from bench.procmem import status
-from shards.manifest import run_key
+from shards.layout.manifest import run_key
+from shards.layout.plan import plan_shards
 from shards.options import PreprocessOptions
-from shards.plan import plan_shards
-from shards.sources import list_sources
+from shards.write.sources import list_sources
 
 if __name__ == "__main__":
     begin = time.perf_counter()

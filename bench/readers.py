@@ -57,7 +57,7 @@ def shards_to_tf(dest: str) -> int:
 
 
 def tf_data_tfrecords(dest: str) -> int:
-    from shards.tf_support import import_tensorflow
+    from shards.tf.support import import_tensorflow
 
     tf = import_tensorflow()
     spec = {
@@ -93,7 +93,7 @@ def streamed(dest: str) -> int:
     """Through a Ray streaming generator (the path for trainers that cannot read DEST)."""
     import ray
 
-    from shards.remote import RemoteShardDataset
+    from shards.read.remote import RemoteShardDataset
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, logging_level="ERROR")

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from shards.errors import ShardsError
     from shards.options import parse_bytes
-    from shards.predict import PredictOptions, predict_dataset
+    from shards.tf.predict import PredictOptions, predict_dataset
 
     try:
         batch = args.batch_size if args.batch_size == "auto" else int(args.batch_size)

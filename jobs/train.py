@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     from shards.errors import ShardsError
 
     try:
-        from shards.training import TrainOptions
+        from shards.tf.training import TrainOptions
 
         options = TrainOptions(
             epochs=args.epochs,
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             audit_dir=args.audit_dir,
             cache_limit=args.cache_limit,
         )
-        from shards.trainer import run_training
+        from shards.tf.trainer import run_training
 
         report = run_training(
             args.dest,

@@ -15,10 +15,10 @@ from shards.errors import (
     SourceError,
 )
 from shards.options import PreprocessOptions
-from shards.reader import BatchStream, ShardDataset
-from shards.reader import open_shards as open
-from shards.run import RunSummary, preprocess
+from shards.read.dataset import BatchStream, ShardDataset
+from shards.read.dataset import open_shards as open
 from shards.version import installed_version
+from shards.write.run import RunSummary, preprocess
 
 __version__ = installed_version()
 

@@ -114,7 +114,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
         os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
     if args.workers is not None and args.workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {args.workers}")
-    from shards.run import preprocess
+    from shards.write.run import preprocess
 
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
     with _ProgressDisplay() as display:
@@ -200,7 +200,7 @@ class _ProgressDisplay:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from shards.manifest import load_manifest
+    from shards.layout.manifest import load_manifest
 
     manifest = load_manifest(args.dest, allow_incomplete=True)
     record = manifest.record
@@ -237,8 +237,8 @@ def _rejects_by_reason(dest: str) -> dict[str, int]:
     import collections
     import io
 
-    from shards.location import location
-    from shards.manifest import REJECTS, reason_kind
+    from shards.io.location import location
+    from shards.layout.manifest import REJECTS, reason_kind
 
     try:
         with location(dest).open(REJECTS) as handle:  # streamed: a run may have refused millions
@@ -250,8 +250,8 @@ def _rejects_by_reason(dest: str) -> dict[str, int]:
 
 
 def run_preview(args: argparse.Namespace) -> int:
-    from shards.preview import choose_samples, render_contact_sheet
-    from shards.reader import open_shards
+    from shards.read.dataset import open_shards
+    from shards.read.preview import choose_samples, render_contact_sheet
 
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")
@@ -270,7 +270,7 @@ def run_plan(args: argparse.Namespace) -> int:
     import dataclasses
 
     from shards.options import parse_bytes
-    from shards.sizing import estimate_run
+    from shards.write.sizing import estimate_run
 
     options = options_from_arguments(args)
     if args.batch_size < 1:
@@ -301,7 +301,7 @@ def run_plan(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from shards.verify import verify_dest
+    from shards.layout.verify import verify_dest
 
     report = verify_dest(args.dest)
     for problem in report.problems:

@@ -117,7 +117,7 @@ def test_verify_catches_a_header_that_disagrees_with_the_manifest(held_run, caps
     # Rewrite a shard as a valid .npy of another dtype and record its new checksum: only the header check sees it.
     path = f"{held_run}/shard-00000.images.npy"
     np.save(path, np.load(path).astype(np.int16), allow_pickle=False)
-    from shards.fileio import digest_file
+    from shards.io.fileio import digest_file
 
     record = json.loads(open(f"{held_run}/manifest.json").read())
     digest = digest_file(path)

@@ -137,7 +137,7 @@ def test_a_submitted_preprocess_job_writes_output_that_verifies(ray_head, tmp_pa
     assert "progress: 41/41 images" in result.stdout  # progress lines reach `ray job logs`
     assert "succeeded" in result.stdout
     assert shards.open(dest).manifest.count == 40
-    from shards.verify import verify_dest
+    from shards.layout.verify import verify_dest
 
     assert verify_dest(dest).ok
 

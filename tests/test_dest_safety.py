@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 import shards
-from shards.dest_lock import LOCK_NAME, hold_dest
 from shards.errors import DestinationError, ManifestError
+from shards.io.dest_lock import LOCK_NAME, hold_dest
 from shards.synthetic import make_image_folder
 from tests.conftest import add_bad_files, wait_for_finished_shards
 
@@ -135,7 +135,7 @@ def test_a_crashed_holder_leaves_no_stale_lock(tmp_path):
             "-c",
             textwrap.dedent(f"""
         import sys, time
-        from shards.dest_lock import hold_dest
+        from shards.io.dest_lock import hold_dest
         with hold_dest({dest!r}):
             print("held", flush=True)
             time.sleep(600)

@@ -8,8 +8,8 @@ from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
 from shards.errors import DecodeError
-from shards.imaging import decode_image, to_storage
 from shards.synthetic import photo_like
+from shards.write.imaging import decode_image, to_storage
 from tests.conftest import psnr
 
 
@@ -130,7 +130,7 @@ def test_storage_casts_scale_floats_to_unit_range():
 @pytest.mark.parametrize("orientation", range(1, 9))
 @pytest.mark.parametrize("resize", ["crop", "pad", "stretch"])
 def test_fast_jpeg_path_matches_the_careful_pillow_path(orientation, resize):
-    from shards import jpeg_turbo
+    from shards.write import jpeg_turbo
 
     exif = Image.Exif()
     exif[0x0112] = orientation
@@ -149,7 +149,7 @@ def test_fast_path_handles_grey_and_progressive_jpegs(mode, progressive):
 
 
 def test_fast_path_declines_what_it_cannot_do_exactly():
-    from shards import jpeg_turbo
+    from shards.write import jpeg_turbo
 
     cmyk = encode(photo().convert("CMYK"), "JPEG", quality=90)
     assert jpeg_turbo.decode_jpeg(cmyk, (32, 32), "crop", 10**8) is None
@@ -175,7 +175,7 @@ def test_fast_path_finds_exif_behind_large_header_segments(padding):
         chunk = min(60_000, padding - offset)
         filler += b"\xff\xe2" + (chunk + 2).to_bytes(2, "big") + bytes(chunk)
     padded = data[:2] + filler + data[2:]
-    from shards import jpeg_turbo
+    from shards.write import jpeg_turbo
 
     assert jpeg_turbo.decode_jpeg(padded, (60, 80), "crop", 10**8) is not None  # the fast path took it
     careful = decode_image(padded, (60, 80), "crop", fast=False)

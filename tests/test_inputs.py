@@ -42,7 +42,7 @@ def test_unreadable_files_are_refused_for_permission():
         os.chmod(locked, 0)
         code = (
             "import os, sys\n"
-            "from shards.sources import read_source\n"
+            "from shards.write.sources import read_source\n"
             "from shards.errors import DecodeError\n"
             "if os.geteuid() == 0:\n    os.setgid(65534); os.setuid(65534)\n"
             "try:\n    read_source(sys.argv[1])\nexcept DecodeError as e:\n    print(e)\n"

@@ -10,10 +10,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import shards
-from shards import cli, storage
+from shards import cli
 from shards.errors import SourceError
+from shards.io import storage
 from shards.options import PreprocessOptions
-from shards.sources import list_sources
+from shards.write.sources import list_sources
 
 OPTIONS = PreprocessOptions(size=(24, 32), shard_size="20KiB")
 
@@ -124,7 +125,7 @@ def test_s3_to_s3_writes_the_same_shards_as_a_local_run_and_verifies(s3_run, s3,
 
 
 def test_reader_trains_from_s3_through_a_cache_smaller_than_the_dataset(s3_run, tmp_path):
-    from shards.training import TrainOptions, train_worker
+    from shards.tf.training import TrainOptions, train_worker
 
     remote, local = s3_run
     nearby = shards.open(local)
@@ -186,7 +187,7 @@ def test_a_shared_cache_folder_is_reused_and_damaged_objects_are_refused(s3_run,
     damaged.read(np.arange(first_rows))  # an intact shard reads
     with pytest.raises(shards.ManifestError, match="sha256 differs from the manifest"):
         damaged.read(np.arange(first_rows, first_rows + 1))
-    from shards.verify import verify_dest
+    from shards.layout.verify import verify_dest
 
     assert verify_dest(f"s3://data/{copy}").problems == [
         "shard-00001: shard-00001.images.npy checksum mismatch (sha256 differs)"
@@ -245,7 +246,7 @@ def test_s3_listing_streams_page_by_page(s3):
 
 
 def test_an_s3_dest_takes_one_writer_and_a_stale_lock_is_taken_over(s3, photos, capsys):
-    from shards.dest_lock import hold_dest
+    from shards.io.dest_lock import hold_dest
 
     dest = "s3://data/locked"
     with hold_dest(dest):

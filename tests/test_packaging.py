@@ -117,7 +117,7 @@ def test_the_api_reference_documents_every_public_name(tmp_path):
             "--output-directory",
             str(tmp_path),
             "shards",
-            "shards.tf_data",
+            "shards.tf.adapters",
         ],
         check=True,
         capture_output=True,

@@ -2,7 +2,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shards.plan import plan_shards
+from shards.layout.plan import plan_shards
 
 
 @settings(max_examples=60, deadline=None)

@@ -10,14 +10,14 @@ import pytest
 
 import shards
 from shards.options import PreprocessOptions
-from shards.predict import PredictOptions, index_sources, predict_to_parquet
+from shards.tf.predict import PredictOptions, index_sources, predict_to_parquet
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
 def model_and_data(ray_cluster, photos, tmp_path_factory):
-    from shards.training import build_model, compile_model
+    from shards.tf.training import build_model, compile_model
 
     root = tmp_path_factory.mktemp("predict")
     dest = str(root / "out")
@@ -82,7 +82,7 @@ def test_host_memory_budget_bounds_the_batch(model_and_data, tmp_path):
 
 def test_predict_job_as_ray_tasks_equals_one_process(model_and_data, tmp_path):
     dest, model_path, _ = model_and_data
-    from shards.predict import predict_dataset
+    from shards.tf.predict import predict_dataset
 
     one = predict_dataset(dest, model_path, str(tmp_path / "one.parquet"), PredictOptions(batch_size=32))
     two = predict_dataset(dest, model_path, str(tmp_path / "two.parquet"), PredictOptions(batch_size=32), workers=2)

@@ -10,8 +10,8 @@ from PIL import Image
 import shards
 from shards import cli
 from shards.options import PreprocessOptions
-from shards.preview import GAP, choose_samples, render_contact_sheet, to_display
-from shards.sizing import estimate_run
+from shards.read.preview import GAP, choose_samples, render_contact_sheet, to_display
+from shards.write.sizing import estimate_run
 
 
 @pytest.fixture(scope="module")

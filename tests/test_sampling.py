@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from shards.errors import ConfigError
-from shards.sampling import batch_count, epoch_order, position_after, rank_batches, window_order
+from shards.read.sampling import batch_count, epoch_order, position_after, rank_batches, window_order
+from shards.read.spec import ReadSpec, ReadState
 
 
 @settings(max_examples=80, deadline=None)
@@ -19,9 +20,9 @@ from shards.sampling import batch_count, epoch_order, position_after, rank_batch
 )
 def test_ranks_together_see_every_sample_once_per_epoch(count, batch, world, shuffle, seed):
     order = epoch_order(count, shuffle=shuffle, seed=seed, epoch=3)
-    per_rank = [list(rank_batches(order, batch, rank=r, world_size=world)) for r in range(world)]
+    per_rank = [list(rank_batches(order, ReadSpec(batch, rank=r, world_size=world))) for r in range(world)]
     lengths = {len(b) for b in per_rank}
-    assert lengths == {batch_count(count, batch, world_size=world)}
+    assert lengths == {batch_count(count, ReadSpec(batch, world_size=world))}
     seen = collections.Counter(int(i) for batches in per_rank for b in batches for i in b)
     assert set(seen) == set(range(count))
     padding = sum(seen.values()) - count
@@ -34,7 +35,9 @@ def test_ranks_together_see_every_sample_once_per_epoch(count, batch, world, shu
 @given(count=st.integers(1, 400), batch=st.integers(1, 40), world=st.integers(1, 6))
 def test_drop_last_never_repeats_and_gives_full_batches(count, batch, world):
     order = epoch_order(count, shuffle=True, seed=0, epoch=0)
-    per_rank = [list(rank_batches(order, batch, rank=r, world_size=world, drop_last=True)) for r in range(world)]
+    per_rank = [
+        list(rank_batches(order, ReadSpec(batch, rank=r, world_size=world, drop_last=True))) for r in range(world)
+    ]
     flat = [int(i) for batches in per_rank for b in batches for i in b]
     assert len(flat) == len(set(flat)) == count // (batch * world) * batch * world
     assert all(len(b) == batch for batches in per_rank for b in batches)
@@ -50,14 +53,15 @@ def test_drop_last_never_repeats_and_gives_full_batches(count, batch, world):
 )
 def test_resume_with_another_world_size_neither_repeats_nor_skips(count, batch, world_before, world_after, stop_after):
     order = epoch_order(count, shuffle=True, seed=5, epoch=1)
-    total = batch_count(count, batch, world_size=world_before)
+    total = batch_count(count, ReadSpec(batch, world_size=world_before))
     stop_after = min(stop_after, total)
     before = [
-        list(rank_batches(order, batch, rank=r, world_size=world_before))[:stop_after] for r in range(world_before)
+        list(rank_batches(order, ReadSpec(batch, rank=r, world_size=world_before)))[:stop_after]
+        for r in range(world_before)
     ]
-    start = position_after(count, batch, stop_after, world_size=world_before)
+    start = position_after(count, ReadSpec(batch, world_size=world_before), stop_after)
     after = [
-        list(rank_batches(order, batch, rank=r, world_size=world_after, drop_last=True, start=start))
+        list(rank_batches(order, ReadSpec(batch, rank=r, world_size=world_after, drop_last=True), start=start))
         for r in range(world_after)
     ]
     tail = count - start - (count - start) // (batch * world_after) * batch * world_after
@@ -76,17 +80,39 @@ def test_shuffle_differs_between_epochs_and_is_stable_for_a_seed():
 
 def test_fewer_samples_than_ranks_still_gives_every_rank_a_batch():
     order = epoch_order(2, shuffle=False, seed=0, epoch=0)
-    per_rank = [list(rank_batches(order, 4, rank=r, world_size=3)) for r in range(3)]
+    per_rank = [list(rank_batches(order, ReadSpec(4, rank=r, world_size=3))) for r in range(3)]
     assert [len(b) for b in per_rank] == [1, 1, 1]
     assert sorted(int(b[0][0]) for b in per_rank) == [0, 0, 1]
 
 
-@pytest.mark.parametrize("kwargs", [dict(rank=2, world_size=2), dict(rank=-1), dict(start=11), dict(world_size=0)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(rank=2, world_size=2), dict(rank=-1), dict(world_size=0), dict(seed=-1), dict(shuffle_window=0)]
+)
 def test_bad_slicing_arguments_are_refused(kwargs):
     with pytest.raises(ConfigError):
-        list(rank_batches(np.arange(10), 2, **kwargs))
+        ReadSpec(2, **kwargs)
     with pytest.raises(ConfigError, match="batch_size"):
-        list(rank_batches(np.arange(10), 0))
+        ReadSpec(0)
+    with pytest.raises(ConfigError, match="start must be in"):
+        list(rank_batches(np.arange(10), ReadSpec(2), start=11))
+
+
+def test_a_saved_state_resumes_only_in_the_order_it_counts_in():
+    saved = ReadState(ReadSpec(32, shuffle=True, seed=7, world_size=4), epoch=2, position=640)
+    restored = ReadState.from_json(saved.to_json())
+    assert restored == saved
+    # Batch size, rank and world size may change: positions count in the global order.
+    assert restored.position_for(ReadSpec(16, shuffle=True, seed=7, rank=1, world_size=2)) == 640
+    for changed, words in [
+        (dict(seed=8), "seed 7 -> 8"),
+        (dict(shuffle_window=4), "shuffle_window None -> 4"),
+        (dict(drop_last=True), "drop_last False -> True"),
+        (dict(shuffle=False), "shuffle"),
+    ]:
+        with pytest.raises(ConfigError, match=f"cannot resume: .*{words}"):
+            restored.position_for(ReadSpec(32, **{"shuffle": True, "seed": 7, **changed}))
+    with pytest.raises(ConfigError, match="does not say its shuffle, seed"):
+        ReadState.from_json({"epoch": 1, "position": 5, "batch_size": 8})
 
 
 @settings(max_examples=80, deadline=None)

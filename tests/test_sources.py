@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from shards.errors import DecodeError, SourceError
-from shards.sources import list_sources, read_source
+from shards.write.sources import list_sources, read_source
 
 
 def _touch_image(path: str) -> None:
@@ -105,7 +105,7 @@ def test_worker_read_ahead_keeps_order_and_reasons_and_stops_its_threads(tmp_pat
     import threading
     import time
 
-    from shards import worker
+    from shards.write import task as worker
 
     sources = []
     for i in range(5 * worker.LOCAL_BATCH * worker.READ_THREADS + 3):

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 import shards
+from shards.errors import ConfigError
 from shards.options import PreprocessOptions
 from shards.synthetic import make_image_folder
 
@@ -23,7 +24,7 @@ def colour_classes(ray_cluster, tmp_path_factory):
 
 
 def small_model(dataset):
-    from shards.training import build_model, compile_model
+    from shards.tf.training import build_model, compile_model
 
     return compile_model(build_model(dataset.shape, len(dataset.classes), "uint8"), learning_rate=3e-3)
 
@@ -87,15 +88,19 @@ def audit_positions(folder, epoch="0"):
 
 
 def test_resume_mid_epoch_with_another_world_size_sees_each_sample_once(colour_classes, tmp_path):
-    from shards.training import TrainOptions, read_checkpoint_state, train_worker
+    from shards.tf.training import TrainOptions, read_checkpoint_state, train_worker
 
     checkpoint, audit = str(tmp_path / "ckpt"), str(tmp_path / "audit")
     common = dict(epochs=1, batch_size=8, checkpoint_dir=checkpoint, audit_dir=audit, output=str(tmp_path / "m.keras"))
     report = train_worker(colour_classes, TrainOptions(**common, stop_after_batches=7))
     assert report["stopped_early"] and report["batches"] == 7
     state = read_checkpoint_state(checkpoint)
-    assert state == {"epoch": 0, "position": 56, "seed": 0, "batch_size": 8, "world_size": 1}
+    assert (state.epoch, state.position, state.spec.seed, state.spec.shuffle) == (0, 56, 0, True)
     assert not os.path.exists(tmp_path / "m.keras")
+    # The saved position counts in seed 0's order: resuming with another seed is refused, not
+    # trained on (it would repeat and skip samples without a word).
+    with pytest.raises(ConfigError, match=r"cannot resume: .*seed 0 -> 1"):
+        train_worker(colour_classes, TrainOptions(**common, resume=True, seed=1))
     # Restart with two ranks: each restores the same checkpoint and takes its slice of the rest.
     shutil.copytree(checkpoint, checkpoint + "-rank1")
     train_worker(colour_classes, TrainOptions(**common, resume=True), rank=0, world_size=2)
@@ -107,13 +112,13 @@ def test_resume_mid_epoch_with_another_world_size_sees_each_sample_once(colour_c
     )
     seen = audit_positions(audit)
     assert sorted(seen) == list(range(192))  # every sample exactly once in the interrupted epoch
-    assert read_checkpoint_state(checkpoint)["epoch"] == 1
+    assert read_checkpoint_state(checkpoint).epoch == 1
     assert os.path.exists(tmp_path / "m.keras")
 
 
 def test_trainer_actor_trains_and_writes_the_model(colour_classes, tmp_path):
-    from shards.trainer import run_training
-    from shards.training import TrainOptions
+    from shards.tf.trainer import run_training
+    from shards.tf.training import TrainOptions
 
     report = run_training(
         colour_classes,
@@ -136,7 +141,7 @@ def test_trainer_actor_trains_and_writes_the_model(colour_classes, tmp_path):
 
 
 def test_streaming_generator_gives_the_same_batches_as_direct_reading(ray_cluster, colour_classes):
-    from shards.remote import RemoteShardDataset
+    from shards.read.remote import RemoteShardDataset
 
     node = ray_cluster.get_runtime_context().get_node_id()
     remote = RemoteShardDataset(colour_classes, node, max_in_flight=2)
@@ -153,7 +158,7 @@ def test_streaming_generator_gives_the_same_batches_as_direct_reading(ray_cluste
 
 
 def test_unlabeled_data_cannot_be_trained_on(ray_cluster, tmp_path):
-    from shards.training import TrainOptions, train_worker
+    from shards.tf.training import TrainOptions, train_worker
 
     make_image_folder(str(tmp_path / "flat"), 6, classes=0, sizes=(20, 30))
     shards.preprocess(str(tmp_path / "flat"), str(tmp_path / "out"), PreprocessOptions(size=8))
@@ -162,8 +167,8 @@ def test_unlabeled_data_cannot_be_trained_on(ray_cluster, tmp_path):
 
 
 def test_train_job_refuses_a_missing_dest_or_model_before_any_ray_work(colour_classes, tmp_path):
-    from shards.trainer import run_training
-    from shards.training import TrainOptions
+    from shards.tf.trainer import run_training
+    from shards.tf.training import TrainOptions
 
     with pytest.raises(shards.ManifestError, match="no manifest.json"):
         run_training(str(tmp_path / "nothing"), TrainOptions(), address="127.0.0.1:9")

@@ -10,7 +10,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from shards.fileio import FileDigest
+from shards.io.fileio import FileDigest
 from shards.options import PreprocessOptions
 
 

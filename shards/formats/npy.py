@@ -19,8 +19,8 @@ from typing import BinaryIO
 import numpy as np
 
 from shards.errors import ManifestError
-from shards.fileio import FileDigest, atomic_write, commit_temporary, digest_file, discard_temporary, temporary_name
 from shards.formats.base import ShardFormat, ShardInfo, ShardReader, ShardWriter
+from shards.io.fileio import FileDigest, atomic_write, commit_temporary, digest_file, discard_temporary, temporary_name
 from shards.options import PreprocessOptions, numpy_dtype, numpy_storage_dtype
 
 IMAGES_SUFFIX = ".images.npy"

@@ -22,10 +22,10 @@ from typing import BinaryIO
 import numpy as np
 
 from shards.errors import ManifestError
-from shards.fileio import commit_temporary, digest_file, discard_temporary, temporary_name
 from shards.formats.base import ShardFormat, ShardInfo, ShardReader, ShardWriter
+from shards.io.fileio import commit_temporary, digest_file, discard_temporary, temporary_name
 from shards.options import PreprocessOptions, numpy_dtype, numpy_storage_dtype
-from shards.tf_support import import_tensorflow
+from shards.tf.support import import_tensorflow
 
 SUFFIX = ".tfrecord"
 GZIP_SUFFIX = ".tfrecord.gz"

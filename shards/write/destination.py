@@ -11,14 +11,24 @@ import concurrent.futures
 import logging
 import re
 
-from shards.dest_lock import LOCK_NAME
 from shards.errors import DestinationError, ManifestError
-from shards.fileio import TEMP_PREFIX, remove_temporaries
-from shards.location import Location, location
-from shards.manifest import INDEX, MANIFEST, PARTS, REJECTS, RUN_RECORD, Receipt, is_run_record, read_json, read_receipt
+from shards.io.dest_lock import LOCK_NAME
+from shards.io.fileio import TEMP_PREFIX, remove_temporaries
+from shards.io.location import Location, location
+from shards.layout.manifest import (
+    INDEX,
+    MANIFEST,
+    PARTS,
+    REJECTS,
+    RUN_RECORD,
+    Receipt,
+    is_run_record,
+    read_json,
+    read_receipt,
+)
+from shards.layout.plan import ShardPlan
+from shards.layout.verify import shard_problems
 from shards.options import PreprocessOptions
-from shards.plan import ShardPlan
-from shards.verify import shard_problems
 
 logger = logging.getLogger(__name__)
 

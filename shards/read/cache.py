@@ -25,11 +25,11 @@ import weakref
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from shards import storage
 from shards.errors import ConfigError, ManifestError
-from shards.fileio import TEMP_PREFIX, FileDigest, HashingWriter
 from shards.formats import ShardInfo
-from shards.location import RemoteLocation
+from shards.io import storage
+from shards.io.fileio import TEMP_PREFIX, FileDigest, HashingWriter
+from shards.io.location import RemoteLocation
 
 T = TypeVar("T")
 DOWNLOAD_THREADS = 4

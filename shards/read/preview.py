@@ -12,7 +12,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from shards.reader import ShardDataset
+from shards.read.dataset import ShardDataset
 
 CAPTION_HEIGHT = 14
 GAP = 2

@@ -17,8 +17,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shards import storage
 from shards.errors import DecodeError, SourceError
+from shards.io import storage
 
 logger = logging.getLogger(__name__)
 
@@ -275,7 +275,7 @@ def read_source(source: str) -> bytes:
     """The bytes of one input; a DecodeError names why a file cannot be read.
 
     Broken symlinks, missing and unreadable files are refused one by one (they become rejects),
-    never a reason to stop the run. Object-storage URIs are read through `shards.storage`.
+    never a reason to stop the run. Object-storage URIs are read through `shards.io.storage`.
     """
     if storage.is_remote(source):
         try:

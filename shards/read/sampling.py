@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import numpy as np
 
 from shards.errors import ConfigError
+from shards.read.spec import ReadSpec
 
 
 def epoch_order(count: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
@@ -42,29 +43,23 @@ def window_order(shard_of: np.ndarray, *, seed: int, epoch: int, window: int) ->
     return np.lexsort((keys, slot[shard_of] // window)).astype(np.int64)
 
 
-def check_slicing(count: int, batch_size: int, rank: int, world_size: int, start: int) -> None:
-    """Refuse impossible batch and rank arguments with a message that names them."""
-    if batch_size < 1:
-        raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ConfigError(f"rank must be in [0, world_size) with world_size >= 1, got {rank} of {world_size}")
+def check_start(count: int, start: int) -> None:
+    """Refuse a resume position outside the epoch."""
     if not 0 <= start <= count:
         raise ConfigError(f"start must be in [0, {count}], got {start}")
 
 
-def rank_batches(
-    order: np.ndarray, batch_size: int, *, rank: int = 0, world_size: int = 1, drop_last: bool = False, start: int = 0
-) -> Iterator[np.ndarray]:
-    """Yield rank `rank`'s batches of global sample indices from `order[start:]`.
+def rank_batches(order: np.ndarray, spec: ReadSpec, *, start: int = 0) -> Iterator[np.ndarray]:
+    """Yield rank `spec.rank`'s batches of global sample indices from `order[start:]`.
 
     With `drop_last`, the last incomplete global batch is dropped, so no sample repeats. Without
     it, the remainder is padded to a multiple of `world_size` with the first samples of the order
     (as torch's DistributedSampler pads), so every rank's last batch has the same size.
     """
-    check_slicing(len(order), batch_size, rank, world_size, start)
+    check_start(len(order), start)
     remaining = order[start:]
-    global_batch = batch_size * world_size
-    if drop_last:
+    global_batch, world_size = spec.global_batch, spec.world_size
+    if spec.drop_last:
         remaining = remaining[: len(remaining) // global_batch * global_batch]
     else:
         pad = -len(remaining) % world_size
@@ -73,19 +68,18 @@ def rank_batches(
     for begin in range(0, len(remaining), global_batch):
         chunk = remaining[begin : begin + global_batch]
         share = len(chunk) // world_size
-        yield chunk[rank * share : (rank + 1) * share]
+        yield chunk[spec.rank * share : (spec.rank + 1) * share]
 
 
-def batch_count(count: int, batch_size: int, *, world_size: int = 1, drop_last: bool = False, start: int = 0) -> int:
+def batch_count(count: int, spec: ReadSpec, *, start: int = 0) -> int:
     """How many batches each rank gets from `rank_batches` with the same arguments."""
     remaining = count - start
-    global_batch = batch_size * world_size
-    if drop_last:
-        return remaining // global_batch
-    padded = remaining + (-remaining % world_size)
-    return -(-padded // global_batch)
+    if spec.drop_last:
+        return remaining // spec.global_batch
+    padded = remaining + (-remaining % spec.world_size)
+    return (padded + spec.global_batch - 1) // spec.global_batch
 
 
-def position_after(count: int, batch_size: int, batches: int, *, world_size: int = 1, start: int = 0) -> int:
+def position_after(count: int, spec: ReadSpec, batches: int, *, start: int = 0) -> int:
     """The global position reached once every rank has consumed `batches` batches from `start`."""
-    return min(count, start + batches * batch_size * world_size)
+    return min(count, start + batches * spec.global_batch)

@@ -13,9 +13,9 @@ import io
 
 import numpy as np
 
+from shards.layout.plan import plan_shards
 from shards.options import DTYPE_BYTES, PreprocessOptions, numpy_storage_dtype
-from shards.plan import plan_shards
-from shards.sources import list_sources
+from shards.write.sources import list_sources
 
 LABEL_BYTES = 4
 DEVICE_DTYPE_BYTES = 4  # the model sees float32 after scaling (2 with mixed precision)

@@ -18,13 +18,15 @@ from typing import Any
 
 import numpy as np
 
-from shards import storage
 from shards.errors import ConfigError
-from shards.fileio import temporary_path, write_bytes_atomically
+from shards.io import storage
+from shards.io.fileio import temporary_path, write_bytes_atomically
 from shards.options import parse_bytes
-from shards.reader import open_shards
-from shards.sampling import position_after
-from shards.tf_support import import_tensorflow
+from shards.read.dataset import open_shards
+from shards.read.sampling import position_after
+from shards.read.spec import ReadSpec, ReadState
+from shards.tf.adapters import spec_to_tf
+from shards.tf.support import import_tensorflow
 
 tf = import_tensorflow()
 import keras  # noqa: E402 - after TensorFlow is imported quietly
@@ -118,15 +120,22 @@ def load_or_build(dataset: Any, options: TrainOptions, checkpoint: str | None) -
     return compile_model(model, options.learning_rate)
 
 
-def read_checkpoint_state(checkpoint_dir: str | None) -> dict[str, Any] | None:
-    """The reader state saved with the last checkpoint, or None."""
+def read_checkpoint_state(checkpoint_dir: str | None) -> ReadState | None:
+    """The reader state saved with the last checkpoint, or None when there is none.
+
+    Raises:
+        ConfigError: the file is not a reader state this version can resume safely.
+    """
     if not checkpoint_dir:
         return None
     path = os.path.join(checkpoint_dir, CHECKPOINT_STATE)
     if not os.path.exists(path):
         return None
-    with open(path, encoding="utf-8") as handle:
-        return json.load(handle)
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return ReadState.from_json(json.load(handle))
+    except (OSError, ValueError) as exc:  # ConfigError is a ValueError
+        raise ConfigError(f"{path}: {exc}") from None
 
 
 class ProgressCheckpoint(keras.callbacks.Callback):
@@ -140,9 +149,7 @@ class ProgressCheckpoint(keras.callbacks.Callback):
         self,
         *,
         dataset_size: int,
-        batch_size: int,
-        world_size: int,
-        seed: int,
+        spec: ReadSpec,
         first_epoch: int,
         first_start: int,
         checkpoint_dir: str | None,
@@ -151,7 +158,7 @@ class ProgressCheckpoint(keras.callbacks.Callback):
         stop_after_batches: int | None,
     ) -> None:
         super().__init__()
-        self.dataset_size, self.batch_size, self.world_size, self.seed = dataset_size, batch_size, world_size, seed
+        self.dataset_size, self.spec = dataset_size, spec
         self.first_epoch, self.first_start = first_epoch, first_start
         self.checkpoint_dir, self.every, self.is_chief = checkpoint_dir, every, is_chief
         self.stop_after_batches = stop_after_batches
@@ -163,9 +170,7 @@ class ProgressCheckpoint(keras.callbacks.Callback):
 
     def position(self) -> int:
         start = self.first_start if self.epoch == self.first_epoch else 0
-        return position_after(
-            self.dataset_size, self.batch_size, self.batches_in_epoch, world_size=self.world_size, start=start
-        )
+        return position_after(self.dataset_size, self.spec, self.batches_in_epoch, start=start)
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self.epoch, self.batches_in_epoch = epoch, 0
@@ -184,7 +189,7 @@ class ProgressCheckpoint(keras.callbacks.Callback):
         if self.model.stop_training and self.position() < self.dataset_size:
             return  # interrupted mid-epoch: the state saved at the stop stands
         seconds = time.perf_counter() - self._epoch_started
-        samples = self.batches_in_epoch * self.batch_size
+        samples = self.batches_in_epoch * self.spec.batch_size
         record = {
             "epoch": epoch,
             "batches": self.batches_in_epoch,
@@ -203,13 +208,8 @@ class ProgressCheckpoint(keras.callbacks.Callback):
         with temporary_path(os.path.join(self.checkpoint_dir, CHECKPOINT_MODEL)) as temp:
             self.model.save(temp + ".keras")
             os.replace(temp + ".keras", temp)
-        state = {
-            "epoch": epoch,
-            "position": position,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "world_size": self.world_size,
-        }
+        # The whole spec is saved, so a resume can check that it continues the same order.
+        state = ReadState(self.spec, epoch, position, self.batches_in_epoch).to_json()
         write_bytes_atomically(os.path.join(self.checkpoint_dir, CHECKPOINT_STATE), json.dumps(state).encode())
 
 
@@ -220,7 +220,7 @@ def open_for_training(dest: str, data_node: str | None, cache_limit: str | None 
         return open_shards(dest, cache_limit=cache_limit)
     if data_node is None or os.path.exists(os.path.join(dest, "manifest.json")):
         return open_shards(dest)
-    from shards.remote import RemoteShardDataset
+    from shards.read.remote import RemoteShardDataset
 
     logger.info("%s is not readable here: streaming it from node %s", dest, data_node)
     return RemoteShardDataset(dest, data_node)
@@ -253,37 +253,37 @@ def train_worker(
     train_set, validation_set = (
         dataset.split(options.validation_split, options.seed) if options.validation_split else (dataset, None)
     )
+    spec = train_set.read_spec(options.batch_size, shuffle=True, seed=options.seed, rank=rank, world_size=world_size)
     state = read_checkpoint_state(options.checkpoint_dir) if options.resume else None
-    first_epoch, start = (int(state["epoch"]), int(state["position"])) if state else (0, 0)
+    first_epoch, start = (state.epoch, state.position_for(spec)) if state else (0, 0)
     if first_epoch >= options.epochs:
         return {"rank": rank, "epochs": [], "note": "checkpoint already at the last epoch"}
 
     audit: dict[int, list[np.ndarray]] = {}
 
-    def feed(part: Any, **kwargs: Any) -> Any:
+    def feed(part: Any, part_spec: ReadSpec, **kwargs: Any) -> Any:
         if strategy is None:
-            return part.to_tf(options.batch_size, **kwargs)
-        return strategy.distribute_datasets_from_function(lambda context: part.to_tf(options.batch_size, **kwargs))
+            return spec_to_tf(part, part_spec, **kwargs)
+        return strategy.distribute_datasets_from_function(lambda context: spec_to_tf(part, part_spec, **kwargs))
 
     def train_inputs(epoch: int) -> Any:
         """Epoch `epoch` onwards; a resumed epoch starts at the checkpointed position."""
         return feed(
             train_set,
-            shuffle=True,
-            seed=options.seed,
+            spec,
             epoch=epoch,
-            rank=rank,
-            world_size=world_size,
             start=start if epoch == first_epoch else 0,
             on_batch=lambda e, positions: audit.setdefault(e, []).append(positions),
         )
 
-    validation = feed(validation_set, rank=rank, world_size=world_size) if validation_set else None
+    validation = (
+        feed(validation_set, validation_set.read_spec(options.batch_size, rank=rank, world_size=world_size))
+        if validation_set
+        else None
+    )
     callback = ProgressCheckpoint(
         dataset_size=len(train_set),
-        batch_size=options.batch_size,
-        world_size=world_size,
-        seed=options.seed,
+        spec=spec,
         first_epoch=first_epoch,
         first_start=start,
         checkpoint_dir=options.checkpoint_dir,
@@ -304,7 +304,7 @@ def train_worker(
         if next_epoch < options.epochs and not model.stop_training:
             model.fit(train_inputs(next_epoch), epochs=options.epochs, initial_epoch=next_epoch, **fit)
     else:
-        from shards.distributed_fit import fit_with_strategy
+        from shards.tf.distributed_fit import fit_with_strategy
 
         with strategy.scope():
             model = load_or_build(dataset, options, checkpoint_model)

@@ -3,7 +3,7 @@
 The actor asks for a GPU when the cluster has one and runs on CPU otherwise. With several
 workers, Ray Train sets up MultiWorkerMirroredStrategy (TF_CONFIG) and each worker reads its own
 rank's slice of the shards. A worker that cannot see a DEST folder reads it through a streaming
-generator on the node that can (`shards.remote`); an s3:// or gs:// DEST is read by every worker
+generator on the node that can (`shards.read.remote`); an s3:// or gs:// DEST is read by every worker
 through its own bounded local cache.
 """
 
@@ -15,11 +15,11 @@ import os
 import tempfile
 from typing import Any
 
-from shards import storage
 from shards.errors import ConfigError, ShardsError
-from shards.manifest import load_manifest
-from shards.run import connect_ray
-from shards.training import TrainOptions
+from shards.io import storage
+from shards.layout.manifest import load_manifest
+from shards.tf.training import TrainOptions
+from shards.write.run import connect_ray
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ class TrainerActor:
     """A Ray actor that trains on the shard stream (see `run_training`)."""
 
     def fit(self, dest: str, options: TrainOptions, data_node: str) -> dict[str, Any]:
-        from shards.training import train_worker
+        from shards.tf.training import train_worker
 
         return train_worker(dest, options, data_node=data_node)
 
@@ -42,8 +42,8 @@ class TrainerActor:
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
-    from shards.tf_support import import_tensorflow
-    from shards.training import train_worker
+    from shards.tf.support import import_tensorflow
+    from shards.tf.training import train_worker
 
     os.environ.update(config["environment"])  # object-storage endpoint and credentials for DEST
     tf = import_tensorflow()

@@ -9,11 +9,11 @@ import dataclasses
 from collections.abc import Mapping
 
 from shards.errors import ManifestError
-from shards.fileio import NotRegularFileError
 from shards.formats import ShardInfo, get_format
-from shards.location import location
-from shards.manifest import INDEX, load_manifest
-from shards.shard_files import RunFiles
+from shards.io.fileio import NotRegularFileError
+from shards.io.location import location
+from shards.layout.manifest import INDEX, load_manifest
+from shards.read.shard_files import RunFiles
 
 
 @dataclasses.dataclass(frozen=True)

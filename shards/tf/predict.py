@@ -19,8 +19,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards.errors import ConfigError, ShardsError
-from shards.fileio import temporary_path
-from shards.reader import ShardDataset
+from shards.io.fileio import temporary_path
+from shards.read.dataset import ShardDataset
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class PredictOptions:
 def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
     errors: tuple[type[BaseException], ...] = (MemoryError,)
     try:
-        from shards.tf_support import import_tensorflow
+        from shards.tf.support import import_tensorflow
 
         errors += (import_tensorflow().errors.ResourceExhaustedError,)
     except ImportError:  # pragma: no cover - TensorFlow is a dependency
@@ -131,7 +131,7 @@ def _rows(
 
 def keras_predictor(model_path: str, *, mixed_precision: bool = False) -> Callable[[np.ndarray], np.ndarray]:
     """A batch predictor from a saved Keras model (mixed precision only where a GPU is)."""
-    from shards.tf_support import import_tensorflow
+    from shards.tf.support import import_tensorflow
 
     tf = import_tensorflow()
     import keras
@@ -144,8 +144,8 @@ def keras_predictor(model_path: str, *, mixed_precision: bool = False) -> Callab
 
 def index_sources(dest: str) -> pa.Array | None:
     """The source of every sample, from index.parquet (None if it is missing)."""
-    from shards.location import location
-    from shards.manifest import INDEX
+    from shards.io.location import location
+    from shards.layout.manifest import INDEX
 
     try:
         table = location(dest).read_table(INDEX, ["source"])
@@ -157,7 +157,7 @@ def index_sources(dest: str) -> pa.Array | None:
 def _predict_part(
     dest: str, model_path: str, out: str, options: PredictOptions, positions: np.ndarray, mixed_precision: bool
 ) -> dict[str, Any]:
-    from shards.reader import open_shards
+    from shards.read.dataset import open_shards
 
     return predict_to_parquet(
         open_shards(dest),
@@ -184,7 +184,7 @@ def predict_dataset(
     Parts are written by the tasks (one GPU each where the cluster has them) and joined in
     dataset order, so the output is the same whatever the number of workers.
     """
-    from shards.reader import open_shards
+    from shards.read.dataset import open_shards
 
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
@@ -193,7 +193,7 @@ def predict_dataset(
         return _predict_part(dest, model_path, out, options, np.arange(len(dataset)), mixed_precision)
     import ray
 
-    from shards.run import connect_ray
+    from shards.write.run import connect_ray
 
     connect_ray(address)
     gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= workers else 0.0

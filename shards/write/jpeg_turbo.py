@@ -14,7 +14,7 @@ import logging
 
 import numpy as np
 
-from shards.geometry import needed_size, place
+from shards.write.geometry import needed_size, place
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from shards.tf_support import import_tensorflow
+from shards.tf.support import import_tensorflow
 
 tf = import_tensorflow()
 

@@ -21,8 +21,8 @@ from typing import BinaryIO, TypeVar
 import numpy as np
 
 from shards.errors import ManifestError
-from shards.fileio import NotRegularFileError, digest_stream, open_regular
 from shards.formats import ShardInfo
+from shards.io.fileio import NotRegularFileError, digest_stream, open_regular
 
 T = TypeVar("T")
 BIND_ATTEMPTS = 3

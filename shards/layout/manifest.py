@@ -18,7 +18,7 @@ import pyarrow as pa
 
 from shards.errors import ManifestError
 from shards.formats import ShardInfo
-from shards.location import location
+from shards.io.location import location
 from shards.options import PreprocessOptions
 
 MANIFEST_VERSION = 1

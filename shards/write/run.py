@@ -21,12 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from shards import storage
-from shards.dest_lock import hold_dest
-from shards.destination import MODES, prepare_destination
 from shards.errors import ConfigError, DestinationError, RejectLimitError, ShardsError
-from shards.fileio import remove_temporaries
-from shards.manifest import (
+from shards.io import storage
+from shards.io.dest_lock import hold_dest
+from shards.io.fileio import remove_temporaries
+from shards.layout.manifest import (
     HOW_TO_PROCEED,
     Receipt,
     build_manifest,
@@ -37,10 +36,11 @@ from shards.manifest import (
     write_rejects,
     write_run_record,
 )
+from shards.layout.plan import ShardPlan, ShardSpec, plan_shards
 from shards.options import PreprocessOptions
-from shards.plan import ShardPlan, ShardSpec, plan_shards
-from shards.sources import Listing, list_sources
-from shards.worker import ShardTask, write_shard
+from shards.write.destination import MODES, prepare_destination
+from shards.write.sources import Listing, list_sources
+from shards.write.task import ShardTask, write_shard
 
 logger = logging.getLogger(__name__)
 

@@ -32,8 +32,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
-from shards import storage
 from shards.errors import DestinationError
+from shards.io import storage
 
 logger = logging.getLogger(__name__)
 

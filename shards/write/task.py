@@ -20,14 +20,14 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from shards import storage
 from shards.errors import DecodeError
 from shards.formats import ShardInfo, get_format
-from shards.imaging import decode_image, to_storage
-from shards.location import Location, RemoteLocation, location
-from shards.manifest import Receipt, Reject, write_receipt
+from shards.io import storage
+from shards.io.location import Location, RemoteLocation, location
+from shards.layout.manifest import Receipt, Reject, write_receipt
 from shards.options import PreprocessOptions
-from shards.sources import read_source
+from shards.write.imaging import decode_image, to_storage
+from shards.write.sources import read_source
 
 logger = logging.getLogger(__name__)
 

@@ -1,46 +1,31 @@
 """`shards.open(DEST)`: memory-mapped shards behind one dataset, streamed in batches.
 
 A reader holds a few batches, never the dataset: shards are memory-mapped (pages belong to the
-OS cache), and a background thread gathers the next batches while training consumes the
-current one. Reader state is three numbers (epoch, seed, position), so resuming is restoring
-them.
+OS cache), and a stream (`shards.read.stream`) gathers the next batches on a background thread
+while training consumes the current one. How a stream orders and slices the data is one
+`ReadSpec`; where it stands is a `ReadState`, so resuming is restoring it, checked.
 """
 
 from __future__ import annotations
 
 import copy
-import queue
-import sys
-import threading
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 
-from shards.cache import ShardCache
 from shards.errors import ConfigError
 from shards.formats import get_format
 from shards.formats.base import ShardReader
-from shards.location import RemoteLocation, location
-from shards.manifest import INDEX, Manifest, load_manifest
+from shards.io.location import RemoteLocation, location
+from shards.layout.manifest import INDEX, Manifest, load_manifest
 from shards.options import numpy_dtype, parse_bytes
-from shards.sampling import batch_count, check_slicing, epoch_order, position_after, rank_batches, window_order
-from shards.shard_files import RunFiles, bind_run
+from shards.read.cache import ShardCache
+from shards.read.sampling import check_start, epoch_order, window_order
+from shards.read.shard_files import RunFiles, bind_run
+from shards.read.spec import ReadSpec, ReadState
+from shards.read.stream import BatchStream, BufferPool, aligned_empty
 
-_DONE = object()
-ALIGNMENT = 64
 DEFAULT_CACHE_LIMIT = "8GiB"
-
-
-def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    """An uninitialised array whose data starts on a 64-byte boundary.
-
-    TensorFlow takes over a NumPy buffer without copying only when it is 64-byte aligned; large
-    blocks from malloc are 16-byte aligned, which made every batch entering `to_tf()` a copy
-    (8x slower through tf.data.Dataset.from_generator on the benchmark machine).
-    """
-    size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-    return _aligned_view(np.empty(size + ALIGNMENT, np.uint8), size, shape, dtype)
 
 
 class ShardDataset:
@@ -127,12 +112,14 @@ class ShardDataset:
             self._readers[shard] = reader
         return reader
 
-    def epoch_order(self, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
+    def epoch_order(self, spec: ReadSpec, epoch: int) -> np.ndarray:
         """The order of epoch `epoch` over this dataset's positions: storage order, a global
-        permutation, or (with `shuffle_window`) a permutation within windows of shards."""
-        if not shuffle or self.shuffle_window is None:
-            return epoch_order(len(self), shuffle=shuffle, seed=seed, epoch=epoch)
-        return window_order(self._shard_of(np.arange(len(self))), seed=seed, epoch=epoch, window=self.shuffle_window)
+        permutation, or (with `spec.shuffle_window`) a permutation within windows of shards."""
+        if not spec.shuffle or spec.shuffle_window is None:
+            return epoch_order(len(self), shuffle=spec.shuffle, seed=spec.seed, epoch=epoch)
+        return window_order(
+            self._shard_of(np.arange(len(self))), seed=spec.seed, epoch=epoch, window=spec.shuffle_window
+        )
 
     def schedule(self, order: np.ndarray) -> None:
         """Tell the cache (if any) which shards the coming reads use, in order of first use."""
@@ -245,185 +232,58 @@ class ShardDataset:
             ConfigError: (a ValueError) a batch size below 1, a rank outside [0, world_size),
                 or a `start` outside the epoch.
         """
-        check_slicing(len(self), batch_size, rank, world_size, start)
+        spec = self.read_spec(
+            batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last
+        )
+        return self.stream(spec, epoch=epoch, start=start, prefetch=prefetch, return_indices=return_indices)
+
+    def read_spec(self, batch_size: int, **fields: Any) -> ReadSpec:
+        """A `ReadSpec` for this dataset: `fields` as for `batches()`, with its shuffle window."""
+        return ReadSpec(batch_size, shuffle_window=self.shuffle_window, **fields)
+
+    def stream(
+        self, spec: ReadSpec, *, epoch: int = 0, start: int = 0, prefetch: int = 2, return_indices: bool = False
+    ) -> BatchStream:
+        """Stream epoch `epoch` as `spec` orders and slices it, from position `start`.
+
+        Raises:
+            ConfigError: `start` outside the epoch, or a negative `prefetch`.
+        """
+        check_start(len(self), start)
         if prefetch < 0:
-            raise ValueError(f"prefetch must be >= 0, got {prefetch}")
-        order = self.epoch_order(shuffle=shuffle, seed=seed, epoch=epoch)
+            raise ConfigError(f"prefetch must be >= 0, got {prefetch}")
+        order = self.epoch_order(spec, epoch)
         self.schedule(order[start:])
         return BatchStream(
-            self,
-            order,
-            batch_size,
-            shuffle=shuffle,
-            seed=seed,
-            epoch=epoch,
-            rank=rank,
-            world_size=world_size,
-            drop_last=drop_last,
-            start=start,
-            prefetch=prefetch,
-            return_indices=return_indices,
+            self, spec, order, epoch=epoch, start=start, prefetch=prefetch, return_indices=return_indices
+        )
+
+    def resume(
+        self, state: ReadState | dict[str, Any], spec: ReadSpec, *, prefetch: int = 2, return_indices: bool = False
+    ) -> BatchStream:
+        """Continue a stream from its saved `state()` (possibly with another batch size, rank or
+        world size).
+
+        Raises:
+            ConfigError: the state was taken in another order (seed, shuffle, shuffle window or
+                drop_last differ), so its position would repeat and skip samples.
+        """
+        saved = state if isinstance(state, ReadState) else ReadState.from_json(state)
+        return self.stream(
+            spec, epoch=saved.epoch, start=saved.position_for(spec), prefetch=prefetch, return_indices=return_indices
         )
 
     def to_tf(self, batch_size: int, **kwargs: Any) -> Any:
-        """A `tf.data.Dataset` of (images, labels) batches; see `shards.tf_data.to_tf`."""
-        from shards.tf_data import to_tf
+        """A `tf.data.Dataset` of (images, labels) batches; see `shards.tf.adapters.to_tf`."""
+        from shards.tf.adapters import to_tf
 
         return to_tf(self, batch_size, **kwargs)
 
     def to_keras(self, batch_size: int, **kwargs: Any) -> Any:
-        """A `keras.utils.PyDataset` of (images, labels) batches; see `shards.tf_data.ShardsPyDataset`."""
-        from shards.tf_data import ShardsPyDataset
+        """A `keras.utils.PyDataset` of (images, labels) batches; see `shards.tf.adapters.ShardsPyDataset`."""
+        from shards.tf.adapters import ShardsPyDataset
 
         return ShardsPyDataset(self, batch_size, **kwargs)
-
-
-class BatchStream(Iterator[tuple[np.ndarray, ...]]):
-    """An iterator of (images, labels) with a bounded background prefetch and a resumable state."""
-
-    def __init__(
-        self,
-        dataset: ShardDataset,
-        order: np.ndarray,
-        batch_size: int,
-        *,
-        shuffle: bool,
-        seed: int,
-        epoch: int,
-        rank: int,
-        world_size: int,
-        drop_last: bool,
-        start: int,
-        prefetch: int,
-        return_indices: bool = False,
-    ) -> None:
-        self._dataset = dataset
-        self._return_indices = return_indices
-        self._batch_size, self._world_size, self._start = batch_size, world_size, start
-        self._settings = {
-            "shuffle": shuffle,
-            "seed": seed,
-            "epoch": epoch,
-            "drop_last": drop_last,
-            "shuffle_window": dataset.shuffle_window,
-        }
-        self._length = batch_count(len(dataset), batch_size, world_size=world_size, drop_last=drop_last, start=start)
-        self._consumed = 0
-        self._plan = rank_batches(order, batch_size, rank=rank, world_size=world_size, drop_last=drop_last, start=start)
-        self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
-        self._pool = BufferPool(limit=prefetch + 3)
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._prefetch = prefetch
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __iter__(self) -> BatchStream:
-        return self
-
-    def __next__(self) -> tuple[np.ndarray, ...]:
-        if self._prefetch == 0:
-            indices = next(self._plan, None)
-            item: Any = _DONE if indices is None else _gather(self._dataset, indices, self._pool)
-        else:
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=_produce,
-                    args=(self._dataset, self._plan, self._queue, self._stop, self._pool),
-                    name="shards-prefetch",
-                    daemon=True,
-                )
-                self._thread.start()
-            item = self._queue.get()
-        if item is _DONE:
-            raise StopIteration
-        if isinstance(item, BaseException):
-            self.close()
-            raise item
-        self._consumed += 1
-        return item if self._return_indices else item[:2]
-
-    def state(self) -> dict[str, Any]:
-        """Where this stream stands: pass `position` back as `start` (with the same epoch and seed)."""
-        position = position_after(
-            len(self._dataset), self._batch_size, self._consumed, world_size=self._world_size, start=self._start
-        )
-        return dict(self._settings, position=position, batches=self._consumed)
-
-    def close(self) -> None:
-        """Stop the prefetch thread and drop what it gathered."""
-        self._stop.set()
-        while True:
-            try:
-                self._queue.get_nowait()
-            except queue.Empty:
-                break
-        if self._thread is not None and self._thread is not threading.current_thread():
-            self._thread.join(timeout=5)
-
-    def __del__(self) -> None:
-        self._stop.set()
-
-
-def _produce(
-    dataset: ShardDataset, plan: Iterator[np.ndarray], out: queue.Queue[Any], stop: threading.Event, pool: BufferPool
-) -> None:
-    """The prefetch thread. It holds no reference to its BatchStream, so dropping the stream
-    stops the thread instead of keeping both alive."""
-    try:
-        for indices in plan:
-            if stop.is_set():
-                return
-            _put(out, stop, _gather(dataset, indices, pool))
-        _put(out, stop, _DONE)
-    except BaseException as exc:
-        _put(out, stop, exc)
-
-
-def _gather(dataset: ShardDataset, indices: np.ndarray, pool: BufferPool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    indices = np.sort(indices)
-    images, labels = dataset.read(indices, pool=pool)
-    return images, labels, indices
-
-
-def _put(out: queue.Queue[Any], stop: threading.Event, item: Any) -> None:
-    while not stop.is_set():
-        try:
-            out.put(item, timeout=0.1)
-            return
-        except queue.Full:
-            continue
-
-
-class BufferPool:
-    """Batch buffers that are handed out again once nobody holds them any more.
-
-    Streaming then keeps rewriting the same few buffers instead of faulting in fresh pages for
-    every batch (the difference between 0.7x and 0.9x of a plain copy on the benchmark machine).
-    A buffer is reused only when its reference count shows that no batch, view or TensorFlow
-    tensor made from it is alive, so a consumer that keeps batches never sees them change.
-    """
-
-    def __init__(self, limit: int) -> None:
-        self._limit = limit
-        self._buffers: list[np.ndarray] = []
-
-    def take(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        for raw in self._buffers:
-            # References: the list, the loop variable, getrefcount's argument; any more is a user.
-            if sys.getrefcount(raw) == 3 and len(raw) == size + ALIGNMENT:
-                return _aligned_view(raw, size, shape, dtype)
-        raw = np.empty(size + ALIGNMENT, np.uint8)
-        if len(self._buffers) < self._limit:
-            self._buffers.append(raw)
-        return _aligned_view(raw, size, shape, dtype)
-
-
-def _aligned_view(raw: np.ndarray, size: int, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
-    start = -raw.ctypes.data % ALIGNMENT
-    return raw[start : start + size].view(dtype).reshape(shape)
 
 
 def open_shards(

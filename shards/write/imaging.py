@@ -16,10 +16,10 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from shards import jpeg_turbo
 from shards.errors import DecodeError
-from shards.geometry import needed_size, place
 from shards.options import numpy_storage_dtype
+from shards.write import jpeg_turbo
+from shards.write.geometry import needed_size, place
 
 # Pillow's own default bomb limit (~89.5 Mpx, a 0.25 GiB RGB buffer): large enough for any camera,
 # small enough that two workers decoding at once stay well inside a worker's memory budget.
@@ -50,7 +50,7 @@ def decode_image(
 ) -> np.ndarray:
     """Decode one encoded image into a (height, width, 3) uint8 array of `size`.
 
-    JPEGs take the libjpeg-turbo + OpenCV path (`shards.jpeg_turbo`) when it can handle them
+    JPEGs take the libjpeg-turbo + OpenCV path (`shards.write.jpeg_turbo`) when it can handle them
     exactly; everything else, and every failure, goes through Pillow.
 
     Args:

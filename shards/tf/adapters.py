@@ -12,9 +12,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from shards.reader import ShardDataset
-from shards.sampling import batch_count, rank_batches
-from shards.tf_support import import_tensorflow
+from shards.read.dataset import ShardDataset
+from shards.read.sampling import batch_count, check_start, rank_batches
+from shards.read.spec import ReadSpec
+from shards.tf.support import import_tensorflow
 
 if TYPE_CHECKING:
     import tensorflow
@@ -60,14 +61,28 @@ def to_tf(
         ConfigError: (a ValueError) bad slicing arguments (batch size, rank, world size, start).
         ManifestError: while iterating, a shard that is missing, damaged or replaced.
     """
-    epochs = itertools.count(epoch)
-    kwargs: dict[str, Any] = dict(
-        shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last, prefetch=prefetch
+    spec = dataset.read_spec(
+        batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last
     )
+    return spec_to_tf(dataset, spec, epoch=epoch, start=start, prefetch=prefetch, on_batch=on_batch)
+
+
+def spec_to_tf(
+    dataset: ShardDataset,
+    spec: ReadSpec,
+    *,
+    epoch: int = 0,
+    start: int = 0,
+    prefetch: int = 2,
+    on_batch: Callable[[int, np.ndarray], None] | None = None,
+) -> tensorflow.data.Dataset:
+    """`to_tf` for a reader described by a `ReadSpec` (what training and resumes hold)."""
+    check_start(len(dataset), start)
+    epochs = itertools.count(epoch)
 
     def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         current = epoch if start else next(epochs)
-        stream = dataset.batches(batch_size, epoch=current, start=start, return_indices=True, **kwargs)
+        stream = dataset.stream(spec, epoch=current, start=start, prefetch=prefetch, return_indices=True)
         try:
             for images, labels, positions in stream:
                 if on_batch is not None:
@@ -77,7 +92,7 @@ def to_tf(
             stream.close()
 
     signature = (tf.TensorSpec((None, *dataset.shape), tf.as_dtype(dataset.dtype)), tf.TensorSpec((None,), tf.int32))
-    count = batch_count(len(dataset), batch_size, world_size=world_size, drop_last=drop_last, start=start)
+    count = batch_count(len(dataset), spec, start=start)
     result = tf.data.Dataset.from_generator(generate, output_signature=signature)
     return result.apply(tf.data.experimental.assert_cardinality(count)).prefetch(tf.data.AUTOTUNE)
 
@@ -115,36 +130,21 @@ class ShardsPyDataset(keras.utils.PyDataset):
     ) -> None:
         super().__init__(**pydataset_kwargs)
         self.dataset = dataset
-        self.batch_size = batch_size
-        self.epoch = epoch
-        self._settings: dict[str, Any] = dict(
-            shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last
+        self.spec = dataset.read_spec(
+            batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last
         )
+        self.epoch = epoch
         self._batches: list[np.ndarray] | None = None
         self._begun = False
 
     def __len__(self) -> int:
-        return batch_count(
-            len(self.dataset),
-            self.batch_size,
-            world_size=self._settings["world_size"],
-            drop_last=self._settings["drop_last"],
-        )
+        return batch_count(len(self.dataset), self.spec)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         if self._batches is None:
-            settings = self._settings
-            order = self.dataset.epoch_order(shuffle=settings["shuffle"], seed=settings["seed"], epoch=self.epoch)
+            order = self.dataset.epoch_order(self.spec, self.epoch)
             self.dataset.schedule(order)
-            self._batches = list(
-                rank_batches(
-                    order,
-                    self.batch_size,
-                    rank=settings["rank"],
-                    world_size=settings["world_size"],
-                    drop_last=settings["drop_last"],
-                )
-            )
+            self._batches = list(rank_batches(order, self.spec))
         if not 0 <= index < len(self._batches):
             raise IndexError(index)
         return self.dataset.read(self._batches[index])

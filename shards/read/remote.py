@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 
 from shards.options import numpy_dtype
-from shards.reader import open_shards
+from shards.read.dataset import open_shards
+from shards.read.spec import ReadSpec
 
 DEFAULT_IN_FLIGHT = 4
 
@@ -35,9 +36,9 @@ def _describe(dest: str, split: tuple[float, int, int] | None) -> dict[str, Any]
 
 
 def _stream(
-    dest: str, split: tuple[float, int, int] | None, batch_size: int, kwargs: dict[str, Any]
+    dest: str, split: tuple[float, int, int] | None, spec: ReadSpec, options: dict[str, Any]
 ) -> Iterator[tuple[np.ndarray, ...]]:
-    stream = _open(dest, split).batches(batch_size, **kwargs)
+    stream = _open(dest, split).stream(spec, **options)
     try:
         for batch in stream:  # noqa: UP028 - not `yield from`: Ray drives generators with send()
             yield batch
@@ -83,17 +84,32 @@ class RemoteShardDataset:
             for part in (0, 1)
         )  # type: ignore[return-value]
 
-    def batches(self, batch_size: int, **kwargs: Any) -> RemoteBatchStream:
+    def read_spec(self, batch_size: int, **fields: Any) -> ReadSpec:
+        """A `ReadSpec` for this dataset (shards on a node's disk shuffle whole)."""
+        return ReadSpec(batch_size, **fields)
+
+    def batches(
+        self, batch_size: int, *, epoch: int = 0, start: int = 0, return_indices: bool = False, **fields: Any
+    ) -> RemoteBatchStream:
         """Like `ShardDataset.batches`, with at most `max_in_flight` batches between the nodes."""
+        fields.pop("prefetch", None)  # the generator's back-pressure is the prefetch here
+        spec = self.read_spec(batch_size, **fields)
+        return self.stream(spec, epoch=epoch, start=start, return_indices=return_indices)
+
+    def stream(
+        self, spec: ReadSpec, *, epoch: int = 0, start: int = 0, prefetch: int = 0, return_indices: bool = False
+    ) -> RemoteBatchStream:
+        """Like `ShardDataset.stream`, read on the node that holds the shards."""
         import ray
 
         task = ray.remote(_stream).options(
             num_cpus=0, scheduling_strategy=self._pinned(), _generator_backpressure_num_objects=self.max_in_flight
         )
-        return RemoteBatchStream(task.remote(self.dest, self._split, batch_size, kwargs))
+        options = {"epoch": epoch, "start": start, "prefetch": prefetch, "return_indices": return_indices}
+        return RemoteBatchStream(task.remote(self.dest, self._split, spec, options))
 
     def to_tf(self, batch_size: int, **kwargs: Any) -> Any:
-        from shards.tf_data import to_tf
+        from shards.tf.adapters import to_tf
 
         return to_tf(self, batch_size, **kwargs)  # type: ignore[arg-type]
 

@@ -20,8 +20,8 @@ from typing import BinaryIO
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from shards import storage
-from shards.fileio import FileDigest, atomic_write, digest_stream, open_regular, regular_size, write_bytes_atomically
+from shards.io import storage
+from shards.io.fileio import FileDigest, atomic_write, digest_stream, open_regular, regular_size, write_bytes_atomically
 
 
 class Location(abc.ABC):

@@ -1,0 +1,1 @@
+"""What DEST holds and how it is laid out: the manifest schema, the shard plan, verification."""
