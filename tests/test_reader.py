@@ -182,6 +182,7 @@ def test_resume_continues_a_saved_stream_and_refuses_another_order(dataset_dir, 
         next(stream)
     state = json.loads(json.dumps(stream.state()))  # as a checkpoint saves it
     rest = ds.resume(state, ds.read_spec(5, shuffle=True, seed=4))  # another batch size is fine
-    assert sorted(sum((fingerprints(images) for images, _ in rest), [])) == sorted(sum(whole[3:], []))
+    resumed = [sample for images, _ in rest for sample in fingerprints(images)]
+    assert sorted(resumed) == sorted(sample for batch in whole[3:] for sample in batch)
     with pytest.raises(ConfigError, match=r"cannot resume: .*seed 4 -> 5"):
         ds.resume(state, ds.read_spec(10, shuffle=True, seed=5))
