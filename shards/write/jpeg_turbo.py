@@ -9,8 +9,11 @@ and the caller falls back to Pillow, which also words the reject reasons.
 
 from __future__ import annotations
 
+import functools
+import importlib.util
 import io
 import logging
+from typing import Any
 
 import numpy as np
 
@@ -18,14 +21,24 @@ from shards.write.geometry import needed_size, place
 
 logger = logging.getLogger(__name__)
 
-try:
+# Both are dependencies; kept optional for exotic platforms. They are imported on first use, so
+# `import shards` stays light (OpenCV alone takes ~0.1 s and 60 MB).
+AVAILABLE = all(importlib.util.find_spec(name) is not None for name in ("cv2", "simplejpeg"))
+
+
+@functools.cache
+def _opencv() -> Any:
     import cv2
-    import simplejpeg
 
     cv2.setNumThreads(1)  # one shard task per CPU: OpenCV's own threads would oversubscribe
-    AVAILABLE = True
-except ImportError:  # pragma: no cover - both are dependencies; kept optional for exotic platforms
-    AVAILABLE = False
+    return cv2
+
+
+@functools.cache
+def _simplejpeg() -> Any:
+    import simplejpeg
+
+    return simplejpeg
 
 _FAST_COLORSPACES = ("Gray", "YCbCr", "RGB")
 # Chroma is upsampled by replication instead of libjpeg's triangle filter: the resize that follows
@@ -42,7 +55,7 @@ def decode_jpeg(data: bytes, size: tuple[int, int], resize: str, max_pixels: int
     if not AVAILABLE or data[:2] != b"\xff\xd8":
         return None
     try:
-        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        height, width, colorspace, _ = _simplejpeg().decode_jpeg_header(data)
     except ValueError:
         return None
     if colorspace not in _FAST_COLORSPACES or width * height > max_pixels:
@@ -51,7 +64,7 @@ def decode_jpeg(data: bytes, size: tuple[int, int], resize: str, max_pixels: int
     need_w, need_h = needed_size(width, height, orientation, size, resize)
     scale = _power_of_two_scale(width, height, need_w, need_h)
     try:
-        pixels = simplejpeg.decode_jpeg(
+        pixels = _simplejpeg().decode_jpeg(
             data, colorspace="RGB", min_height=-(-height // scale), min_width=-(-width // scale), **DECODE_FLAGS
         )
     except ValueError:
@@ -141,6 +154,7 @@ def _resize(pixels: np.ndarray, size: tuple[int, int], resize: str) -> np.ndarra
     x, y, inner_w, inner_h = placement.target
     if crop.strides[1:] != (3, 1):  # transposed by the orientation: OpenCV needs packed pixels
         crop = np.ascontiguousarray(crop)
+    cv2 = _opencv()
     resized = cv2.resize(crop, (inner_w, inner_h), interpolation=cv2.INTER_LINEAR)
     if (inner_w, inner_h) == (size[1], size[0]):
         return resized

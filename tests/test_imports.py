@@ -1,0 +1,81 @@
+"""Import boundaries: `import shards` stays light, only shards/tf imports TensorFlow, and the
+modules' import-time graph has no cycles (ruff's TID rules check the same from each file)."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PACKAGE = os.path.join(ROOT, "shards")
+HEAVY = ("tensorflow", "keras", "cv2", "ray", "boto3")
+
+
+def modules():
+    """Every module of the package, by dotted name, with its parsed source."""
+    found = {}
+    for folder, _, names in os.walk(PACKAGE):
+        for name in names:
+            if name.endswith(".py"):
+                path = os.path.join(folder, name)
+                dotted = os.path.relpath(path, ROOT)[:-3].replace(os.sep, ".").removesuffix(".__init__")
+                found[dotted] = ast.parse(open(path, encoding="utf-8").read(), path)
+    return found
+
+
+def imported_names(tree, *, module_level_only):
+    """The modules a file imports; with `module_level_only`, only at import time (not inside
+    functions, nor under `if TYPE_CHECKING:`)."""
+    nodes = tree.body if module_level_only else list(ast.walk(tree))
+    names = []
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+            names.append(node.module)
+            names += [f"{node.module}.{alias.name}" for alias in node.names]
+    return names
+
+
+def test_import_shards_loads_neither_tensorflow_nor_opencv_nor_ray():
+    probe = f"import json, sys, shards; print(json.dumps([m for m in {list(HEAVY)!r} if m in sys.modules]))"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert json.loads(result.stdout) == []
+
+
+def test_only_the_tf_package_imports_tensorflow_or_keras():
+    offenders = [
+        (module, name)
+        for module, tree in modules().items()
+        if not module.startswith("shards.tf")
+        for name in imported_names(tree, module_level_only=False)
+        if name.split(".")[0] in ("tensorflow", "keras")
+    ]
+    assert offenders == []
+
+
+def test_the_import_time_graph_has_no_cycles():
+    found = modules()
+    graph = {
+        module: sorted({name for name in imported_names(tree, module_level_only=True) if name in found} - {module})
+        for module, tree in found.items()
+    }
+    state, path = {}, []
+
+    def visit(module):
+        state[module] = "open"
+        path.append(module)
+        for target in graph[module]:
+            if state.get(target) == "open":
+                cycle = path[path.index(target) :] + [target]
+                raise AssertionError("import cycle: " + " -> ".join(cycle))
+            if target not in state:
+                visit(target)
+        path.pop()
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module)
+    assert len(state) > 30  # the walk saw the package
