@@ -13,6 +13,11 @@ from shards.formats.tfrecord import TfRecordFormat
 FORMATS: dict[str, ShardFormat] = {"npy": NpyFormat(), "tfrecord": TfRecordFormat()}
 
 
+def is_shard_file(file_name: str) -> bool:
+    """Whether `file_name` is a shard file of any format (what a run may own in DEST)."""
+    return any(shard_format.owns(file_name) for shard_format in FORMATS.values())
+
+
 def get_format(name: str) -> ShardFormat:
     """The format registered under `name`."""
     try:
@@ -21,4 +26,4 @@ def get_format(name: str) -> ShardFormat:
         raise ValueError(f"unknown shard format {name!r}; known: {', '.join(FORMATS)}") from None
 
 
-__all__ = ["FORMATS", "ShardFormat", "ShardInfo", "ShardWriter", "get_format"]
+__all__ = ["FORMATS", "ShardFormat", "ShardInfo", "ShardWriter", "get_format", "is_shard_file"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hashlib
+import re
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
@@ -12,6 +13,9 @@ import numpy as np
 
 from shards.io.fileio import FileDigest
 from shards.options import PreprocessOptions
+
+#: Shard names as the plan makes them (`shard-00042`).
+SHARD_NAME = re.compile(r"shard-\d+")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,6 +93,14 @@ class ShardFormat(abc.ABC):
     """A shard format: its file names, writer, reader and verifier."""
 
     name: str
+    #: What follows a shard's name in the names of its files (`.images.npy`, `.tfrecord.gz`).
+    suffixes: tuple[str, ...]
+
+    def owns(self, file_name: str) -> bool:
+        """Whether `file_name` is the name of one of this format's shard files."""
+        return any(
+            file_name.endswith(suffix) and SHARD_NAME.fullmatch(file_name[: -len(suffix)]) for suffix in self.suffixes
+        )
 
     @abc.abstractmethod
     def open_writer(

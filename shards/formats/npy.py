@@ -218,6 +218,7 @@ def _map(handle: BinaryIO) -> np.ndarray:
 
 class NpyFormat(ShardFormat):
     name = "npy"
+    suffixes = (IMAGES_SUFFIX, LABELS_SUFFIX)
 
     def open_writer(
         self, dest: str, shard: str, capacity: int, options: PreprocessOptions, *, durable: bool = True

@@ -145,6 +145,7 @@ def _scan(buffer: np.ndarray, path: str) -> tuple[np.ndarray, np.ndarray]:
 
 class TfRecordFormat(ShardFormat):
     name = "tfrecord"
+    suffixes = (SUFFIX, GZIP_SUFFIX)
 
     def open_writer(
         self, dest: str, shard: str, capacity: int, options: PreprocessOptions, *, durable: bool = True

@@ -14,14 +14,22 @@ import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import BinaryIO
 
 import pyarrow as pa
 import pyarrow.fs as pafs
 
 from shards.io import storage
-from shards.io.fileio import FileDigest, atomic_write, digest_stream, open_regular, regular_size, write_bytes_atomically
+from shards.io.fileio import (
+    FileDigest,
+    atomic_write,
+    digest_stream,
+    open_regular,
+    regular_size,
+    remove_temporaries,
+    write_bytes_atomically,
+)
 
 
 class Location(abc.ABC):
@@ -33,6 +41,32 @@ class Location(abc.ABC):
     @property
     def is_remote(self) -> bool:
         return False
+
+    @property
+    def local_root(self) -> str | None:
+        """The folder itself where DEST is one (so its files can be memory-mapped); None for a
+        prefix in object storage."""
+        return None
+
+    @abc.abstractmethod
+    def staging(self) -> contextlib.AbstractContextManager[tuple[str, bool]]:
+        """Where a shard task writes its files: (local folder, whether to fsync them).
+
+        Files written there appear in DEST once passed to `publish`: a folder is its own staging
+        place; object storage stages on the worker's disk and uploads."""
+
+    @abc.abstractmethod
+    def publish(self, folder: str, names: Iterable[str]) -> None:
+        """Make files written in a `staging()` folder part of DEST, each whole."""
+
+    @abc.abstractmethod
+    def describe_writes(self) -> str:
+        """Where a run's shard bytes land, for a message about a full or read-only disk."""
+
+    def remove_temporaries(self) -> int:
+        """Delete temporary files a killed writer left; returns how many (object storage never
+        publishes partial objects, so there is nothing to remove there)."""
+        return 0
 
     @abc.abstractmethod
     def names(self, folder: str = "") -> list[str] | None:
@@ -87,6 +121,26 @@ class Location(abc.ABC):
 
 class LocalLocation(Location):
     """A folder on a local or shared file system (NFS, Lustre, a mounted bucket)."""
+
+    def __init__(self, root: str) -> None:
+        super().__init__(os.path.abspath(root))
+
+    @property
+    def local_root(self) -> str | None:
+        return self.root
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[tuple[str, bool]]:
+        yield self.root, True
+
+    def publish(self, folder: str, names: Iterable[str]) -> None:
+        """Nothing to do: shard files are committed in place (temporary name, fsync, rename)."""
+
+    def describe_writes(self) -> str:
+        return self.root
+
+    def remove_temporaries(self) -> int:
+        return remove_temporaries(self.root) if os.path.isdir(self.root) else 0
 
     def path(self, relative: str) -> str:
         return os.path.join(self.root, relative)
@@ -155,6 +209,22 @@ class RemoteLocation(Location):
 
     def key(self, relative: str) -> str:
         return f"{self._path}/{relative}"
+
+    @contextlib.contextmanager
+    def staging(self) -> Iterator[tuple[str, bool]]:
+        # Not flushed to this disk: the upload is what makes the files last.
+        folder = tempfile.mkdtemp(prefix="shards-stage-", dir=os.environ.get("SHARDS_STAGING_DIR"))
+        try:
+            yield folder, False
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def publish(self, folder: str, names: Iterable[str]) -> None:
+        for name in names:
+            self.put(os.path.join(folder, name), name)
+
+    def describe_writes(self) -> str:
+        return "the staging folder (SHARDS_STAGING_DIR or TMPDIR)"
 
     def names(self, folder: str = "") -> list[str] | None:
         return [os.path.basename(entry.path.rstrip("/")) for entry in self._listing(folder)] or None

@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import re
 
 from shards.errors import DestinationError, ManifestError
+from shards.formats import is_shard_file
 from shards.io.dest_lock import LOCK_NAME
-from shards.io.fileio import TEMP_PREFIX, remove_temporaries
+from shards.io.fileio import TEMP_PREFIX
 from shards.io.location import Location, location
 from shards.layout.manifest import (
     INDEX,
@@ -34,7 +34,6 @@ logger = logging.getLogger(__name__)
 
 MODES = ("new", "resume", "overwrite")
 RECEIPT_THREADS = 8
-_RUN_FILE = re.compile(r"shard-\d+\.(images\.npy|labels\.npy|tfrecord(\.gz)?)")
 
 
 def prepare_destination(
@@ -78,8 +77,7 @@ def prepare_destination(
         raise DestinationError(
             f"{dest}: DEST already holds this run; pass --resume to continue it or --overwrite to redo it"
         )
-    if not place.is_remote:
-        remove_temporaries(dest)
+    place.remove_temporaries()
     return _verified_receipts(place, key, options, plan)
 
 
@@ -132,7 +130,7 @@ def _difference(record: dict, options: PreprocessOptions) -> str:
 
 
 def _owned_by_run(name: str) -> bool:
-    return name in (MANIFEST, INDEX, REJECTS, PARTS) or name.startswith(TEMP_PREFIX) or bool(_RUN_FILE.fullmatch(name))
+    return name in (MANIFEST, INDEX, REJECTS, PARTS) or name.startswith(TEMP_PREFIX) or is_shard_file(name)
 
 
 def _remove_run_files(place: Location, entries: list[str]) -> None:

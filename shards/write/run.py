@@ -19,27 +19,19 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-from shards.errors import ConfigError, DestinationError, RejectLimitError, ShardsError
+from shards.errors import ConfigError, RejectLimitError, ShardsError
 from shards.io import storage
-from shards.io.dest_lock import hold_dest
-from shards.io.fileio import remove_temporaries
 from shards.layout.manifest import (
     HOW_TO_PROCEED,
     Receipt,
-    build_manifest,
     reason_kind,
     run_key,
-    write_index,
-    write_manifest,
-    write_rejects,
-    write_run_record,
 )
-from shards.layout.plan import ShardPlan, ShardSpec, plan_shards
+from shards.layout.plan import ShardSpec, plan_shards
 from shards.options import PreprocessOptions
-from shards.write.destination import MODES, prepare_destination
-from shards.write.sources import Listing, list_sources
+from shards.write.destination import MODES
+from shards.write.sink import DestinationSink, RunIdentity
+from shards.write.sources import list_sources
 from shards.write.task import ShardTask, write_shard
 
 logger = logging.getLogger(__name__)
@@ -117,36 +109,32 @@ def preprocess(
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     if workers is not None and workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
-    dest = dest.rstrip("/") if storage.is_remote(dest) else os.path.abspath(dest)
     listing = list_sources(src)
     key = run_key(listing.fingerprint(), options)
     plan = plan_shards(len(listing), options.samples_per_shard, options.seed)
-    with hold_dest(dest) as lock:  # one writer per DEST, from the first look at it to the commit
-        kept = prepare_destination(dest, mode, key, options, plan)
-        try:
-            write_run_record(dest, key, src, options)
-        except OSError as exc:
-            raise DestinationError(f"{dest}: cannot write to DEST: {str(exc).splitlines()[0]}") from exc
-
+    sink = DestinationSink(dest, RunIdentity(src, listing, options, key, plan), mode=mode)
+    kept = sink.on_start()  # one writer per DEST, from the first look at it to the commit
+    try:
         ray_started = time.perf_counter()
         connect_ray(address)
         ray_start_seconds = time.perf_counter() - ray_started
         limit = workers or max(1, int(_cluster_cpus()))
-        run = _ShardRun(src, dest, listing, plan, options, key, kept, on_progress, started)
+        run = _ShardRun(sink, kept, on_progress, started)
         try:
             run.execute(limit)
         except _RejectLimitReached as exc:
-            lock.check()
             run.commit(complete=False, workers=limit, ray_start_seconds=ray_start_seconds)
             raise RejectLimitError(
                 f"{src}: {exc.rejected} inputs rejected, over the --max-rejects limit of "
-                f"{run.reject_limit} (see {dest}/rejects.jsonl): {HOW_TO_PROCEED}"
+                f"{run.reject_limit} (see {sink.dest}/rejects.jsonl): {HOW_TO_PROCEED}"
             ) from None
         written = run.inputs_done - run.rejected
-        lock.check()
         summary = run.commit(complete=written > 0, workers=limit, ray_start_seconds=ray_start_seconds)
+    except BaseException:
+        sink.on_failed()
+        raise
     if written == 0:
-        raise RejectLimitError(f"{src}: all {summary.inputs} inputs were rejected; see {dest}/rejects.jsonl")
+        raise RejectLimitError(f"{src}: all {summary.inputs} inputs were rejected; see {sink.dest}/rejects.jsonl")
     return summary
 
 
@@ -185,17 +173,14 @@ class _ShardRun:
 
     def __init__(
         self,
-        src: str,
-        dest: str,
-        listing: Listing,
-        plan: ShardPlan,
-        options: PreprocessOptions,
-        key: str,
+        sink: DestinationSink,
         kept: dict[str, Receipt],
         on_progress: Callable[[Progress], None] | None,
         started: float,
     ) -> None:
-        self.src, self.dest, self.listing, self.plan, self.options, self.key = src, dest, listing, plan, options, key
+        self.sink, self.dest = sink, sink.dest
+        self.src, self.listing, self.plan = sink.run.src, sink.run.listing, sink.run.plan
+        self.options, self.key = sink.run.options, sink.run.key
         self.receipts = dict(kept)
         self.kept = set(kept)
         self.resumed = len(kept)
@@ -204,7 +189,7 @@ class _ShardRun:
         self.rejected = sum(len(r.rejects) for r in kept.values())
         self.on_progress = on_progress
         self.started = started
-        self.reject_limit = options.reject_limit(len(listing))
+        self.reject_limit = self.options.reject_limit(len(self.listing))
 
     def execute(self, limit: int) -> None:
         import ray
@@ -258,7 +243,7 @@ class _ShardRun:
 
     def _failure(self, cause: BaseException) -> str:
         """A task's failure in one line that names the cause a user can act on."""
-        where = self.dest if not storage.is_remote(self.dest) else "the staging folder (SHARDS_STAGING_DIR or TMPDIR)"
+        where = self.sink.place.describe_writes()
         if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
             return (
                 f"no space left on the device of {where}; free some space and rerun with --resume "
@@ -289,49 +274,25 @@ class _ShardRun:
         )
 
     def commit(self, *, complete: bool, workers: int, ray_start_seconds: float) -> RunSummary:
-        """Write index.parquet, rejects.jsonl and, last, manifest.json, in plan order."""
-        done = [spec for spec in self.plan if spec.name in self.receipts]
-        ordered = [self.receipts[spec.name] for spec in done]
-        positions = []
-        for receipt, spec in zip(ordered, done):
-            refused = np.array([r.position for r in receipt.rejects], np.int64)
-            positions.append(spec.positions[~np.isin(spec.positions, refused)])
-        rejects = sorted((r for receipt in ordered for r in receipt.rejects), key=lambda r: r.position)
-        shards = [r.shard for r in ordered]
-        labels = self.listing.labels[np.concatenate(positions)] if positions else np.empty(0, np.int32)
-        class_counts = np.bincount(labels[labels >= 0], minlength=len(self.listing.classes)).tolist()
-        write_index(self.dest, shards, positions, self.listing.sources, self.listing.labels)
-        write_rejects(self.dest, rejects)
+        """Commit the finished shards through the sink, in plan order, and summarise the run."""
+        receipts = [self.receipts[spec.name] for spec in self.plan if spec.name in self.receipts]
         seconds = time.perf_counter() - self.started
-        run = {
+        run_info = {
             "workers": workers,
             "seconds": round(seconds, 3),
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "nodes": {r.shard.name: r.node for r in ordered},
+            "nodes": {r.shard.name: r.node for r in receipts},
         }
-        record = build_manifest(
-            self.options,
-            self.listing.classes,
-            shards,
-            inputs=len(self.listing),
-            rejected=len(rejects),
-            class_counts=class_counts,
-            source=self.src,
-            key=self.key,
-            complete=complete,
-            run=run,
-        )
-        write_manifest(self.dest, record)
-        if not storage.is_remote(self.dest):
-            remove_temporaries(self.dest)  # left by workers killed mid-write; their shards were redone
+        record = self.sink.on_complete(receipts, complete=complete, run_info=run_info)
+        rejects = [reject for receipt in receipts for reject in receipt.rejects]
         return RunSummary(
             self.dest,
             len(self.listing),
             int(record["count"]),
             len(rejects),
-            len(shards),
+            len(receipts),
             self.resumed,
-            sum(s.bytes for s in shards),
+            sum(r.shard.bytes for r in receipts),
             seconds,
             ray_start_seconds,
             dict(collections.Counter(reason_kind(r.reason) for r in rejects)),

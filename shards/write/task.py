@@ -8,13 +8,9 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
-import contextlib
 import dataclasses
 import itertools
 import logging
-import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 
@@ -23,7 +19,7 @@ import numpy as np
 from shards.errors import DecodeError
 from shards.formats import ShardInfo, get_format
 from shards.io import storage
-from shards.io.location import Location, RemoteLocation, location
+from shards.io.location import location
 from shards.layout.manifest import Receipt, Reject, write_receipt
 from shards.options import PreprocessOptions
 from shards.write.imaging import decode_image, to_storage
@@ -68,12 +64,9 @@ def write_shard(task: ShardTask, node: str = "") -> Receipt:
     """
     started = time.time()
     place = location(task.dest)
-    with _staging(place) as folder:
-        # A staged shard is not flushed to this disk: the upload is what makes it last.
-        info, rejects = _write_files(folder, task, durable=not place.is_remote)
-        if isinstance(place, RemoteLocation):
-            for file_name in info.files:
-                place.put(os.path.join(folder, file_name), file_name)
+    with place.staging() as (folder, durable):
+        info, rejects = _write_files(folder, task, durable=durable)
+        place.publish(folder, info.files)
     receipt = Receipt(task.run_key, info, rejects, node, started, time.time())
     write_receipt(task.dest, receipt)
     return receipt
@@ -94,20 +87,6 @@ def _write_files(folder: str, task: ShardTask, *, durable: bool) -> tuple[ShardI
                 continue
             writer.write(to_storage(rgb, options.dtype), int(task.labels[i]))
         return writer.close(), rejects
-
-
-@contextlib.contextmanager
-def _staging(place: Location) -> Iterator[str]:
-    """Where the shard's files are written: DEST itself when it is a folder, otherwise a local
-    staging folder (SHARDS_STAGING_DIR or the system's temp folder) removed afterwards."""
-    if not place.is_remote:
-        yield place.root
-        return
-    folder = tempfile.mkdtemp(prefix="shards-stage-", dir=os.environ.get("SHARDS_STAGING_DIR"))
-    try:
-        yield folder
-    finally:
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _read_ahead(sources: Sequence[str]) -> Iterator[bytes | DecodeError]:
