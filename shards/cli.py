@@ -1,4 +1,4 @@
-"""The `shards` command: preprocess, inspect, verify, preview, plan.
+"""The `shards` command: preprocess, inspect, verify, preview, plan, train, predict.
 
 The CLI owns the terminal: a progress bar on a terminal, plain log lines otherwise (CI, `ray job
 logs`), a summary at the end, and on failure one line `shards: error: <reason>` with a non-zero
@@ -57,6 +57,11 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--batch-size", type=int, default=256)
     plan.add_argument("--memory", default=None, help="a memory budget, e.g. 16GiB: the largest batch that fits")
     plan.add_argument("--json", action="store_true")
+
+    from shards.model_commands import add_predict_arguments, add_train_arguments
+
+    add_train_arguments(commands.add_parser("train", help="train a Keras model on a shards run, on Ray"))
+    add_predict_arguments(commands.add_parser("predict", help="predict a shards run with a Keras model, into Parquet"))
     return parser
 
 
@@ -318,7 +323,15 @@ COMMANDS = {
     "verify": run_verify,
     "preview": run_preview,
     "plan": run_plan,
+    "train": lambda args: _model_command("train", args),
+    "predict": lambda args: _model_command("predict", args),
 }
+
+
+def _model_command(name: str, args: argparse.Namespace) -> int:
+    from shards.model_commands import run_predict, run_train
+
+    return run_train(args) if name == "train" else run_predict(args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

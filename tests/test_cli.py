@@ -125,3 +125,28 @@ def test_verify_catches_a_header_that_disagrees_with_the_manifest(held_run, caps
     open(f"{held_run}/manifest.json", "w").write(json.dumps(record))
     assert cli.main(["verify", held_run]) == 1
     assert "holds int16" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("entry", [[*SHARDS, "train"], [sys.executable, "jobs/train.py"]])
+def test_train_command_and_job_share_parsing_and_exit_codes(held_run, tmp_path, entry):
+    """`shards train` and `jobs/train.py` are one command: a bad argument exits 2, a DEST with
+    no run exits 1, each with one `shards: error:` line, before any Ray work."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, RAY_ADDRESS="127.0.0.1:9")
+    for args, code, words in [
+        ([held_run, "--epochs", "0"], 2, "--epochs and --batch-size must be at least 1"),
+        ([held_run, "--augment", "sepia"], 2, "unknown: sepia"),
+        ([held_run, "--workers", "0"], 2, "--workers must be at least 1"),
+        ([str(tmp_path / "nothing")], 1, "no manifest.json"),
+    ]:
+        result = subprocess.run([*entry, *args], capture_output=True, text=True, timeout=120, env=env, cwd=root)
+        lines = result.stderr.strip().splitlines()
+        assert result.returncode == code, result.stderr
+        assert len(lines) == 1 and lines[0].startswith("shards: error:") and words in lines[0], result.stderr
+
+
+def test_predict_command_refuses_a_bad_batch_size_in_one_line(held_run, tmp_path):
+    result = run("predict", held_run, "--model", "m.keras", "--out", str(tmp_path / "p.parquet"), "--batch-size", "x")
+    assert result.returncode == 2 and result.stderr.strip() == (
+        "shards: error: --batch-size must be a positive integer or 'auto', got 'x'"
+    )

@@ -8,7 +8,6 @@ host memory budget) runs out, retrying the same samples, so no row is lost or wr
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Callable
@@ -18,28 +17,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from shards.errors import ConfigError, ShardsError
+from shards.cluster import check_workers, cluster_resource, connect_ray
+from shards.errors import ShardsError
 from shards.io.fileio import temporary_path
 from shards.read.dataset import ShardDataset
+from shards.tf.options import PredictOptions
 
 logger = logging.getLogger(__name__)
 
 AUTO_START = 1024
-
-
-@dataclasses.dataclass(frozen=True)
-class PredictOptions:
-    """How to predict; `batch_size` is a number or "auto"."""
-
-    batch_size: int | str = "auto"
-    top_k: int = 5
-    host_memory: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
-            raise ConfigError(f"--batch-size must be a positive integer or 'auto', got {self.batch_size!r}")
-        if self.top_k < 1:
-            raise ConfigError(f"--top-k must be at least 1, got {self.top_k}")
 
 
 def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
@@ -186,17 +172,14 @@ def predict_dataset(
     """
     from shards.read.dataset import open_shards
 
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    check_workers(workers)
     dataset = open_shards(dest)
     if workers == 1:
         return _predict_part(dest, model_path, out, options, np.arange(len(dataset)), mixed_precision)
     import ray
 
-    from shards.write.run import connect_ray
-
     connect_ray(address)
-    gpus = 1.0 if ray.cluster_resources().get("GPU", 0) >= workers else 0.0
+    gpus = 1.0 if cluster_resource("GPU") >= workers else 0.0
     task = ray.remote(_predict_part).options(num_cpus=1, num_gpus=gpus)
     bounds = np.linspace(0, len(dataset), workers + 1).astype(np.int64)
     parts = [f"{out}.part-{i:04d}" for i in range(workers)]

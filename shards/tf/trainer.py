@@ -15,19 +15,13 @@ import os
 import tempfile
 from typing import Any
 
-from shards.errors import ConfigError, ShardsError
+from shards.cluster import cluster_resource, connect_ray, one_line, task_cause
+from shards.errors import ShardsError
 from shards.io import storage
-from shards.layout.manifest import load_manifest
+from shards.tf.options import check_training
 from shards.tf.training import TrainOptions
-from shards.write.run import connect_ray
 
 logger = logging.getLogger(__name__)
-
-
-def cluster_gpus() -> float:
-    import ray
-
-    return ray.cluster_resources().get("GPU", 0.0)
 
 
 class TrainerActor:
@@ -82,17 +76,11 @@ def run_training(
     Raises:
         ConfigError: bad worker or GPU counts (before Ray work starts).
     """
-    if workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
-    if gpus_per_worker is not None and gpus_per_worker < 0:
-        raise ConfigError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
-    if options.model_path and not os.path.isfile(options.model_path):
-        raise ConfigError(f"--model {options.model_path}: no such file")
-    load_manifest(dest)  # refuse a DEST that holds no finished run before any Ray work
+    check_training(dest, options, workers=workers, gpus_per_worker=gpus_per_worker)
     import ray
 
     connect_ray(address)
-    gpus = gpus_per_worker if gpus_per_worker is not None else (1.0 if cluster_gpus() >= workers else 0.0)
+    gpus = gpus_per_worker if gpus_per_worker is not None else (1.0 if cluster_resource("GPU") >= workers else 0.0)
     data_node = ray.get_runtime_context().get_node_id()
     remote = storage.is_remote(dest)
     dest = dest if remote else os.path.abspath(dest)
@@ -104,8 +92,7 @@ def run_training(
         try:
             return ray.get(actor.fit.remote(dest, options, data_node))
         except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause if exc.cause is not None else exc
-            raise ShardsError(f"training failed: {type(cause).__name__}: {str(cause).splitlines()[0]}") from exc
+            raise ShardsError(f"training failed: {one_line(task_cause(exc))}") from exc
         finally:
             ray.kill(actor)
 

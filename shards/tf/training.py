@@ -8,7 +8,6 @@ interrupted epoch without repeating or skipping a sample, also with another numb
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -21,11 +20,11 @@ import numpy as np
 from shards.errors import ConfigError
 from shards.io import storage
 from shards.io.fileio import temporary_path, write_bytes_atomically
-from shards.options import parse_bytes
 from shards.read.dataset import open_shards
 from shards.read.sampling import position_after
 from shards.read.spec import ReadSpec, ReadState
 from shards.tf.adapters import spec_to_tf
+from shards.tf.options import TrainOptions
 from shards.tf.support import import_tensorflow
 
 tf = import_tensorflow()
@@ -34,45 +33,8 @@ from keras import layers  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
-AUGMENTATIONS = ("flip", "rotation", "shift", "zoom", "brightness")
 CHECKPOINT_MODEL = "model.keras"
 CHECKPOINT_STATE = "state.json"
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainOptions:
-    """How to train; validated once where the job's arguments are parsed."""
-
-    epochs: int = 1
-    batch_size: int = 64
-    learning_rate: float = 1e-3
-    seed: int = 0
-    model_path: str | None = None
-    output: str = "model.keras"
-    augment: tuple[str, ...] = ()
-    validation_split: float = 0.0
-    mixed_precision: bool = False
-    checkpoint_dir: str | None = None
-    checkpoint_every: int = 50
-    resume: bool = False
-    stop_after_batches: int | None = None
-    audit_dir: str | None = None
-    cache_limit: str | None = None
-
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError(f"--epochs and --batch-size must be at least 1, got {self.epochs}, {self.batch_size}")
-        unknown = sorted(set(self.augment) - set(AUGMENTATIONS))
-        if unknown:
-            raise ConfigError(f"--augment takes {', '.join(AUGMENTATIONS)}; unknown: {', '.join(unknown)}")
-        if not 0 <= self.validation_split < 1:
-            raise ConfigError(f"--validation-split must be in [0, 1), got {self.validation_split}")
-        if self.resume and not self.checkpoint_dir:
-            raise ConfigError("--resume needs --checkpoint-dir")
-        if self.cache_limit is not None:
-            parse_bytes(self.cache_limit, "--cache-limit")
-        if self.checkpoint_every < 1:
-            raise ConfigError(f"--checkpoint-every must be at least 1, got {self.checkpoint_every}")
 
 
 def build_model(shape: tuple[int, int, int], classes: int, dtype: str, augment: tuple[str, ...] = ()) -> Any:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 # EXIF orientations 5-8 swap width and height.
 TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
@@ -20,6 +21,9 @@ class Placement:
 
     source: tuple[float, float, float, float]
     target: tuple[int, int, int, int]
+
+
+EXIF_ORIENTATION = 0x0112
 
 
 def place(width: int, height: int, size: tuple[int, int], resize: str) -> Placement:
@@ -57,3 +61,14 @@ def needed_size(width: int, height: int, orientation: int, size: tuple[int, int]
         scale = pick(target_w / shown_w, target_h / shown_h)
         need_w, need_h = math.ceil(shown_w * scale), math.ceil(shown_h * scale)
     return (need_h, need_w) if swapped else (need_w, need_h)
+
+
+def exif_orientation(image: Any) -> int:
+    """The EXIF orientation (1-8) of an opened Pillow image; 1 when absent or unreadable.
+
+    Both decode paths orient by this one reading, so they agree on every file."""
+    try:
+        value = image.getexif().get(EXIF_ORIENTATION, 1)
+    except Exception:  # a damaged EXIF block orients nothing; the pixels may still decode
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from shards.errors import DecodeError
 from shards.options import numpy_storage_dtype
 from shards.write import jpeg_turbo
-from shards.write.geometry import needed_size, place
+from shards.write.geometry import exif_orientation, needed_size, place
 
 # Pillow's own default bomb limit (~89.5 Mpx, a 0.25 GiB RGB buffer): large enough for any camera,
 # small enough that two workers decoding at once stay well inside a worker's memory budget.
@@ -27,7 +27,6 @@ MAX_PIXELS = 89_478_485
 BACKGROUND = (0, 0, 0)
 RESAMPLE = Image.Resampling.BILINEAR
 
-_EXIF_ORIENTATION = 0x0112
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
     3: Image.Transpose.ROTATE_180,
@@ -84,7 +83,7 @@ def _decode_with_pillow(data: bytes, size: tuple[int, int], resize: str, max_pix
                     f"decompression bomb: {width}x{height} is {width * height / 1e6:.0f} Mpx, "
                     f"over the {max_pixels / 1e6:.0f} Mpx limit"
                 )
-            orientation = _orientation(image)
+            orientation = exif_orientation(image)
             if image.format == "JPEG":
                 image.draft(None, needed_size(*image.size, orientation, size, resize))
             image.load()
@@ -105,14 +104,6 @@ def _decode_with_pillow(data: bytes, size: tuple[int, int], resize: str, max_pix
         raise DecodeError(f"corrupt image ({reason})") from exc
     except MemoryError as exc:
         raise DecodeError("image too large to decode in memory") from exc
-
-
-def _orientation(image: Image.Image) -> int:
-    try:
-        value = image.getexif().get(_EXIF_ORIENTATION, 1)
-    except Exception:
-        return 1
-    return value if isinstance(value, int) and 1 <= value <= 8 else 1
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:

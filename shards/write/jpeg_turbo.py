@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from shards.write.geometry import needed_size, place
+from shards.write.geometry import exif_orientation, needed_size, place
 
 logger = logging.getLogger(__name__)
 
@@ -94,10 +94,10 @@ def _orientation(data: bytes) -> int:
     from PIL import Image
 
     try:
-        value = Image.open(io.BytesIO(data)).getexif().get(0x0112, 1)
+        image = Image.open(io.BytesIO(data))
     except Exception:
         return 1
-    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+    return exif_orientation(image)
 
 
 def _has_exif(data: bytes) -> bool:

@@ -14,11 +14,11 @@ import dataclasses
 import datetime
 import errno
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
 
+from shards.cluster import check_workers, cluster_resource, connect_ray, one_line, task_cause
 from shards.errors import ConfigError, RejectLimitError, ShardsError
 from shards.io import storage
 from shards.layout.manifest import (
@@ -107,8 +107,7 @@ def preprocess(
     started = time.perf_counter()
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
+    check_workers(workers)
     listing = list_sources(src)
     key = run_key(listing.fingerprint(), options)
     plan = plan_shards(len(listing), options.samples_per_shard, options.seed)
@@ -118,7 +117,7 @@ def preprocess(
         ray_started = time.perf_counter()
         connect_ray(address)
         ray_start_seconds = time.perf_counter() - ray_started
-        limit = workers or max(1, int(_cluster_cpus()))
+        limit = workers or max(1, int(cluster_resource("CPU", 1.0)))
         run = _ShardRun(sink, kept, on_progress, started)
         try:
             run.execute(limit)
@@ -136,29 +135,6 @@ def preprocess(
     if written == 0:
         raise RejectLimitError(f"{src}: all {summary.inputs} inputs were rejected; see {sink.dest}/rejects.jsonl")
     return summary
-
-
-def connect_ray(address: str | None) -> None:
-    """Join the cluster at `address` (or RAY_ADDRESS), or start an embedded local one."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
-    if address is None and not os.environ.get("RAY_ADDRESS"):
-        # Embedded by default (DESIGN): never join a cluster that happens to run on this machine.
-        kwargs.update(address="local", include_dashboard=False)
-    try:
-        ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
-        where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
-        raise ShardsError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}") from exc
-
-
-def _cluster_cpus() -> float:
-    import ray
-
-    return ray.cluster_resources().get("CPU", 1.0)
 
 
 def _write_shard_on_node(task: ShardTask) -> Receipt:
@@ -234,8 +210,7 @@ class _ShardRun:
         try:
             return ray.get(ref)
         except ray.exceptions.RayTaskError as exc:
-            cause = exc.cause if exc.cause is not None else exc
-            raise ShardsError(f"{spec.name}: {self._failure(cause)}") from exc
+            raise ShardsError(f"{spec.name}: {self._failure(task_cause(exc))}") from exc
         except ray.exceptions.RayError as exc:
             raise ShardsError(
                 f"{spec.name}: task lost after {TASK_RETRIES} retries: {str(exc).splitlines()[0]}"
@@ -251,8 +226,7 @@ class _ShardRun:
             )
         if isinstance(cause, OSError) and cause.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
             return f"cannot write to {where} ({cause.strerror}); fix its permissions and rerun with --resume"
-        text = str(cause).splitlines()[0] if str(cause) else ""
-        return f"task failed: {type(cause).__name__}: {text}"
+        return f"task failed: {one_line(cause)}"
 
     def _check_rejects(self) -> None:
         if self.reject_limit is not None and self.rejected > self.reject_limit:

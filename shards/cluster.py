@@ -1,0 +1,60 @@
+"""Ray, as every stage meets it: joining or starting a cluster, its resources, task failures.
+
+Written once here so the preprocess run, the trainer and prediction agree on what "embedded"
+means, how many CPUs and GPUs there are, and how a task's failure reads in one line. Ray is
+imported only when a function needs it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from shards.errors import ConfigError, ShardsError
+
+
+def check_workers(workers: int | None) -> None:
+    """Refuse `--workers` below 1 (None: the default, which the caller derives)."""
+    if workers is not None and workers < 1:
+        raise ConfigError(f"--workers must be at least 1, got {workers}")
+
+
+def connect_ray(address: str | None) -> None:
+    """Join the cluster at `address` (or RAY_ADDRESS), or start an embedded local one.
+
+    Raises:
+        ShardsError: Ray cannot be started or reached.
+    """
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
+    if address is None and not os.environ.get("RAY_ADDRESS"):
+        # Embedded by default (DESIGN): never join a cluster that happens to run on this machine.
+        kwargs.update(address="local", include_dashboard=False)
+    try:
+        ray.init(**kwargs)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
+        raise ShardsError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}") from exc
+
+
+def cluster_resource(name: str, default: float = 0.0) -> float:
+    """How much of a resource (`CPU`, `GPU`) the connected cluster has in all."""
+    import ray
+
+    return float(ray.cluster_resources().get(name, default))
+
+
+def task_cause(exc: BaseException) -> BaseException:
+    """The exception a Ray task raised, unwrapped from Ray's RayTaskError."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+def one_line(exc: BaseException) -> str:
+    """`Type: first line of the message`: how a failure reads in a `shards: error:` line."""
+    text = str(exc).splitlines()[0] if str(exc) else ""
+    return f"{type(exc).__name__}: {text}"
