@@ -129,6 +129,6 @@ def test_the_api_reference_documents_every_public_name(tmp_path):
         assert f'id="{name}"' in top, name
     for name in ("ShardDataset.batches", "ShardDataset.to_tf", "ShardDataset.split", "BatchStream.state"):
         assert f'id="{name}"' in top, name
-    adapters = (tmp_path / "shards" / "tf_data.html").read_text()
+    adapters = (tmp_path / "shards" / "tf" / "adapters.html").read_text()
     for name in ("to_tf", "ShardsPyDataset"):
         assert f'id="{name}"' in adapters, name

@@ -39,10 +39,6 @@ class Location(abc.ABC):
         self.root = root
 
     @property
-    def is_remote(self) -> bool:
-        return False
-
-    @property
     def local_root(self) -> str | None:
         """The folder itself where DEST is one (so its files can be memory-mapped); None for a
         prefix in object storage."""
@@ -202,10 +198,6 @@ class RemoteLocation(Location):
     def __init__(self, root: str) -> None:
         super().__init__(root.rstrip("/"))
         self._filesystem, self._path = storage.resolve(self.root)
-
-    @property
-    def is_remote(self) -> bool:
-        return True
 
     def key(self, relative: str) -> str:
         return f"{self._path}/{relative}"

@@ -29,7 +29,7 @@ from shards.errors import ConfigError, ManifestError
 from shards.formats import ShardInfo
 from shards.io import storage
 from shards.io.fileio import TEMP_PREFIX, FileDigest, HashingWriter
-from shards.io.location import RemoteLocation
+from shards.io.location import Location
 
 T = TypeVar("T")
 DOWNLOAD_THREADS = 4
@@ -48,7 +48,7 @@ class ShardCache:
 
     def __init__(
         self,
-        place: RemoteLocation,
+        place: Location,
         shards: Sequence[ShardInfo],
         *,
         run_key: str,

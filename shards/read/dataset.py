@@ -16,8 +16,8 @@ import numpy as np
 from shards.errors import ConfigError
 from shards.formats import get_format
 from shards.formats.base import ShardReader
-from shards.io.location import RemoteLocation, location
-from shards.layout.manifest import INDEX, Manifest, load_manifest
+from shards.io.location import location
+from shards.layout.manifest import INDEX, load_manifest
 from shards.options import numpy_dtype, parse_bytes
 from shards.read.cache import ShardCache
 from shards.read.sampling import check_start, epoch_order, window_order
@@ -50,13 +50,14 @@ class ShardDataset:
         self.dest = dest
         self._place = location(dest)
         self._files: dict[str, RunFiles] = {}
-        if self._place.is_remote:
-            # The cache checks every downloaded file's sha256 against this manifest.
-            self.manifest: Manifest = load_manifest(dest)
-        else:
-            self.manifest, self._files[dest] = bind_run(
-                dest, lambda manifest: manifest.shards, lambda: load_manifest(dest), verify=verify
+        self._folder = self._place.local_root  # None: object storage, read through a local cache
+        if self._folder is not None:
+            self.manifest, self._files[self._folder] = bind_run(
+                self._folder, lambda manifest: manifest.shards, lambda: load_manifest(dest), verify=verify
             )
+        else:
+            # The cache checks every downloaded file's sha256 against this manifest.
+            self.manifest = load_manifest(dest)
         self.shape = self.manifest.shape
         self.dtype = numpy_dtype(self.manifest.dtype)
         self.classes = self.manifest.classes
@@ -65,7 +66,7 @@ class ShardDataset:
         self._readers: dict[int, ShardReader] = {}
         self._subset: np.ndarray | None = None
         self.cache: ShardCache | None = None
-        if isinstance(self._place, RemoteLocation):
+        if self._folder is None:
             self.cache = ShardCache(
                 self._place,
                 self.manifest.shards,
@@ -94,7 +95,8 @@ class ShardDataset:
     def _reader(self, shard: int) -> ShardReader:
         if self.cache is not None:
             return self.cache.open(shard, lambda folder: self._open_reader(shard, folder))
-        return self._open_reader(shard, self.dest)
+        assert self._folder is not None  # a dataset without a local folder has a cache
+        return self._open_reader(shard, self._folder)
 
     def _open_reader(self, shard: int, folder: str) -> ShardReader:
         reader = self._readers.get(shard)

@@ -104,7 +104,7 @@ def _verified_receipts(place: Location, key: str, options: PreprocessOptions, pl
     # In object storage a shard object exists only once its upload completed, so its size (all
     # from one listing) is checked here and its bytes by `shards verify` and by the reader's
     # cache: a resume downloads nothing. Receipts are fetched a few at a time.
-    deep = not place.is_remote
+    deep = place.local_root is not None
     sizes = None if deep else place.sizes()
     specs = list(plan)
     with concurrent.futures.ThreadPoolExecutor(RECEIPT_THREADS) as pool:

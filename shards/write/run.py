@@ -37,7 +37,7 @@ from shards.write.task import ShardTask, write_shard
 logger = logging.getLogger(__name__)
 
 TASK_RETRIES = 3
-ABANDON_SECONDS = 10.0
+ABANDON_SECONDS = 30.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,8 +194,8 @@ class _ShardRun:
             # Again when nothing was left to run: a resumed run must not commit past its limit
             # on rejects that its kept shards recorded.
             self._check_rejects()
-        except BaseException:
-            _abandon(list(in_flight))
+        except BaseException as exc:
+            _abandon(list(in_flight), interrupted=not isinstance(exc, Exception))
             raise
 
     def _task(self, spec: ShardSpec) -> ShardTask:
@@ -283,17 +283,27 @@ class _ShardRun:
         return sum(r.shard.count + len(r.rejects) for r in fresh) / span if span > 0 else 0.0
 
 
-def _abandon(refs: list[Any]) -> None:
-    """Cancel tasks still in flight and collect what they leave, so Ray has no unretrieved
-    error to print as an "Unhandled error" traceback after the run's own one-line reason."""
+def _abandon(refs: list[Any], *, interrupted: bool) -> None:
+    """Settle the tasks still in flight after the run failed, and collect what they leave, so
+    Ray has no unretrieved error to print as an "Unhandled error" traceback after the run's own
+    one-line reason.
+
+    They are given ABANDON_SECONDS to finish: a failure such as a full disk ends them soon, and
+    a shard that finishes is kept for `--resume`. Those still running then, and all of them on
+    Ctrl-C, are cancelled with force: a polite cancel raises KeyboardInterrupt inside the task,
+    which can surface as a traceback of the task's reading threads; a killed worker leaves at
+    most a temporary file, which `--resume` removes.
+    """
     import ray
 
-    for ref in refs:
-        ray.cancel(ref)
-    ready, _ = ray.wait(refs, num_returns=len(refs), timeout=ABANDON_SECONDS) if refs else ([], [])
-    for ref in ready:
+    if not refs:
+        return
+    ready, running = ([], refs) if interrupted else ray.wait(refs, num_returns=len(refs), timeout=ABANDON_SECONDS)
+    for ref in running:
+        ray.cancel(ref, force=True)
+    for ref in [*ready, *running]:
         with contextlib.suppress(Exception):
-            ray.get(ref)
+            ray.get(ref, timeout=ABANDON_SECONDS)
 
 
 class _RejectLimitReached(ShardsError):
