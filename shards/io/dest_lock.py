@@ -34,6 +34,7 @@ from typing import Any
 
 from shards.errors import DestinationError
 from shards.io import storage
+from shards.io.location import LocalLocation
 
 logger = logging.getLogger(__name__)
 
@@ -93,12 +94,7 @@ def describe_holder(data: bytes) -> str:
 
 class _FolderLock(DestLock):
     def __init__(self, folder: str) -> None:
-        try:
-            os.makedirs(folder, exist_ok=True)
-        except FileExistsError:
-            raise DestinationError(f"{folder}: DEST exists and is not a folder") from None
-        except OSError as exc:
-            raise DestinationError(f"{folder}: cannot create DEST ({exc.strerror or exc})") from None
+        LocalLocation(folder).create()
         self._path = os.path.join(folder, LOCK_NAME)
         self._descriptor: int | None = None
         while self._descriptor is None:
