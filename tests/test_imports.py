@@ -79,3 +79,14 @@ def test_the_import_time_graph_has_no_cycles():
         if module not in state:
             visit(module)
     assert len(state) > 30  # the walk saw the package
+
+
+def test_the_driver_of_a_training_job_loads_no_tensorflow():
+    """The trainer actor and Ray Train workers load TensorFlow; the process that submits them
+    (`shards train`, `jobs/train.py`) need not pay its seconds and hundreds of MB."""
+    probe = (
+        "import json, sys, shards.tf.trainer, shards.model_commands, shards.cli; "
+        "print(json.dumps([m for m in ('tensorflow', 'keras') if m in sys.modules]))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert json.loads(result.stdout) == []

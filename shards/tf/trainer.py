@@ -18,8 +18,7 @@ from typing import Any
 from shards.cluster import cluster_resource, connect_ray, one_line, task_cause
 from shards.errors import ShardsError
 from shards.io import storage
-from shards.tf.options import check_training
-from shards.tf.training import TrainOptions
+from shards.tf.options import TrainOptions, check_training
 
 logger = logging.getLogger(__name__)
 
