@@ -15,60 +15,110 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from shards.errors import ConfigError, ShardsError
+from shards.cluster import check_workers
+from shards.errors import ConfigError, ShardsError, SourceError
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
 LOG_EVERY_SECONDS = 10.0
 
 
+EXAMPLES = {
+    "preprocess": [
+        "shards preprocess photos/ out/ --size 224",
+        "shards preprocess list.csv s3://bucket/run --dtype float16 --workers 8 --address auto",
+        "shards preprocess photos/ out/ --resume --max-rejects 1%",
+    ],
+    "inspect": ["shards inspect out/", "shards inspect s3://bucket/run --json"],
+    "verify": ["shards verify out/"],
+    "preview": ["shards preview out/ -o preview.png --n 8 --per-class"],
+    "plan": ["shards plan photos/ --size 224 --dtype float16 --memory 16GiB"],
+    "train": [
+        "shards train out/ --epochs 10 --validation-split 0.1",
+        "shards train out/ --workers 4 --checkpoint-dir ckpt --resume",
+    ],
+    "predict": ["shards predict out/ --model model.keras --out predictions.parquet"],
+}
+
+
+def _add_command(commands: Any, name: str, summary: str, common: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """A subcommand with its summary, its examples under --help, and -v/-q after it too."""
+    examples = "examples:\n" + "\n".join(f"  {line}" for line in EXAMPLES[name])
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=summary,
+        epilog=examples,
+        parents=[common],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     from shards.version import DISTRIBUTION, installed_version
 
-    parser = argparse.ArgumentParser(prog="shards", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="shards",
+        description=__doc__.splitlines()[0],
+        epilog="Run `shards COMMAND --help` for a command's options and examples.",
+    )
     parser.add_argument("--version", action="version", version=f"shards {installed_version()} ({DISTRIBUTION})")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log every reject as it happens")
-    commands = parser.add_subparsers(dest="command", required=True)
+    _add_verbosity(parser, default=False)
+    # The same flags after the subcommand; SUPPRESS keeps them from resetting what came before it.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_verbosity(common, default=argparse.SUPPRESS)
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("preprocess", help="turn an image folder or manifest into shards, on Ray")
+    run = _add_command(commands, "preprocess", "turn an image folder or list into shards, on Ray", common)
     add_preprocess_arguments(run)
 
-    inspect = commands.add_parser("inspect", help="summarise a shards run")
-    inspect.add_argument("dest")
+    inspect = _add_command(commands, "inspect", "summarise a shards run", common)
+    inspect.add_argument("dest", help="a shards run (folder or s3:// / gs:// prefix)")
     inspect.add_argument("--json", action="store_true", help="print the summary as JSON")
 
-    verify = commands.add_parser("verify", help="check every shard against the manifest")
-    verify.add_argument("dest")
+    verify = _add_command(commands, "verify", "check every shard of a run against its manifest", common)
+    verify.add_argument("dest", help="a shards run (folder or s3:// / gs:// prefix)")
 
-    preview = commands.add_parser("preview", help="a contact sheet of samples, rendered from the shards")
-    preview.add_argument("dest")
+    preview = _add_command(commands, "preview", "a contact sheet of samples, rendered from the shards", common)
+    preview.add_argument("dest", help="a shards run (folder or s3:// / gs:// prefix)")
     preview.add_argument("-o", "--output", required=True, help="the PNG to write")
     preview.add_argument("--n", type=int, default=64, help="samples (per class with --per-class); default 64")
     preview.add_argument("--per-class", action="store_true", help="one row of samples per class")
-    preview.add_argument("--seed", type=int, default=0)
+    preview.add_argument("--seed", type=int, default=0, help="which samples are drawn (default 0)")
 
-    plan = commands.add_parser("plan", help="what a preprocess run will produce, without running it")
-    plan.add_argument("src")
-    plan.add_argument("--size", default="224")
-    plan.add_argument("--resize", default="crop")
-    plan.add_argument("--dtype", default="uint8")
-    plan.add_argument("--shard-size", default="256MiB")
-    plan.add_argument("--seed", default="0")
-    plan.add_argument("--batch-size", type=int, default=256)
+    plan = _add_command(commands, "plan", "what a preprocess run will produce, without running it", common)
+    plan.add_argument("src", help="what `shards preprocess` would read")
+    plan.add_argument("--size", default="224", help="output size: N or HxW (default 224)")
+    plan.add_argument("--resize", default="crop", help="stretch | crop | pad (default crop)")
+    plan.add_argument("--dtype", default="uint8", help="uint8 | float16 | bfloat16 | float32 (default uint8)")
+    plan.add_argument("--shard-size", default="256MiB", help="image bytes per shard (default 256MiB)")
+    plan.add_argument("--seed", default="0", help="seed of the shard plan's permutation (default 0)")
+    plan.add_argument("--batch-size", type=int, default=256, help="a training batch size to size (default 256)")
     plan.add_argument("--memory", default=None, help="a memory budget, e.g. 16GiB: the largest batch that fits")
-    plan.add_argument("--json", action="store_true")
+    plan.add_argument("--json", action="store_true", help="print the figures as JSON")
 
     from shards.model_commands import add_predict_arguments, add_train_arguments
 
-    add_train_arguments(commands.add_parser("train", help="train a Keras model on a shards run, on Ray"))
-    add_predict_arguments(commands.add_parser("predict", help="predict a shards run with a Keras model, into Parquet"))
+    add_train_arguments(_add_command(commands, "train", "train a Keras model on a shards run, on Ray", common))
+    add_predict_arguments(
+        _add_command(commands, "predict", "predict a shards run with a Keras model, into Parquet", common)
+    )
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, *, default: Any) -> None:
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", default=default, help="log details (every reject as it happens)"
+    )
+    parser.add_argument(
+        "-q", "--quiet", action="store_true", default=default, help="errors only: no progress, no warnings"
+    )
 
 
 def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     """The preprocess options, shared by `shards preprocess` and `jobs/preprocess.py`."""
     parser.add_argument("src", help="folder of class folders, flat folder, or CSV/Parquet with path[,label]")
-    parser.add_argument("dest", help="output folder")
+    parser.add_argument("dest", help="output folder, or an s3:// / gs:// prefix")
     parser.add_argument("--size", default="224", help="output size: N or HxW (default 224)")
     parser.add_argument("--resize", default="crop", help="stretch | crop | pad (default crop)")
     parser.add_argument("--dtype", default="uint8", help="uint8 | float16 | bfloat16 | float32 (default uint8)")
@@ -81,7 +131,7 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--endpoint-url",
         default=None,
-        help="S3-compatible endpoint for s3:// SRC (default: AWS_ENDPOINT_URL, else AWS)",
+        help="S3-compatible endpoint for s3:// SRC or DEST (default: AWS_ENDPOINT_URL, else AWS)",
     )
     parser.add_argument("--workers", type=int, default=None, help="shard tasks in flight (default: cluster CPUs)")
     mode = parser.add_mutually_exclusive_group()
@@ -117,12 +167,11 @@ def run_preprocess(args: argparse.Namespace) -> int:
         import os
 
         os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
-    if args.workers is not None and args.workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {args.workers}")
+    check_workers(args.workers)
     from shards.write.run import preprocess
 
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
-    with _ProgressDisplay() as display:
+    with _ProgressDisplay(quiet=args.quiet) as display:
         summary = preprocess(
             args.src,
             args.dest,
@@ -162,12 +211,13 @@ def _print_summary(summary: Any) -> None:
 
 
 class _ProgressDisplay:
-    """A tqdm bar on a terminal; a log line every LOG_EVERY_SECONDS otherwise."""
+    """A tqdm bar on a terminal; a log line every LOG_EVERY_SECONDS otherwise; nothing when quiet."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, quiet: bool = False) -> None:
         self._bar: Any = None
         self._interactive = sys.stderr.isatty()
         self._last_log = 0.0
+        self._quiet = quiet
 
     def __enter__(self) -> _ProgressDisplay:
         return self
@@ -177,6 +227,8 @@ class _ProgressDisplay:
             self._bar.close()
 
     def update(self, progress: Any) -> None:
+        if self._quiet:
+            return
         if self._interactive:
             if self._bar is None:
                 from tqdm import tqdm
@@ -337,12 +389,14 @@ def _model_command(name: str, args: argparse.Namespace) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `shards` command; returns the exit status."""
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
-    )
+    if args.verbose and args.quiet:
+        print("shards: error: -v/--verbose and -q/--quiet exclude each other", file=sys.stderr)
+        return EXIT_USAGE
+    level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     try:
         return COMMANDS[args.command](args)
-    except ConfigError as exc:
+    except (ConfigError, SourceError) as exc:  # bad arguments and input paths, found before Ray starts
         print(f"shards: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except ShardsError as exc:

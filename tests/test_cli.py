@@ -1,5 +1,6 @@
 """The `shards` command as users run it: real processes, exit codes, one-line errors."""
 
+import argparse
 import json
 import os
 import subprocess
@@ -150,3 +151,35 @@ def test_predict_command_refuses_a_bad_batch_size_in_one_line(held_run, tmp_path
     assert result.returncode == 2 and result.stderr.strip() == (
         "shards: error: --batch-size must be a positive integer or 'auto', got 'x'"
     )
+
+
+def test_every_command_has_an_example_and_every_option_says_what_it_does():
+    parser = cli.build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert set(commands.choices) == set(cli.EXAMPLES)
+    for name, command in commands.choices.items():
+        assert f"shards {name} " in command.format_help().split("examples:")[1], name
+        for action in command._actions:
+            assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
+
+
+def test_verbosity_flags_work_before_or_after_the_command_and_quiet_silences_progress(photos, tmp_path):
+    for flags in (["-q", "preprocess"], ["preprocess", "--quiet"]):
+        dest = str(tmp_path / "-".join(flags))
+        result = run(*flags, photos, dest, "--size", "16", env={"RAY_ADDRESS": ""})
+        assert result.returncode == 0, result.stderr
+        assert "progress:" not in result.stderr and "written   90 samples" in result.stdout
+    both = run("-v", "inspect", str(tmp_path), "-q")
+    assert both.returncode == 2 and "exclude each other" in both.stderr
+
+
+@pytest.mark.parametrize(
+    "make_src, words",
+    [
+        (lambda tmp: str(tmp / "missing"), "no such file or folder"),
+        (lambda tmp: (tmp / "list.csv").write_text("file,label\na.jpg,cat\n") and str(tmp / "list.csv"), "'path'"),
+    ],
+)
+def test_a_bad_input_path_exits_2_before_any_ray_work(tmp_path, make_src, words):
+    result = run("preprocess", make_src(tmp_path), str(tmp_path / "out"), env={"RAY_ADDRESS": "127.0.0.1:9"})
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
