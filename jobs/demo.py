@@ -6,6 +6,7 @@ Everything happens under one folder (default ./demo-data), which is replaced on 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import time
@@ -22,15 +23,21 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     photos, out = os.path.join(args.folder, "photos"), os.path.join(args.folder, "shards")
 
+    planted = os.path.join(photos, "class_0", "broken.jpg")
     if not os.path.isdir(photos):
         print(f"making {args.images} JPEG/PNG/WebP images in 4 classes under {photos} ...")
         make_image_folder(photos, args.images, classes=4, sizes=(200, 900), formats=("jpeg", "jpeg", "png", "webp"))
-        with open(os.path.join(photos, "class_0", "broken.jpg"), "wb") as handle:
+        with open(planted, "wb") as handle:
             handle.write(b"\xff\xd8\xff\xe0 this JPEG stops here")
+    print(f"planted {planted}: a JPEG cut off after its header, to show how a bad input is handled")
     print(f"\n$ shards preprocess {photos} {out} --size 128 --shard-size 4MiB --overwrite")
     status = cli.main(["preprocess", photos, out, "--size", "128", "--shard-size", "4MiB", "--overwrite"])
     if status:
         return status
+    with open(os.path.join(out, "rejects.jsonl"), encoding="utf-8") as handle:
+        for line in handle:
+            reject = json.loads(line)
+            print(f"rejected, not fatal: {reject['source']}: {reject['reason']} (see {out}/rejects.jsonl)")
     print(f"\n$ shards inspect {out}")
     cli.main(["inspect", out])
 

@@ -44,7 +44,11 @@ def build_model(shape: tuple[int, int, int], classes: int, dtype: str, augment: 
     x = augmentation(augment)(x) if augment else x
     for filters in (16, 32, 64):
         x = layers.Conv2D(filters, 3, strides=2, padding="same", activation="relu")(x)
-        x = layers.BatchNormalization(momentum=0.9)(x)  # 0.99 leaves short runs with untrained statistics
+        # GroupNormalization keeps no running statistics, so the model predicts as it trained.
+        # With BatchNormalization, 3 demo epochs left the statistics unsettled: validation
+        # accuracy 0.55-0.78 against 0.85-0.86 in training (3 seeds), predict 0.66-0.81 on the
+        # training data itself; with GroupNormalization 0.81-0.88 against 0.85-0.88, predict 0.88.
+        x = layers.GroupNormalization(groups=8)(x)
     x = layers.GlobalAveragePooling2D()(x)
     outputs = layers.Dense(classes, dtype="float32", name="logits")(x)
     return keras.Model(inputs, outputs, name="shards_cnn")

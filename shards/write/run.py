@@ -50,7 +50,7 @@ class Progress:
     inputs_total: int
     written: int
     rejected: int
-    elapsed: float
+    elapsed: float  # seconds of shard work: Ray's start-up excluded, as in the summary's rate
 
 
 @dataclasses.dataclass(frozen=True)
@@ -118,7 +118,7 @@ def preprocess(
         connect_ray(address)
         ray_start_seconds = time.perf_counter() - ray_started
         limit = workers or max(1, int(cluster_resource("CPU", 1.0)))
-        run = _ShardRun(sink, kept, on_progress, started)
+        run = _ShardRun(sink, kept, on_progress, started, work_started=time.perf_counter())
         try:
             run.execute(limit)
         except _RejectLimitReached as exc:
@@ -153,6 +153,8 @@ class _ShardRun:
         kept: dict[str, Receipt],
         on_progress: Callable[[Progress], None] | None,
         started: float,
+        *,
+        work_started: float,
     ) -> None:
         self.sink, self.dest = sink, sink.dest
         self.src, self.listing, self.plan = sink.run.src, sink.run.listing, sink.run.plan
@@ -164,7 +166,7 @@ class _ShardRun:
         self.inputs_done = sum(r.shard.count + len(r.rejects) for r in kept.values())
         self.rejected = sum(len(r.rejects) for r in kept.values())
         self.on_progress = on_progress
-        self.started = started
+        self.started, self.work_started = started, work_started
         self.reject_limit = self.options.reject_limit(len(self.listing))
 
     def execute(self, limit: int) -> None:
@@ -243,7 +245,7 @@ class _ShardRun:
                 len(self.listing),
                 self.inputs_done - self.rejected,
                 self.rejected,
-                time.perf_counter() - self.started,
+                time.perf_counter() - self.work_started,
             )
         )
 
