@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -257,17 +258,25 @@ class _ProgressDisplay:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    from shards.layout.manifest import load_manifest
+    from shards.layout.manifest import MANIFEST, PARTS, RUN_RECORD, load_manifest, read_json
 
+    if read_json(args.dest, MANIFEST) is None:
+        claim = read_json(args.dest, f"{PARTS}/{RUN_RECORD}")
+        if claim is not None:
+            return _inspect_unfinished(args, claim)
     manifest = load_manifest(args.dest, allow_incomplete=True)
     record = manifest.record
+    config = record["config"]
     summary = {
         "dest": args.dest,
+        "source": record.get("source"),
         "format": manifest.format,
         "complete": manifest.complete,
         "count": manifest.count,
         "shape": list(manifest.shape),
         "dtype": manifest.dtype,
+        "size": "x".join(str(v) for v in config["size"]),
+        "resize": config["resize"],
         "classes": dict(zip(manifest.classes, record.get("class_counts", []))),
         "shards": len(manifest.shards),
         "bytes": sum(s.bytes for s in manifest.shards),
@@ -279,7 +288,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
-    for key in ("dest", "format", "complete", "count", "shape", "dtype", "shards", "inputs", "rejected"):
+    keys = ("dest", "source", "format", "complete", "count", "shape", "dtype", "size", "resize", "shards", "inputs")
+    for key in (*keys, "rejected"):
         print(f"{key:<9} {summary[key]}")
     print(f"{'bytes':<9} {summary['bytes'] / 1e6:,.1f} MB")
     print(f"{'classes':<9} {len(manifest.classes)}")
@@ -287,7 +297,56 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(f"  {name}: {count:,}")
     for reason, count in summary["rejects_by_reason"].items():
         print(f"  rejected, {reason}: {count:,}")
+    if not manifest.complete:
+        from shards.layout.manifest import HOW_TO_PROCEED
+
+        print(f"the run failed its --max-rejects limit: {HOW_TO_PROCEED}")
     return 0
+
+
+def _inspect_unfinished(args: argparse.Namespace, claim: dict[str, Any]) -> int:
+    """A run cut short (no manifest yet): how far it got and the command that resumes it."""
+    from shards.io.location import location
+    from shards.layout.manifest import PARTS
+
+    finished = sorted(n for n in location(args.dest).names(PARTS) or [] if n.startswith("shard-"))
+    config = claim.get("config", {})
+    command = _resume_command(str(claim.get("source")), args.dest, config)
+    summary = {
+        "dest": args.dest,
+        "source": claim.get("source"),
+        "complete": False,
+        "finished_shards": len(finished),
+        "config": config,
+        "resume": command,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=1))
+        return 0
+    print(f"{'dest':<9} {args.dest}")
+    print(f"{'source':<9} {claim.get('source')}")
+    print(f"{'complete':<9} False: the run was cut short before its manifest was written")
+    print(f"{'finished':<9} {len(finished):,} shard(s), kept by a resume after their checksums verify")
+    print(f"resume with: {command}")
+    return 0
+
+
+def _resume_command(source: str, dest: str, config: dict[str, Any]) -> str:
+    """The `shards preprocess ... --resume` that continues a run with the options it started with."""
+    flags = {
+        "--size": "x".join(str(v) for v in config.get("size", [])),
+        "--resize": config.get("resize"),
+        "--dtype": config.get("dtype"),
+        "--format": config.get("format"),
+        "--shard-size": config.get("shard_size"),
+        "--seed": config.get("seed"),
+        "--compression": config.get("compression"),
+    }
+    defaults = {"--resize": "crop", "--dtype": "uint8", "--format": "npy", "--seed": 0, "--compression": "none"}
+    parts = [
+        f"{flag} {value}" for flag, value in flags.items() if value not in (None, "") and defaults.get(flag) != value
+    ]
+    return " ".join(["shards preprocess", source, dest, *parts, "--resume"])
 
 
 def _rejects_by_reason(dest: str) -> dict[str, int]:
@@ -405,6 +464,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("shards: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of our output went away (`shards inspect DEST | head`): stop quietly, and
+        # keep Python from failing again when it flushes stdout at exit.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":

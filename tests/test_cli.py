@@ -183,3 +183,32 @@ def test_verbosity_flags_work_before_or_after_the_command_and_quiet_silences_pro
 def test_a_bad_input_path_exits_2_before_any_ray_work(tmp_path, make_src, words):
     result = run("preprocess", make_src(tmp_path), str(tmp_path / "out"), env={"RAY_ADDRESS": "127.0.0.1:9"})
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
+
+
+def test_inspect_shows_the_settings_and_how_to_resume_a_run_cut_short(photos, tmp_path):
+    dest = str(tmp_path / "out")
+    assert (
+        run(
+            "preprocess",
+            photos,
+            dest,
+            "--size",
+            "20x16",
+            "--resize",
+            "pad",
+            "--shard-size",
+            "9KiB",
+            env={"RAY_ADDRESS": ""},
+        ).returncode
+        == 0
+    )
+    shown = run("inspect", dest)
+    for line in (f"source    {photos}", "size      20x16", "resize    pad", "format    npy", "dtype     uint8"):
+        assert line in shown.stdout, shown.stdout
+    os.remove(os.path.join(dest, "manifest.json"))  # as a run killed before its commit leaves it
+    cut = run("inspect", dest)
+    assert cut.returncode == 0 and "cut short" in cut.stdout
+    command = cut.stdout.split("resume with: ")[1].strip()
+    assert command == f"shards preprocess {photos} {dest} --size 20x16 --resize pad --shard-size 9216 --resume"
+    resumed = run(*command.split()[1:], env={"RAY_ADDRESS": ""})
+    assert resumed.returncode == 0 and "kept from before" in resumed.stdout, resumed.stderr
