@@ -445,6 +445,16 @@ def _model_command(name: str, args: argparse.Namespace) -> int:
     return run_train(args) if name == "train" else run_predict(args)
 
 
+def _fail(exc: BaseException, status: int, *, verbose: bool) -> int:
+    """One line on stderr; with -v, the whole traceback first (a task's remote one included)."""
+    if verbose:
+        import traceback
+
+        traceback.print_exception(exc)
+    print(f"shards: error: {exc}", file=sys.stderr)
+    return status
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `shards` command; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -456,11 +466,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, SourceError) as exc:  # bad arguments and input paths, found before Ray starts
-        print(f"shards: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return _fail(exc, EXIT_USAGE, verbose=args.verbose)
     except ShardsError as exc:
-        print(f"shards: error: {exc}", file=sys.stderr)
-        return EXIT_FAILURE
+        return _fail(exc, EXIT_FAILURE, verbose=args.verbose)
     except KeyboardInterrupt:
         print("shards: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130

@@ -55,6 +55,20 @@ def task_cause(exc: BaseException) -> BaseException:
 
 
 def one_line(exc: BaseException) -> str:
-    """`Type: first line of the message`: how a failure reads in a `shards: error:` line."""
-    text = str(exc).splitlines()[0] if str(exc) else ""
+    """`Type: cause`: how a failure reads in a `shards: error:` line.
+
+    TensorFlow's graph errors open with a heading ("Graph execution error:"), then the node's
+    Python stack, then the cause ("Received a label value of -1 which is outside ..."), then the
+    node name in brackets; the heading alone says nothing, so the cause is taken from the end.
+    """
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    text = lines[0]
+    if text.endswith(":") and len(lines) > 1:
+        causes = [line for line in lines[1:] if not line.startswith(_STACK_LINES)]
+        text = causes[-1] if causes else text
     return f"{type(exc).__name__}: {text}"
+
+
+_STACK_LINES = ("File ", "Detected at node", "[[", "Traceback", "^")

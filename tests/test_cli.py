@@ -212,3 +212,34 @@ def test_inspect_shows_the_settings_and_how_to_resume_a_run_cut_short(photos, tm
     assert command == f"shards preprocess {photos} {dest} --size 20x16 --resize pad --shard-size 9216 --resume"
     resumed = run(*command.split()[1:], env={"RAY_ADDRESS": ""})
     assert resumed.returncode == 0 and "kept from before" in resumed.stdout, resumed.stderr
+
+
+def test_training_refuses_unlabelled_samples_before_tensorflow_with_their_count(photos, tmp_path):
+    paths = sorted(os.path.join(photos, "class_0", n) for n in os.listdir(os.path.join(photos, "class_0")))[:4]
+    (tmp_path / "list.csv").write_text(
+        "path,label\n" + "".join(f"{p},{'cat' if i else ''}\n" for i, p in enumerate(paths))
+    )
+    dest = str(tmp_path / "out")
+    assert run("preprocess", str(tmp_path / "list.csv"), dest, "--size", "16", env={"RAY_ADDRESS": ""}).returncode == 0
+    result = run("train", dest, env={"RAY_ADDRESS": "127.0.0.1:9"})
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"shards: error: {dest}: 1 of 4 samples have no label (-1); training needs every sample labelled: give them "
+        "labels in SRC and preprocess again (index.parquet lists them)"
+    )
+    verbose = run("train", dest, "-v", env={"RAY_ADDRESS": "127.0.0.1:9"})
+    assert "Traceback (most recent call last)" in verbose.stderr and verbose.stderr.strip().endswith(
+        "index.parquet lists them)"
+    )
+
+
+def test_a_tensorflow_graph_error_reads_as_its_cause():
+    import keras
+
+    from shards.cluster import one_line
+
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3)])
+    model.compile(loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True), optimizer="sgd")
+    with pytest.raises(Exception) as caught:
+        model.fit(np.zeros((8, 4), np.float32), np.array([0, 1, 2, -1, 0, 1, 2, 0]), verbose=0, batch_size=8)
+    assert str(caught.value).startswith("Graph execution error:")  # what users saw, and nothing more
+    assert one_line(caught.value).startswith("InvalidArgumentError: Received a label value of -1 which is outside")

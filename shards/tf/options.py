@@ -74,14 +74,26 @@ def check_training(dest: str, options: TrainOptions, *, workers: int, gpus_per_w
         ManifestError: DEST holds no finished run.
     """
     from shards.cluster import check_workers
-    from shards.layout.manifest import load_manifest
+    from shards.io.location import location
+    from shards.layout.manifest import INDEX, load_manifest
 
     check_workers(workers)
     if gpus_per_worker is not None and gpus_per_worker < 0:
         raise ConfigError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
     if options.model_path and not os.path.isfile(options.model_path):
         raise ConfigError(f"--model {options.model_path}: no such file")
-    load_manifest(dest)
+    manifest = load_manifest(dest)
+    if not manifest.classes:
+        raise ConfigError(f"{dest}: the dataset has no labels (no classes); nothing to train on")
+    # A sample without a label (-1) would fail deep inside TensorFlow with "Graph execution
+    # error"; counted here from index.parquet, it is refused before any work, in one line.
+    labels = location(dest).read_table(INDEX, ["label"]).column("label").to_numpy()
+    unlabeled = int((labels < 0).sum())
+    if unlabeled:
+        raise ConfigError(
+            f"{dest}: {unlabeled:,} of {manifest.count:,} samples have no label (-1); training needs every sample "
+            "labelled: give them labels in SRC and preprocess again (index.parquet lists them)"
+        )
 
 
 def default(options: type, name: str) -> object:
