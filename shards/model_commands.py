@@ -103,7 +103,12 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
         "--batch-size", default=default(PredictOptions, "batch_size"), help="N, or auto (halves on out-of-memory)"
     )
     parser.add_argument("--top-k", type=int, default=default(PredictOptions, "top_k"), help="default %(default)s")
-    parser.add_argument("--host-memory", default=None, help="cap batches to fit this host memory, e.g. 4GiB")
+    parser.add_argument(
+        "--host-memory",
+        default=None,
+        help="memory for batches and their activations (measured on a probe batch), on top of TensorFlow and the "
+        "model, e.g. 4GiB; default: half of what is available",
+    )
     parser.add_argument("--workers", type=int, default=1, help="Ray tasks over groups of shards")
     parser.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPUs")
     parser.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)")
@@ -137,5 +142,6 @@ def run_predict(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         address=args.address,
     )
-    print(f"wrote {result['rows']:,} rows to {args.out} (batch size {result['batch_size']})")
+    rows, batch = result["rows"], result["batch_size"]
+    print(f"wrote {rows:,} rows to {args.out} (batch size {batch}); scores are {result['scores']}")
     return 0

@@ -48,8 +48,10 @@ def test_predict_writes_one_row_per_sample_in_order_with_injected_oom(model_and_
     table = pq.read_table(out)
     assert result["rows"] == table.num_rows == 90 and result["batch_size"] == 11
     assert table.column("row").to_pylist() == list(range(90))  # every row once, in order
-    assert sizes[:5] == [90, 45, 22, 11, 11]  # 1024 capped to the dataset, then halved until it fits
-    assert sum(sizes[3:]) == 90  # after backing off, every sample predicted exactly once
+    # A probe of 16 measures the memory per sample; the budget allows the whole dataset (1024 is
+    # capped to 90), which the device refuses, so the batch halves until it fits.
+    assert sizes[:6] == [16, 90, 45, 22, 11, 11]
+    assert sum(sizes[4:]) == 90  # after backing off, every sample predicted exactly once
     expected = model.predict_on_batch(dataset.read(np.arange(90))[0]).argmax(1)
     assert table.column("prediction").to_pylist() == expected.tolist()
     assert table.column("source").to_pylist() == index_sources(dest).to_pylist()
@@ -67,17 +69,46 @@ def test_fixed_batch_size_that_does_not_fit_fails_clearly(model_and_data, tmp_pa
     assert not os.path.exists(tmp_path / "p.parquet")
 
 
-def test_host_memory_budget_bounds_the_batch(model_and_data, tmp_path):
+def test_host_memory_budget_bounds_the_batch_with_the_measured_memory(model_and_data, tmp_path):
+    """The budget counts what a probe batch really took (activations included), so the batch is
+    never larger than the input alone would allow, and a roomy budget takes the whole set."""
     dest, _, model = model_and_data
-    seen = []
-    budget = 2 * 16 * 16 * 3 * 7  # room for two batches of 7 samples
-    predict_to_parquet(
-        shards.open(dest),
-        lambda x: seen.append(len(x)) or model.predict_on_batch(x),
-        str(tmp_path / "p.parquet"),
-        PredictOptions(host_memory=budget),
-    )
-    assert max(seen) == 7 and sum(seen) == 90
+    for budget, expected_largest in [(2 * 16 * 16 * 3 * 7, 7), (2**30, 90)]:
+        seen = []
+        result = predict_to_parquet(
+            shards.open(dest),
+            lambda x, seen=seen: seen.append(len(x)) or model.predict_on_batch(x),
+            str(tmp_path / "p.parquet"),
+            PredictOptions(host_memory=budget),
+        )
+        batches = seen[1:]  # the first call is the probe
+        assert sum(batches) == 90 and result["batch_size"] == max(batches)
+        if expected_largest == 90:
+            assert max(batches) == 90
+        else:
+            assert max(batches) <= expected_largest
+
+
+def test_keras_predictions_are_probabilities_with_class_names(model_and_data, tmp_path):
+    from shards.tf.predict import keras_predictor
+
+    dest, model_path, _ = model_and_data
+    dataset = shards.open(dest)
+    predictor = keras_predictor(model_path)
+    assert predictor.scores == "probabilities: softmax applied to the model's logits"  # the CNN ends in logits
+    out = str(tmp_path / "p.parquet")
+    predict_to_parquet(dataset, predictor, out, PredictOptions(batch_size=32, top_k=3))
+    table = pq.read_table(out)
+    assert table.schema.metadata[b"shards.scores"] == predictor.scores.encode()
+    rows = table.to_pylist()
+    for row in rows:
+        assert all(0 <= p <= 1 for p in row["top_k_scores"]) and row["score"] == row["top_k_scores"][0]
+        assert row["prediction_name"] == dataset.classes[row["prediction"]]
+        assert row["label_name"] == dataset.classes[row["label"]]
+        assert row["top_k_names"] == [dataset.classes[i] for i in row["top_k"]]
+    full = predict_to_parquet(dataset, predictor, out, PredictOptions(batch_size=32, top_k=len(dataset.classes)))
+    sums = [sum(row) for row in pq.read_table(out).column("top_k_scores").to_pylist()]
+    assert full["rows"] == 90 and np.allclose(sums, 1.0, atol=1e-5)
 
 
 def test_predict_job_as_ray_tasks_equals_one_process(model_and_data, tmp_path):
