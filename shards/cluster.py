@@ -20,8 +20,12 @@ def check_workers(workers: int | None) -> None:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
 
 
-def connect_ray(address: str | None) -> None:
+def connect_ray(address: str | None, *, worker_logs: bool = True) -> None:
     """Join the cluster at `address` (or RAY_ADDRESS), or start an embedded local one.
+
+    `worker_logs=False` keeps the workers' output off this process's terminal: a training job's
+    workers print dozens of TensorFlow and Ray Train start-up lines each, and their failures
+    come back as exceptions anyway (the CLI turns them off unless -v).
 
     Raises:
         ShardsError: Ray cannot be started or reached.
@@ -30,15 +34,23 @@ def connect_ray(address: str | None) -> None:
 
     if ray.is_initialized():
         return
-    kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING}
+    kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING, "log_to_driver": worker_logs}
     if address is None and not os.environ.get("RAY_ADDRESS"):
         # Embedded by default (DESIGN): never join a cluster that happens to run on this machine.
         kwargs.update(address="local", include_dashboard=False)
+        # Token authentication stays on as Ray sets it up; only its notice that it "is enabled
+        # for this Ray cluster" is dropped, which every embedded run printed. (Setting
+        # RAY_AUTH_MODE=token instead made the embedded GCS refuse its own driver.)
+        logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_token_notice)
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
         raise ShardsError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}") from exc
+
+
+def _token_notice(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Token authentication is enabled for this Ray cluster")
 
 
 def cluster_resource(name: str, default: float = 0.0) -> float:

@@ -79,6 +79,7 @@ def run_train(args: argparse.Namespace) -> int:
         gpus_per_worker=args.gpus_per_worker,
         address=args.address,
         storage_path=args.storage_path,
+        worker_logs=args.verbose,
     )
     for epoch in report["epochs"]:
         metrics = ", ".join(
@@ -141,6 +142,7 @@ def run_predict(args: argparse.Namespace) -> int:
         workers=args.workers,
         mixed_precision=args.mixed_precision,
         address=args.address,
+        worker_logs=args.verbose,
     )
     rows, batch = result["rows"], result["batch_size"]
     print(f"wrote {rows:,} rows to {args.out} (batch size {batch}); scores are {result['scores']}")

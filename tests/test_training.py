@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 
 import numpy as np
@@ -174,3 +175,38 @@ def test_train_job_refuses_a_missing_dest_or_model_before_any_ray_work(colour_cl
         run_training(str(tmp_path / "nothing"), TrainOptions(), address="127.0.0.1:9")
     with pytest.raises(shards.ConfigError, match="--model .*no such file"):
         run_training(colour_classes, TrainOptions(model_path=str(tmp_path / "missing.keras")), address="127.0.0.1:9")
+
+
+def test_a_two_worker_training_run_is_quiet_and_numbers_epochs_from_one(colour_classes, tmp_path):
+    """Workers' TensorFlow and Ray Train start-up chatter stays off the terminal unless -v (it
+    was 69 lines for 2 workers); epochs are numbered alike by the driver and the workers."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command = [
+        sys.executable,
+        "-m",
+        "shards.cli",
+        "train",
+        colour_classes,
+        "--workers",
+        "2",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "16",
+        "--output",
+        str(tmp_path / "m.keras"),
+    ]
+    quiet = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert quiet.returncode == 0, quiet.stderr[-3000:]
+    assert quiet.stderr.strip() == ""
+    assert [line.split(":")[0] for line in quiet.stdout.splitlines() if line.startswith("epoch")] == [
+        "epoch 1",
+        "epoch 2",
+    ]
+    verbose = subprocess.run([*command, "-v"], capture_output=True, text=True, env=env, timeout=600)
+    assert verbose.returncode == 0, verbose.stderr[-3000:]
+    worker_epochs = {int(n) for n in re.findall(r"RayTrainWorker.*epoch (\d+): ", verbose.stderr)}
+    assert worker_epochs == {1, 2}, verbose.stderr[-3000:]

@@ -304,8 +304,10 @@ def predict_dataset(
     workers: int = 1,
     mixed_precision: bool = False,
     address: str | None = None,
+    worker_logs: bool = True,
 ) -> dict[str, Any]:
-    """Predict DEST into `out`: in this process, or as `workers` Ray tasks over groups of shards.
+    """Predict DEST into `out`: in this process, or as `workers` Ray tasks over groups of shards
+    (whose output stays off this terminal with `worker_logs=False`).
 
     Parts are written by the tasks (one GPU each where the cluster has them) and joined in
     dataset order, so the output is the same whatever the number of workers.
@@ -318,7 +320,7 @@ def predict_dataset(
         return _predict_part(dest, model_path, out, options, np.arange(len(dataset)), mixed_precision)
     import ray
 
-    connect_ray(address)
+    connect_ray(address, worker_logs=worker_logs)
     gpus = 1.0 if cluster_resource("GPU") >= workers else 0.0
     task = ray.remote(_predict_part).options(num_cpus=1, num_gpus=gpus)
     bounds = np.linspace(0, len(dataset), workers + 1).astype(np.int64)

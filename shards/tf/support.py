@@ -7,12 +7,31 @@ and training load it, in the processes that use them.
 from __future__ import annotations
 
 import os
+import sys
 from types import ModuleType
 
 
-def import_tensorflow() -> ModuleType:
-    """`import tensorflow`, with TF_CPP_MIN_LOG_LEVEL=2 unless the user chose otherwise."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
+def import_tensorflow(*, quiet: bool = False) -> ModuleType:
+    """`import tensorflow`, with TF_CPP_MIN_LOG_LEVEL=2 unless the user chose otherwise.
 
+    With `quiet`, what TensorFlow's C++ side writes to stderr while it loads (absl's "All log
+    messages before absl::InitializeLog()", the oneDNN and CPU-feature notices, which ignore
+    TF_CPP_MIN_LOG_LEVEL) is discarded: the descriptor is pointed at /dev/null for the import.
+    """
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if "tensorflow" in sys.modules or not quiet:
+        import tensorflow as tf
+
+        return tf
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+            import tensorflow as tf
+
+            tf.constant(0)  # the CPU-feature notice comes with the first op, not the import
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
     return tf

@@ -69,8 +69,12 @@ def run_training(
     gpus_per_worker: float | None = None,
     address: str | None = None,
     storage_path: str | None = None,
+    worker_logs: bool = True,
 ) -> dict[str, Any]:
     """Train on DEST with `workers` Ray workers; returns rank 0's report.
+
+    `worker_logs=False` keeps the workers' TensorFlow and Ray Train output off this terminal
+    (what `shards train` does unless -v).
 
     Raises:
         ConfigError: bad worker or GPU counts (before Ray work starts).
@@ -78,7 +82,7 @@ def run_training(
     check_training(dest, options, workers=workers, gpus_per_worker=gpus_per_worker)
     import ray
 
-    connect_ray(address)
+    connect_ray(address, worker_logs=worker_logs)
     gpus = gpus_per_worker if gpus_per_worker is not None else (1.0 if cluster_resource("GPU") >= workers else 0.0)
     data_node = ray.get_runtime_context().get_node_id()
     remote = storage.is_remote(dest)
@@ -96,6 +100,10 @@ def run_training(
             ray.kill(actor)
 
     from ray.train import RunConfig, ScalingConfig
+
+    from shards.tf.support import import_tensorflow
+
+    import_tensorflow(quiet=not worker_logs)  # Ray Train's TensorflowTrainer imports it here
     from ray.train.tensorflow import TensorflowTrainer
 
     resources = {"CPU": 1.0, **({"GPU": gpus} if gpus else {})}

@@ -164,7 +164,7 @@ class ProgressCheckpoint(keras.callbacks.Callback):
         }
         record.update({k: float(v) for k, v in (logs or {}).items()})
         self.epoch_log.append(record)
-        logger.info("epoch %d: %s", epoch, record)
+        logger.info("epoch %d: %s", epoch + 1, record)  # numbered from 1, as the driver prints them
         self.save(epoch + 1, 0)
 
     def save(self, epoch: int, position: int) -> None:
