@@ -8,7 +8,9 @@ STAMP := $(VENV)/.installed
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench,docs]'
+	# compat: the project root goes on sys.path, so Python started beside the clone (itself a
+	# folder named shards) still imports the package rather than that folder.
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench,docs]' --config-settings editable_mode=compat
 	touch $(STAMP)
 
 demo: $(STAMP)

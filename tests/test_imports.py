@@ -90,3 +90,13 @@ def test_the_driver_of_a_training_job_loads_no_tensorflow():
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
     assert json.loads(result.stdout) == []
+
+
+def test_python_started_beside_a_clone_named_shards_imports_the_package(tmp_path):
+    """A clone is a folder named `shards` too; Python started in the folder that holds it must
+    still import the package (`make` installs in editable compat mode for that)."""
+    os.symlink(ROOT, tmp_path / "shards")
+    probe = "import shards; print(hasattr(shards, 'open'), shards.__file__)"
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, check=True)
+    has_open, path = result.stdout.split()
+    assert has_open == "True" and path.endswith(os.path.join("shards", "__init__.py"))
