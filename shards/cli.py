@@ -181,6 +181,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
             address=args.address,
             workers=args.workers,
             on_progress=display.update,
+            worker_logs=not args.quiet,
         )
     _print_summary(summary)
     return 0

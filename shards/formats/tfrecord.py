@@ -35,7 +35,7 @@ _FRAME = 8 + 4 + 4  # length, its crc, the data's crc
 
 def feature_spec() -> dict:
     """The parsing spec of a shards Example, for `tf.io.parse_single_example`/`parse_example`."""
-    tf = import_tensorflow()
+    tf = import_tensorflow(quiet=True)
 
     return {
         "image": tf.io.FixedLenFeature([], tf.string),
@@ -48,7 +48,7 @@ class TfRecordShardWriter(ShardWriter):
     """Streams Examples into a temporary file; close() checksums it and renames it into place."""
 
     def __init__(self, dest: str, shard: str, options: PreprocessOptions, *, durable: bool = True) -> None:
-        tf = import_tensorflow()
+        tf = import_tensorflow(quiet=True)
 
         self._durable = durable
         self._tf = tf
@@ -118,7 +118,7 @@ class TfRecordShardReader(ShardReader):
         return [self._buffer[o : o + n].tobytes() for o, n in zip(self._offsets[rows], self._lengths[rows])]
 
     def read(self, rows: np.ndarray, images: np.ndarray, labels: np.ndarray) -> None:
-        tf = import_tensorflow()
+        tf = import_tensorflow(quiet=True)
 
         parsed = tf.io.parse_example(self.records(rows), feature_spec())
         raw = tf.io.decode_raw(parsed["image"], tf.as_dtype(self._storage)).numpy()

@@ -85,6 +85,7 @@ def preprocess(
     address: str | None = None,
     workers: int | None = None,
     on_progress: Callable[[Progress], None] | None = None,
+    worker_logs: bool = True,
 ) -> RunSummary:
     """Turn SRC into shards in DEST on Ray.
 
@@ -98,6 +99,7 @@ def preprocess(
         address: a Ray cluster to join; None starts an embedded one (or joins RAY_ADDRESS).
         workers: the most shard tasks in flight; default: the cluster's CPUs.
         on_progress: called after every finished shard.
+        worker_logs: show the shard tasks' output on this terminal (`shards -q` turns it off).
 
     Raises:
         ConfigError, SourceError, DestinationError: before any Ray work starts.
@@ -115,7 +117,7 @@ def preprocess(
     kept = sink.on_start()  # one writer per DEST, from the first look at it to the commit
     try:
         ray_started = time.perf_counter()
-        connect_ray(address)
+        connect_ray(address, worker_logs=worker_logs)
         ray_start_seconds = time.perf_counter() - ray_started
         limit = workers or max(1, int(cluster_resource("CPU", 1.0)))
         run = _ShardRun(sink, kept, on_progress, started, work_started=time.perf_counter())
