@@ -89,11 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     plan = _add_command(commands, "plan", "what a preprocess run will produce, without running it", common)
     plan.add_argument("src", help="what `shards preprocess` would read")
-    plan.add_argument("--size", default="224", help="output size: N or HxW (default 224)")
-    plan.add_argument("--resize", default="crop", help="stretch | crop | pad (default crop)")
-    plan.add_argument("--dtype", default="uint8", help="uint8 | float16 | bfloat16 | float32 (default uint8)")
-    plan.add_argument("--shard-size", default="256MiB", help="image bytes per shard (default 256MiB)")
-    plan.add_argument("--seed", default="0", help="seed of the shard plan's permutation (default 0)")
+    _add_output_arguments(plan)
     plan.add_argument("--batch-size", type=int, default=256, help="a training batch size to size (default 256)")
     plan.add_argument("--memory", default=None, help="a memory budget, e.g. 16GiB: the largest batch that fits")
     plan.add_argument("--json", action="store_true", help="print the figures as JSON")
@@ -116,17 +112,22 @@ def _add_verbosity(parser: argparse.ArgumentParser, *, default: Any) -> None:
     )
 
 
+def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the samples and shards will be: shared by `preprocess` and `plan`."""
+    parser.add_argument("--size", default="224", help="output size: N or HxW (default 224)")
+    parser.add_argument("--resize", default="crop", help="stretch | crop | pad (default crop)")
+    parser.add_argument("--dtype", default="uint8", help="uint8 | float16 | bfloat16 | float32 (default uint8)")
+    parser.add_argument("--shard-size", default="256MiB", help="image bytes per shard (default 256MiB)")
+    parser.add_argument("--seed", default="0", help="seed of the shard plan's permutation (default 0)")
+
+
 def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     """The preprocess options, shared by `shards preprocess` and `jobs/preprocess.py`."""
     parser.add_argument("src", help="folder of class folders, flat folder, or CSV/Parquet with path[,label]")
     parser.add_argument("dest", help="output folder, or an s3:// / gs:// prefix")
-    parser.add_argument("--size", default="224", help="output size: N or HxW (default 224)")
-    parser.add_argument("--resize", default="crop", help="stretch | crop | pad (default crop)")
-    parser.add_argument("--dtype", default="uint8", help="uint8 | float16 | bfloat16 | float32 (default uint8)")
+    _add_output_arguments(parser)
     parser.add_argument("--format", default="npy", help="npy | tfrecord (default npy)")
     parser.add_argument("--compression", default="none", help="none | gzip, for tfrecord shards (default none)")
-    parser.add_argument("--shard-size", default="256MiB", help="image bytes per shard (default 256MiB)")
-    parser.add_argument("--seed", default="0", help="seed of the shard plan's permutation (default 0)")
     parser.add_argument("--max-rejects", default=None, help="fail past N rejected inputs, or P%% of them")
     parser.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)")
     parser.add_argument(
