@@ -41,6 +41,7 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = ".shards.lock"
 HEARTBEAT_SECONDS = 30.0
 STALE_SECONDS = 300.0
+TAKEOVER_ATTEMPTS = 5
 _NO_LOCKS = (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS)
 
 
@@ -183,33 +184,41 @@ class _ObjectLock(DestLock):
         self._thread.start()
 
     def _take_over_if_stale(self, body: bytes, stale: float) -> str:
+        """Take the lock if its holder stopped refreshing it. The conditional PUT fails when the
+        lock changed since we looked (its holder refreshed it, or another run took it): then we
+        look again, and refuse as soon as it is fresh."""
         from botocore.exceptions import ClientError
 
-        try:
-            current = self._client.get_object(Bucket=self._bucket, Key=self._key)
-        except ClientError as exc:
-            raise DestinationError(
-                f"{self._dest}: DEST is in use by another shards run, whose lock cannot be read ({_client_error(exc)})"
-            ) from None
-        holder = describe_holder(current["Body"].read())
-        now = email.utils.parsedate_to_datetime(current["ResponseMetadata"]["HTTPHeaders"]["date"])
-        age = (now - current["LastModified"]).total_seconds()
-        if age <= stale:
-            raise DestinationError(
-                f"{self._dest}: DEST is in use by another shards run ({holder}); wait "
-                "for it to finish or choose another DEST"
-            )
-        try:
-            etag = self._client.put_object(Bucket=self._bucket, Key=self._key, Body=body, IfMatch=current["ETag"])[
-                "ETag"
-            ]
-        except ClientError as exc:
-            raise DestinationError(
-                f"{self._dest}: DEST is in use by another shards run (it took over "
-                f"a stale lock first: {_client_error(exc)})"
-            ) from None
-        logger.warning("%s: took over a lock not refreshed for %.0f s (%s)", self._dest, age, holder)
-        return str(etag)
+        for _ in range(TAKEOVER_ATTEMPTS):
+            try:
+                current = self._client.get_object(Bucket=self._bucket, Key=self._key)
+            except ClientError as exc:
+                raise DestinationError(
+                    f"{self._dest}: DEST is in use by another shards run, whose lock "
+                    f"cannot be read ({_client_error(exc)})"
+                ) from None
+            holder = describe_holder(current["Body"].read())
+            now = email.utils.parsedate_to_datetime(current["ResponseMetadata"]["HTTPHeaders"]["date"])
+            age = (now - current["LastModified"]).total_seconds()
+            if age <= stale:
+                raise DestinationError(
+                    f"{self._dest}: DEST is in use by another shards run ({holder}); wait "
+                    "for it to finish or choose another DEST"
+                )
+            try:
+                etag = self._client.put_object(Bucket=self._bucket, Key=self._key, Body=body, IfMatch=current["ETag"])[
+                    "ETag"
+                ]
+            except ClientError as exc:
+                if not _precondition_failed(exc):
+                    raise DestinationError(f"{self._dest}: cannot lock DEST ({_client_error(exc)})") from None
+                continue  # the lock changed under us: look again
+            logger.warning("%s: took over a lock not refreshed for %.0f s (%s)", self._dest, age, holder)
+            return str(etag)
+        raise DestinationError(
+            f"{self._dest}: DEST is in use by another shards run (its lock kept changing "
+            "while this run tried to take it over)"
+        )
 
     def _refresh(self, heartbeat: float) -> None:
         from botocore.exceptions import BotoCoreError, ClientError
