@@ -94,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--memory", default=None, help="a memory budget, e.g. 16GiB: the largest batch that fits")
     plan.add_argument("--json", action="store_true", help="print the figures as JSON")
 
-    from shards.model_commands import add_predict_arguments, add_train_arguments
+    from shards.model_cli import add_predict_arguments, add_train_arguments
 
     add_train_arguments(_add_command(commands, "train", "train a Keras model on a shards run, on Ray", common))
     add_predict_arguments(
@@ -442,7 +442,7 @@ COMMANDS = {
 
 
 def _model_command(name: str, args: argparse.Namespace) -> int:
-    from shards.model_commands import run_predict, run_train
+    from shards.model_cli import run_predict, run_train
 
     return run_train(args) if name == "train" else run_predict(args)
 
