@@ -16,7 +16,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from shards.cluster import check_workers
 from shards.errors import ConfigError, ShardsError, SourceError
 
 EXIT_USAGE = 2
@@ -166,11 +165,8 @@ def options_from_arguments(args: argparse.Namespace) -> Any:
 def run_preprocess(args: argparse.Namespace) -> int:
     options = options_from_arguments(args)
     if args.endpoint_url:
-        import os
-
         os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
-    check_workers(args.workers)
-    from shards.write.run import preprocess
+    from shards.write.run import preprocess  # refuses bad --workers and paths before Ray starts
 
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
     with _ProgressDisplay(quiet=args.quiet) as display:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from shards.tf.options import PredictOptions, TrainOptions, check_training, default
+from shards.tf.options import PredictOptions, TrainOptions, default
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -69,8 +69,7 @@ def run_train(args: argparse.Namespace) -> int:
         audit_dir=args.audit_dir,
         cache_limit=args.cache_limit,
     )
-    check_training(args.dest, options, workers=args.workers, gpus_per_worker=args.gpus_per_worker)
-    from shards.tf.trainer import run_training  # TensorFlow loads from here on
+    from shards.tf.trainer import run_training  # refuses a bad request before TensorFlow loads
 
     report = run_training(
         args.dest,
@@ -127,12 +126,7 @@ def run_predict(args: argparse.Namespace) -> int:
         top_k=args.top_k,
         host_memory=parse_bytes(args.host_memory, "--host-memory") if args.host_memory else None,
     )
-    from shards.cluster import check_workers
-    from shards.layout.manifest import load_manifest
-
-    check_workers(args.workers)
-    load_manifest(args.dest)  # a DEST with no finished run is refused before TensorFlow loads
-    from shards.tf.predict import predict_dataset
+    from shards.tf.predict import predict_dataset  # checks workers and DEST before TensorFlow loads
 
     result = predict_dataset(
         args.dest,

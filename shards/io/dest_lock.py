@@ -72,16 +72,15 @@ def hold_dest(dest: str, *, heartbeat: float = HEARTBEAT_SECONDS, stale: float =
         lock.release()
 
 
-def holder_record(token: str = "") -> dict[str, Any]:
-    """Who holds a lock: what a refused run prints. The token makes each holder's body, and so
-    its ETag (an MD5 of the body in S3), its own: two holders writing in the same second would
-    otherwise share an ETag, and If-Match could not tell them apart."""
+def holder_record() -> dict[str, Any]:
+    """Who holds a lock, from when: what a refused run prints. The token makes each holder's
+    body, and so its ETag (an MD5 of the body in S3), its own: two holders writing in the same
+    second would otherwise share an ETag, and If-Match could not tell them apart."""
     return {
         "host": socket.gethostname(),
         "pid": os.getpid(),
-        "token": token or uuid.uuid4().hex,
+        "token": uuid.uuid4().hex,
         "since": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "refreshed": time.time(),
     }
 
 
@@ -172,8 +171,8 @@ class _ObjectLock(DestLock):
         self._client = storage.s3_client()
         self._lost = threading.Event()
         self._stop = threading.Event()
-        self._token = uuid.uuid4().hex
-        body = json.dumps(holder_record(self._token)).encode()
+        self._record = holder_record()
+        body = self._body()
         try:
             self._etag = self._client.put_object(Bucket=bucket, Key=self._key, Body=body, IfNoneMatch="*")["ETag"]
         except ClientError as exc:
@@ -229,7 +228,7 @@ class _ObjectLock(DestLock):
                     Bucket=self._bucket,
                     Key=self._key,
                     IfMatch=self._etag,
-                    Body=json.dumps(holder_record(self._token)).encode(),
+                    Body=self._body(),
                 )["ETag"]
             except ClientError as exc:
                 if _precondition_failed(exc) or exc.response.get("Error", {}).get("Code") == "NoSuchKey":
@@ -239,6 +238,11 @@ class _ObjectLock(DestLock):
                 logger.warning("%s: refreshing the DEST lock failed (%s); trying again", self._dest, _client_error(exc))
             except BotoCoreError as exc:
                 logger.warning("%s: refreshing the DEST lock failed (%s); trying again", self._dest, exc)
+
+    def _body(self) -> bytes:
+        # Each refresh changes the body, and so the ETag: a takeover racing with a refresh then
+        # fails its If-Match and looks again, instead of taking a lock whose holder is alive.
+        return json.dumps({**self._record, "refreshed": time.time()}).encode()
 
     def check(self) -> None:
         if self._lost.is_set():

@@ -49,14 +49,13 @@ class ShardDataset:
     ) -> None:
         self.dest = dest
         self._place = location(dest)
-        self._files: dict[str, RunFiles] = {}
-        self._folder = self._place.local_root  # None: object storage, read through a local cache
-        if self._folder is not None:
-            self.manifest, self._files[self._folder] = bind_run(
-                self._folder, lambda manifest: manifest.shards, lambda: load_manifest(dest), verify=verify
-            )
+        # The shard files: bound to the run in a local folder now; in object storage, the cache's
+        # folder once it exists (the cache checks each download's sha256 against this manifest).
+        self._files: RunFiles | None = None
+        folder = self._place.local_root
+        if folder is not None:
+            self.manifest, self._files = bind_run(folder, lambda: load_manifest(dest), verify=verify)
         else:
-            # The cache checks every downloaded file's sha256 against this manifest.
             self.manifest = load_manifest(dest)
         self.shape = self.manifest.shape
         self.dtype = numpy_dtype(self.manifest.dtype)
@@ -66,7 +65,7 @@ class ShardDataset:
         self._readers: dict[int, ShardReader] = {}
         self._subset: np.ndarray | None = None
         self.cache: ShardCache | None = None
-        if self._folder is None:
+        if folder is None:
             self.cache = ShardCache(
                 self._place,
                 self.manifest.shards,
@@ -95,17 +94,15 @@ class ShardDataset:
     def _reader(self, shard: int) -> ShardReader:
         if self.cache is not None:
             return self.cache.open(shard, lambda folder: self._open_reader(shard, folder))
-        assert self._folder is not None  # a dataset without a local folder has a cache
-        return self._open_reader(shard, self._folder)
+        return self._open_reader(shard, self.dest)
 
     def _open_reader(self, shard: int, folder: str) -> ShardReader:
         reader = self._readers.get(shard)
         if reader is None:
             info = self.manifest.shards[shard]
-            files = self._files.get(folder)
-            if files is None:
-                files = self._files[folder] = RunFiles(folder, self.manifest.shards)
-            handles = files.open(shard, info)
+            if self._files is None:  # the cache's folder, first used now
+                self._files = RunFiles(folder, self.manifest.shards)
+            handles = self._files.open(shard, info)
             try:
                 reader = self._format.open_reader(handles, info, self.shape, self.manifest.dtype)
             finally:

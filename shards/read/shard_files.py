@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import BinaryIO, TypeVar
+from typing import BinaryIO
 
 import numpy as np
 
 from shards.errors import ManifestError
 from shards.formats import ShardInfo
 from shards.io.fileio import NotRegularFileError, digest_stream, open_regular
+from shards.layout.manifest import MANIFEST, Manifest
 
-T = TypeVar("T")
 BIND_ATTEMPTS = 3
 
 
@@ -83,9 +83,7 @@ class RunFiles:
             raise
 
 
-def bind_run(
-    folder: str, shards_of: Callable[[T], list[ShardInfo]], load: Callable[[], T], *, verify: bool = False
-) -> tuple[T, RunFiles]:
+def bind_run(folder: str, load: Callable[[], Manifest], *, verify: bool = False) -> tuple[Manifest, RunFiles]:
     """Load a run's manifest with `load` and record its shard files' inodes, consistently.
 
     The listing counts only if manifest.json is the same file before and after it: a run that
@@ -94,16 +92,15 @@ def bind_run(
     Raises:
         ManifestError: the manifest kept changing, or `load`'s own errors.
     """
-    manifest_path = os.path.join(folder, "manifest.json")
+    manifest_path = os.path.join(folder, MANIFEST)
     for _ in range(BIND_ATTEMPTS):
         before = _identity(manifest_path)
         manifest = load()
         with os.scandir(folder) as entries:
             found = {entry.name: entry.inode() for entry in entries if entry.is_file(follow_symlinks=False)}
         if before is not None and before == _identity(manifest_path):
-            shards = shards_of(manifest)
-            inodes = [tuple(found.get(name, 0) for name in sorted(info.files)) for info in shards]
-            return manifest, RunFiles(folder, shards, inodes, verify=verify)
+            inodes = [tuple(found.get(name, 0) for name in sorted(info.files)) for info in manifest.shards]
+            return manifest, RunFiles(folder, manifest.shards, inodes, verify=verify)
     raise ManifestError(
         f"{folder}: DEST kept changing while it was opened (a run is writing it); open it once that run has finished"
     )
