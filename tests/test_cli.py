@@ -1,6 +1,7 @@
 """The `shards` command as users run it: real processes, exit codes, one-line errors."""
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -122,10 +123,54 @@ def test_verify_catches_a_header_that_disagrees_with_the_manifest(held_run, caps
 
     record = json.loads(open(f"{held_run}/manifest.json").read())
     digest = digest_file(path)
-    record["shards"][0]["files"]["shard-00000.images.npy"] = {"bytes": digest.bytes, "sha256": digest.sha256}
+    record["shards"][0]["files"]["shard-00000.images.npy"] = {"bytes": digest.bytes, "checksum": digest.checksum}
     open(f"{held_run}/manifest.json", "w").write(json.dumps(record))
     assert cli.main(["verify", held_run]) == 1
     assert "holds int16" in capsys.readouterr().out
+
+
+def _as_version_1(dest):
+    """Rewrite a run's manifest the way shards 0.2.0 wrote it: bare sha256 hex under `sha256`."""
+    path = f"{dest}/manifest.json"
+    record = json.loads(open(path).read())
+    record["version"] = 1
+    for shard in record["shards"]:
+        combined = hashlib.sha256()
+        for name in sorted(shard["files"]):
+            hexdigest = hashlib.sha256(open(f"{dest}/{name}", "rb").read()).hexdigest()
+            shard["files"][name] = {"bytes": shard["files"][name]["bytes"], "sha256": hexdigest}
+            combined.update(f"{name}:{hexdigest}\n".encode())
+        del shard["checksum"]
+        shard["sha256"] = combined.hexdigest()
+    open(path, "w").write(json.dumps(record))
+
+
+def test_new_runs_name_their_checksum_algorithm_and_sha256_runs_still_open_and_verify(held_run, capsys):
+    record = json.loads(open(f"{held_run}/manifest.json").read())
+    assert record["version"] == 2
+    entry = record["shards"][0]
+    assert entry["checksum"].startswith("xxh3_128:") and "sha256" not in entry
+    assert all(f["checksum"].startswith("xxh3_128:") for f in entry["files"].values())
+    before = [labels for _, labels in shards.open(held_run).batches(32, shuffle=False)]
+
+    _as_version_1(held_run)
+    assert cli.main(["verify", held_run]) == 0
+    after = [labels for _, labels in shards.open(held_run, verify=True).batches(32, shuffle=False)]
+    assert all(np.array_equal(a, b) for a, b in zip(before, after)) and len(before) == len(after)
+    _flip_byte(f"{held_run}/shard-00001.images.npy", 4000)
+    assert cli.main(["verify", held_run]) == 1
+    assert "shard-00001.images.npy checksum mismatch (sha256 differs)" in capsys.readouterr().out
+
+
+def test_a_checksum_of_an_unknown_algorithm_is_one_manifest_error(held_run, capsys):
+    path = f"{held_run}/manifest.json"
+    record = json.loads(open(path).read())
+    record["shards"][0]["files"]["shard-00000.images.npy"]["checksum"] = "md4:00ff"
+    open(path, "w").write(json.dumps(record))
+    with pytest.raises(shards.ManifestError, match="does not name a known algorithm"):
+        shards.open(held_run)
+    assert cli.main(["verify", held_run]) != 0
+    assert "does not name a known algorithm" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("entry", [[*SHARDS, "train"], [sys.executable, "jobs/train.py"]])

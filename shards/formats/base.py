@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-import hashlib
 import re
 from collections.abc import Mapping
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from shards.io import checksum
 from shards.io.fileio import FileDigest
 from shards.options import PreprocessOptions
 
@@ -22,8 +22,9 @@ SHARD_NAME = re.compile(r"shard-\d+")
 class ShardInfo:
     """A written shard: its sample count and the digest of each of its files.
 
-    The shard's own `sha256` digests its files' digests in name order, so one value in the
-    manifest covers every byte of the shard.
+    The shard's own `checksum` digests its files' checksums in name order, so one value in the
+    manifest covers every byte of the shard. Manifests before version 2 wrote bare sha256 hex
+    under `sha256`; they are read as `sha256:<hex>` checksums.
     """
 
     name: str
@@ -35,25 +36,31 @@ class ShardInfo:
         return sum(digest.bytes for digest in self.files.values())
 
     @property
-    def sha256(self) -> str:
-        combined = hashlib.sha256()
-        for file_name in sorted(self.files):
-            combined.update(f"{file_name}:{self.files[file_name].sha256}\n".encode())
-        return combined.hexdigest()
+    def checksum(self) -> str:
+        parts = sorted((name, digest.checksum) for name, digest in self.files.items())
+        algorithm = self.files[parts[0][0]].algorithm if parts else checksum.DEFAULT
+        return checksum.combine(algorithm, parts)
 
     def to_json(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "count": self.count,
-            "sha256": self.sha256,
+            "checksum": self.checksum,
             "bytes": self.bytes,
             "files": {name: dataclasses.asdict(d) for name, d in sorted(self.files.items())},
         }
 
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> ShardInfo:
-        files = {name: FileDigest(int(d["bytes"]), str(d["sha256"])) for name, d in record["files"].items()}
+        """Parse a manifest or receipt entry; ValueError names a checksum of unknown algorithm."""
+        files = {name: _file_digest(d) for name, d in record["files"].items()}
         return cls(str(record["name"]), int(record["count"]), files)
+
+
+def _file_digest(record: dict[str, Any]) -> FileDigest:
+    value = str(record["checksum"]) if "checksum" in record else f"sha256:{record['sha256']}"
+    checksum.algorithm_of(value)
+    return FileDigest(int(record["bytes"]), value)
 
 
 class ShardWriter(abc.ABC):

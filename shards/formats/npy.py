@@ -8,7 +8,6 @@ bit pattern; the manifest's dtype says how to view them.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import struct
@@ -20,6 +19,7 @@ import numpy as np
 
 from shards.errors import ManifestError
 from shards.formats.base import ShardFormat, ShardInfo, ShardReader, ShardWriter
+from shards.io import checksum
 from shards.io.fileio import FileDigest, atomic_write, commit_temporary, digest_file, discard_temporary, temporary_name
 from shards.options import PreprocessOptions, numpy_dtype, numpy_storage_dtype
 
@@ -48,7 +48,7 @@ class NpyShardWriter(ShardWriter):
         self._path = os.path.join(dest, shard + IMAGES_SUFFIX)
         self._temp = temporary_name(self._path)
         self._file = open(self._temp, "wb")
-        self._hash = hashlib.sha256()
+        self._hash = checksum.new_hasher()
         self._header_length = self._emit(_header((capacity, *shape), self._storage))
         self._flusher = _BackgroundFlush(self._file, every_rows=64 if durable else 0)
         self.count = 0
@@ -74,7 +74,7 @@ class NpyShardWriter(ShardWriter):
             self._file.truncate(self._header_length + self.count * int(np.prod(self._shape)) * self._storage.itemsize)
         self._file.close()
         digest = (
-            FileDigest(os.path.getsize(self._temp), self._hash.hexdigest())
+            FileDigest(os.path.getsize(self._temp), checksum.label(checksum.DEFAULT, self._hash))
             if self.count == self._capacity
             else digest_file(self._temp)
         )

@@ -10,12 +10,13 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import hashlib
 import os
 import stat
 import uuid
 from collections.abc import Iterator
 from typing import BinaryIO
+
+from shards.io import checksum
 
 TEMP_PREFIX = ".tmp-"
 _HASH_CHUNK = 8 * 1024 * 1024
@@ -23,18 +24,23 @@ _HASH_CHUNK = 8 * 1024 * 1024
 
 @dataclasses.dataclass(frozen=True)
 class FileDigest:
-    """What a written file's bytes were: its size and sha256."""
+    """What a written file's bytes were: its size and checksum (`algorithm:hex`)."""
 
     bytes: int
-    sha256: str
+    checksum: str
+
+    @property
+    def algorithm(self) -> str:
+        return checksum.algorithm_of(self.checksum)
 
 
 class HashingWriter:
     """A write-only file wrapper that counts and hashes what passes through it."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, raw: BinaryIO, algorithm: str = checksum.DEFAULT) -> None:
         self._raw = raw
-        self._hash = hashlib.sha256()
+        self._algorithm = algorithm
+        self._hash = checksum.new_hasher(algorithm)
         self.bytes = 0
 
     def write(self, data: bytes | memoryview) -> int:
@@ -53,7 +59,7 @@ class HashingWriter:
         return True
 
     def digest(self) -> FileDigest:
-        return FileDigest(self.bytes, self._hash.hexdigest())
+        return FileDigest(self.bytes, checksum.label(self._algorithm, self._hash))
 
 
 def temporary_name(path: str) -> str:
@@ -106,20 +112,20 @@ def write_bytes_atomically(path: str, data: bytes) -> FileDigest:
     return writer.digest()
 
 
-def digest_file(path: str) -> FileDigest:
+def digest_file(path: str, algorithm: str = checksum.DEFAULT) -> FileDigest:
     """Hash a regular file on disk, in chunks, for verification and resume."""
     with open_regular(path) as handle:
-        return digest_stream(handle)
+        return digest_stream(handle, algorithm)
 
 
-def digest_stream(handle: BinaryIO) -> FileDigest:
+def digest_stream(handle: BinaryIO, algorithm: str = checksum.DEFAULT) -> FileDigest:
     """Hash what a readable binary stream holds (a local file or an object-storage stream)."""
-    digest = hashlib.sha256()
+    digest = checksum.new_hasher(algorithm)
     size = 0
     while chunk := handle.read(_HASH_CHUNK):
         digest.update(chunk)
         size += len(chunk)
-    return FileDigest(size, digest.hexdigest())
+    return FileDigest(size, checksum.label(algorithm, digest))
 
 
 class NotRegularFileError(OSError):

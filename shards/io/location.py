@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from shards.errors import DestinationError
-from shards.io import storage
+from shards.io import checksum, storage
 from shards.io.fileio import (
     FileDigest,
     atomic_write,
@@ -115,10 +115,10 @@ class Location(abc.ABC):
             FileNotFoundError: the file is absent.
         """
 
-    def digest(self, relative: str) -> FileDigest:
-        """A file's size and sha256, read as a stream (object-storage files are never staged)."""
+    def digest(self, relative: str, algorithm: str = checksum.DEFAULT) -> FileDigest:
+        """A file's size and checksum, read as a stream (object-storage files are never staged)."""
         with self.open(relative) as handle:
-            return digest_stream(handle)
+            return digest_stream(handle, algorithm)
 
     def __str__(self) -> str:
         return self.root

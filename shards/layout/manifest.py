@@ -21,7 +21,10 @@ from shards.formats import ShardInfo
 from shards.io.location import location
 from shards.options import PreprocessOptions
 
-MANIFEST_VERSION = 1
+# 2: checksums name their algorithm (`checksum: "xxh3_128:<hex>"`); version 1 wrote bare sha256
+# hex under `sha256`. Both are read; new runs write 2.
+MANIFEST_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 INDEX = "index.parquet"
 REJECTS = "rejects.jsonl"
@@ -179,9 +182,10 @@ def load_manifest(dest: str, *, allow_incomplete: bool = False) -> Manifest:
     if record is None:
         raise ManifestError(f"{dest}: no {MANIFEST}; not a finished shards run")
     version = record.get("version")
-    if version != MANIFEST_VERSION:
+    if version not in READABLE_VERSIONS or isinstance(version, bool):
         raise ManifestError(
-            f"{path}: manifest version {version!r} is not supported (this shards reads version {MANIFEST_VERSION})"
+            f"{path}: manifest version {version!r} is not supported (this shards reads versions "
+            f"{', '.join(map(str, READABLE_VERSIONS))})"
         )
     missing = [key for key in _REQUIRED if key not in record]
     if missing:
@@ -229,7 +233,7 @@ def read_receipt(dest: str, shard: str) -> Receipt | None:
         record = read_json(dest, f"{PARTS}/{shard}.json")
     except ManifestError:
         return None
-    if record is None or record.get("version") != MANIFEST_VERSION:
+    if record is None or record.get("version") not in READABLE_VERSIONS:
         return None
     try:
         return Receipt.from_json(record)

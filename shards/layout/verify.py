@@ -41,7 +41,7 @@ def shard_problems(
 ) -> list[str]:
     """Everything wrong with one shard in DEST; an empty list when it verifies.
 
-    `deep` also reads every byte for the sha256 and, for local files, opens the shard the way a
+    `deep` also reads every byte for the checksum and, for local files, opens the shard the way a
     reader does (header, dtype, shape); without it only presence and sizes are checked. `sizes`
     (from `Location.sizes()`) saves a lookup per file when many shards are checked.
     """
@@ -57,8 +57,8 @@ def shard_problems(
             problems.append(f"{info.name}: {file_name} is missing")
         elif size != expected.bytes:
             problems.append(f"{info.name}: {file_name} is {size} bytes, expected {expected.bytes}")
-        elif deep and place.digest(file_name).sha256 != expected.sha256:
-            problems.append(f"{info.name}: {file_name} checksum mismatch (sha256 differs)")
+        elif deep and place.digest(file_name, expected.algorithm) != expected:
+            problems.append(f"{info.name}: {file_name} checksum mismatch ({expected.algorithm} differs)")
     folder = place.local_root  # headers are checked on local files; objects by size and hash
     if not problems and deep and folder is not None:
         try:

@@ -1,7 +1,7 @@
 """A bounded local cache of the shards of a DEST in object storage.
 
 The reader memory-maps shards from local disk; for an s3:// or gs:// DEST this cache downloads
-them there first, checks every file's sha256 against the manifest, keeps at most `limit` bytes
+them there first, checks every file's checksum against the manifest, keeps at most `limit` bytes
 and evicts the least recently used shards that the current read order does not need soon.
 
 The order matters: a global shuffle touches every shard in every batch, so no cache smaller
@@ -199,10 +199,10 @@ class ShardCache:
         if self.on_evict is not None:
             self.on_evict(shard)
 
-    def _fetch(self, name: str, temp: str) -> FileDigest:
+    def _fetch(self, name: str, temp: str, algorithm: str) -> FileDigest:
         """Stream one object to local disk, hashing it on the way (no second read)."""
         with self._place.open(name) as source, open(temp, "wb") as sink:
-            writer = HashingWriter(sink)
+            writer = HashingWriter(sink, algorithm)
             shutil.copyfileobj(source, writer, COPY_CHUNK)
         return writer.digest()
 
@@ -214,14 +214,14 @@ class ShardCache:
                 temp = os.path.join(self._folder, f"{TEMP_PREFIX}{shard}-{name}")
                 try:
                     found = storage.retried(
-                        functools.partial(self._fetch, name, temp), f"downloading {self._place.root}/{name}"
+                        functools.partial(self._fetch, name, temp, expected.algorithm), f"downloading {self._place.root}/{name}"
                     )
                 except FileNotFoundError:
                     raise ManifestError(f"{self._place.root}/{name}: shard object is missing") from None
                 if found != expected:
                     os.remove(temp)
                     raise ManifestError(
-                        f"{self._place.root}/{name}: downloaded {found.bytes} bytes whose sha256 "
+                        f"{self._place.root}/{name}: downloaded {found.bytes} bytes whose {expected.algorithm} "
                         "differs from the manifest; the object was changed or damaged"
                     )
                 os.replace(temp, os.path.join(self._folder, name))

@@ -4,7 +4,7 @@ A dataset opens its shards lazily, long after it read the manifest. If another r
 in between (`--overwrite`), a file under the same name may hold that run's samples, even with
 the same size. So when a local dataset opens, it records the inode of every shard file from one
 listing of DEST, taken between two looks at the manifest that agree. A shard file opened later
-must still be that inode and have the size the manifest gives (and, with `verify`, its sha256).
+must still be that inode and have the size the manifest gives (and, with `verify`, its checksum).
 A reader therefore keeps reading the run it opened (files it has mapped stay readable after
 they are unlinked) or fails with one line; it never mixes two runs.
 
@@ -53,7 +53,7 @@ class RunFiles:
 
         Raises:
             ManifestError: a file is missing, not a regular file, replaced since the run was
-                opened, of the wrong size, or (with `verify`) of the wrong sha256.
+                opened, of the wrong size, or (with `verify`) of the wrong checksum.
         """
         handles: dict[str, BinaryIO] = {}
         try:
@@ -73,8 +73,10 @@ class RunFiles:
                         f"{expected.bytes:,} (damaged or replaced; run `shards verify`)"
                     )
                 if self.verify:
-                    if digest_stream(handle).sha256 != expected.sha256:
-                        raise ManifestError(f"{path}: checksum mismatch (sha256 differs from the manifest)")
+                    if digest_stream(handle, expected.algorithm) != expected:
+                        raise ManifestError(
+                            f"{path}: checksum mismatch ({expected.algorithm} differs from the manifest)"
+                        )
                     handle.seek(0)
             return handles
         except BaseException:
