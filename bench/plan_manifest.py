@@ -17,7 +17,7 @@ if __name__ == "__main__":
     options = PreprocessOptions()
     listing = list_sources(sys.argv[1])
     key = run_key(listing.fingerprint(), options)
-    plan = plan_shards(len(listing), options.samples_per_shard, options.seed)
+    plan = plan_shards(len(listing), options.samples_per_shard(len(listing)), options.seed)
     result = {
         "seconds": time.perf_counter() - begin,
         "inputs": len(listing),

@@ -116,7 +116,11 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", default="224", help="output size: N or HxW (default 224)")
     parser.add_argument("--resize", default="crop", help="stretch | crop | pad (default crop)")
     parser.add_argument("--dtype", default="uint8", help="uint8 | float16 | bfloat16 | float32 (default uint8)")
-    parser.add_argument("--shard-size", default="256MiB", help="image bytes per shard (default 256MiB)")
+    parser.add_argument(
+        "--shard-size",
+        default="auto",
+        help="image bytes per shard, e.g. 64MiB; auto (default): 64 shards of 4-256 MiB, from the input count",
+    )
     parser.add_argument("--seed", default="0", help="seed of the shard plan's permutation (default 0)")
 
 
@@ -277,6 +281,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         "resize": config["resize"],
         "classes": dict(zip(manifest.classes, record.get("class_counts", []))),
         "shards": len(manifest.shards),
+        "samples_per_shard": record.get("samples_per_shard"),
         "bytes": sum(s.bytes for s in manifest.shards),
         "inputs": record.get("inputs"),
         "rejected": manifest.rejected,
@@ -286,8 +291,11 @@ def run_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=1))
         return 0
-    keys = ("dest", "source", "format", "complete", "count", "shape", "dtype", "size", "resize", "shards", "inputs")
-    for key in (*keys, "rejected"):
+    keys = ("dest", "source", "format", "complete", "count", "shape", "dtype", "size", "resize")
+    for key in keys:
+        print(f"{key:<9} {summary[key]}")
+    print(f"{'shards':<9} {summary['shards']}{_shard_sizing(summary['samples_per_shard'], config.get('shard_size'))}")
+    for key in ("inputs", "rejected"):
         print(f"{key:<9} {summary[key]}")
     print(f"{'bytes':<9} {summary['bytes'] / 1e6:,.1f} MB")
     print(f"{'classes':<9} {len(manifest.classes)}")
@@ -300,6 +308,14 @@ def run_inspect(args: argparse.Namespace) -> int:
 
         print(f"the run failed its --max-rejects limit: {HOW_TO_PROCEED}")
     return 0
+
+
+def _shard_sizing(samples_per_shard: int | None, shard_size: int | None) -> str:
+    """How the shards were cut, for `inspect` and `plan`: `of up to 27 samples (--shard-size auto)`."""
+    if samples_per_shard is None:  # written before 0.3.0
+        return ""
+    chosen = "auto" if shard_size is None else f"{shard_size:,} bytes"
+    return f" of up to {samples_per_shard:,} samples (--shard-size {chosen})"
 
 
 def _inspect_unfinished(args: argparse.Namespace, claim: dict[str, Any]) -> int:
@@ -396,7 +412,7 @@ def run_plan(args: argparse.Namespace) -> int:
         return 0
     mb = 1e6
     print(f"samples      {estimate.samples:,} in {estimate.classes} class(es)")
-    print(f"shards       {estimate.shards:,} of up to {estimate.samples_per_shard:,} samples")
+    print(f"shards       {estimate.shards:,}{_shard_sizing(estimate.samples_per_shard, options.shard_size)}")
     print(
         f"on disk      {estimate.bytes_on_disk / mb:,.1f} MB as {options.dtype}  ("
         + ", ".join(f"{d} {b / mb:,.1f} MB" for d, b in estimate.bytes_on_disk_by_dtype.items())

@@ -40,6 +40,16 @@ _UNITS = {
 }
 _MAX_SIDE = 16384
 
+# `--shard-size auto` (the default) cuts the listing into AUTO_SHARDS shards, each kept between
+# AUTO_MIN_SHARD_BYTES and AUTO_MAX_SHARD_BYTES of image data. The count comes from the listing,
+# never from the cluster, so the bytes written do not depend on how many workers run. 64 shards
+# keep every core of a small cluster busy to the end (the last round leaves at most one shard per
+# worker); the floor keeps per-shard costs (a task, two fsyncs, a receipt) small next to the
+# work; the ceiling is the old fixed default, so large datasets get as many shards as before.
+AUTO_SHARDS = 64
+AUTO_MIN_SHARD_BYTES = 4 * 1024**2
+AUTO_MAX_SHARD_BYTES = 256 * 1024**2
+
 
 def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
     """Parse `224` or `160x128` (height x width) into (height, width)."""
@@ -107,7 +117,9 @@ class PreprocessOptions:
             (longer side to size, letterbox on black).
         dtype: `uint8` keeps 0..255; float dtypes hold values scaled to [0, 1].
         format: the shard format (a key of `shards.formats.FORMATS`).
-        shard_size: target bytes of image data per shard; sets the samples per shard.
+        shard_size: target bytes of image data per shard, which sets the samples per shard; None
+            (`--shard-size auto`, the default) derives them from the number of inputs (see
+            `samples_per_shard`).
         seed: seeds the permutation that mixes classes across shards.
         max_rejects: the most refused inputs a run accepts before failing, as a count.
         max_reject_fraction: the same as a fraction of the inputs (from `P%`).
@@ -119,7 +131,7 @@ class PreprocessOptions:
     resize: str = "crop"
     dtype: str = "uint8"
     format: str = "npy"
-    shard_size: int = 256 * 1024**2
+    shard_size: int | None = None
     seed: int = 0
     max_rejects: int | None = None
     max_reject_fraction: float | None = None
@@ -127,7 +139,10 @@ class PreprocessOptions:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", parse_size(self.size))
-        object.__setattr__(self, "shard_size", parse_bytes(self.shard_size))
+        if self.shard_size is not None and str(self.shard_size).strip().lower() != "auto":
+            object.__setattr__(self, "shard_size", parse_bytes(self.shard_size))
+        else:
+            object.__setattr__(self, "shard_size", None)
         if self.resize not in RESIZE_MODES:
             raise ConfigError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
         if self.dtype not in DTYPES:
@@ -152,10 +167,19 @@ class PreprocessOptions:
         height, width, channels = self.shape
         return height * width * channels * DTYPE_BYTES[self.dtype]
 
-    @property
-    def samples_per_shard(self) -> int:
-        """A fixed sample count per shard, derived from `shard_size`; at least one."""
-        return max(1, self.shard_size // self.sample_bytes)
+    def samples_per_shard(self, inputs: int) -> int:
+        """The fixed sample count per shard for a listing of `inputs` samples; at least one.
+
+        An explicit `shard_size` gives `shard_size // sample_bytes`. The default aims at
+        AUTO_SHARDS shards, within the byte floor and ceiling: 400 camera photos at 224x224 make
+        15 shards of 27 (4 MiB) instead of one of 400; 20,000 ImageNet images make 64 shards of
+        313 (47 MB); 1.28 million make 719 of 1,783 (the 256 MiB ceiling).
+        """
+        if self.shard_size is not None:
+            return max(1, self.shard_size // self.sample_bytes)
+        floor = max(1, AUTO_MIN_SHARD_BYTES // self.sample_bytes)
+        ceiling = max(1, AUTO_MAX_SHARD_BYTES // self.sample_bytes)
+        return min(ceiling, max(floor, -(-inputs // AUTO_SHARDS)))
 
     def reject_limit(self, inputs: int) -> int | None:
         """The most rejects allowed for a run over `inputs` files, or None for no limit."""

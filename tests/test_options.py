@@ -1,7 +1,14 @@
 import pytest
 
 from shards.errors import ConfigError
-from shards.options import PreprocessOptions, parse_bytes, parse_max_rejects, parse_size
+from shards.options import (
+    AUTO_MAX_SHARD_BYTES,
+    AUTO_MIN_SHARD_BYTES,
+    PreprocessOptions,
+    parse_bytes,
+    parse_max_rejects,
+    parse_size,
+)
 
 
 @pytest.mark.parametrize(
@@ -49,9 +56,27 @@ def test_options_validate_every_choice_with_the_allowed_values():
 
 def test_samples_per_shard_follows_shard_size_and_dtype():
     small = PreprocessOptions(size=(10, 10), shard_size=3000)
-    assert small.sample_bytes == 300 and small.samples_per_shard == 10
-    assert PreprocessOptions(size=(10, 10), shard_size=3000, dtype="float32").samples_per_shard == 2
-    assert PreprocessOptions(size=(100, 100), shard_size=1).samples_per_shard == 1
+    assert small.sample_bytes == 300 and small.samples_per_shard(10**6) == 10
+    assert PreprocessOptions(size=(10, 10), shard_size=3000, dtype="float32").samples_per_shard(5) == 2
+    assert PreprocessOptions(size=(100, 100), shard_size=1).samples_per_shard(5) == 1
+
+
+@pytest.mark.parametrize(
+    "inputs, per_shard, shards",
+    [
+        (400, 27, 15),  # camera photos: the 4 MiB floor, 15 tasks instead of one
+        (20_000, 313, 64),  # ImageNet-sized set: the 64-shard target
+        (1_281_167, 1_783, 719),  # ImageNet: the 256 MiB ceiling, as the old fixed default
+        (1, 27, 1),
+    ],
+)
+def test_default_shard_sizing_comes_from_the_input_count_within_a_floor_and_a_ceiling(inputs, per_shard, shards):
+    options = PreprocessOptions()
+    assert options.shard_size is None and PreprocessOptions(shard_size="auto") == options
+    assert options.samples_per_shard(inputs) == per_shard
+    assert -(-inputs // per_shard) == shards
+    shard_bytes = per_shard * options.sample_bytes
+    assert shard_bytes <= AUTO_MAX_SHARD_BYTES and (shard_bytes >= AUTO_MIN_SHARD_BYTES - options.sample_bytes)
 
 
 def test_reject_limit_from_count_or_fraction():

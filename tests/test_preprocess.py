@@ -67,6 +67,19 @@ def test_one_and_two_workers_give_byte_identical_output(ray_cluster, photos, tmp
     assert one == two
 
 
+def test_default_shard_sizing_makes_several_shards_of_a_small_set_whatever_the_workers(ray_cluster, photos, tmp_path):
+    """At default options 90 inputs of 224x224x3 make 4 shards of up to 27 (the 4 MiB floor), so
+    both workers are busy; the cut depends on the listing alone, so the bytes do not change."""
+    runs = {}
+    for workers in (1, 2):
+        summary = shards.preprocess(photos, str(tmp_path / f"w{workers}"), workers=workers)
+        record = json.loads((tmp_path / f"w{workers}" / "manifest.json").read_text())
+        record.pop("run")
+        runs[workers] = record
+        assert summary.shards == 4 and record["samples_per_shard"] == 27 and record["config"]["shard_size"] is None
+    assert runs[1] == runs[2]
+
+
 @pytest.mark.parametrize("dtype", ["float16", "bfloat16", "float32"])
 def test_float_dtypes_hold_the_uint8_pixels_scaled_to_unit_range(ray_cluster, photos, tmp_path, dtype):
     shards.preprocess(photos, str(tmp_path / "u8"), PreprocessOptions(**SMALL))

@@ -79,7 +79,7 @@ class RunSummary:
 def preprocess(
     src: str,
     dest: str,
-    options: PreprocessOptions,
+    options: PreprocessOptions | None = None,
     *,
     mode: str = "new",
     address: str | None = None,
@@ -93,7 +93,7 @@ def preprocess(
         src: a folder of class folders, a flat folder, or a CSV/Parquet manifest.
         dest: the output folder, or an s3:// / gs:// prefix (shards are staged on each worker
             and uploaded once complete; the manifest is uploaded last).
-        options: what to produce.
+        options: what to produce (default: `PreprocessOptions()`, 224x224 uint8, centre crop).
         mode: `new` (DEST must not hold a run), `resume` (keep verified shards of the same run) or
             `overwrite` (remove a previous run first).
         address: a Ray cluster to join; None starts an embedded one (or joins RAY_ADDRESS).
@@ -110,9 +110,10 @@ def preprocess(
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     check_workers(workers)
+    options = options or PreprocessOptions()
     listing = list_sources(src)
     key = run_key(listing.fingerprint(), options)
-    plan = plan_shards(len(listing), options.samples_per_shard, options.seed)
+    plan = plan_shards(len(listing), options.samples_per_shard(len(listing)), options.seed)
     sink = DestinationSink(dest, RunIdentity(src, listing, options, key, plan), mode=mode)
     kept = sink.on_start()  # one writer per DEST, from the first look at it to the commit
     try:

@@ -97,6 +97,7 @@ class DestinationSink:
                 inputs=len(listing),
                 rejected=len(rejects),
                 class_counts=class_counts,
+                samples_per_shard=self.run.plan.samples_per_shard,
                 source=self.run.src,
                 key=self.run.key,
                 complete=complete,

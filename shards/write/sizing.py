@@ -59,7 +59,7 @@ def estimate_run(
 ) -> RunEstimate:
     """List SRC and compute what `shards preprocess SRC ... options` would write."""
     listing = list_sources(src)
-    plan = plan_shards(len(listing), options.samples_per_shard, options.seed)
+    plan = plan_shards(len(listing), options.samples_per_shard(len(listing)), options.seed)
     counts = [len(spec.positions) for spec in plan]
     by_dtype = {dtype: shard_bytes(counts, dataclasses.replace(options, dtype=dtype), dtype) for dtype in DTYPE_BYTES}
     height, width, channels = options.shape
@@ -73,7 +73,7 @@ def estimate_run(
         samples=len(listing),
         classes=len(listing.classes),
         shards=len(plan),
-        samples_per_shard=options.samples_per_shard,
+        samples_per_shard=plan.samples_per_shard,
         bytes_on_disk=by_dtype[options.dtype],
         bytes_on_disk_by_dtype=by_dtype,
         sample_bytes=options.sample_bytes,
