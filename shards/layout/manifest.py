@@ -35,6 +35,9 @@ HOW_TO_PROCEED = (
     "--resume and a higher --max-rejects"
 )
 
+# Raised when equal options start to write different pixels, so `--resume` never mixes shards of
+# two resamplers in one run. 2: the antialiased resampler of 0.3.0 (0.2.0 keys had no such field).
+PIXELS = 2
 _RUN_KEY = re.compile(r"[0-9a-f]{64}")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _REQUIRED = ("version", "format", "complete", "count", "shape", "dtype", "classes", "rejected", "shards", "config")
@@ -116,9 +119,11 @@ def run_key(listing_fingerprint: str, options: PreprocessOptions) -> str:
 
     The reject policy (`--max-rejects`) is left out: it shapes no byte, and a run that failed
     its limit must be resumable under a higher one. Runs written before this rule carry keys
-    that included it; they open as before but cannot be resumed by this version.
+    that included it; they open as before but cannot be resumed by this version. `PIXELS`
+    names the resampler, so a run started by another one is not resumed either.
     """
-    payload = json.dumps({"listing": listing_fingerprint, "config": options.output_json()}, sort_keys=True)
+    config = options.output_json()
+    payload = json.dumps({"listing": listing_fingerprint, "config": config, "pixels": PIXELS}, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

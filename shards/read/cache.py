@@ -214,7 +214,8 @@ class ShardCache:
                 temp = os.path.join(self._folder, f"{TEMP_PREFIX}{shard}-{name}")
                 try:
                     found = storage.retried(
-                        functools.partial(self._fetch, name, temp, expected.algorithm), f"downloading {self._place.root}/{name}"
+                        functools.partial(self._fetch, name, temp, expected.algorithm),
+                        f"downloading {self._place.root}/{name}",
                     )
                 except FileNotFoundError:
                     raise ManifestError(f"{self._place.root}/{name}: shard object is missing") from None

@@ -3,8 +3,8 @@
 Decoding follows what a careful user does by hand: refuse decompression bombs before any pixel
 is decoded, let libjpeg downscale in the DCT domain (`Image.draft`) when the target is much
 smaller than the source, honour EXIF orientation, bring every Pillow mode to RGB (alpha
-composited on black), and resize with an antialiasing filter in one step straight from the crop
-box, so no intermediate full-size copy is made.
+composited on black), and resize with the antialiased resampler both decode paths share
+(`shards.write.resample`).
 """
 
 from __future__ import annotations
@@ -19,13 +19,13 @@ from PIL import Image, UnidentifiedImageError
 from shards.errors import DecodeError
 from shards.options import numpy_storage_dtype
 from shards.write import jpeg_turbo
-from shards.write.geometry import exif_orientation, needed_size, place
+from shards.write.geometry import exif_orientation, needed_size
+from shards.write.resample import resize_array
 
 # Pillow's own default bomb limit (~89.5 Mpx, a 0.25 GiB RGB buffer): large enough for any camera,
 # small enough that two workers decoding at once stay well inside a worker's memory budget.
 MAX_PIXELS = 89_478_485
 BACKGROUND = (0, 0, 0)
-RESAMPLE = Image.Resampling.BILINEAR
 
 _TRANSPOSE = {
     2: Image.Transpose.FLIP_LEFT_RIGHT,
@@ -90,7 +90,7 @@ def _decode_with_pillow(data: bytes, size: tuple[int, int], resize: str, max_pix
             if orientation in _TRANSPOSE:
                 image = image.transpose(_TRANSPOSE[orientation])
             image = _to_rgb(image)
-            return np.asarray(resize_image(image, size, resize))
+            return resize_array(np.asarray(image), size, resize)
     except DecodeError:
         raise
     except Image.DecompressionBombError as exc:
@@ -130,18 +130,6 @@ def _high_depth_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
     elif mode in _SIXTEEN_BIT_MODES or values.max(initial=0) > 255:
         values = values / 257.0
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
-
-
-def resize_image(image: Image.Image, size: tuple[int, int], resize: str) -> Image.Image:
-    """Resize an RGB image to `size` (height, width) by `stretch`, `crop` or `pad`."""
-    placement = place(*image.size, size, resize)
-    left, top, inner_w, inner_h = placement.target
-    resized = image.resize((inner_w, inner_h), RESAMPLE, box=placement.source)
-    if (inner_w, inner_h) == (size[1], size[0]):
-        return resized
-    canvas = Image.new("RGB", (size[1], size[0]), BACKGROUND)
-    canvas.paste(resized, (left, top))
-    return canvas
 
 
 def to_storage(rgb: np.ndarray, dtype: str) -> np.ndarray:
