@@ -22,9 +22,8 @@ import numpy as np
 
 from bench.corpus import ensure_corpus, jpeg_paths
 
-# Shards small enough that a few thousand images still make a dozen tasks for the two workers
-# (a 256 MiB default shard holds ~1,780 samples of 224x224x3: 6,000 images would be 4 tasks).
-SHARD_SIZE = "64MiB"
+# Headline figures use default options, as a user runs them (issue 15).
+SHARD_SIZE = "auto"
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -102,7 +101,7 @@ def preprocess_section(work: str, corpus: str, camera: str, out: dict) -> None:
             "scaling_2_vs_1_workers_steady": shards2["steady_images_per_second"] / shards1["steady_images_per_second"],
         },
     }
-    cam_shards = run("bench.peers", "shards", camera, os.path.join(work, "camera_out"), 2, "4MiB")
+    cam_shards = run("bench.peers", "shards", camera, os.path.join(work, "camera_out"), 2, SHARD_SIZE)
     cam_full = run("bench.peers", "pool", camera, os.path.join(work, "camera_pool"), "full")
     out["camera"] = {
         "shards": cam_shards,
@@ -112,22 +111,60 @@ def preprocess_section(work: str, corpus: str, camera: str, out: dict) -> None:
     }
 
 
-def quality_section(corpus: str, out: dict, samples: int = 200) -> None:
-    from PIL import Image, ImageOps
+def quality_section(out: dict) -> None:
+    """Resize quality at default settings (224x224 crop) against Pillow's Lanczos on the same box:
+    real photographs with fine detail (scikit-image's samples, as JPEG q95 and as PNG) and a zone
+    plate's aliasing (RMS grey levels past the output's Nyquist; 0 is ideal). Peers resize the
+    same decoded pixels: Ray Data's read_images resizes with Pillow's bilinear (as does
+    tf.image.resize with antialias=True: a triangle scaled to the shrink), 0.2.0 with OpenCV's
+    linear; Pillow's bicubic is shown as the slow, sharp end."""
+    import cv2
+    from PIL import Image
 
+    from shards.write.geometry import place
     from shards.write.imaging import decode_image
+    from tests.test_resample_quality import OUT, PHOTOS, aliasing, encode, lanczos_reference, zone_plate
+    from tests.test_resample_quality import psnr as psnr_db
 
-    errors: dict[str, list[float]] = {"fast_default": [], "pillow_careful": []}
-    for path in jpeg_paths(corpus)[:samples]:
-        data = open(path, "rb").read()
-        reference = np.asarray(
-            ImageOps.fit(Image.open(io.BytesIO(data)).convert("RGB"), (224, 224), Image.Resampling.LANCZOS)
-        ).astype(np.float64)
-        for name, fast in (("fast_default", True), ("pillow_careful", False)):
-            errors[name].append(float(np.mean((decode_image(data, (224, 224), fast=fast) - reference) ** 2)))
-    # PSNR of the whole sample set (mean squared error over every pixel of every image).
-    out["quality_psnr_db_vs_lanczos"] = {
-        name: float(10 * np.log10(255.0**2 / max(np.mean(mse), 1e-12))) for name, mse in errors.items()
+    def on_box(image: Image.Image, resample: Image.Resampling) -> np.ndarray:
+        placement = place(*image.size, OUT, "crop")
+        return np.asarray(image.resize(OUT[::-1], resample, box=placement.source))
+
+    def opencv_linear(image: Image.Image) -> np.ndarray:  # 0.2.0's resize (whole-pixel box)
+        left, top, right, bottom = (round(v) for v in place(*image.size, OUT, "crop").source)
+        box = np.asarray(image)[top:bottom, left:right]
+        return cv2.resize(np.ascontiguousarray(box), OUT[::-1], interpolation=cv2.INTER_LINEAR)
+
+    import skimage
+
+    folder = os.path.join(os.path.dirname(skimage.__file__), "data")
+    scores: dict[str, list[float]] = {}
+    for name in PHOTOS:
+        image = Image.open(os.path.join(folder, name)).convert("RGB")
+        for fmt, kwargs in (("jpeg", {"quality": 95}), ("png", {})):
+            data = encode(image, fmt.upper(), **kwargs)
+            decoded = Image.open(io.BytesIO(data)).convert("RGB")
+            reference = lanczos_reference(decoded, OUT, "crop")
+            rows = {
+                f"shards_{fmt}": decode_image(data, OUT, "crop"),
+                f"pillow_bilinear_ray_data_{fmt}": on_box(decoded, Image.Resampling.BILINEAR),
+                f"pillow_bicubic_{fmt}": on_box(decoded, Image.Resampling.BICUBIC),
+                f"opencv_linear_0_2_0_{fmt}": opencv_linear(decoded),
+            }
+            for row, pixels in rows.items():
+                scores.setdefault(row, []).append(psnr_db(pixels, reference))
+    plate = zone_plate()
+    plate_png = encode(plate, "PNG")
+    out["quality"] = {
+        "photos": len(PHOTOS),
+        "psnr_db_mean": {row: float(np.mean(v)) for row, v in scores.items()},
+        "psnr_db_worst": {row: float(np.min(v)) for row, v in scores.items()},
+        "zone_plate_aliasing": {
+            "shards": aliasing(decode_image(plate_png, OUT, "crop")),
+            "pillow_bilinear_ray_data": aliasing(on_box(plate, Image.Resampling.BILINEAR)),
+            "pillow_bicubic": aliasing(on_box(plate, Image.Resampling.BICUBIC)),
+            "opencv_linear_0_2_0": aliasing(opencv_linear(plate)),
+        },
     }
 
 
@@ -234,7 +271,7 @@ def table(results: dict) -> str:
     lines = [
         f"Machine: {results['machine']['cpu']}, {results['machine']['cores']} cores, "
         f"{results['machine']['memory_gib']} GiB; {results['images']} ImageNet-like JPEGs -> 224x224 uint8, "
-        f"--shard-size {SHARD_SIZE} ({p['shards_2_workers']['shards']} shards); camera-sized: --shard-size 4MiB.",
+        f"default options, --shard-size {SHARD_SIZE} ({p['shards_2_workers']['shards']} shards; camera-sized: {results['camera']['shards']['shards']}).",
         "",
         "| measure | value | ratio | target |",
         "|---|---|---|---|",
@@ -254,8 +291,7 @@ def table(results: dict) -> str:
         f"{results['camera']['shards']['steady_images_per_second']:,.1f} vs {rate(results['camera']['bare_pool_full_decode']):,.1f} img/s | "
         f"{results['camera']['ratio_shards_steady_vs_full_decode_loop']:.1f}x (whole process "
         f"{results['camera']['ratio_shards_whole_vs_full_decode_loop']:.1f}x) | >= 3x |",
-        f"| resize quality, PSNR vs Lanczos (default path) | {results['quality_psnr_db_vs_lanczos']['fast_default']:.1f} dB | "
-        f"(Pillow path {results['quality_psnr_db_vs_lanczos']['pillow_careful']:.1f} dB) | >= 38 dB |",
+        *quality_rows(results["quality"]),
         f"| reader: plain copy of the memmapped shards | {r['copy']['gb_per_second']:.2f} GB/s | 1.00x | bound |",
         f"| reader: batches() in order | {r['batches']['gb_per_second']:.2f} GB/s | {r['ratios']['batches_vs_copy']:.2f}x copy | >= 0.70x |",
         f"| reader: batches() shuffled | {r['batches_shuffled']['gb_per_second']:.2f} GB/s | {r['ratios']['batches_shuffled_vs_copy']:.2f}x copy | >= 0.50x |",
@@ -277,6 +313,25 @@ def table(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def quality_rows(q: dict) -> list[str]:
+    mean, worst, plate = q["psnr_db_mean"], q["psnr_db_worst"], q["zone_plate_aliasing"]
+    rows = []
+    for label, key in (
+        ("shards (default)", "shards"),
+        ("Ray Data / tf.data antialias (Pillow bilinear)", "pillow_bilinear_ray_data"),
+        ("Pillow bicubic", "pillow_bicubic"),
+        ("shards 0.2.0 (OpenCV linear)", "opencv_linear_0_2_0"),
+    ):
+        plate_key = "shards" if key == "shards" else key
+        rows.append(
+            f"| resize quality, {label}: PSNR vs Lanczos on {q['photos']} real photos, mean / worst; "
+            f"zone-plate aliasing | JPEG {mean[key + '_jpeg']:.1f} / {worst[key + '_jpeg']:.1f} dB, "
+            f"PNG {mean[key + '_png']:.1f} / {worst[key + '_png']:.1f} dB | aliasing {plate[plate_key]:.1f} | "
+            + (">= 40 / 30 dB, JPEG-PNG <= 1 dB; aliasing <= Pillow bilinear |" if key == "shards" else "|")
+        )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=6000, help="ImageNet-like JPEGs (default 6000)")
@@ -292,7 +347,7 @@ def main() -> int:
     results: dict = {"machine": machine(), "images": args.images, "camera_images": args.camera}
     for name, section in (
         ("preprocess", lambda: preprocess_section(args.work, corpus, camera, results)),
-        ("quality", lambda: quality_section(corpus, results)),
+        ("quality", lambda: quality_section(results)),
         ("reader", lambda: reader_section(args.work, corpus, results)),
         ("memory", lambda: memory_section(args.work, corpus, results)),
         ("planning", lambda: planning_section(args.work, results, args.plan_rows)),

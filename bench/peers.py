@@ -25,7 +25,7 @@ SIZE = 224
 
 
 def shards_preprocess(
-    src: str, dest: str, workers: str, shard_size: str = "256MiB", fmt: str = "npy", memory: str = "off"
+    src: str, dest: str, workers: str, shard_size: str = "auto", fmt: str = "npy", memory: str = "off"
 ) -> dict:
     """shards' preprocess; with memory="on", RssAnon of the driver and the workers is sampled
     (off for throughput runs: the sampler's /proc scans cost CPU on a 2-core machine)."""
