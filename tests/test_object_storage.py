@@ -185,12 +185,12 @@ def test_a_shared_cache_folder_is_reused_and_damaged_objects_are_refused(s3_run,
     damaged = shards.open(f"s3://data/{copy}", cache_limit="1MiB")
     first_rows = int(damaged.manifest.shards[0].count)
     damaged.read(np.arange(first_rows))  # an intact shard reads
-    with pytest.raises(shards.ManifestError, match="sha256 differs from the manifest"):
+    with pytest.raises(shards.ManifestError, match="xxh3_128 differs from the manifest"):
         damaged.read(np.arange(first_rows, first_rows + 1))
     from shards.layout.verify import verify_dest
 
     assert verify_dest(f"s3://data/{copy}").problems == [
-        "shard-00001: shard-00001.images.npy checksum mismatch (sha256 differs)"
+        "shard-00001: shard-00001.images.npy checksum mismatch (xxh3_128 differs)"
     ]
 
 
