@@ -122,8 +122,8 @@ def run_key(listing_fingerprint: str, options: PreprocessOptions) -> str:
     that included it; they open as before but cannot be resumed by this version. `PIXELS`
     names the resampler, so a run started by another one is not resumed either.
     """
-    config = options.output_json()
-    payload = json.dumps({"listing": listing_fingerprint, "config": config, "pixels": PIXELS}, sort_keys=True)
+    record = {"listing": listing_fingerprint, "config": options.output_json(), "pixels": PIXELS}
+    payload = json.dumps(record, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
 

@@ -10,7 +10,6 @@ import dataclasses
 import math
 from typing import Any
 
-# EXIF orientations 5-8 swap width and height.
 # DCT-domain downscaling stops while the decoded image still has this many times the pixels the
 # output needs per axis: libjpeg's scaled IDCT works block by block, and what it leaves near the
 # new Nyquist frequency costs ~1.2 dB against a Lanczos reference on detailed photos (40.7 dB
@@ -18,6 +17,7 @@ from typing import Any
 # side is 1-1.25x twice the output's (448-560 px for 224); ImageNet's ~500x375 decode in full
 # either way. Pre-shrinking by 2x2 box averages instead was as fast and lost the gain (39.3 dB).
 DECODE_MARGIN = 1.25
+# EXIF orientations 5-8 swap width and height.
 TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 

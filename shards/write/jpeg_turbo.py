@@ -1,10 +1,10 @@
 """The fast JPEG path: libjpeg-turbo (simplejpeg) decodes with DCT scaling, then
 `shards.write.resample` resizes, as it does for the Pillow path (so both give the same quality).
 
-It handles baseline
-and progressive JPEGs in greyscale, YCbCr and RGB, with the same EXIF orientation and resize
-geometry as the Pillow path; anything else (CMYK, damaged files, missing libraries) returns None
-and the caller falls back to Pillow, which also words the reject reasons.
+It handles baseline and progressive JPEGs in greyscale, YCbCr and RGB, with the same EXIF
+orientation and resize geometry as the Pillow path; anything else (CMYK, damaged files, a
+missing simplejpeg) returns None and the caller falls back to Pillow, which also words the
+reject reasons.
 """
 
 from __future__ import annotations

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import functools
 import math
+from typing import Any
 
 import numpy as np
 
@@ -43,7 +44,7 @@ _SUBPIXEL = 0.01  # shifts below 1/100 of an output pixel are left alone
 
 
 @functools.cache
-def _opencv():  # type: ignore[no-untyped-def]
+def _opencv() -> Any:
     import cv2
 
     cv2.setNumThreads(1)  # one shard task per CPU: OpenCV's own threads would oversubscribe
