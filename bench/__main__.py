@@ -280,6 +280,8 @@ def table(results: dict) -> str:
         f"1 process x {results['machine']['cores']}); {p['ratios']['shards_steady_vs_decode_all_cores_at_once']:.2f}x the same decode on all cores at once "
         f"({p['decode_only_all_cores_at_once']['images_per_second']:,.0f} img/s) | >= 0.70x |",
         f"| preprocess, whole process: shards | {rate(p['shards_2_workers']):,.0f} img/s | | |",
+        f"| preprocess start-up: the call to the first shard task (listing overlapped with Ray's start) | "
+        f"{p['shards_2_workers']['startup']:.1f} s | of which Ray {p['shards_2_workers']['ray_start']:.1f} s | < 3 s |",
         f"| preprocess, whole process: Ray Data read_images -> write_numpy | {rate(p['ray_data']):,.0f} img/s | "
         f"shards {p['ratios']['shards_vs_ray_data_whole_process']:.1f}x | >= 5x |",
         f"| preprocess, whole process: tf.data decode_jpeg + resize + TFRecordWriter | {rate(p['tf_data']):,.0f} img/s | "

@@ -38,6 +38,7 @@ def shards_preprocess(
     result = {
         "images": summary.written,
         "ray_start": summary.ray_start_seconds,
+        "startup": summary.startup_seconds,
         "shards": summary.shards,
         "steady_images_per_second": summary.steady_images_per_second,
         "after_ray_start_images_per_second": summary.images_per_second,

@@ -204,7 +204,8 @@ def _print_summary(summary: Any) -> None:
         ("output", f"{summary.bytes / 1e6:,.1f} MB in {summary.dest}"),
         (
             "time",
-            f"{summary.seconds:.1f} s ({summary.ray_start_seconds:.1f} s starting Ray), "
+            f"{summary.seconds:.1f} s (start-up {summary.startup_seconds:.1f} s, of which Ray "
+            f"{summary.ray_start_seconds:.1f} s), "
             f"{summary.images_per_second:,.0f} images/s",
         ),
     ]

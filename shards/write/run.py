@@ -1,7 +1,9 @@
 """The Ray orchestration of a preprocess run: list, plan, one task per shard, commit.
 
-Everything that can be refused is refused before Ray starts: bad options, a missing or empty
-SRC, a DEST that holds another run. Tasks are submitted with `ray.wait` back-pressure (about one
+Everything that can be refused is refused before any task runs, and nearly always before Ray
+starts: bad options, a missing or empty SRC, a DEST that holds another run. A helper thread lists
+SRC, plans the shards and claims DEST; a listing that takes longer than LISTING_HEAD_START
+overlaps Ray's start-up instead of adding to it. Tasks are submitted with `ray.wait` back-pressure (about one
 per CPU in flight), return only small receipts, and are retried by Ray when a worker dies.
 The manifest is written last.
 """
@@ -9,6 +11,7 @@ The manifest is written last.
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import contextlib
 import dataclasses
 import datetime
@@ -31,12 +34,13 @@ from shards.layout.plan import ShardSpec, plan_shards
 from shards.options import PreprocessOptions
 from shards.write.destination import MODES
 from shards.write.sink import DestinationSink, RunIdentity
-from shards.write.sources import list_sources
+from shards.write.sources import check_source, list_sources
 from shards.write.task import ShardTask, write_shard
 
 logger = logging.getLogger(__name__)
 
 TASK_RETRIES = 3
+LISTING_HEAD_START = 0.5  # seconds: a listing done by then fails or succeeds before Ray starts
 ABANDON_SECONDS = 30.0
 
 
@@ -68,6 +72,7 @@ class RunSummary:
     ray_start_seconds: float
     reject_reasons: dict[str, int]
     steady_images_per_second: float = 0.0
+    startup_seconds: float = 0.0
 
     @property
     def images_per_second(self) -> float:
@@ -106,22 +111,29 @@ def preprocess(
         RejectLimitError: more inputs were refused than the options allow.
         ShardsError: a shard task failed for a reason other than a bad input.
     """
-    started = time.perf_counter()
+    started, begun = time.perf_counter(), time.time()
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     check_workers(workers)
     options = options or PreprocessOptions()
-    listing = list_sources(src)
-    key = run_key(listing.fingerprint(), options)
-    plan = plan_shards(len(listing), options.samples_per_shard(len(listing)), options.seed)
-    sink = DestinationSink(dest, RunIdentity(src, listing, options, key, plan), mode=mode)
-    kept = sink.on_start()  # one writer per DEST, from the first look at it to the commit
+    check_source(src)
+    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shards-list") as pool:
+        preparing = pool.submit(_claim_destination, src, dest, options, mode)
+        try:
+            with contextlib.suppress(TimeoutError):
+                preparing.result(timeout=LISTING_HEAD_START)  # the listing's own error, if it ended in one
+            # Ray starts on this thread: it ties the life of the processes it forks to the thread
+            # that forked them (PR_SET_PDEATHSIG), so the helper thread could not start it.
+            ray_started = time.perf_counter()
+            connect_ray(address, worker_logs=worker_logs)
+            ray_start_seconds = time.perf_counter() - ray_started
+        except BaseException:
+            _release(preparing)
+            raise
+        sink, kept = preparing.result()
     try:
-        ray_started = time.perf_counter()
-        connect_ray(address, worker_logs=worker_logs)
-        ray_start_seconds = time.perf_counter() - ray_started
         limit = workers or max(1, int(cluster_resource("CPU", 1.0)))
-        run = _ShardRun(sink, kept, on_progress, started, work_started=time.perf_counter())
+        run = _ShardRun(sink, kept, on_progress, started, work_started=time.perf_counter(), begun=begun)
         try:
             run.execute(limit)
         except _RejectLimitReached as exc:
@@ -138,6 +150,29 @@ def preprocess(
     if written == 0:
         raise RejectLimitError(f"{src}: all {summary.inputs} inputs were rejected; see {sink.dest}/rejects.jsonl")
     return summary
+
+
+def _claim_destination(
+    src: str, dest: str, options: PreprocessOptions, mode: str
+) -> tuple[DestinationSink, dict[str, Receipt]]:
+    """List SRC, plan the shards and claim DEST: the work that overlaps Ray's start-up.
+
+    Returns the sink, which holds DEST's lock from here to the commit, and the receipts of the
+    shards a resumed run keeps.
+    """
+    listing = list_sources(src)
+    key = run_key(listing.fingerprint(), options)
+    plan = plan_shards(len(listing), options.samples_per_shard(len(listing)), options.seed)
+    sink = DestinationSink(dest, RunIdentity(src, listing, options, key, plan), mode=mode)
+    return sink, sink.on_start()
+
+
+def _release(preparing: concurrent.futures.Future[tuple[DestinationSink, dict[str, Receipt]]]) -> None:
+    """Ray failed to start, or the run was interrupted before its tasks: let go of DEST once the
+    listing has claimed it, so the next run finds DEST as it was."""
+    with contextlib.suppress(Exception):
+        sink, _ = preparing.result()
+        sink.on_failed()
 
 
 def _write_shard_on_node(task: ShardTask) -> Receipt:
@@ -158,6 +193,7 @@ class _ShardRun:
         started: float,
         *,
         work_started: float,
+        begun: float,
     ) -> None:
         self.sink, self.dest = sink, sink.dest
         self.src, self.listing, self.plan = sink.run.src, sink.run.listing, sink.run.plan
@@ -169,7 +205,7 @@ class _ShardRun:
         self.inputs_done = sum(r.shard.count + len(r.rejects) for r in kept.values())
         self.rejected = sum(len(r.rejects) for r in kept.values())
         self.on_progress = on_progress
-        self.started, self.work_started = started, work_started
+        self.started, self.work_started, self.begun = started, work_started, begun
         self.reject_limit = self.options.reject_limit(len(self.listing))
 
     def execute(self, limit: int) -> None:
@@ -276,7 +312,14 @@ class _ShardRun:
             ray_start_seconds,
             dict(collections.Counter(reason_kind(r.reason) for r in rejects)),
             self._steady_rate(),
+            self._startup(),
         )
+
+    def _startup(self) -> float:
+        """Seconds from the call to the first shard task starting: listing, planning and Ray's
+        start-up, as far as they did not overlap (0 when every shard was kept)."""
+        fresh = [r.started for r in self.receipts.values() if r.started and r.shard.name not in self.kept]
+        return max(0.0, min(fresh) - self.begun) if fresh else 0.0
 
     def _steady_rate(self) -> float:
         """Inputs per second between the first shard task starting and the last finishing, for

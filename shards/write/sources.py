@@ -64,28 +64,38 @@ class Listing:
         return digest.hexdigest()
 
 
+def check_source(src: str) -> None:
+    """Refuse, from a stat alone, a SRC that cannot be listed: a missing local path, a file that
+    is not a manifest, an unknown scheme. Cheap, so it runs before Ray starts; object storage is
+    checked by the listing itself.
+
+    Raises:
+        SourceError: the reason, in one line.
+    """
+    if storage.is_remote(src):
+        return
+    if "://" in src and not src.startswith("file://"):
+        raise SourceError(f"{src}: unsupported scheme; SRC is a local path, s3:// or gs://")
+    path = src.removeprefix("file://")
+    if os.path.isdir(path) or (os.path.isfile(path) and path.lower().endswith(MANIFEST_EXTENSIONS)):
+        return
+    if os.path.exists(path):
+        raise SourceError(f"{src}: SRC must be a folder or a .csv/.parquet manifest")
+    raise SourceError(f"{src}: no such file or folder")
+
+
 def list_sources(src: str) -> Listing:
     """List SRC: a folder (class folders or flat) or a CSV/Parquet manifest.
 
     Raises:
         SourceError: SRC does not exist, holds no images, or its manifest lacks a `path` column.
     """
+    check_source(src)
     if storage.is_remote(src):
         listing = _list_remote(src)
-        if len(listing) == 0:
-            raise SourceError(f"{src}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
-        return listing
-    if "://" in src and not src.startswith("file://"):
-        raise SourceError(f"{src}: unsupported scheme; SRC is a local path, s3:// or gs://")
-    path = src.removeprefix("file://")
-    if os.path.isdir(path):
-        listing = _list_folder(path)
-    elif os.path.isfile(path) and path.lower().endswith(MANIFEST_EXTENSIONS):
-        listing = _list_manifest(path)
-    elif os.path.exists(path):
-        raise SourceError(f"{src}: SRC must be a folder or a .csv/.parquet manifest")
     else:
-        raise SourceError(f"{src}: no such file or folder")
+        path = src.removeprefix("file://")
+        listing = _list_folder(path) if os.path.isdir(path) else _list_manifest(path)
     if len(listing) == 0:
         raise SourceError(f"{src}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})")
     return listing
