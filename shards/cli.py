@@ -11,12 +11,13 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
 from typing import Any
 
-from shards.errors import ConfigError, ShardsError, SourceError
+from shards.errors import ConfigError, ManifestError, ShardsError, SourceError
 
 EXIT_USAGE = 2
 EXIT_FAILURE = 1
@@ -126,12 +127,23 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     """The preprocess options, shared by `shards preprocess` and `jobs/preprocess.py`."""
-    parser.add_argument("src", help="folder of class folders, flat folder, or CSV/Parquet with path[,label]")
+    parser.add_argument(
+        "src",
+        help="folder of class folders or flat; CSV/Parquet list of paths; .tar archives (a file, a folder, "
+        "or a pattern such as data-{000000..000099}.tar); Parquet with image bytes",
+    )
     parser.add_argument("dest", help="output folder, or an s3:// / gs:// prefix")
     _add_output_arguments(parser)
     parser.add_argument("--format", default="npy", help="npy | tfrecord (default npy)")
     parser.add_argument("--compression", default="none", help="none | gzip, for tfrecord shards (default none)")
     parser.add_argument("--max-rejects", default=None, help="fail past N rejected inputs, or P%% of them")
+    parser.add_argument(
+        "--max-input-bytes", default="256MiB", help="reject any input larger than this, unread (default 256MiB)"
+    )
+    parser.add_argument(
+        "--image-column", default=None, help="Parquet/CSV column of image bytes or paths (default image, else path)"
+    )
+    parser.add_argument("--label-column", default=None, help="column of labels (default label)")
     parser.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)")
     parser.add_argument(
         "--endpoint-url",
@@ -146,7 +158,7 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_arguments(args: argparse.Namespace) -> Any:
     """Build and validate PreprocessOptions from parsed arguments (raises ConfigError)."""
-    from shards.options import PreprocessOptions, parse_max_rejects
+    from shards.options import MAX_INPUT_BYTES, PreprocessOptions, parse_max_rejects
 
     try:
         seed = int(args.seed)
@@ -163,6 +175,9 @@ def options_from_arguments(args: argparse.Namespace) -> Any:
         max_rejects=count,
         max_reject_fraction=fraction,
         compression=getattr(args, "compression", "none"),
+        max_input_bytes=getattr(args, "max_input_bytes", None) or MAX_INPUT_BYTES,
+        image_column=getattr(args, "image_column", None),
+        label_column=getattr(args, "label_column", None),
     )
 
 
@@ -377,6 +392,11 @@ def _rejects_by_reason(dest: str) -> dict[str, int]:
             reasons = collections.Counter(reason_kind(json.loads(line)["reason"]) for line in lines if line.strip())
     except FileNotFoundError:
         return {}
+    except (ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise ManifestError(
+            f"{dest.rstrip('/')}/{REJECTS}: not a rejects file shards wrote ({type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else 'no reason'})"
+        ) from None
     return dict(reasons.most_common())
 
 
@@ -470,6 +490,15 @@ def _fail(exc: BaseException, status: int, *, verbose: bool) -> int:
     return status
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the main thread is, so a run stops as on Ctrl-C: tasks in flight
+    are cancelled, finished shards stay for `--resume`, the embedded Ray ends with the process."""
+
+
+def _terminate(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the `shards` command; returns the exit status."""
     args = build_parser().parse_args(argv)
@@ -478,12 +507,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     level = logging.INFO if args.verbose else logging.ERROR if args.quiet else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         return COMMANDS[args.command](args)
     except (ConfigError, SourceError) as exc:  # bad arguments and input paths, found before Ray starts
         return _fail(exc, EXIT_USAGE, verbose=args.verbose)
     except ShardsError as exc:
         return _fail(exc, EXIT_FAILURE, verbose=args.verbose)
+    except Terminated:
+        print("shards: terminated; rerun with --resume to continue", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("shards: interrupted; rerun with --resume to continue", file=sys.stderr)
         return 130

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
+import threading
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shards.errors import ConfigError, ShardsError
@@ -42,11 +45,39 @@ def connect_ray(address: str | None, *, worker_logs: bool = True) -> None:
         # for this Ray cluster" is dropped, which every embedded run printed. (Setting
         # RAY_AUTH_MODE=token instead made the embedded GCS refuse its own driver.)
         logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_token_notice)
+    on_main_thread = threading.current_thread() is threading.main_thread()
+    sigterm = signal.getsignal(signal.SIGTERM) if on_main_thread else None
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError) as exc:
         where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
         raise ShardsError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}") from exc
+    if callable(sigterm):
+        # ray.init replaces a SIGTERM handler with its own sys.exit(); the caller's (the CLI
+        # ends a run in one line, resumable) is put back.
+        signal.signal(signal.SIGTERM, sigterm)
+
+
+def map_tasks(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+    """`function(item)` for every item as Ray tasks (one CPU each, retried when a worker dies),
+    results in order. A task's own ShardsError comes back as it is, so a bad input still reads
+    as one line."""
+    import ray
+
+    from shards.io import storage
+
+    options: dict[str, Any] = {"num_cpus": 1, "max_retries": 3}
+    if storage.environment():
+        options["runtime_env"] = {"env_vars": storage.environment()}
+    remote = ray.remote(function).options(**options)
+    refs = [remote.remote(item) for item in items]
+    try:
+        return list(ray.get(refs))
+    except ray.exceptions.RayTaskError as exc:
+        cause = task_cause(exc)
+        if isinstance(cause, ShardsError):
+            raise cause from None
+        raise ShardsError(one_line(cause)) from exc
 
 
 def _token_notice(record: logging.LogRecord) -> bool:

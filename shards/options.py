@@ -38,7 +38,7 @@ _UNITS = {
     "GIB": 1024**3,
     "TIB": 1024**4,
 }
-_MAX_SIDE = 16384
+MAX_SIDE = 16384
 
 # `--shard-size auto` (the default) cuts the listing into AUTO_SHARDS shards, each kept between
 # AUTO_MIN_SHARD_BYTES and AUTO_MAX_SHARD_BYTES of image data. The count comes from the listing,
@@ -49,6 +49,8 @@ _MAX_SIDE = 16384
 AUTO_SHARDS = 64
 AUTO_MIN_SHARD_BYTES = 4 * 1024**2
 AUTO_MAX_SHARD_BYTES = 256 * 1024**2
+# No input is read past this many bytes (a camera JPEG is 5-30 MB; /dev/zero never ends).
+MAX_INPUT_BYTES = 256 * 1024**2
 
 
 def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
@@ -63,8 +65,8 @@ def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
             raise ConfigError(f"--size must be N or HxW with positive integers, got {text!r}")
         height = int(match.group(1))
         width = int(match.group(2) or match.group(1))
-    if not (0 < height <= _MAX_SIDE and 0 < width <= _MAX_SIDE):
-        raise ConfigError(f"--size must be between 1 and {_MAX_SIDE} per side, got {height}x{width}")
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+        raise ConfigError(f"--size must be between 1 and {MAX_SIDE} per side, got {height}x{width}")
     return int(height), int(width)
 
 
@@ -125,6 +127,11 @@ class PreprocessOptions:
         max_reject_fraction: the same as a fraction of the inputs (from `P%`).
         compression: `gzip` compresses TFRecord shards; npy shards are never compressed (they
             are memory-mapped).
+        max_input_bytes: an input file, archive member or Parquet value larger than this is a
+            reject, never read whole.
+        image_column: the Parquet/CSV column of image bytes or paths (None: `image` when it
+            holds bytes, else `path`).
+        label_column: the column of labels (None: `label`).
     """
 
     size: tuple[int, int] = (224, 224)
@@ -136,6 +143,9 @@ class PreprocessOptions:
     max_rejects: int | None = None
     max_reject_fraction: float | None = None
     compression: str = "none"
+    max_input_bytes: int = MAX_INPUT_BYTES
+    image_column: str | None = None
+    label_column: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", parse_size(self.size))
@@ -153,6 +163,11 @@ class PreprocessOptions:
             raise ConfigError(f"--compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
         if self.compression != "none" and self.format != "tfrecord":
             raise ConfigError("--compression gzip needs --format tfrecord (npy shards are memory-mapped)")
+        object.__setattr__(self, "max_input_bytes", parse_bytes(self.max_input_bytes, "--max-input-bytes"))
+        for name in ("image_column", "label_column"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ConfigError(f"--{name.replace('_', '-')} must be a column name, got {value!r}")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
 

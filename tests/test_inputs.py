@@ -42,10 +42,10 @@ def test_unreadable_files_are_refused_for_permission():
         os.chmod(locked, 0)
         code = (
             "import os, sys\n"
-            "from shards.write.sources import read_source\n"
+            "from shards.sources.files import read_file\n"
             "from shards.errors import DecodeError\n"
             "if os.geteuid() == 0:\n    os.setgid(65534); os.setuid(65534)\n"
-            "try:\n    read_source(sys.argv[1])\nexcept DecodeError as e:\n    print(e)\n"
+            "try:\n    read_file(sys.argv[1], 2**20)\nexcept DecodeError as e:\n    print(e)\n"
         )
         result = subprocess.run([sys.executable, "-c", code, locked], capture_output=True, text=True, timeout=60)
     assert result.stdout.strip() == "permission denied", result.stderr

@@ -14,7 +14,7 @@ from shards import cli
 from shards.errors import SourceError
 from shards.io import storage
 from shards.options import PreprocessOptions
-from shards.write.sources import list_sources
+from shards.sources import list_sources
 
 OPTIONS = PreprocessOptions(size=(24, 32), shard_size="20KiB")
 
@@ -277,3 +277,51 @@ def test_an_s3_dest_takes_one_writer_and_a_stale_lock_is_taken_over(s3, photos, 
             taker.check()
             assert "locked/.shards.lock" in object_names(s3, "data")
     assert "locked/.shards.lock" not in object_names(s3, "data")
+
+
+def test_tar_and_parquet_sources_on_s3_equal_their_local_runs(ray_cluster, s3, photos, tmp_path):
+    """The archives' index and the shard tasks' byte ranges go through S3 range requests."""
+    import io
+    import tarfile
+
+    import pyarrow as pa
+
+    files = sorted(os.path.join(c, n) for c in sorted(os.listdir(photos)) for n in os.listdir(os.path.join(photos, c)))
+    for part in range(2):
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            for relative in files[part::2]:
+                key = relative.replace("/", "_").split(".")[0]
+                archive.add(os.path.join(photos, relative), arcname=f"{key}.{relative.rsplit('.', 1)[1]}")
+                label = relative.split("/")[0].encode()
+                info = tarfile.TarInfo(f"{key}.json")
+                payload = b'{"label": "' + label + b'"}'
+                info.size = len(payload)
+                archive.addfile(info, io.BytesIO(payload))
+        (tmp_path / f"part-{part}.tar").write_bytes(buffer.getvalue())
+        with s3.open_output_stream(f"data/tars/part-{part}.tar") as handle:
+            handle.write(buffer.getvalue())
+    table = pa.table(
+        {
+            "image": pa.array([open(os.path.join(photos, f), "rb").read() for f in files], pa.binary()),
+            "label": [f.split("/")[0] for f in files],
+        }
+    )
+    pq.write_table(table, tmp_path / "images.parquet", row_group_size=16)
+    with s3.open_output_stream("data/images.parquet") as handle:
+        pq.write_table(table, handle, row_group_size=16)
+    for remote, local in [
+        ("s3://data/tars", str(tmp_path / "part-{0..1}.tar")),
+        ("s3://data/images.parquet", str(tmp_path / "images.parquet")),
+    ]:
+        name = remote.rsplit("/", 1)[1]
+        remote_run = shards.preprocess(remote, str(tmp_path / f"remote-{name}"), OPTIONS)
+        local_run = shards.preprocess(local, str(tmp_path / f"local-{name}"), OPTIONS)
+        assert remote_run.written == local_run.written == 90 and remote_run.rejected == 0
+        shard_files = sorted(n for n in os.listdir(tmp_path / f"local-{name}") if n.startswith("shard-"))
+        assert len(shard_files) > 2
+        for shard in shard_files:
+            assert (tmp_path / f"remote-{name}" / shard).read_bytes() == (
+                tmp_path / f"local-{name}" / shard
+            ).read_bytes()
+        assert shards.open(str(tmp_path / f"remote-{name}")).classes == ["class_0", "class_1", "class_2"]

@@ -7,7 +7,9 @@ import pytest
 from PIL import Image
 
 from shards.errors import DecodeError, SourceError
-from shards.write.sources import list_sources, read_source
+from shards.sources import files as reading
+from shards.sources import list_sources
+from shards.sources.files import FileInputs, read_file
 
 
 def _touch_image(path: str) -> None:
@@ -88,14 +90,14 @@ def test_listing_is_compact_arrow_and_fingerprint_tracks_content(tmp_path):
     assert listing.fingerprint() != list_sources(str(tmp_path)).fingerprint()
 
 
-def test_read_source_names_why_a_file_cannot_be_read(tmp_path):
+def test_read_file_names_why_a_file_cannot_be_read(tmp_path):
     os.symlink(tmp_path / "gone.jpg", tmp_path / "link.jpg")
     with pytest.raises(DecodeError, match="broken symlink"):
-        read_source(str(tmp_path / "link.jpg"))
+        read_file(str(tmp_path / "link.jpg"), 100)
     with pytest.raises(DecodeError, match="file not found"):
-        read_source(str(tmp_path / "missing.jpg"))
+        read_file(str(tmp_path / "missing.jpg"), 100)
     (tmp_path / "real.jpg").write_bytes(b"abc")
-    assert read_source(str(tmp_path / "real.jpg")) == b"abc"
+    assert read_file(str(tmp_path / "real.jpg"), 100) == b"abc"
 
 
 def test_worker_read_ahead_keeps_order_and_reasons_and_stops_its_threads(tmp_path, monkeypatch):
@@ -105,17 +107,15 @@ def test_worker_read_ahead_keeps_order_and_reasons_and_stops_its_threads(tmp_pat
     import threading
     import time
 
-    from shards.write import task as worker
-
     sources = []
-    for i in range(5 * worker.LOCAL_BATCH * worker.READ_THREADS + 3):
+    for i in range(5 * reading.LOCAL_BATCH * reading.READ_THREADS + 3):
         path = tmp_path / f"{i}.jpg"
         if i % 7 == 3:
             path.mkdir()
         elif i % 7 != 5:
             path.write_bytes(f"image {i}".encode())
         sources.append(str(path))
-    results = list(worker._read_ahead(sources))
+    results = list(FileInputs(sources).read(2**20))
     assert len(results) == len(sources)
     for i, result in enumerate(results):
         if i % 7 == 3:
@@ -126,12 +126,12 @@ def test_worker_read_ahead_keeps_order_and_reasons_and_stops_its_threads(tmp_pat
             assert result == f"image {i}".encode()
     threads_before = threading.active_count()
     reads = []
-    monkeypatch.setattr(worker, "read_source", lambda source: reads.append(source) or b"x")
-    stream = worker._read_ahead(sources)
+    monkeypatch.setattr(reading, "read_file", lambda source, limit: reads.append(source) or b"x")
+    stream = FileInputs(sources).read(2**20)
     next(stream)
     assert threading.active_count() > threads_before  # reading ahead
     time.sleep(0.3)  # let the threads read all they are allowed to
     # Encoded files held ahead stay bounded (camera JPEGs are ~10 MB each).
-    assert worker.READ_THREADS <= len(reads) <= worker.READ_AHEAD + worker.LOCAL_BATCH
+    assert reading.READ_THREADS <= len(reads) <= reading.READ_AHEAD + reading.LOCAL_BATCH
     stream.close()
     assert threading.active_count() == threads_before

@@ -49,14 +49,18 @@ def shard_name(index: int) -> str:
     return SHARD_NAME_FORMAT.format(index)
 
 
-def plan_shards(count: int, samples_per_shard: int, seed: int) -> ShardPlan:
+def plan_shards(count: int, samples_per_shard: int, seed: int, *, shuffle: bool = True) -> ShardPlan:
     """Permute `count` listing positions with `seed` and cut them into shards.
 
     The permutation mixes classes across shards (a folder listing is sorted by class), so any
-    contiguous run of shards is a fair sample of the whole set.
+    contiguous run of shards is a fair sample of the whole set. `shuffle=False` keeps the
+    listing's order: for containers (tar archives, Parquet files, arrays), where a shard of
+    consecutive inputs reads a few contiguous byte ranges instead of a little of every container.
     """
     if count < 0 or samples_per_shard < 1:
         raise ValueError(f"count must be >= 0 and samples_per_shard >= 1, got {count}, {samples_per_shard}")
     dtype = np.int32 if count < 2**31 else np.int64
+    if not shuffle:
+        return ShardPlan(np.arange(count, dtype=dtype), samples_per_shard)
     order = np.random.Generator(np.random.PCG64(seed)).permutation(count).astype(dtype)
     return ShardPlan(order, samples_per_shard)

@@ -21,7 +21,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from shards.cluster import check_workers, cluster_resource, connect_ray, one_line, task_cause
+import numpy as np
+
+from shards.cluster import check_workers, cluster_resource, connect_ray, map_tasks, one_line, task_cause
 from shards.errors import ConfigError, RejectLimitError, ShardsError
 from shards.io import storage
 from shards.layout.manifest import (
@@ -32,9 +34,10 @@ from shards.layout.manifest import (
 )
 from shards.layout.plan import ShardSpec, plan_shards
 from shards.options import PreprocessOptions
+from shards.sources import check_source, describe_source, indexes_on_cluster, list_sources
+from shards.sources.files import FileInputs
 from shards.write.destination import MODES
 from shards.write.sink import DestinationSink, RunIdentity
-from shards.write.sources import check_source, list_sources
 from shards.write.task import ShardTask, write_shard
 
 logger = logging.getLogger(__name__)
@@ -82,7 +85,7 @@ class RunSummary:
 
 
 def preprocess(
-    src: str,
+    src: Any,
     dest: str,
     options: PreprocessOptions | None = None,
     *,
@@ -95,7 +98,10 @@ def preprocess(
     """Turn SRC into shards in DEST on Ray.
 
     Args:
-        src: a folder of class folders, a flat folder, or a CSV/Parquet manifest.
+        src: a folder of class folders or a flat folder; a CSV/Parquet list of paths; tar
+            archives (one, a folder of them, or a pattern such as `data-{000000..000099}.tar`);
+            Parquet with image bytes; local or s3:// / gs://. Or NumPy arrays: `x` or `(x, y)`,
+            `x` uint8 or float [N, H, W, C] (or a list of [H, W, C] arrays), `y` labels.
         dest: the output folder, or an s3:// / gs:// prefix (shards are staged on each worker
             and uploaded once complete; the manifest is uploaded last).
         options: what to produce (default: `PreprocessOptions()`, 224x224 uint8, centre crop).
@@ -117,11 +123,15 @@ def preprocess(
     check_workers(workers)
     options = options or PreprocessOptions()
     check_source(src)
+    head_start: float | None = LISTING_HEAD_START
+    if indexes_on_cluster(src):  # the archives' index is built by Ray tasks: Ray first
+        connect_ray(address, worker_logs=worker_logs)
+        head_start = None
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shards-list") as pool:
         preparing = pool.submit(_claim_destination, src, dest, options, mode)
         try:
             with contextlib.suppress(TimeoutError):
-                preparing.result(timeout=LISTING_HEAD_START)  # the listing's own error, if it ended in one
+                preparing.result(timeout=head_start)  # the listing's own error, if it ended in one
             # Ray starts on this thread: it ties the life of the processes it forks to the thread
             # that forked them (PR_SET_PDEATHSIG), so the helper thread could not start it.
             ray_started = time.perf_counter()
@@ -139,7 +149,7 @@ def preprocess(
         except _RejectLimitReached as exc:
             run.commit(complete=False, workers=limit, ray_start_seconds=ray_start_seconds)
             raise RejectLimitError(
-                f"{src}: {exc.rejected} inputs rejected, over the --max-rejects limit of "
+                f"{sink.run.src}: {exc.rejected} inputs rejected, over the --max-rejects limit of "
                 f"{run.reject_limit} (see {sink.dest}/rejects.jsonl): {HOW_TO_PROCEED}"
             ) from None
         written = run.inputs_done - run.rejected
@@ -148,22 +158,32 @@ def preprocess(
         sink.on_failed()
         raise
     if written == 0:
-        raise RejectLimitError(f"{src}: all {summary.inputs} inputs were rejected; see {sink.dest}/rejects.jsonl")
+        raise RejectLimitError(
+            f"{sink.run.src}: all {summary.inputs} inputs were rejected; see {sink.dest}/rejects.jsonl"
+        )
     return summary
 
 
 def _claim_destination(
-    src: str, dest: str, options: PreprocessOptions, mode: str
+    src: Any, dest: str, options: PreprocessOptions, mode: str
 ) -> tuple[DestinationSink, dict[str, Receipt]]:
     """List SRC, plan the shards and claim DEST: the work that overlaps Ray's start-up.
 
     Returns the sink, which holds DEST's lock from here to the commit, and the receipts of the
     shards a resumed run keeps.
     """
-    listing = list_sources(src)
+    listing = list_sources(
+        src,
+        image_column=options.image_column,
+        label_column=options.label_column,
+        exclude=dest,
+        mapper=map_tasks if indexes_on_cluster(src) else None,
+    )
     key = run_key(listing.fingerprint(), options)
-    plan = plan_shards(len(listing), options.samples_per_shard(len(listing)), options.seed)
-    sink = DestinationSink(dest, RunIdentity(src, listing, options, key, plan), mode=mode)
+    plan = plan_shards(
+        len(listing), options.samples_per_shard(len(listing)), options.seed, shuffle=not listing.keeps_order
+    )
+    sink = DestinationSink(dest, RunIdentity(describe_source(src), listing, options, key, plan), mode=mode)
     return sink, sink.on_start()
 
 
@@ -212,7 +232,7 @@ class _ShardRun:
         import ray
 
         options: dict[str, Any] = {"num_cpus": 1, "max_retries": TASK_RETRIES}
-        if storage.environment() and (storage.is_remote(self.dest) or storage.any_remote(self.listing.sources)):
+        if storage.environment() and (storage.is_remote(self.dest) or self.listing.remote):
             # Workers reach the same object store as the driver (endpoint, credentials).
             options["runtime_env"] = {"env_vars": storage.environment()}
         task = ray.remote(_write_shard_on_node).options(**options)
@@ -240,9 +260,17 @@ class _ShardRun:
             raise
 
     def _task(self, spec: ShardSpec) -> ShardTask:
-        sources = self.listing.sources.take(spec.positions).to_pylist()
+        listing, positions = self.listing, spec.positions
+        names = listing.sources.take(positions).to_pylist()
+        problems = listing.shard_problems(positions)
+        usable = positions[np.array([p is None for p in problems], bool)] if any(problems) else positions
+        inputs = (
+            listing.kind.inputs(usable)
+            if listing.kind is not None
+            else FileInputs(listing.sources.take(usable).to_pylist())
+        )
         return ShardTask(
-            self.dest, spec.name, spec.positions, sources, self.listing.labels[spec.positions], self.options, self.key
+            self.dest, spec.name, positions, names, listing.labels[positions], problems, inputs, self.options, self.key
         )
 
     def _result(self, ref: Any, spec: ShardSpec) -> Receipt:

@@ -22,8 +22,8 @@ from shards.io.location import location
 from shards.layout.manifest import Receipt, build_manifest, write_index, write_manifest, write_rejects, write_run_record
 from shards.layout.plan import ShardPlan
 from shards.options import PreprocessOptions
+from shards.sources import Listing
 from shards.write.destination import prepare_destination
-from shards.write.sources import Listing
 
 
 @dataclasses.dataclass(frozen=True)

@@ -15,7 +15,7 @@ import numpy as np
 
 from shards.layout.plan import plan_shards
 from shards.options import DTYPE_BYTES, PreprocessOptions, numpy_storage_dtype
-from shards.write.sources import list_sources
+from shards.sources import list_sources
 
 LABEL_BYTES = 4
 DEVICE_DTYPE_BYTES = 4  # the model sees float32 after scaling (2 with mixed precision)
@@ -58,8 +58,10 @@ def estimate_run(
     src: str, options: PreprocessOptions, *, batch_size: int = 256, memory: int | None = None, prefetch: int = 2
 ) -> RunEstimate:
     """List SRC and compute what `shards preprocess SRC ... options` would write."""
-    listing = list_sources(src)
-    plan = plan_shards(len(listing), options.samples_per_shard(len(listing)), options.seed)
+    listing = list_sources(src, image_column=options.image_column, label_column=options.label_column)
+    plan = plan_shards(
+        len(listing), options.samples_per_shard(len(listing)), options.seed, shuffle=not listing.keeps_order
+    )
     counts = [len(spec.positions) for spec in plan]
     by_dtype = {dtype: shard_bytes(counts, dataclasses.replace(options, dtype=dtype), dtype) for dtype in DTYPE_BYTES}
     height, width, channels = options.shape

@@ -1,35 +1,29 @@
 """One shard's work, as a Ray task runs it: read, decode, resize, cast, write, receipt.
 
 Nothing here depends on Ray, so it can be called and tested directly. The task returns only the
-small receipt; image bytes never travel through the object store.
+small receipt; image bytes never travel through the object store (in-memory arrays, which have
+nowhere else to come from, travel in the task's own arguments).
 """
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
 import dataclasses
-import itertools
 import logging
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from shards.errors import DecodeError
 from shards.formats import ShardInfo, get_format
-from shards.io import storage
 from shards.io.location import location
 from shards.layout.manifest import Receipt, Reject, write_receipt
 from shards.options import PreprocessOptions
+from shards.sources import ShardInputs
 from shards.write.imaging import decode_image, to_storage
-from shards.write.sources import read_source
+from shards.write.resample import resize_array
 
 logger = logging.getLogger(__name__)
-
-READ_THREADS = 4
-READ_AHEAD = 16
-LOCAL_BATCH = 4  # READ_AHEAD // LOCAL_BATCH batches in flight keep all READ_THREADS busy
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,8 +34,10 @@ class ShardTask:
         dest: the DEST folder or object-storage prefix.
         shard: the shard's name.
         positions: each input's position in the listing (recorded with rejects).
-        sources: each input's path or URI, aligned with `positions`.
+        names: each input's name (path, URI, archive member), aligned with `positions`.
         labels: each input's label, aligned with `positions`.
+        problems: the listing's reason against an input, or None; aligned with `positions`.
+        inputs: reads the inputs without a problem, in order.
         options: the run's options.
         run_key: identifies the run the receipt belongs to.
     """
@@ -49,8 +45,10 @@ class ShardTask:
     dest: str
     shard: str
     positions: np.ndarray
-    sources: Sequence[str]
+    names: Sequence[str]
     labels: np.ndarray
+    problems: Sequence[str | None]
+    inputs: ShardInputs
     options: PreprocessOptions
     run_key: str
 
@@ -73,50 +71,27 @@ def write_shard(task: ShardTask, node: str = "") -> Receipt:
 
 
 def _write_files(folder: str, task: ShardTask, *, durable: bool) -> tuple[ShardInfo, list[Reject]]:
-    options, sources = task.options, task.sources
+    options, names = task.options, task.names
     rejects: list[Reject] = []
-    with get_format(options.format).open_writer(folder, task.shard, len(sources), options, durable=durable) as writer:
-        for i, data in enumerate(_read_ahead(sources)):
+    read = task.inputs.read(options.max_input_bytes)
+    with get_format(options.format).open_writer(folder, task.shard, len(names), options, durable=durable) as writer:
+        for i, problem in enumerate(task.problems):
             try:
-                if isinstance(data, DecodeError):
-                    raise data
-                rgb = decode_image(data, options.size, options.resize)
+                if problem is not None:
+                    raise DecodeError(problem)
+                rgb = _pixels(next(read), options)
             except DecodeError as exc:
-                rejects.append(Reject(int(task.positions[i]), sources[i], str(exc)))
-                logger.info("rejected %s: %s", sources[i], exc)
+                rejects.append(Reject(int(task.positions[i]), names[i], str(exc)))
+                logger.info("rejected %s: %s", names[i], exc)
                 continue
             writer.write(to_storage(rgb, options.dtype), int(task.labels[i]))
         return writer.close(), rejects
 
 
-def _read_ahead(sources: Sequence[str]) -> Iterator[bytes | DecodeError]:
-    """Each input's bytes (or why it cannot be read), in order, read on a few threads a bounded
-    window ahead of the decoder, so disk or network latency overlaps decoding.
-
-    At most READ_AHEAD encoded files are in flight (plus the batch being handed out). File
-    reads release the GIL, but each hand-off between threads costs CPU: on the bench machine, one
-    hand-off per cached local file cost ~100 us, three times the read itself. So a thread reads
-    local files LOCAL_BATCH at a time; object-storage requests, whose latency dwarfs that cost,
-    go one by one. On a cold page cache the threads keep READ_THREADS reads in flight.
-    """
-    batch = 1 if any(storage.is_remote(source) for source in sources) else LOCAL_BATCH
-    batches = (sources[start : start + batch] for start in range(0, len(sources), batch))
-    with concurrent.futures.ThreadPoolExecutor(READ_THREADS, thread_name_prefix="shards-read") as pool:
-        window = collections.deque(
-            pool.submit(_read_batch, first) for first in itertools.islice(batches, READ_AHEAD // batch)
-        )
-        while window:
-            datas = window.popleft().result()
-            window.extend(pool.submit(_read_batch, later) for later in itertools.islice(batches, 1))
-            yield from datas
-
-
-def _read_batch(sources: Sequence[str]) -> list[bytes | DecodeError]:
-    return [_read_or_error(source) for source in sources]
-
-
-def _read_or_error(source: str) -> bytes | DecodeError:
-    try:
-        return read_source(source)
-    except DecodeError as exc:
-        return exc
+def _pixels(data: bytes | np.ndarray | DecodeError, options: PreprocessOptions) -> np.ndarray:
+    """An input as output pixels: encoded bytes are decoded, in-memory arrays resized."""
+    if isinstance(data, DecodeError):
+        raise data
+    if isinstance(data, np.ndarray):
+        return resize_array(data, options.size, options.resize)
+    return decode_image(data, options.size, options.resize)

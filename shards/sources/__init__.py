@@ -1,0 +1,229 @@
+"""Listing SRC into (name, target) rows, one module per kind of SRC.
+
+- `folder`: class folders or a flat folder of images, local or under an s3:// / gs:// prefix;
+- `manifest`: a CSV/Parquet list of paths with an optional label column;
+- `tar`: tar archives in the WebDataset convention (one, a folder or prefix of them, or a brace
+  pattern such as `data-{000000..000099}.tar`);
+- `parquet`: Parquet files whose image column holds encoded bytes (Hugging Face layout);
+- `arrays`: NumPy arrays in memory (the Python API only).
+
+Listings are compact (Arrow arrays, paged for object storage), so ten million inputs cost their
+bytes and not ten million Python objects; how each input is read is the listing's `kind`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pyarrow as pa
+
+from shards.errors import SourceError
+from shards.io import storage
+from shards.sources import arrays, folder, manifest, parquet, tar
+from shards.sources.folder import IMAGE_EXTENSIONS, is_image_name
+from shards.sources.listing import UNLABELED, Input, Listing, ShardInputs
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "UNLABELED",
+    "Input",
+    "Listing",
+    "ShardInputs",
+    "check_source",
+    "describe_source",
+    "indexes_on_cluster",
+    "is_image_name",
+    "list_sources",
+]
+
+Mapper = Callable[[Callable[[str], pa.Table], Sequence[str]], list[pa.Table]]
+KINDS = "a folder or prefix of images, .tar archives or .parquet files, a .tar, .csv or .parquet file"
+
+
+def describe_source(src: Any) -> str:
+    """SRC as messages and the manifest name it."""
+    return arrays.describe(src) if arrays.is_arrays(src) else str(src)
+
+
+def check_source(src: Any) -> None:
+    """Refuse, from a stat alone, a SRC that cannot be listed: a missing local path, a file of
+    no known kind, an unknown scheme, a compressed tar. Cheap, so it runs before Ray starts;
+    object storage is checked by the listing itself.
+
+    Raises:
+        SourceError: the reason, in one line.
+    """
+    if arrays.is_arrays(src):
+        return
+    if not isinstance(src, str):
+        raise SourceError(f"SRC must be a path, a URI or NumPy arrays, got {type(src).__name__}")
+    tar.refuse_compressed(src)
+    if storage.is_remote(src):
+        return
+    if "://" in src and not src.startswith("file://"):
+        raise SourceError(f"{src}: unsupported scheme; SRC is a local path, s3:// or gs://")
+    path = src.removeprefix("file://")
+    if "{" in path:
+        missing = [name for name in tar.expand_pattern(path) if not os.path.isfile(name)]
+        if missing:
+            raise SourceError(f"{src}: {len(missing)} archive(s) of the pattern do not exist, such as {missing[0]}")
+        return
+    if os.path.isdir(path) or (os.path.isfile(path) and _file_kind(path) is not None):
+        return
+    if os.path.exists(path):
+        raise SourceError(f"{src}: SRC must be {KINDS}")
+    raise SourceError(f"{src}: no such file or folder")
+
+
+def indexes_on_cluster(src: Any) -> bool:
+    """Whether listing SRC runs Ray tasks (tar archives are indexed in parallel on the cluster)."""
+    return isinstance(src, str) and _string_kind(src.removeprefix("file://")) == "tar"
+
+
+def list_sources(
+    src: Any,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    exclude: str | None = None,
+    mapper: Mapper | None = None,
+) -> Listing:
+    """List SRC (see the module's kinds).
+
+    Args:
+        src: a path or URI, or NumPy arrays (`x` or `(x, y)`).
+        image_column: a Parquet/CSV column of image bytes or paths (default `image`, else `path`).
+        label_column: the column of labels (default `label`).
+        exclude: a folder never to list (DEST, when it lies inside SRC).
+        mapper: runs the archive indexing in parallel (Ray tasks); threads when None.
+
+    Raises:
+        SourceError: SRC cannot be listed, or holds no inputs.
+    """
+    check_source(src)
+    label_column = label_column or "label"
+    if arrays.is_arrays(src):
+        listing = arrays.list_arrays(src)
+    else:
+        listing_errors: tuple[type[BaseException], ...] = (OSError, *_boto_errors())
+        try:
+            listing = _list_path(src.removeprefix("file://"), image_column, label_column, exclude, mapper)
+        except listing_errors as exc:
+            raise SourceError(f"{src}: cannot list ({str(exc).splitlines()[0]})") from exc
+    if len(listing) == 0:
+        raise SourceError(
+            f"{describe_source(src)}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
+        )
+    return listing
+
+
+def _list_path(
+    src: str, image_column: str | None, label_column: str, exclude: str | None, mapper: Mapper | None
+) -> Listing:
+    kind = _string_kind(src)
+    if kind == "tar":
+        archives = tar.archives_in(src)
+        if not archives:
+            raise SourceError(f"{src}: no .tar archives found")
+        return tar.list_tar(archives, mapper)
+    if kind == "parquet-folder":
+        files = _parquet_files(src)
+        return parquet.list_parquet(files, image_column or "image", label_column)
+    if kind in ("csv", "parquet"):
+        return _list_table(src, image_column, label_column)
+    if storage.is_remote(src):
+        found = storage.info(src)
+        if found.type != storage.pafs.FileType.Directory:
+            raise SourceError(f"{src}: no such prefix, or an object of no known kind ({KINDS})")
+        return folder.list_prefix(src)
+    return folder.list_folder(src, exclude)
+
+
+def _list_table(path: str, image_column: str | None, label_column: str) -> Listing:
+    """A CSV/Parquet file: image bytes (Parquet) or a list of paths."""
+    filesystem, local = storage.resolve(path) if storage.is_remote(path) else (None, path)
+    if _file_kind(path) == "parquet":
+        schema = _parquet_schema(local, filesystem, path)
+        column = image_column or ("image" if "image" in schema.names else "path")
+        if column in schema.names and parquet.holds_image_bytes(schema.field(column).type):
+            return parquet.list_parquet([path], column, label_column)
+    base = path.rsplit("/", 1)[0] if storage.is_remote(path) else None
+    return manifest.list_manifest(
+        local, path_column=image_column or "path", label_column=label_column, filesystem=filesystem, base=base
+    )
+
+
+def _parquet_schema(local: str, filesystem: Any, path: str) -> pa.Schema:
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.read_schema(local, filesystem=filesystem)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SourceError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from exc
+
+
+def _file_kind(path: str) -> str | None:
+    lowered = path.lower()
+    if lowered.endswith(".csv"):
+        return "csv"
+    if lowered.endswith(parquet.PARQUET_EXTENSIONS):
+        return "parquet"
+    if tar.is_tar_name(lowered):
+        return "tar"
+    return None
+
+
+def _string_kind(src: str) -> str:
+    """tar, csv, parquet, parquet-folder, or images (a folder or prefix of them)."""
+    if "{" in src:
+        return "tar"
+    kind = _file_kind(src)
+    if kind is not None:
+        return kind
+    names = _first_names(src)
+    if any(is_image_name(name) for name in names):
+        return "images"
+    if any(tar.is_tar_name(name) for name in names):
+        return "tar"
+    if any(name.lower().endswith(parquet.PARQUET_EXTENSIONS) for name in names):
+        return "parquet-folder"
+    return "images"
+
+
+def _first_names(src: str) -> list[str]:
+    """The file names directly under a folder (or the first page of a prefix), to tell its kind."""
+    if storage.is_remote(src):
+        try:
+            return [uri.rsplit("/", 1)[-1] for uri in next(iter(storage.list_pages(src)), [])]
+        except OSError:
+            return []
+    try:
+        return [entry.name for entry in os.scandir(src) if not entry.name.startswith(".") and entry.is_file()]
+    except OSError:
+        return []
+
+
+def _parquet_files(src: str) -> list[str]:
+    if storage.is_remote(src):
+        return sorted(
+            uri for page in storage.list_pages(src) for uri in page if uri.lower().endswith(parquet.PARQUET_EXTENSIONS)
+        )
+    found: list[str] = []
+    for current, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(
+            os.path.join(current, f)
+            for f in files
+            if f.lower().endswith(parquet.PARQUET_EXTENSIONS) and not f.startswith(".")
+        )
+    return sorted(found)
+
+
+def _boto_errors() -> tuple[type[Exception], ...]:
+    try:
+        from botocore.exceptions import BotoCoreError, ClientError
+    except ImportError:  # pragma: no cover - boto3 is a dependency
+        return ()
+    return (BotoCoreError, ClientError)

@@ -1,0 +1,173 @@
+"""What every kind of SRC lists into: a `Listing`, and the `ShardInputs` a shard task reads.
+
+A listing holds one row per input in a deterministic order: the name shown for it (a path, a
+URI, `archive.tar#member`, `file.parquet#row`), its label, and, where listing already found it
+unusable (a tar member with an unsafe name, a file name that is not UTF-8), the reason. How the
+bytes are read is the business of the listing's `InputKind`, which hands each shard task just
+the part it needs: paths, byte ranges, Parquet rows or a chunk of arrays.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+from collections.abc import Iterator, Sequence
+from typing import Protocol
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from shards.errors import DecodeError, SourceError
+
+UNLABELED = -1
+
+Input = bytes | np.ndarray | DecodeError
+"""One input as a task receives it: encoded bytes, pixels (arrays in memory), or why not."""
+
+
+class ShardInputs(Protocol):
+    """The inputs of one shard task that listing found no problem with, in listing order."""
+
+    def read(self, max_bytes: int) -> Iterator[Input]:
+        """Each input, in order; inputs over `max_bytes` come back as a DecodeError."""
+        ...
+
+
+class InputKind(Protocol):
+    """How one kind of SRC is read (held by the driver; only `inputs()` travels to tasks)."""
+
+    @property
+    def remote(self) -> bool:
+        """Whether the workers need object-storage settings to read the inputs."""
+        ...
+
+    def inputs(self, positions: np.ndarray) -> ShardInputs:
+        """The inputs at these listing positions, for one shard task."""
+        ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Listing:
+    """Every input of a run, in a deterministic order.
+
+    Attributes:
+        sources: each input's name (Arrow strings, possibly chunked: a manifest's column is kept
+            as read, never copied into one block); index.parquet and rejects.jsonl show it.
+        labels: an int32 label per input, an index into `classes`, or -1 where unlabeled.
+        classes: the class names.
+        kind: reads the inputs; None for paths and URIs read whole (`sources` are the paths).
+        problems: why an input cannot be used, found while listing (null where none), or None.
+        keeps_order: shards take consecutive inputs rather than a permutation, so each task
+            reads a contiguous part of a container (tar archive, Parquet file, array).
+        identity: digests content that `sources` does not name (arrays in memory).
+    """
+
+    sources: pa.Array | pa.ChunkedArray
+    labels: np.ndarray
+    classes: list[str]
+    kind: InputKind | None = None
+    problems: pa.Array | pa.ChunkedArray | None = None
+    keeps_order: bool = False
+    identity: str = ""
+
+    def __len__(self) -> int:
+        return len(self.sources)
+
+    def fingerprint(self) -> str:
+        """A digest of the sources, labels and classes: cheap for millions of rows, and the same
+        whatever the Arrow chunking (string lengths and bytes are digested separately)."""
+        digest = hashlib.sha256(_strings_digest(self.sources))
+        digest.update(np.ascontiguousarray(self.labels, "<i4").tobytes())
+        digest.update("\0".join(self.classes).encode())
+        if self.problems is not None:
+            digest.update(_strings_digest(self.problems.fill_null("")))
+        if self.keeps_order or self.identity:
+            digest.update(f"\0order={self.keeps_order}\0{self.identity}".encode())
+        return digest.hexdigest()
+
+    def shard_problems(self, positions: np.ndarray) -> list[str | None]:
+        """The listing's reason against each input at `positions` (None where it has none)."""
+        if self.problems is None:
+            return [None] * len(positions)
+        return self.problems.take(positions).to_pylist()
+
+    @property
+    def remote(self) -> bool:
+        """Whether the workers read object storage."""
+        from shards.io import storage
+
+        return self.kind.remote if self.kind is not None else storage.any_remote(self.sources)
+
+
+def _strings_digest(strings: pa.Array | pa.ChunkedArray) -> bytes:
+    lengths, data = hashlib.sha256(), hashlib.sha256()
+    chunks = strings.chunks if isinstance(strings, pa.ChunkedArray) else [strings]
+    for chunk in chunks:
+        chunk = chunk.cast(pa.large_string())
+        _, offsets_buffer, data_buffer = chunk.buffers()
+        offsets = np.frombuffer(offsets_buffer, np.int64)[chunk.offset : chunk.offset + len(chunk) + 1]
+        lengths.update(np.diff(offsets).tobytes())
+        if data_buffer is not None:
+            data.update(memoryview(data_buffer)[offsets[0] : offsets[-1]])
+    return lengths.digest() + data.digest()
+
+
+def containers_of(containers: list[str], index: np.ndarray, positions: np.ndarray) -> tuple[list[str], np.ndarray]:
+    """The containers (archives, Parquet files) the inputs at `positions` live in, and each
+    input's index into that short list: what one shard task needs, not the whole listing's."""
+    used = np.unique(index[positions])
+    return [containers[i] for i in used.tolist()], np.searchsorted(used, index[positions]).astype(np.int32)
+
+
+def any_remote(paths: Sequence[str]) -> bool:
+    """Whether any of these containers is in object storage."""
+    from shards.io import storage
+
+    return any(storage.is_remote(path) for path in paths)
+
+
+def unlabeled(count: int) -> np.ndarray:
+    """Labels for `count` inputs without one."""
+    return np.full(count, UNLABELED, np.int32)
+
+
+def labels_from_column(
+    where: str, column: pa.Array | pa.ChunkedArray, name: str = "label"
+) -> tuple[np.ndarray, list[str]]:
+    """Integer labels are kept (classes "0".."K-1"); string labels are sorted into classes.
+
+    Raises:
+        SourceError: the column holds neither, or integers out of range.
+    """
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    if pa.types.is_null(column.type):
+        return unlabeled(len(column)), []
+    if pa.types.is_integer(column.type):
+        labels = column.fill_null(UNLABELED).to_numpy().astype(np.int64)
+        if (labels < UNLABELED).any():
+            raise SourceError(f"{where}: integer labels must be >= 0 (or -1 for none), found {labels.min()}")
+        if labels.max(initial=UNLABELED) >= 2**31:
+            raise SourceError(f"{where}: integer label {labels.max()} is too large")
+        count = int(labels.max(initial=UNLABELED)) + 1
+        return labels.astype(np.int32), [str(i) for i in range(count)]
+    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
+        column = pc.utf8_trim_whitespace(column)
+        present = pc.and_(pc.is_valid(column), pc.not_equal(column, ""))
+        classes = sorted(pc.unique(pc.filter(column, present)).to_pylist())
+        index = pc.index_in(column, value_set=pa.array(classes, column.type))
+        return index.fill_null(UNLABELED).to_numpy(zero_copy_only=False).astype(np.int32), classes
+    raise SourceError(f"{where}: {name!r} must hold integers or class names, found {column.type}")
+
+
+def display_name(raw: str | bytes) -> str:
+    """A name that Arrow and JSON can hold: bytes or surrogate-escaped text that is not UTF-8
+    shows its odd bytes as \\xNN escapes."""
+    data = raw if isinstance(raw, bytes) else raw.encode("utf-8", "surrogateescape")
+    return data.decode("utf-8", "backslashreplace")
+
+
+def strings(values: Sequence[str | None]) -> pa.Array:
+    """Arrow large strings (the listing's type for names and problems)."""
+    return pa.array(values, pa.large_string())

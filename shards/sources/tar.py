@@ -1,0 +1,382 @@
+"""Tar archives in the WebDataset convention: `key.jpg` beside `key.cls` / `key.json` members,
+grouped by key. How LAION, DataComp, img2dataset output and ImageNet's own archives ship.
+
+Each archive is indexed in one sequential pass (a Ray task per archive when Ray is up, threads
+otherwise): the byte range of every image member, and the label from `.cls` (an integer) or a
+`.json` member's `label`. Shard tasks then read just the byte ranges of their samples: shards
+take consecutive samples, so one ranged read covers many members. Member names are never used
+as paths on disk. What the index finds wrong with a member (an unsafe name, a duplicate key, a
+link, data cut off by a truncated archive, no image in a sample) becomes that sample's reject.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import io
+import json
+import os
+import re
+import tarfile
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from shards.errors import DecodeError, SourceError
+from shards.io import storage
+from shards.sources.files import too_large
+from shards.sources.folder import IMAGE_EXTENSIONS
+from shards.sources.listing import Input, Listing, any_remote, containers_of, display_name, labels_from_column
+
+TAR_EXTENSION = ".tar"
+COMPRESSED_TAR = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
+SPAN_BYTES = 16 * 2**20  # one read covers consecutive members up to this many bytes
+INDEX_THREADS = 4
+_KEY = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's base_plus_ext
+_IMAGE_SUFFIXES = frozenset(ext.lstrip(".") for ext in IMAGE_EXTENSIONS)
+_INDEX_SCHEMA = pa.schema(
+    [
+        ("name", pa.large_string()),
+        ("offset", pa.int64()),
+        ("size", pa.int64()),
+        ("label_int", pa.int64()),
+        ("label_str", pa.string()),
+        ("problem", pa.large_string()),
+    ]
+)
+
+
+def is_tar_name(name: str) -> bool:
+    return name.lower().endswith(TAR_EXTENSION)
+
+
+def refuse_compressed(name: str) -> None:
+    """Compressed archives cannot be read by byte range: refuse them in one line."""
+    if name.lower().endswith(COMPRESSED_TAR):
+        raise SourceError(
+            f"{name}: compressed tar archives cannot be read by byte range; decompress them "
+            "(e.g. gunzip) into plain .tar files"
+        )
+
+
+def expand_pattern(src: str) -> list[str]:
+    """`data-{000000..000099}.tar` -> the archive names it stands for, in order."""
+    import braceexpand
+
+    return list(braceexpand.braceexpand(src))
+
+
+def list_tar(
+    archives: Sequence[str], mapper: Callable[[Callable[[str], pa.Table], Sequence[str]], list[pa.Table]] | None = None
+) -> Listing:
+    """Index every archive (in parallel through `mapper`) and list their samples in order."""
+    tables = (mapper or map_with_threads)(index_archive, archives)
+    sources, archive_index, offsets, sizes, label_ints, label_strs, problems = [], [], [], [], [], [], []
+    for index, (archive, table) in enumerate(zip(archives, tables)):
+        sources.append(_joined(f"{archive}#", table.column("name")))
+        archive_index.append(np.full(table.num_rows, index, np.int32))
+        offsets.append(table.column("offset").to_numpy())
+        sizes.append(table.column("size").to_numpy())
+        label_ints.append(table.column("label_int"))
+        label_strs.append(table.column("label_str"))
+        problems.append(table.column("problem"))
+    kind = TarKind(list(archives), np.concatenate(archive_index), np.concatenate(offsets), np.concatenate(sizes))
+    labels, classes = _labels(
+        archives[0], pa.chunked_array(label_ints, pa.int64()), pa.chunked_array(label_strs, pa.string())
+    )
+    problem_column = pa.chunked_array(problems, pa.large_string())
+    return Listing(
+        pa.chunked_array(sources, pa.large_string()),
+        labels,
+        classes,
+        kind=kind,
+        problems=problem_column if problem_column.null_count < len(problem_column) else None,
+        keeps_order=True,
+    )
+
+
+def _joined(prefix: str, names: pa.ChunkedArray) -> pa.Array:
+    import pyarrow.compute as pc
+
+    large = pa.large_string()
+    return pc.binary_join_element_wise(pa.scalar(prefix, large), names.combine_chunks(), pa.scalar("", large))
+
+
+def _labels(where: str, ints: pa.ChunkedArray, texts: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
+    has_int, has_str = ints.null_count < len(ints), texts.null_count < len(texts)
+    if has_int and has_str:
+        raise SourceError(f"{where}: labels mix integers (.cls) and class names (.json); use one kind")
+    return labels_from_column(where, texts if has_str else ints)
+
+
+def map_with_threads(function: Callable[[str], pa.Table], archives: Sequence[str]) -> list[pa.Table]:
+    """Index archives on a few threads (when no Ray cluster is up: `shards plan`)."""
+    with concurrent.futures.ThreadPoolExecutor(INDEX_THREADS, thread_name_prefix="shards-index") as pool:
+        return list(pool.map(function, archives))
+
+
+def index_archive(archive: str) -> pa.Table:
+    """One sequential pass over an archive: a row per sample, in member order.
+
+    Raises:
+        SourceError: the archive cannot be opened, or is not a tar archive at all.
+    """
+    try:
+        handle, size = _open_stream(archive)
+    except OSError as exc:
+        raise SourceError(f"{archive}: cannot open archive ({exc.strerror or str(exc).splitlines()[0]})") from exc
+    with handle:
+        head = handle.peek(2)[:2] if hasattr(handle, "peek") else b""
+        if head == b"\x1f\x8b":
+            raise SourceError(f"{archive}: gzip-compressed; decompress it into a plain .tar (byte ranges need one)")
+        return _Indexer(archive, size).run(handle)
+
+
+def _open_stream(archive: str) -> tuple[Any, int]:
+    if storage.is_remote(archive):
+        filesystem, path = storage.resolve(archive)
+        size = filesystem.get_file_info(path).size
+        return io.BufferedReader(_ArrowRaw(filesystem.open_input_stream(path)), 1 << 20), size
+    size = os.stat(archive).st_size
+    return open(archive, "rb", buffering=1 << 20), size
+
+
+class _ArrowRaw(io.RawIOBase):
+    """A pyarrow input stream as a raw io object, so io.BufferedReader can wrap it."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__()
+        self.stream = stream
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.stream.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        self.stream.close()
+        super().close()
+
+
+class _Indexer:
+    """Groups members by key as WebDataset does, and records what is wrong with any of them."""
+
+    def __init__(self, archive: str, size: int) -> None:
+        self.archive, self.size = archive, size
+        self.rows: list[dict[str, Any]] = []
+        self.seen: set[str] = set()
+        self.sample: dict[str, Any] | None = None
+
+    def run(self, handle: Any) -> pa.Table:
+        try:
+            with tarfile.open(fileobj=handle, mode="r|", errors="surrogateescape") as archive:
+                for member in archive:
+                    self._member(archive, member)
+        except tarfile.ReadError as exc:
+            self._end_sample()
+            if not (self.rows and str(self.rows[-1]["problem"]).startswith("truncated archive")):
+                where = self.rows[-1]["offset"] + self.rows[-1]["size"] if self.rows else 0
+                self.rows.append(_row(f"<after byte {where}>", problem=f"corrupt or truncated archive ({exc})"))
+        except (tarfile.TarError, OSError, EOFError) as exc:
+            self._end_sample()
+            self.rows.append(_row("<archive>", problem=f"cannot read archive ({exc})"))
+        self._end_sample()
+        return pa.Table.from_pylist(self.rows, _INDEX_SCHEMA)
+
+    def _member(self, archive: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        if member.isdir():
+            return
+        name = display_name(member.name)
+        match = _KEY.match(member.name)
+        key, suffix = (match.group(1), match.group(2).lower()) if match else (member.name, "")
+        if self.sample is None or self.sample["key"] != key:
+            self._end_sample()
+            self.sample = {"key": key, "name": name, "problem": None, "image": None, "label": None, "extras": []}
+            if key in self.seen:
+                self.sample["problem"] = f"duplicate key {display_name(key)!r} (also earlier in the archive)"
+            self.seen.add(key)
+        sample = self.sample
+        if _unsafe(member.name):
+            sample["problem"] = sample["problem"] or f"unsafe member name {name!r}"
+        if not member.isfile():
+            if suffix in _IMAGE_SUFFIXES:
+                sample["problem"] = sample["problem"] or f"member {name!r} is a link or device, not a file"
+            return
+        end = member.offset_data + member.size
+        if suffix in _IMAGE_SUFFIXES or suffix.rsplit(".", 1)[-1] in _IMAGE_SUFFIXES:
+            if sample["image"] is not None:
+                sample["problem"] = (
+                    sample["problem"] or f"duplicate key {display_name(key)!r} ({name!r} is a second image)"
+                )
+                return
+            sample["image"], sample["name"] = (member.offset_data, member.size), name
+            if end > self.size:
+                sample["problem"] = (
+                    f"truncated archive: {name!r} needs bytes up to {end:,}, the archive has {self.size:,}"
+                )
+        elif suffix in ("cls", "json") and member.size <= 1 << 20 and end <= self.size:
+            sample["label"] = _label(suffix, archive.extractfile(member).read(), sample["label"])  # type: ignore[union-attr]
+        else:
+            sample["extras"].append(suffix)
+
+    def _end_sample(self) -> None:
+        sample, self.sample = self.sample, None
+        if sample is None:
+            return
+        label = sample["label"]
+        problem = sample["problem"]
+        if sample["image"] is None and problem is None:
+            found = ", ".join("." + s for s in sample["extras"]) or "nothing"
+            problem = f"no image member for key {display_name(sample['key'])!r} (found {found})"
+        if isinstance(label, DecodeError) and problem is None:
+            problem = str(label)
+        offset, size = sample["image"] or (0, 0)
+        self.rows.append(
+            _row(
+                sample["name"],
+                offset,
+                size,
+                label if isinstance(label, int) else None,
+                label if isinstance(label, str) else None,
+                problem,
+            )
+        )
+
+
+def _row(
+    name: str,
+    offset: int = 0,
+    size: int = 0,
+    label_int: int | None = None,
+    label_str: str | None = None,
+    problem: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "name": name,
+        "offset": offset,
+        "size": size,
+        "label_int": label_int,
+        "label_str": label_str,
+        "problem": problem,
+    }
+
+
+def _unsafe(name: str) -> bool:
+    return name.startswith("/") or ".." in name.split("/")
+
+
+def _label(suffix: str, data: bytes, current: Any) -> Any:
+    """The label a `.cls` or `.json` member gives (`.cls` wins over `.json`'s `label`)."""
+    try:
+        if suffix == "cls":
+            return int(data.decode("utf-8").strip())
+        if current is not None:
+            return current
+        value = json.loads(data).get("label") if data.strip().startswith(b"{") else None
+        if value is None or (isinstance(value, (int, str)) and not isinstance(value, bool)):
+            return value
+        return DecodeError(f"the .json label must be an integer or a class name, found {type(value).__name__}")
+    except (ValueError, UnicodeDecodeError) as exc:
+        return DecodeError(f"unreadable .{suffix} label ({str(exc).splitlines()[0]})")
+
+
+@dataclasses.dataclass(frozen=True)
+class TarKind:
+    """Where each listed sample's image bytes are: an archive and a byte range in it."""
+
+    archives: list[str]
+    archive_index: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+
+    @property
+    def remote(self) -> bool:
+        return any_remote(self.archives)
+
+    def inputs(self, positions: np.ndarray) -> RangeInputs:
+        archives, archive_index = containers_of(self.archives, self.archive_index, positions)
+        return RangeInputs(archives, archive_index, self.offsets[positions], self.sizes[positions])
+
+
+@dataclasses.dataclass(frozen=True)
+class RangeInputs:
+    """Byte ranges of archives; consecutive ranges of one archive are read in one request."""
+
+    archives: list[str]
+    archive_index: np.ndarray
+    offsets: np.ndarray
+    sizes: np.ndarray
+
+    def read(self, max_bytes: int) -> Iterator[Input]:
+        count = len(self.offsets)
+        start = 0
+        while start < count:
+            end = self._span_end(start, max_bytes)
+            yield from self._read_span(start, end, max_bytes)
+            start = end
+
+    def _span_end(self, start: int, max_bytes: int) -> int:
+        """The end of the run of members from `start` that one read covers."""
+        end = start + 1
+        if self.sizes[start] > max_bytes:
+            return end
+        while (
+            end < len(self.offsets)
+            and self.archive_index[end] == self.archive_index[start]
+            and self.offsets[end] >= self.offsets[end - 1]
+            and self.offsets[end] + self.sizes[end] - self.offsets[start] <= SPAN_BYTES
+            and self.sizes[end] <= max_bytes
+        ):
+            end += 1
+        return end
+
+    def _read_span(self, start: int, end: int, max_bytes: int) -> Iterator[Input]:
+        if self.sizes[start] > max_bytes:
+            yield DecodeError(too_large(int(self.sizes[start]), max_bytes))
+            return
+        archive = self.archives[self.archive_index[start]]
+        first, last = int(self.offsets[start]), int(self.offsets[end - 1] + self.sizes[end - 1])
+        try:
+            data = _read_range(archive, first, last - first)
+        except OSError as exc:
+            reason = DecodeError(f"cannot read archive ({exc.strerror or str(exc).splitlines()[0]})")
+            yield from (reason for _ in range(start, end))
+            return
+        view = memoryview(data)
+        for i in range(start, end):
+            begin = int(self.offsets[i]) - first
+            piece = view[begin : begin + int(self.sizes[i])]
+            yield bytes(piece) if len(piece) == self.sizes[i] else DecodeError("truncated archive (member cut off)")
+
+
+def _read_range(archive: str, offset: int, size: int) -> bytes:
+    if storage.is_remote(archive):
+        filesystem, path = storage.resolve(archive)
+
+        def read() -> bytes:
+            with filesystem.open_input_file(path) as handle:
+                return handle.read_at(size, offset)
+
+        return storage.retried(read, f"reading {archive}")
+    with open(archive, "rb", buffering=0) as handle:
+        return os.pread(handle.fileno(), size, offset)
+
+
+def archives_in(src: str) -> list[str]:
+    """The .tar files SRC names: one archive, a brace pattern, or a folder/prefix of them."""
+    if "{" in src:
+        return expand_pattern(src)
+    if is_tar_name(src):
+        return [src]
+    if storage.is_remote(src):
+        return sorted(uri for page in storage.list_pages(src) for uri in page if is_tar_name(uri))
+    found: list[str] = []
+    for folder, dirs, files in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(os.path.join(folder, f) for f in files if is_tar_name(f) and not f.startswith("."))
+    return sorted(found)
