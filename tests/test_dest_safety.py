@@ -282,3 +282,63 @@ def test_a_full_dest_is_one_line_that_says_so_and_the_run_resumes_once_there_is_
         assert resumed.returncode == 0, resumed.stderr
         assert_one_whole_run(dest)
         assert len(shards.open(dest)) == 90
+
+
+def _set(field, value):
+    def tamper(record):
+        record[field] = value
+
+    return tamper
+
+
+def _huge_count(record):
+    record["count"] = 10**15
+    record["shards"][0]["count"] = 10**15 - sum(s["count"] for s in record["shards"][1:])
+
+
+TAMPERS = [
+    (_huge_count, "claims 999,999,999,999,9"),
+    (_set("count", -5), "'count' must be a non-negative integer"),
+    (_set("dtype", "object"), "unknown dtype 'object'"),
+    (_set("format", "zip"), "unknown format 'zip'"),
+    (_set("classes", "cat,dog"), "'classes' must be a list of names"),
+    (_set("shape", [16, 16, 1e9]), "'shape' must be [height, width, 3]"),
+    (_set("complete", "yes"), "'complete' must be true or false"),
+    (lambda r: r["shards"][1].update(count=-3), "shard 'shard-00001': 'count' must be a non-negative"),
+]
+
+
+@pytest.fixture(scope="module")
+def clean_run(ray_cluster, tmp_path_factory):
+    root = tmp_path_factory.mktemp("clean")
+    make_image_folder(str(root / "src"), 30, classes=2, sizes=(40, 60))
+    shards.preprocess(
+        str(root / "src"), str(root / "out"), shards.PreprocessOptions(size=16, shard_size=16 * 16 * 3 * 10)
+    )
+    return root / "out"
+
+
+@pytest.mark.parametrize("tamper, words", TAMPERS)
+def test_a_tampered_manifest_is_one_line_everywhere_and_sizes_nothing(clean_run, tmp_path, tamper, words):
+    """Every field is checked on open, inspect and verify before any number in it is trusted."""
+    import shutil
+
+    dest = tmp_path / "out"
+    shutil.copytree(clean_run, dest)
+    record = json.loads((dest / "manifest.json").read_text())
+    tamper(record)
+    (dest / "manifest.json").write_text(json.dumps(record))
+    with pytest.raises(ManifestError) as caught:
+        shards.open(str(dest))
+    assert words in str(caught.value)
+    for command in ("inspect", "verify"):
+        one_line_error(run(command, dest), words)
+
+
+def test_a_garbage_rejects_file_is_one_line_in_inspect(clean_run, tmp_path):
+    import shutil
+
+    dest = tmp_path / "out"
+    shutil.copytree(clean_run, dest)
+    (dest / "rejects.jsonl").write_bytes(b"{not json\n\x00\xff")
+    one_line_error(run("inspect", dest), "rejects.jsonl: not a rejects file shards wrote")

@@ -17,9 +17,9 @@ import numpy as np
 import pyarrow as pa
 
 from shards.errors import ManifestError
-from shards.formats import ShardInfo
+from shards.formats import FORMATS, ShardInfo
 from shards.io.location import location
-from shards.options import PreprocessOptions
+from shards.options import DTYPE_BYTES, DTYPES, MAX_SIDE, PreprocessOptions
 
 # 2: checksums name their algorithm (`checksum: "xxh3_128:<hex>"`); version 1 wrote bare sha256
 # hex under `sha256`. Both are read; new runs write 2.
@@ -197,6 +197,7 @@ def load_manifest(dest: str, *, allow_incomplete: bool = False) -> Manifest:
     missing = [key for key in _REQUIRED if key not in record]
     if missing:
         raise ManifestError(f"{path}: missing field(s) {', '.join(missing)}")
+    _check_fields(record, path)
     if not record["complete"] and not allow_incomplete:
         raise ManifestError(
             f"{path}: the run that wrote it failed ({record.get('rejected')} of "
@@ -208,14 +209,18 @@ def load_manifest(dest: str, *, allow_incomplete: bool = False) -> Manifest:
             check_shard_name(shard.name, path)
             for file_name in shard.files:
                 check_shard_name(file_name, path)
-        shape = tuple(int(v) for v in record["shape"])
+        height, width, channels = (int(v) for v in record["shape"])
+        shape = (height, width, channels)
         config = PreprocessOptions.from_json(record["config"])
     except ManifestError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
         raise ManifestError(f"{path}: malformed manifest ({exc})") from exc
-    if len(shape) != 3 or sum(s.count for s in shards) != record["count"]:
-        raise ManifestError(f"{path}: shape or count disagrees with its shards")
+    if sum(s.count for s in shards) != record["count"]:
+        raise ManifestError(
+            f"{path}: count {record['count']} disagrees with its shards' {sum(s.count for s in shards)}"
+        )
+    _check_shard_sizes(shards, shape, str(record["dtype"]), config, path)
     return Manifest(
         record["format"],
         bool(record["complete"]),
@@ -228,6 +233,65 @@ def load_manifest(dest: str, *, allow_incomplete: bool = False) -> Manifest:
         config,
         record,
     )
+
+
+def _check_fields(record: dict[str, Any], path: str) -> None:
+    """Refuse a tampered or foreign manifest field by field, before any number in it sizes an
+    allocation: one ManifestError line naming the field."""
+
+    def need(ok: bool, problem: str) -> None:
+        if not ok:
+            raise ManifestError(f"{path}: {problem}")
+
+    def is_count(value: Any) -> bool:
+        return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
+
+    need(record["format"] in FORMATS, f"unknown format {record['format']!r} (this shards reads {', '.join(FORMATS)})")
+    need(isinstance(record["complete"], bool), f"'complete' must be true or false, got {record['complete']!r}")
+    for field in ("count", "rejected"):
+        need(is_count(record[field]), f"{field!r} must be a non-negative integer, got {record[field]!r}")
+    shape = record["shape"]
+    need(
+        isinstance(shape, list)
+        and len(shape) == 3
+        and all(is_count(side) and 0 < side <= MAX_SIDE for side in shape[:2])
+        and shape[2] == 3,
+        f"'shape' must be [height, width, 3] with sides of 1-{MAX_SIDE}, got {shape!r}",
+    )
+    need(record["dtype"] in DTYPES, f"unknown dtype {record['dtype']!r} (this shards reads {', '.join(DTYPES)})")
+    classes = record["classes"]
+    need(
+        isinstance(classes, list) and all(isinstance(name, str) for name in classes),
+        f"'classes' must be a list of names, got {type(classes).__name__}",
+    )
+    need(
+        isinstance(record["shards"], list) and all(isinstance(s, dict) for s in record["shards"]),
+        "'shards' must be a list of shard records",
+    )
+    need(isinstance(record["config"], dict), "'config' must be an object")
+    for shard in record["shards"]:
+        count, files = shard.get("count"), shard.get("files")
+        need(is_count(count), f"shard {shard.get('name')!r}: 'count' must be a non-negative integer, got {count!r}")
+        need(
+            isinstance(files, dict) and all(isinstance(f, dict) and is_count(f.get("bytes")) for f in files.values()),
+            f"shard {shard.get('name')!r}: 'files' must map names to their bytes and checksum",
+        )
+
+
+def _check_shard_sizes(
+    shards: list[ShardInfo], shape: tuple[int, ...], dtype: str, config: PreprocessOptions, path: str
+) -> None:
+    """A shard cannot hold more samples than its files have room for (gzip TFRecords at most
+    deflate's 1032:1), so a count no reader could serve is refused before it sizes anything."""
+    sample_bytes = int(np.prod(shape)) * DTYPE_BYTES[dtype]
+    ratio = 1032 if config.compression != "none" else 1
+    for shard in shards:
+        room = sum(digest.bytes for digest in shard.files.values()) * ratio
+        if shard.count * sample_bytes > room:
+            raise ManifestError(
+                f"{path}: shard {shard.name!r} claims {shard.count:,} samples, more than its "
+                f"{room // ratio:,} bytes of files can hold"
+            )
 
 
 def write_receipt(dest: str, receipt: Receipt) -> None:
