@@ -1,7 +1,7 @@
 """`python -m bench [--images N] [--camera N]`: shards against its peers, in one run, as ratios.
 
 Sections: preprocess throughput (shards, Ray Data, tf.data, a bare Pool loop, the decode-only
-limit), camera-sized inputs, resize quality, reader throughput (plain copy, batches, to_tf,
+limit), camera-sized inputs, the same images from tar shards, Parquet and arrays, resize quality, reader throughput (plain copy, batches, to_tf,
 tf.data on TFRecords, Ray Data, the streaming generator), memory at 1x and 4x the data, and
 planning a 10-million-row manifest. Writes bench-results/results.json and results.md.
 """
@@ -109,6 +109,71 @@ def preprocess_section(work: str, corpus: str, camera: str, out: dict) -> None:
         "ratio_shards_steady_vs_full_decode_loop": cam_shards["steady_images_per_second"] / rate(cam_full),
         "ratio_shards_whole_vs_full_decode_loop": rate(cam_shards) / rate(cam_full),
     }
+
+
+def sources_section(work: str, corpus: str, out: dict, listing_rows: int, tar_members: int) -> None:
+    """The same images as a folder, as 10 tar shards and as Parquet with bytes, and decoded into
+    arrays beforehand: steady state of each, and the driver's memory listing a large tar and
+    Parquet source."""
+    from bench.corpus import ensure_container_copies, ensure_listing_fixtures
+
+    pattern, parquet = ensure_container_copies(corpus, work)
+    folder = out["preprocess"]["shards_2_workers"]
+    tar = run("bench.peers", "shards", pattern, os.path.join(work, "out_tar"), 2, SHARD_SIZE)
+    table = run("bench.peers", "shards", parquet, os.path.join(work, "out_parquet"), 2, SHARD_SIZE)
+    arrays = run("bench.peers", "shards_arrays", corpus, os.path.join(work, "out_arrays"), 2)
+    parquet_listing, tar_listing = ensure_listing_fixtures(work, listing_rows, tar_members)
+    steady = folder["steady_images_per_second"]
+    sample_bytes = 224 * 224 * 3
+    out["sources"] = {
+        "tar": tar,
+        "parquet": table,
+        "arrays": arrays,
+        "listing_parquet": dict(run("bench.plan_manifest", parquet_listing), rows=listing_rows),
+        "listing_tar": dict(run("bench.plan_manifest", tar_listing), rows=tar_members),
+        "disk_write_bytes_per_second": disk_write_bandwidth(work),
+        "arrays_written_bytes_per_second": arrays["steady_images_per_second"] * sample_bytes,
+        "ratios": {
+            "tar_vs_folder_steady": tar["steady_images_per_second"] / steady,
+            "parquet_vs_folder_steady": table["steady_images_per_second"] / steady,
+            "arrays_vs_folder_steady": arrays["steady_images_per_second"] / steady,
+        },
+    }
+
+
+def disk_write_bandwidth(work: str, total: int = 2**30) -> float:
+    """Bytes per second of a 1 GiB sequential write with fsync into the bench's folder: the
+    ceiling of any preprocess that decodes nothing (shards fsync every shard)."""
+    path = os.path.join(work, "disk-probe")
+    block = np.zeros(8 * 2**20, np.uint8).tobytes()
+    begin = time.perf_counter()
+    with open(path, "wb") as handle:
+        for _ in range(total // len(block)):
+            handle.write(block)
+        handle.flush()
+        os.fsync(handle.fileno())
+    seconds = time.perf_counter() - begin
+    os.remove(path)
+    return total / seconds
+
+
+def source_rows(s: dict) -> list[str]:
+    gib, mb = 2**30, 1e6
+    return [
+        f"| preprocess from 10 tar shards (steady) | {s['tar']['steady_images_per_second']:,.0f} img/s | "
+        f"{s['ratios']['tar_vs_folder_steady']:.2f}x the folder run | >= 0.95x |",
+        f"| preprocess from Parquet with image bytes (steady) | {s['parquet']['steady_images_per_second']:,.0f} img/s | "
+        f"{s['ratios']['parquet_vs_folder_steady']:.2f}x the folder run | >= 0.95x |",
+        f"| preprocess from in-memory arrays, 256x256 (steady) | {s['arrays']['steady_images_per_second']:,.0f} img/s | "
+        f"{s['ratios']['arrays_vs_folder_steady']:.1f}x the folder run; writes "
+        f"{s['arrays_written_bytes_per_second'] / mb:,.0f} MB/s, the disk takes {s['disk_write_bytes_per_second'] / mb:,.0f} "
+        "MB/s with fsync | >= 5x |",
+        f"| list + plan a {s['listing_parquet']['rows']:,}-row Parquet of image bytes | "
+        f"{s['listing_parquet']['seconds']:.1f} s, {s['listing_parquet']['peak_rss'] / gib:.2f} GiB peak RSS | | < 2 GiB |",
+        f"| index + plan a {s['listing_tar']['rows']:,}-member tar (threads; Ray tasks in a run) | "
+        f"{s['listing_tar']['seconds']:.1f} s, {s['listing_tar']['peak_rss'] / gib:.2f} GiB peak RSS | | "
+        "< 2 GiB at 10M |",
+    ]
 
 
 def quality_section(out: dict) -> None:
@@ -293,6 +358,7 @@ def table(results: dict) -> str:
         f"{results['camera']['shards']['steady_images_per_second']:,.1f} vs {rate(results['camera']['bare_pool_full_decode']):,.1f} img/s | "
         f"{results['camera']['ratio_shards_steady_vs_full_decode_loop']:.1f}x (whole process "
         f"{results['camera']['ratio_shards_whole_vs_full_decode_loop']:.1f}x) | >= 3x |",
+        *source_rows(results["sources"]),
         *quality_rows(results["quality"]),
         f"| reader: plain copy of the memmapped shards | {r['copy']['gb_per_second']:.2f} GB/s | 1.00x | bound |",
         f"| reader: batches() in order | {r['batches']['gb_per_second']:.2f} GB/s | {r['ratios']['batches_vs_copy']:.2f}x copy | >= 0.70x |",
@@ -339,6 +405,8 @@ def main() -> int:
     parser.add_argument("--images", type=int, default=6000, help="ImageNet-like JPEGs (default 6000)")
     parser.add_argument("--camera", type=int, default=100, help="camera-sized JPEGs (default 100)")
     parser.add_argument("--plan-rows", type=int, default=10_000_000)
+    parser.add_argument("--listing-rows", type=int, default=10_000_000, help="rows of the Parquet listing fixture")
+    parser.add_argument("--tar-members", type=int, default=1_000_000, help="members of the tar listing fixture")
     parser.add_argument("--work", default="/tmp/shards-bench", help="corpus and outputs (reused between runs)")
     parser.add_argument("--out", default="bench-results")
     args = parser.parse_args()
@@ -349,6 +417,7 @@ def main() -> int:
     results: dict = {"machine": machine(), "images": args.images, "camera_images": args.camera}
     for name, section in (
         ("preprocess", lambda: preprocess_section(args.work, corpus, camera, results)),
+        ("sources", lambda: sources_section(args.work, corpus, results, args.listing_rows, args.tar_members)),
         ("quality", lambda: quality_section(results)),
         ("reader", lambda: reader_section(args.work, corpus, results)),
         ("memory", lambda: memory_section(args.work, corpus, results)),

@@ -52,6 +52,28 @@ def shards_preprocess(
     return result
 
 
+def shards_arrays(src: str, dest: str, workers: str, side: str = "256") -> dict:
+    """shards' preprocess of in-memory arrays: the corpus decoded beforehand to side x side (as
+    arrays handed to Keras' flow(x, y) are), so the run resizes and writes but decodes nothing."""
+    from PIL import Image
+
+    import shards
+
+    files = jpeg_paths(src)
+    edge = int(side)
+    x = np.stack([np.asarray(Image.open(path).convert("RGB").resize((edge, edge))) for path in files])
+    y = np.array([os.path.basename(os.path.dirname(path)) for path in files])
+    summary = shards.preprocess(
+        (x, y), dest, shards.PreprocessOptions(size=SIZE), mode="overwrite", workers=int(workers)
+    )
+    return {
+        "images": summary.written,
+        "shards": summary.shards,
+        "steady_images_per_second": summary.steady_images_per_second,
+        "array_bytes": int(x.nbytes),
+    }
+
+
 def _fresh(dest: str) -> str:
     """An empty output folder: a count must never include an earlier run's files."""
     shutil.rmtree(dest, ignore_errors=True)
@@ -166,6 +188,7 @@ def bare_pool(src: str, dest: str, draft: str) -> dict:
 
 PEERS = {
     "shards": shards_preprocess,
+    "shards_arrays": shards_arrays,
     "raydata": ray_data,
     "tfdata": tf_data,
     "decode_only": decode_only,
