@@ -342,3 +342,29 @@ def test_a_garbage_rejects_file_is_one_line_in_inspect(clean_run, tmp_path):
     shutil.copytree(clean_run, dest)
     (dest / "rejects.jsonl").write_bytes(b"{not json\n\x00\xff")
     one_line_error(run("inspect", dest), "rejects.jsonl: not a rejects file shards wrote")
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
+def test_a_disk_that_fills_while_the_driver_commits_is_one_line_and_resumes(photos, tmp_path, address):
+    """Every shard is kept; only the driver's index, rejects and manifest meet the full disk."""
+    with small_file_system(str(tmp_path / "small"), "8m") as mount:
+        dest = os.path.join(mount, "out")
+        options = ["--size", "32", "--shard-size", "3KiB"]  # a sample a shard: a manifest of 90 shards
+        assert run("preprocess", photos, dest, *options, "--address", address).returncode == 0
+        for name in ("manifest.json", "index.parquet", "rejects.jsonl"):
+            os.remove(os.path.join(dest, name))  # as if the driver died before its commit
+        filler = os.path.join(mount, "filler")
+        with open(filler, "wb", buffering=0) as handle:
+            for block in (65536, 4096):  # fill every page of the file system ...
+                with contextlib.suppress(OSError):
+                    while True:
+                        handle.write(b"\0" * block)
+        os.truncate(filler, os.path.getsize(filler) - 2 * 4096)  # ... but two: the lock and run.json
+        full = run("preprocess", photos, dest, *options, "--resume", "--address", address)
+        line = one_line_error(full, "cannot commit the run: no space left on the device", "rerun with --resume")
+        assert "Traceback" not in full.stderr, full.stderr
+        assert not os.path.exists(os.path.join(dest, "manifest.json")), line
+        os.remove(os.path.join(mount, "filler"))
+        resumed = run("preprocess", photos, dest, *options, "--resume", "--address", address)
+        assert resumed.returncode == 0, resumed.stderr
+        assert len(shards.open(dest)) == 90

@@ -110,8 +110,13 @@ class _FolderLock(DestLock):
                 self._descriptor = descriptor
             else:
                 os.close(descriptor)
-        os.ftruncate(self._descriptor, 0)
-        os.pwrite(self._descriptor, json.dumps(holder_record()).encode(), 0)
+        try:
+            os.ftruncate(self._descriptor, 0)
+            os.pwrite(self._descriptor, json.dumps(holder_record()).encode(), 0)
+        except OSError as exc:
+            # The flock is the lock; the record only tells others who holds it. A full disk
+            # leaves it empty, and the run reports the full disk where it writes for real.
+            logger.info("%s: could not record the lock's holder (%s)", self._path, exc.strerror or exc)
 
     def _open(self) -> int | None:
         import fcntl

@@ -326,7 +326,10 @@ class _ShardRun:
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             "nodes": {r.shard.name: r.node for r in receipts},
         }
-        record = self.sink.on_complete(receipts, complete=complete, run_info=run_info)
+        try:
+            record = self.sink.on_complete(receipts, complete=complete, run_info=run_info)
+        except OSError as exc:  # the driver's own files: index, rejects, manifest
+            raise ShardsError(f"cannot commit the run: {self._failure(exc)}") from exc
         rejects = [reject for receipt in receipts for reject in receipt.rejects]
         return RunSummary(
             self.dest,

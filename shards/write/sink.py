@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 from typing import Any
 
 import numpy as np
@@ -60,6 +61,11 @@ class DestinationSink:
             try:
                 write_run_record(self.dest, self.run.key, self.run.src, self.run.options)
             except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise DestinationError(
+                        f"{self.dest}: no space left on its device; free some space and rerun"
+                        + (" with --resume" if self.mode == "resume" else "")
+                    ) from exc
                 raise DestinationError(f"{self.dest}: cannot write to DEST: {str(exc).splitlines()[0]}") from exc
         except BaseException:
             self._held.close()
