@@ -1,4 +1,6 @@
-"""`python -m bench.plan_manifest SRC`: list a (huge) SRC and plan its shards; time and peak RSS."""
+"""`python -m bench.plan_manifest SRC [ray]`: list a (huge) SRC and plan its shards; time and peak
+RSS. With `ray`, tar archives are indexed by Ray tasks, as in a run, so the peak is the driver's
+alone: the listing it holds, not the indexing."""
 
 from __future__ import annotations
 
@@ -10,12 +12,20 @@ from bench.procmem import status
 from shards.layout.manifest import run_key
 from shards.layout.plan import plan_shards
 from shards.options import PreprocessOptions
-from shards.sources import list_sources
+from shards.sources import indexes_on_cluster, list_sources
 
 if __name__ == "__main__":
     begin = time.perf_counter()
     options = PreprocessOptions()
-    listing = list_sources(sys.argv[1])
+    mapper = None
+    if sys.argv[2:] == ["ray"] and indexes_on_cluster(sys.argv[1]):
+        import ray
+
+        from shards.cluster import map_tasks
+
+        ray.init(include_dashboard=False, logging_level="ERROR")
+        mapper = map_tasks
+    listing = list_sources(sys.argv[1], mapper=mapper)
     key = run_key(listing.fingerprint(), options)
     plan = plan_shards(
         len(listing), options.samples_per_shard(len(listing)), options.seed, shuffle=not listing.keeps_order
@@ -26,5 +36,13 @@ if __name__ == "__main__":
         "shards": len(plan),
         "classes": len(listing.classes),
         "peak_rss": status().get("VmHWM", 0),
+        "listing_bytes": listing.sources.nbytes
+        + listing.labels.nbytes
+        + (listing.problems.nbytes if listing.problems is not None else 0)
+        + sum(
+            getattr(listing.kind, name).nbytes
+            for name in ("archive_index", "offsets", "sizes", "file_index", "rows")
+            if hasattr(listing.kind, name)
+        ),
     }
     print("RESULT " + json.dumps(result), flush=True)

@@ -65,7 +65,10 @@ def resize_array(pixels: np.ndarray, size: tuple[int, int], resize: str) -> np.n
     if box.strides[1:] != (3, 1):  # transposed by an EXIF orientation: OpenCV needs packed pixels
         box = np.ascontiguousarray(box)
     scale_x, scale_y = box_w / inner_w, box_h / inner_h
-    resized = _shrink_or_grow(box, inner_w, inner_h, scale_x, scale_y)
+    if (box_w, box_h) == (inner_w, inner_h) and (left, top) == (first_x, first_y):
+        resized = np.ascontiguousarray(box)  # already the output size: its pixels, exactly, unresampled
+    else:
+        resized = _shrink_or_grow(box, inner_w, inner_h, scale_x, scale_y)
     resized = _shift(resized, (left - first_x) / scale_x, (top - first_y) / scale_y)
     if (inner_w, inner_h) == (size[1], size[0]):
         return resized
