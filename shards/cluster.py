@@ -78,6 +78,8 @@ def map_tasks(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]
         if isinstance(cause, ShardsError):
             raise cause from None
         raise ShardsError(one_line(cause)) from exc
+    except ray.exceptions.RayError as exc:  # a worker lost past its retries, a node gone
+        raise ShardsError(f"a task was lost: {str(exc).splitlines()[0]}") from exc
 
 
 def _token_notice(record: logging.LogRecord) -> bool:
