@@ -132,23 +132,28 @@ class NotRegularFileError(OSError):
     """A path that must be a regular file is a FIFO, socket, device, folder or symlink."""
 
 
-def open_regular(path: str) -> BinaryIO:
-    """Open `path` for reading only if it is a regular file, never through a symlink.
+def open_regular(path: str, *, follow_symlinks: bool = False) -> BinaryIO:
+    """Open `path` for reading only if it is a regular file; through a symlink only when
+    `follow_symlinks` (inputs may be symlinked; DEST's own files never are).
 
     The checks are made on the opened descriptor, so a file swapped for a FIFO between a check
     and the open cannot block the caller: O_NONBLOCK makes opening a FIFO return at once, and
-    O_NOFOLLOW refuses a symlink (which could point outside DEST, or at /dev/zero).
+    O_NOFOLLOW refuses a symlink (which could point outside DEST, or at /dev/zero). A followed
+    symlink to /dev/zero is refused by the descriptor's type.
 
     Raises:
         FileNotFoundError: nothing is there.
         NotRegularFileError: something other than a regular file is there.
     """
-    flags = os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
+    if not follow_symlinks:
+        flags |= getattr(os, "O_NOFOLLOW", 0)
     try:
         descriptor = os.open(path, flags)
     except OSError as exc:
-        if exc.errno == errno.ELOOP or (exc.errno in (errno.ENXIO, errno.EISDIR) and os.path.lexists(path)):
-            raise NotRegularFileError(exc.errno, _kind(path), path) from None
+        refused = (errno.ENXIO, errno.EISDIR) if follow_symlinks else (errno.ELOOP, errno.ENXIO, errno.EISDIR)
+        if exc.errno in refused and os.path.lexists(path):
+            raise NotRegularFileError(exc.errno, _kind(path, follow_symlinks=follow_symlinks), path) from None
         raise
     try:
         mode = os.fstat(descriptor).st_mode
@@ -161,18 +166,18 @@ def open_regular(path: str) -> BinaryIO:
         raise
 
 
-def _kind(path: str, mode: int | None = None) -> str:
+def _kind(path: str, mode: int | None = None, *, follow_symlinks: bool = False) -> str:
     if mode is None:
         try:
-            mode = os.lstat(path).st_mode
+            mode = (os.stat if follow_symlinks else os.lstat)(path).st_mode
         except OSError:
             return "not a regular file"
     for test, name in (
         (stat.S_ISLNK, "a symlink"),
         (stat.S_ISFIFO, "a FIFO"),
         (stat.S_ISSOCK, "a socket"),
-        (stat.S_ISCHR, "a device"),
-        (stat.S_ISBLK, "a device"),
+        (stat.S_ISCHR, "a character device"),
+        (stat.S_ISBLK, "a block device"),
         (stat.S_ISDIR, "a folder"),
     ):
         if test(mode):

@@ -1,8 +1,8 @@
 """Reading whole input files, local or in object storage, without trusting them.
 
-Only regular files are opened: a FIFO would block the reader for ever and /dev/zero would feed
-it for ever, so the type is checked with stat() before the open, and again on the open
-descriptor (opened non-blocking, in case the path was swapped in between). No read is
+Only regular files are read: a FIFO would block the reader for ever and /dev/zero would feed
+it for ever, so files are opened as DEST's own are (`shards.io.fileio.open_regular`:
+non-blocking, the type checked on the descriptor), except that symlinks are followed. No read is
 unbounded: a file over `max_bytes` is refused from its size, and a read stops one byte past the
 limit whatever the size said. Every failure is a DecodeError with a reason: the input becomes a
 reject and the run goes on.
@@ -16,24 +16,16 @@ import dataclasses
 import errno
 import itertools
 import os
-import stat
 from collections.abc import Iterator, Sequence
 
 from shards.errors import DecodeError
 from shards.io import storage
+from shards.io.fileio import NotRegularFileError, open_regular
 from shards.sources.listing import Input
 
 READ_THREADS = 4
 READ_AHEAD = 16
 LOCAL_BATCH = 4  # READ_AHEAD // LOCAL_BATCH batches in flight keep all READ_THREADS busy
-
-_KINDS = (
-    (stat.S_ISDIR, "a folder"),
-    (stat.S_ISFIFO, "a FIFO"),
-    (stat.S_ISSOCK, "a socket"),
-    (stat.S_ISCHR, "a character device"),
-    (stat.S_ISBLK, "a block device"),
-)
 
 
 def read_file(source: str, max_bytes: int) -> bytes:
@@ -45,16 +37,19 @@ def read_file(source: str, max_bytes: int) -> bytes:
     if storage.is_remote(source):
         return _read_object(source, max_bytes)
     try:
-        _check_regular(os.stat(source), max_bytes)
-        descriptor = os.open(source, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        handle = open_regular(source, follow_symlinks=True)
     except FileNotFoundError:
         raise DecodeError("broken symlink" if os.path.islink(source) else "file not found") from None
+    except NotRegularFileError as exc:
+        raise DecodeError("is a folder, not a file" if os.path.isdir(source) else str(exc.strerror)) from None
     except OSError as exc:
         raise DecodeError(_os_reason(exc)) from None
-    with open(descriptor, "rb", closefd=True) as handle:
+    with handle:
         try:
-            _check_regular(os.fstat(descriptor), max_bytes)
-            data = handle.read(max_bytes + 1)
+            size = os.fstat(handle.fileno()).st_size
+            if size > max_bytes:
+                raise DecodeError(too_large(size, max_bytes))
+            data = handle.read(max_bytes + 1)  # a file that grew since is still cut at the limit
         except OSError as exc:
             raise DecodeError(_os_reason(exc)) from None
     if len(data) > max_bytes:
@@ -67,16 +62,6 @@ def too_large(size: int, max_bytes: int) -> str:
     return f"{size:,} bytes, over the --max-input-bytes limit of {max_bytes:,}"
 
 
-def _check_regular(status: os.stat_result, max_bytes: int) -> None:
-    for test, kind in _KINDS:
-        if test(status.st_mode):
-            raise DecodeError("is a folder, not a file" if kind == "a folder" else f"not a regular file ({kind})")
-    if not stat.S_ISREG(status.st_mode):
-        raise DecodeError("not a regular file")
-    if status.st_size > max_bytes:
-        raise DecodeError(too_large(status.st_size, max_bytes))
-
-
 def _os_reason(exc: OSError) -> str:
     if exc.errno in (errno.EACCES, errno.EPERM):
         return "permission denied"
@@ -84,8 +69,6 @@ def _os_reason(exc: OSError) -> str:
         return "symlink loop"
     if exc.errno == errno.ENAMETOOLONG:
         return "file name too long"
-    if exc.errno == errno.EISDIR:
-        return "is a folder, not a file"
     return f"cannot read ({exc.strerror or exc})"
 
 
