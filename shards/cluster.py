@@ -58,18 +58,27 @@ def connect_ray(address: str | None, *, worker_logs: bool = True) -> None:
         signal.signal(signal.SIGTERM, sigterm)
 
 
+TASK_RETRIES = 3
+
+
+def cpu_task_options(*, reads_object_storage: bool) -> dict[str, Any]:
+    """Options of a one-CPU Ray task that Ray retries when its worker dies; one that reads or
+    writes object storage gets the driver's endpoint and credentials."""
+    from shards.io import storage
+
+    options: dict[str, Any] = {"num_cpus": 1, "max_retries": TASK_RETRIES}
+    if reads_object_storage and storage.environment():
+        options["runtime_env"] = {"env_vars": storage.environment()}
+    return options
+
+
 def map_tasks(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
     """`function(item)` for every item as Ray tasks (one CPU each, retried when a worker dies),
     results in order. A task's own ShardsError comes back as it is, so a bad input still reads
     as one line."""
     import ray
 
-    from shards.io import storage
-
-    options: dict[str, Any] = {"num_cpus": 1, "max_retries": 3}
-    if storage.environment():
-        options["runtime_env"] = {"env_vars": storage.environment()}
-    remote = ray.remote(function).options(**options)
+    remote = ray.remote(function).options(**cpu_task_options(reads_object_storage=True))
     refs = [remote.remote(item) for item in items]
     try:
         return list(ray.get(refs))

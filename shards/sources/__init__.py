@@ -129,7 +129,7 @@ def _list_path(
             raise SourceError(f"{src}: no .tar archives found")
         return tar.list_tar(archives, mapper)
     if kind == "parquet-folder":
-        files = _parquet_files(src)
+        files = folder.files_under(src, parquet.PARQUET_EXTENSIONS)
         return parquet.list_parquet(files, image_column or "image", label_column)
     if kind in ("csv", "parquet"):
         return _list_table(src, image_column, label_column)
@@ -203,22 +203,6 @@ def _first_names(src: str) -> list[str]:
         return [entry.name for entry in os.scandir(src) if not entry.name.startswith(".") and entry.is_file()]
     except OSError:
         return []
-
-
-def _parquet_files(src: str) -> list[str]:
-    if storage.is_remote(src):
-        return sorted(
-            uri for page in storage.list_pages(src) for uri in page if uri.lower().endswith(parquet.PARQUET_EXTENSIONS)
-        )
-    found: list[str] = []
-    for current, dirs, files in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(
-            os.path.join(current, f)
-            for f in files
-            if f.lower().endswith(parquet.PARQUET_EXTENSIONS) and not f.startswith(".")
-        )
-    return sorted(found)
 
 
 def _boto_errors() -> tuple[type[Exception], ...]:

@@ -26,6 +26,22 @@ NOT_UTF8 = "file name is not valid UTF-8"
 _CHUNK = 65536
 
 
+def files_under(src: str, extensions: tuple[str, ...]) -> list[str]:
+    """Every file under a folder or object-storage prefix whose name ends with one of
+    `extensions` (any case), hidden ones left out, sorted: the archives or Parquet files of a
+    container SRC."""
+    if storage.is_remote(src):
+        uris = (uri for page in storage.list_pages(src) for uri in page)
+        return sorted(uri for uri in uris if uri.lower().endswith(extensions))
+    found: list[str] = []
+    for current, dirs, names in os.walk(src):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        found.extend(
+            os.path.join(current, n) for n in names if n.lower().endswith(extensions) and not n.startswith(".")
+        )
+    return sorted(found)
+
+
 def is_image_name(name: str) -> bool:
     """True when a file name has an image extension, in any case."""
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
@@ -39,8 +55,9 @@ def list_folder(folder: str, exclude: str | None = None) -> Listing:
         entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
     except OSError as exc:
         raise SourceError(f"{folder}: cannot list folder ({exc.strerror or exc})") from exc
-    class_dirs = [e for e in entries if not e.name.startswith(".") and _is_dir(e) and not skip.skips(e.path)]
-    top_images = [e for e in entries if not e.name.startswith(".") and not _is_dir(e) and is_image_name(e.name)]
+    visible = [(entry, _is_dir(entry)) for entry in entries if not entry.name.startswith(".")]
+    class_dirs = [entry for entry, is_dir in visible if is_dir and not skip.skips(entry.path)]
+    top_images = [entry for entry, is_dir in visible if not is_dir and is_image_name(entry.name)]
     if not class_dirs:
         names, problems = _collect(e.path for e in top_images)
         return Listing(names, unlabeled(len(names)), [], problems=problems)

@@ -45,7 +45,7 @@ def open_parquet(path: str) -> Any:
 
 def list_parquet(files: Sequence[str], image_column: str, label_column: str) -> Listing:
     """List the rows of Parquet files with image bytes in `image_column`, in file then row order."""
-    names, file_index, rows, labels = [], [], [], []
+    names, file_index, rows, labels, unlabeled_files = [], [], [], [], []
     for index, path in enumerate(files):
         try:
             parquet = open_parquet(path)
@@ -56,8 +56,8 @@ def list_parquet(files: Sequence[str], image_column: str, label_column: str) -> 
                 raise SourceError(f"{path}: {image_column!r} must hold encoded image bytes, found {found}")
             if label_column in schema.names:
                 labels.append(parquet.read(columns=[label_column]).column(label_column))
-            elif labels:
-                raise SourceError(f"{path}: no {label_column!r} column, unlike the files before it")
+            else:
+                unlabeled_files.append(path)
         except (pa.ArrowInvalid, OSError) as exc:
             raise SourceError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from exc
         row_numbers = np.arange(count, dtype=np.int64)
@@ -72,8 +72,8 @@ def list_parquet(files: Sequence[str], image_column: str, label_column: str) -> 
         rows.append(row_numbers)
     sources = pa.chunked_array(names, pa.large_string())
     kind = ParquetKind(list(files), np.concatenate(file_index), np.concatenate(rows), image_column)
-    if labels and len(labels) != len(files):
-        raise SourceError(f"{files[0]}: no {label_column!r} column, unlike the files after it")
+    if labels and unlabeled_files:
+        raise SourceError(f"{unlabeled_files[0]}: no {label_column!r} column, unlike other files of SRC")
     if not labels:
         return Listing(sources, unlabeled(len(sources)), [], kind=kind, keeps_order=True)
     try:

@@ -27,7 +27,7 @@ import pyarrow as pa
 from shards.errors import DecodeError, SourceError
 from shards.io import storage
 from shards.sources.files import too_large
-from shards.sources.folder import IMAGE_EXTENSIONS
+from shards.sources.folder import IMAGE_EXTENSIONS, files_under
 from shards.sources.listing import Input, Listing, any_remote, containers_of, display_name, labels_from_column
 
 TAR_EXTENSION = ".tar"
@@ -128,8 +128,7 @@ def index_archive(archive: str) -> pa.Table:
     except OSError as exc:
         raise SourceError(f"{archive}: cannot open archive ({exc.strerror or str(exc).splitlines()[0]})") from exc
     with handle:
-        head = handle.peek(2)[:2] if hasattr(handle, "peek") else b""
-        if head == b"\x1f\x8b":
+        if handle.peek(2)[:2] == b"\x1f\x8b":
             raise SourceError(f"{archive}: gzip-compressed; decompress it into a plain .tar (byte ranges need one)")
         return _Indexer(archive, size).run(handle)
 
@@ -368,10 +367,4 @@ def archives_in(src: str) -> list[str]:
         return expand_pattern(src)
     if is_tar_name(src):
         return [src]
-    if storage.is_remote(src):
-        return sorted(uri for page in storage.list_pages(src) for uri in page if is_tar_name(uri))
-    found: list[str] = []
-    for folder, dirs, files in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(os.path.join(folder, f) for f in files if is_tar_name(f) and not f.startswith("."))
-    return sorted(found)
+    return files_under(src, (TAR_EXTENSION,))

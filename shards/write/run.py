@@ -21,9 +21,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-
-from shards.cluster import check_workers, cluster_resource, connect_ray, map_tasks, one_line, task_cause
+from shards.cluster import (
+    TASK_RETRIES,
+    check_workers,
+    cluster_resource,
+    connect_ray,
+    cpu_task_options,
+    map_tasks,
+    one_line,
+    task_cause,
+)
 from shards.errors import ConfigError, RejectLimitError, ShardsError
 from shards.io import storage
 from shards.layout.manifest import (
@@ -34,7 +41,7 @@ from shards.layout.manifest import (
 )
 from shards.layout.plan import ShardSpec, plan_shards
 from shards.options import PreprocessOptions
-from shards.sources import check_source, describe_source, indexes_on_cluster, list_sources
+from shards.sources import ShardInputs, check_source, describe_source, indexes_on_cluster, list_sources
 from shards.sources.files import FileInputs
 from shards.write.destination import MODES
 from shards.write.sink import DestinationSink, RunIdentity
@@ -42,7 +49,6 @@ from shards.write.task import ShardTask, write_shard
 
 logger = logging.getLogger(__name__)
 
-TASK_RETRIES = 3
 LISTING_HEAD_START = 0.5  # seconds: a listing done by then fails or succeeds before Ray starts
 ABANDON_SECONDS = 30.0
 
@@ -124,11 +130,12 @@ def preprocess(
     options = options or PreprocessOptions()
     check_source(src)
     head_start: float | None = LISTING_HEAD_START
-    if indexes_on_cluster(src):  # the archives' index is built by Ray tasks: Ray first
+    on_cluster = indexes_on_cluster(src)
+    if on_cluster:  # the archives' index is built by Ray tasks: Ray first
         connect_ray(address, worker_logs=worker_logs)
         head_start = None
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shards-list") as pool:
-        preparing = pool.submit(_claim_destination, src, dest, options, mode)
+        preparing = pool.submit(_claim_destination, src, dest, options, mode, on_cluster)
         try:
             with contextlib.suppress(TimeoutError):
                 preparing.result(timeout=head_start)  # the listing's own error, if it ended in one
@@ -165,7 +172,7 @@ def preprocess(
 
 
 def _claim_destination(
-    src: Any, dest: str, options: PreprocessOptions, mode: str
+    src: Any, dest: str, options: PreprocessOptions, mode: str, on_cluster: bool
 ) -> tuple[DestinationSink, dict[str, Receipt]]:
     """List SRC, plan the shards and claim DEST: the work that overlaps Ray's start-up.
 
@@ -177,7 +184,7 @@ def _claim_destination(
         image_column=options.image_column,
         label_column=options.label_column,
         exclude=dest,
-        mapper=map_tasks if indexes_on_cluster(src) else None,
+        mapper=map_tasks if on_cluster else None,
     )
     key = run_key(listing.fingerprint(), options)
     plan = plan_shards(
@@ -231,11 +238,8 @@ class _ShardRun:
     def execute(self, limit: int) -> None:
         import ray
 
-        options: dict[str, Any] = {"num_cpus": 1, "max_retries": TASK_RETRIES}
-        if storage.environment() and (storage.is_remote(self.dest) or self.listing.remote):
-            # Workers reach the same object store as the driver (endpoint, credentials).
-            options["runtime_env"] = {"env_vars": storage.environment()}
-        task = ray.remote(_write_shard_on_node).options(**options)
+        remote = storage.is_remote(self.dest) or self.listing.remote
+        task = ray.remote(_write_shard_on_node).options(**cpu_task_options(reads_object_storage=remote))
         pending = collections.deque(spec for spec in self.plan if spec.name not in self.receipts)
         in_flight: dict[Any, ShardSpec] = {}
         self._report()
@@ -263,12 +267,10 @@ class _ShardRun:
         listing, positions = self.listing, spec.positions
         names = listing.sources.take(positions).to_pylist()
         problems = listing.shard_problems(positions)
-        usable = positions[np.array([p is None for p in problems], bool)] if any(problems) else positions
-        inputs = (
-            listing.kind.inputs(usable)
-            if listing.kind is not None
-            else FileInputs(listing.sources.take(usable).to_pylist())
-        )
+        if listing.kind is None:  # the names are the paths
+            inputs: ShardInputs = FileInputs([name for name, problem in zip(names, problems) if problem is None])
+        else:
+            inputs = listing.kind.inputs(positions[[problem is None for problem in problems]])
         return ShardTask(
             self.dest, spec.name, positions, names, listing.labels[positions], problems, inputs, self.options, self.key
         )
