@@ -143,7 +143,15 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--image-column", default=None, help="Parquet/CSV column of image bytes or paths (default image, else path)"
     )
-    parser.add_argument("--label-column", default=None, help="column of labels (default label)")
+    parser.add_argument(
+        "--label-column",
+        default=None,
+        help="column of targets (default label); its type sets the kind: names or integers (class), lists "
+        "(multi-label), floats (regression); a,b for several (multi-output)",
+    )
+    parser.add_argument(
+        "--columns", default=None, help="other columns to carry into index.parquet, comma-separated (e.g. id,caption)"
+    )
     parser.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)")
     parser.add_argument(
         "--endpoint-url",
@@ -178,6 +186,7 @@ def options_from_arguments(args: argparse.Namespace) -> Any:
         max_input_bytes=getattr(args, "max_input_bytes", None) or MAX_INPUT_BYTES,
         image_column=getattr(args, "image_column", None),
         label_column=getattr(args, "label_column", None),
+        columns=getattr(args, "columns", None),
     )
 
 
@@ -275,6 +284,32 @@ class _ProgressDisplay:
             )
 
 
+def _target_lines(targets: list[dict[str, Any]], class_counts: dict[str, int]) -> list[str]:
+    """What `inspect` prints of the targets: counts per class (a multi-label class counts the
+    samples that have it), or a regression target's min/mean/max per value."""
+    if len(targets) == 1 and targets[0]["kind"] == "class":  # as before targets had kinds
+        return [
+            f"{'classes':<9} {len(class_counts)}",
+            *(f"  {name}: {count:,}" for name, count in class_counts.items()),
+        ]
+    lines = []
+    for target in targets:
+        stats, kind = target.get("stats") or {}, target["kind"]
+        width = f"[{target['width']}]" if kind == "regression" and target["width"] else ""
+        lines.append(
+            f"{'target':<9} {target['name']}: {kind}{width}, {len(target['classes'])} classes"
+            if kind != "regression"
+            else f"{'target':<9} {target['name']}: {kind}{width}"
+        )
+        if kind != "regression":
+            lines += [f"  {name}: {count:,}" for name, count in zip(target["classes"], stats.get("counts", []))]
+        elif stats.get("min"):
+            for i, values in enumerate(zip(stats["min"], stats["mean"], stats["max"])):
+                label = f"[{i}] " if target["width"] else ""
+                lines.append(f"  {label}min {values[0]:.4g}  mean {values[1]:.4g}  max {values[2]:.4g}")
+    return lines
+
+
 def run_inspect(args: argparse.Namespace) -> int:
     from shards.layout.manifest import MANIFEST, PARTS, RUN_RECORD, load_manifest, read_json
 
@@ -296,6 +331,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         "size": "x".join(str(v) for v in config["size"]),
         "resize": config["resize"],
         "classes": dict(zip(manifest.classes, record.get("class_counts", []))),
+        "targets": record.get("targets") or [{**t.to_json(), "stats": {}} for t in manifest.targets.items],
         "shards": len(manifest.shards),
         "samples_per_shard": record.get("samples_per_shard"),
         "bytes": sum(s.bytes for s in manifest.shards),
@@ -314,9 +350,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     for key in ("inputs", "rejected"):
         print(f"{key:<9} {summary[key]}")
     print(f"{'bytes':<9} {summary['bytes'] / 1e6:,.1f} MB")
-    print(f"{'classes':<9} {len(manifest.classes)}")
-    for name, count in summary["classes"].items():
-        print(f"  {name}: {count:,}")
+    for line in _target_lines(summary["targets"], summary["classes"]):
+        print(line)
     for reason, count in summary["rejects_by_reason"].items():
         print(f"  rejected, {reason}: {count:,}")
     if not manifest.complete:

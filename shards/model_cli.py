@@ -104,6 +104,12 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--top-k", type=int, default=default(PredictOptions, "top_k"), help="default %(default)s")
     parser.add_argument(
+        "--threshold",
+        type=float,
+        default=default(PredictOptions, "threshold"),
+        help="multi-label targets: the score from which a class counts as predicted (default %(default)s)",
+    )
+    parser.add_argument(
         "--host-memory",
         default=None,
         help="memory for batches and their activations (measured on a probe batch), on top of TensorFlow and the "
@@ -124,6 +130,7 @@ def run_predict(args: argparse.Namespace) -> int:
     options = PredictOptions(
         batch_size=batch,
         top_k=args.top_k,
+        threshold=args.threshold,
         host_memory=parse_bytes(args.host_memory, "--host-memory") if args.host_memory else None,
     )
     from shards.tf.predict import predict_dataset  # checks workers and DEST before TensorFlow loads

@@ -131,7 +131,9 @@ class PreprocessOptions:
             reject, never read whole.
         image_column: the Parquet/CSV column of image bytes or paths (None: `image` when it
             holds bytes, else `path`).
-        label_column: the column of labels (None: `label`).
+        label_column: the column of labels (None: `label`); several, comma-separated, make a
+            multi-output run (`age,gender`).
+        columns: other columns carried into index.parquet, comma-separated (`id,caption`).
     """
 
     size: tuple[int, int] = (224, 224)
@@ -146,6 +148,7 @@ class PreprocessOptions:
     max_input_bytes: int = MAX_INPUT_BYTES
     image_column: str | None = None
     label_column: str | None = None
+    columns: str | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", parse_size(self.size))
@@ -164,12 +167,33 @@ class PreprocessOptions:
         if self.compression != "none" and self.format != "tfrecord":
             raise ConfigError("--compression gzip needs --format tfrecord (npy shards are memory-mapped)")
         object.__setattr__(self, "max_input_bytes", parse_bytes(self.max_input_bytes, "--max-input-bytes"))
-        for name in ("image_column", "label_column"):
+        for name in ("image_column", "label_column", "columns"):
             value = getattr(self, name)
-            if value is not None and (not isinstance(value, str) or not value.strip()):
-                raise ConfigError(f"--{name.replace('_', '-')} must be a column name, got {value!r}")
+            if value is not None and (not isinstance(value, str) or not all(_names(value))):
+                raise ConfigError(f"--{name.replace('_', '-')} must be column names, got {value!r}")
+        if self.image_column is not None and "," in self.image_column:
+            raise ConfigError(f"--image-column must be one column name, got {self.image_column!r}")
+        for names in (self.label_columns, self.extra_columns):
+            if len(set(names)) < len(names):
+                raise ConfigError(f"a column is named twice in {','.join(names)!r}")
+        reserved = set(self.extra_columns) & {"shard", "row", "source", "label"}
+        if reserved:
+            raise ConfigError(f"--columns: {sorted(reserved)[0]!r} is a column index.parquet already has")
+        both = set(self.label_columns) & set(self.extra_columns)
+        if both:
+            raise ConfigError(f"{sorted(both)[0]!r} is both a label column and an extra column (--columns)")
         if not isinstance(self.seed, int) or not 0 <= self.seed < 2**63:
             raise ConfigError(f"--seed must be a non-negative integer, got {self.seed!r}")
+
+    @property
+    def label_columns(self) -> tuple[str, ...]:
+        """The target columns, in order (default: `label`)."""
+        return _names(self.label_column) if self.label_column else ("label",)
+
+    @property
+    def extra_columns(self) -> tuple[str, ...]:
+        """The columns carried into index.parquet beside the targets."""
+        return _names(self.columns) if self.columns else ()
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -224,6 +248,10 @@ class PreprocessOptions:
         record = dict(record)
         record["size"] = tuple(record["size"])
         return cls(**record)
+
+
+def _names(text: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in text.split(","))
 
 
 def numpy_storage_dtype(dtype: str) -> np.dtype:

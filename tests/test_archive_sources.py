@@ -194,7 +194,7 @@ def test_parquet_rows_without_bytes_are_rejects(ray_cluster, tmp_path):
 
 def test_parquet_image_column_options(tmp_path):
     pq.write_table(pa.table({"pixels": pa.array([_jpeg(1)], pa.binary()), "y": ["cat"]}), tmp_path / "d.parquet")
-    listing = list_sources(str(tmp_path / "d.parquet"), image_column="pixels", label_column="y")
+    listing = list_sources(str(tmp_path / "d.parquet"), image_column="pixels", label_columns=("y",))
     assert len(listing) == 1 and listing.classes == ["cat"]
     with pytest.raises(SourceError, match="'path' column"):
         list_sources(str(tmp_path / "d.parquet"))

@@ -88,8 +88,9 @@ def test_resume_knows_the_same_arrays_and_refuses_others(ray_cluster, tmp_path):
         (np.zeros((4, 8), np.uint8), "must be [N, H, W] or [N, H, W, C]"),
         (np.zeros((4, 8, 8, 2), np.uint8), "C of 1, 3 or 4"),
         (np.zeros((4, 8, 8, 3), np.int64), "uint8 or float"),
-        ((np.zeros((4, 8, 8, 3), np.uint8), [1, 2]), "4 images but 2 labels"),
-        ((np.zeros((2, 8, 8, 3), np.uint8), [0.5, 1.5]), "integers or class names"),
+        ((np.zeros((4, 8, 8, 3), np.uint8), [1, 2]), "4 images but 2 values of 'label'"),
+        ((np.zeros((2, 8, 8, 3), np.uint8), np.full((2, 3), 5)), "multi-hot (0s and 1s) or floats"),
+        ((np.zeros((2, 8, 8, 3), np.uint8), [1, "cat"]), "'label' mixes types"),
         ([np.zeros((8, 8, 3), np.uint8), "not an array"], "NumPy array"),
     ],
 )

@@ -8,7 +8,10 @@ import numpy as np
 import pytest
 
 from shards.formats import get_format
+from shards.layout.targets import Targets
 from shards.options import PreprocessOptions
+
+CLASSES = Targets.single_class([str(i) for i in range(7)])
 
 
 def resident_bytes(path: str) -> int:
@@ -26,9 +29,9 @@ def test_written_rows_leave_the_page_cache_once_they_are_on_disk(tmp_path):
     rows = 300
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (rows, 224, 224, 3), np.uint8)
-    with get_format("npy").open_writer(str(tmp_path), "shard-00000", rows, options) as writer:
+    with get_format("npy").open_writer(str(tmp_path), "shard-00000", rows, options, CLASSES) as writer:
         for row in range(rows):
-            writer.write(images[row], row % 7)
+            writer.write(images[row], np.int32(row % 7))
         info = writer.close()
     path = os.path.join(tmp_path, "shard-00000.images.npy")
     size = os.path.getsize(path)
@@ -50,8 +53,8 @@ def test_a_failed_background_flush_fails_the_shard_instead_of_committing_it(tmp_
     options = PreprocessOptions(size=32)
     image = np.zeros((32, 32, 3), np.uint8)
     with pytest.raises(OSError, match="Input/output error"):
-        with get_format("npy").open_writer(str(tmp_path), "shard-00000", 200, options) as writer:
+        with get_format("npy").open_writer(str(tmp_path), "shard-00000", 200, options, CLASSES) as writer:
             for _ in range(200):
-                writer.write(image, 0)
+                writer.write(image, np.int32(0))
             writer.close()
     assert os.listdir(tmp_path) == []  # neither a committed shard nor a temporary file

@@ -22,7 +22,7 @@ def model_and_data(ray_cluster, photos, tmp_path_factory):
     root = tmp_path_factory.mktemp("predict")
     dest = str(root / "out")
     shards.preprocess(photos, dest, PreprocessOptions(size=16, shard_size="8KiB"))
-    model = compile_model(build_model((16, 16, 3), 3, "uint8"), 1e-3)
+    model = compile_model(build_model((16, 16, 3), shards.open(dest).targets, "uint8"), 1e-3)
     path = str(root / "model.keras")
     model.save(path)
     return dest, path, model

@@ -27,7 +27,7 @@ def colour_classes(ray_cluster, tmp_path_factory):
 def small_model(dataset):
     from shards.tf.training import build_model, compile_model
 
-    return compile_model(build_model(dataset.shape, len(dataset.classes), "uint8"), learning_rate=3e-3)
+    return compile_model(build_model(dataset.shape, dataset.targets, "uint8"), learning_rate=3e-3)
 
 
 def test_to_tf_has_the_right_element_spec_and_trains(colour_classes):

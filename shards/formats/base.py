@@ -12,6 +12,7 @@ import numpy as np
 
 from shards.io import checksum
 from shards.io.fileio import FileDigest
+from shards.layout.targets import Targets
 from shards.options import PreprocessOptions
 
 #: Shard names as the plan makes them (`shard-00042`).
@@ -67,8 +68,9 @@ class ShardWriter(abc.ABC):
     """Open -> `next_row()`/`write()` per sample -> `close()` -> ShardInfo; `abort()` on failure."""
 
     @abc.abstractmethod
-    def write(self, image: np.ndarray, label: int) -> None:
-        """Append one sample (an array already in the storage dtype)."""
+    def write(self, image: np.ndarray, targets: np.ndarray) -> None:
+        """Append one sample: its image, already in the storage dtype, and its stored targets
+        (one row of `Targets.empty`)."""
 
     @abc.abstractmethod
     def close(self) -> ShardInfo:
@@ -92,8 +94,9 @@ class ShardReader(abc.ABC):
     count: int
 
     @abc.abstractmethod
-    def read(self, rows: np.ndarray, images: np.ndarray, labels: np.ndarray) -> None:
-        """Copy the samples at sorted `rows` into `images` and `labels` (preallocated)."""
+    def read(self, rows: np.ndarray, images: np.ndarray, targets: np.ndarray) -> None:
+        """Copy the samples at sorted `rows` into `images` and `targets` (preallocated; targets
+        in their stored form, `Targets.empty`)."""
 
 
 class ShardFormat(abc.ABC):
@@ -111,14 +114,21 @@ class ShardFormat(abc.ABC):
 
     @abc.abstractmethod
     def open_writer(
-        self, dest: str, shard: str, capacity: int, options: PreprocessOptions, *, durable: bool = True
+        self,
+        dest: str,
+        shard: str,
+        capacity: int,
+        options: PreprocessOptions,
+        targets: Targets,
+        *,
+        durable: bool = True,
     ) -> ShardWriter:
-        """A writer for at most `capacity` samples of `options.shape` and `options.dtype`;
-        without `durable`, files are not flushed to disk (they are staged for an upload)."""
+        """A writer for at most `capacity` samples of `options.shape` and `options.dtype`, with
+        `targets`; without `durable`, files are not flushed to disk (they are staged for an upload)."""
 
     @abc.abstractmethod
     def open_reader(
-        self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str
+        self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str, targets: Targets
     ) -> ShardReader:
         """A reader over `files` (each of `info.files`, opened and checked by `shard_files`; the
         caller closes them once this returns); raises ManifestError when they do not match."""

@@ -1,4 +1,9 @@
-"""The npy format: `<name>.images.npy` [N, H, W, 3] and `<name>.labels.npy` [N] int32 per shard.
+"""The npy format: `<name>.images.npy` [N, H, W, 3] and `<name>.labels.npy` per shard.
+
+The labels file holds the run's targets as `shards.layout.targets` stores them: int32 [N] for a
+class target, uint8 multi-hot [N, classes] for a multi-label one, float32 [N] or [N, K] for
+regression, and, with several targets, one structured array [N] with a field per target
+(`np.load(...)["age"]`).
 
 Plain .npy files (version 1.0 headers, no pickled objects), so `np.load(path, mmap_mode="r",
 allow_pickle=False)` reads them with no shards code. bfloat16 images are stored as their uint16
@@ -21,11 +26,11 @@ from shards.errors import ManifestError
 from shards.formats.base import ShardFormat, ShardInfo, ShardReader, ShardWriter
 from shards.io import checksum
 from shards.io.fileio import FileDigest, atomic_write, commit_temporary, digest_file, discard_temporary, temporary_name
+from shards.layout.targets import Targets
 from shards.options import PreprocessOptions, numpy_dtype, numpy_storage_dtype
 
 IMAGES_SUFFIX = ".images.npy"
 LABELS_SUFFIX = ".labels.npy"
-LABEL_DTYPE = np.dtype("<i4")
 
 
 class NpyShardWriter(ShardWriter):
@@ -39,12 +44,20 @@ class NpyShardWriter(ShardWriter):
     """
 
     def __init__(
-        self, dest: str, shard: str, capacity: int, shape: tuple[int, int, int], dtype: str, *, durable: bool = True
+        self,
+        dest: str,
+        shard: str,
+        capacity: int,
+        shape: tuple[int, int, int],
+        dtype: str,
+        targets: Targets,
+        *,
+        durable: bool = True,
     ) -> None:
         self._dest, self._shard, self._durable = dest, shard, durable
         self._shape, self._storage = shape, numpy_storage_dtype(dtype)
         self._capacity = capacity
-        self._labels = np.empty(capacity, LABEL_DTYPE)
+        self._labels = targets.empty(capacity)
         self._path = os.path.join(dest, shard + IMAGES_SUFFIX)
         self._temp = temporary_name(self._path)
         self._file = open(self._temp, "wb")
@@ -57,12 +70,12 @@ class NpyShardWriter(ShardWriter):
         self._hash.update(data)
         return self._file.write(data)
 
-    def write(self, image: np.ndarray, label: int) -> None:
+    def write(self, image: np.ndarray, targets: np.ndarray) -> None:
         row = np.ascontiguousarray(image, self._storage)
         if row.shape != self._shape:
             raise ValueError(f"{self._shard}: sample of shape {row.shape}, expected {self._shape}")
         self._emit(row.data.cast("B"))
-        self._labels[self.count] = label
+        self._labels[self.count] = targets
         self.count += 1
         self._flusher.maybe_flush(self.count)
 
@@ -81,9 +94,10 @@ class NpyShardWriter(ShardWriter):
         commit_temporary(self._temp, self._path, durable=self._durable)
         files = {self._shard + IMAGES_SUFFIX: digest}
         labels_name = self._shard + LABELS_SUFFIX
+        labels = self._labels[: self.count]
         with atomic_write(os.path.join(self._dest, labels_name), durable=self._durable) as handle:
-            handle.write(_header((self.count,), LABEL_DTYPE))
-            handle.write(self._labels[: self.count].data.cast("B"))
+            handle.write(_header(labels.shape, labels.dtype))
+            handle.write(labels.tobytes())
         files[labels_name] = handle.digest()
         return ShardInfo(self._shard, self.count, files)
 
@@ -163,7 +177,9 @@ def _header(shape: tuple[int, ...], dtype: np.dtype, length: int | None = None) 
 class NpyShardReader(ShardReader):
     """Memory-maps a shard's two files; pages come from the OS cache, not the process heap."""
 
-    def __init__(self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> None:
+    def __init__(
+        self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str, targets: Targets
+    ) -> None:
         self.count = info.count
         images = _map(files[info.name + IMAGES_SUFFIX])
         labels = _map(files[info.name + LABELS_SUFFIX])
@@ -173,22 +189,24 @@ class NpyShardReader(ShardReader):
                 f"{info.name}{IMAGES_SUFFIX}: holds {images.dtype}{list(images.shape)}, the manifest "
                 f"says {expected_images[1]}{list(expected_images[0])}"
             )
-        if (labels.shape, labels.dtype) != ((info.count,), LABEL_DTYPE):
+        expected_labels = targets.empty(0)
+        if (labels.shape, labels.dtype) != ((info.count, *expected_labels.shape[1:]), expected_labels.dtype):
             raise ManifestError(
-                f"{info.name}{LABELS_SUFFIX}: holds {labels.dtype}{list(labels.shape)}, "
-                f"the manifest says int32[{info.count}]"
+                f"{info.name}{LABELS_SUFFIX}: holds {labels.dtype}{list(labels.shape)}, the manifest says "
+                f"{expected_labels.dtype}{[info.count, *expected_labels.shape[1:]]}"
             )
         self.images = images.view(numpy_dtype(dtype))
         self.labels = labels
 
     def read(self, rows: np.ndarray, images: np.ndarray, labels: np.ndarray) -> None:
+        """See `ShardReader.read`."""
         # Copy each run of consecutive rows as one slice: on a memmap this is about three times
         # faster than np.take, which gathers item by item (see bench/: shuffled batches()).
         breaks = np.flatnonzero(np.diff(rows) != 1) + 1
         for begin, end in zip(np.r_[0, breaks].tolist(), np.r_[breaks, len(rows)].tolist()):
             first = int(rows[begin])
             images[begin:end] = self.images[first : first + end - begin]
-        np.take(self.labels, rows, out=labels)
+        np.take(self.labels, rows, axis=0, out=labels)
 
 
 def _map(handle: BinaryIO) -> np.ndarray:
@@ -221,11 +239,18 @@ class NpyFormat(ShardFormat):
     suffixes = (IMAGES_SUFFIX, LABELS_SUFFIX)
 
     def open_writer(
-        self, dest: str, shard: str, capacity: int, options: PreprocessOptions, *, durable: bool = True
+        self,
+        dest: str,
+        shard: str,
+        capacity: int,
+        options: PreprocessOptions,
+        targets: Targets,
+        *,
+        durable: bool = True,
     ) -> NpyShardWriter:
-        return NpyShardWriter(dest, shard, capacity, options.shape, options.dtype, durable=durable)
+        return NpyShardWriter(dest, shard, capacity, options.shape, options.dtype, targets, durable=durable)
 
     def open_reader(
-        self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str
+        self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str, targets: Targets
     ) -> NpyShardReader:
-        return NpyShardReader(files, info, shape, dtype)
+        return NpyShardReader(files, info, shape, dtype, targets)

@@ -1,11 +1,17 @@
 """The TFRecord format: one `<name>.tfrecord` (or `.tfrecord.gz`) per shard of `tf.train.Example`s.
 
-Each record has three features, readable by plain tf.data with no shards code:
+Each record has these features, readable by plain tf.data with no shards code:
 
     image: bytes   the raw [H, W, C] array in the manifest's dtype, little-endian, C order
                    (bfloat16: its uint16 bits; decode with tf.io.decode_raw(..., tf.bfloat16))
-    label: int64   an index into the manifest's classes, -1 where unlabeled
     shape: int64[3]  [H, W, C]
+    label: by the target's kind (the manifest's `targets`):
+        class        int64     an index into the target's classes, -1 where unlabeled
+        multilabel   int64[]   the indices of the classes present (any number, maybe none)
+        regression   float[K]  K values (one for a scalar target)
+
+With several targets, each is its own feature `label/<name>`. `feature_spec(targets)` gives
+the parsing spec for a run's targets.
 
 Records are streamed to disk as they are made (a TFRecord writer holds no shard in memory).
 TensorFlow is imported only when this format is used.
@@ -24,6 +30,7 @@ import numpy as np
 from shards.errors import ManifestError
 from shards.formats.base import ShardFormat, ShardInfo, ShardReader, ShardWriter
 from shards.io.fileio import commit_temporary, digest_file, discard_temporary, temporary_name
+from shards.layout.targets import Targets
 from shards.options import PreprocessOptions, numpy_dtype, numpy_storage_dtype
 from shards.tf.support import import_tensorflow
 
@@ -33,23 +40,32 @@ _LENGTH = struct.Struct("<Q")
 _FRAME = 8 + 4 + 4  # length, its crc, the data's crc
 
 
-def feature_spec() -> dict:
-    """The parsing spec of a shards Example, for `tf.io.parse_single_example`/`parse_example`."""
+def feature_spec(targets: Targets | None = None) -> dict:
+    """The parsing spec of a shards Example, for `tf.io.parse_single_example`/`parse_example`;
+    `targets` is the run's (`shards.open(DEST).targets`); default: one class target."""
     tf = import_tensorflow(quiet=True)
 
-    return {
-        "image": tf.io.FixedLenFeature([], tf.string),
-        "label": tf.io.FixedLenFeature([], tf.int64),
-        "shape": tf.io.FixedLenFeature([3], tf.int64),
-    }
+    targets = targets or Targets.single_class([])
+    spec = {"image": tf.io.FixedLenFeature([], tf.string), "shape": tf.io.FixedLenFeature([3], tf.int64)}
+    for target in targets.items:
+        if target.kind == "class":
+            spec[targets.feature(target)] = tf.io.FixedLenFeature([], tf.int64)
+        elif target.kind == "multilabel":
+            spec[targets.feature(target)] = tf.io.VarLenFeature(tf.int64)
+        else:
+            spec[targets.feature(target)] = tf.io.FixedLenFeature(list(target.sample_shape), tf.float32)
+    return spec
 
 
 class TfRecordShardWriter(ShardWriter):
     """Streams Examples into a temporary file; close() checksums it and renames it into place."""
 
-    def __init__(self, dest: str, shard: str, options: PreprocessOptions, *, durable: bool = True) -> None:
+    def __init__(
+        self, dest: str, shard: str, options: PreprocessOptions, targets: Targets, *, durable: bool = True
+    ) -> None:
         tf = import_tensorflow(quiet=True)
 
+        self._targets = targets
         self._durable = durable
         self._tf = tf
         self._name = shard + (GZIP_SUFFIX if options.compression == "gzip" else SUFFIX)
@@ -61,17 +77,23 @@ class TfRecordShardWriter(ShardWriter):
         self._shard = shard
         self.count = 0
 
-    def write(self, image: np.ndarray, label: int) -> None:
+    def write(self, image: np.ndarray, targets: np.ndarray) -> None:
         train = self._tf.train
-        example = train.Example(
-            features=train.Features(
-                feature={
-                    "image": train.Feature(bytes_list=train.BytesList(value=[np.ascontiguousarray(image).tobytes()])),
-                    "label": train.Feature(int64_list=train.Int64List(value=[label])),
-                    "shape": train.Feature(int64_list=train.Int64List(value=self._shape)),
-                }
-            )
-        )
+        feature = {
+            "image": train.Feature(bytes_list=train.BytesList(value=[np.ascontiguousarray(image).tobytes()])),
+            "shape": train.Feature(int64_list=train.Int64List(value=self._shape)),
+        }
+        for target in self._targets.items:
+            value = targets[target.name] if self._targets.multi else targets
+            if target.kind == "class":
+                feature[self._targets.feature(target)] = train.Feature(int64_list=train.Int64List(value=[int(value)]))
+            elif target.kind == "multilabel":
+                present = np.flatnonzero(value).tolist()
+                feature[self._targets.feature(target)] = train.Feature(int64_list=train.Int64List(value=present))
+            else:
+                values = np.atleast_1d(value).tolist()
+                feature[self._targets.feature(target)] = train.Feature(float_list=train.FloatList(value=values))
+        example = train.Example(features=train.Features(feature=feature))
         self._writer.write(example.SerializeToString())
         self.count += 1
 
@@ -93,8 +115,11 @@ class TfRecordShardReader(ShardReader):
     (bounded by the shard size), since gzip streams cannot be seeked.
     """
 
-    def __init__(self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str) -> None:
+    def __init__(
+        self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str, targets: Targets
+    ) -> None:
         (file_name,) = info.files
+        self._targets = targets
         handle = files[file_name]
         path = getattr(handle, "name", file_name)
         try:
@@ -118,12 +143,20 @@ class TfRecordShardReader(ShardReader):
         return [self._buffer[o : o + n].tobytes() for o, n in zip(self._offsets[rows], self._lengths[rows])]
 
     def read(self, rows: np.ndarray, images: np.ndarray, labels: np.ndarray) -> None:
+        """See `ShardReader.read`."""
         tf = import_tensorflow(quiet=True)
 
-        parsed = tf.io.parse_example(self.records(rows), feature_spec())
+        parsed = tf.io.parse_example(self.records(rows), feature_spec(self._targets))
         raw = tf.io.decode_raw(parsed["image"], tf.as_dtype(self._storage)).numpy()
         images[...] = raw.reshape(len(rows), *self._shape).view(self._dtype)
-        labels[...] = parsed["label"].numpy()
+        for target in self._targets.items:
+            out = labels[target.name] if self._targets.multi else labels
+            value = parsed[self._targets.feature(target)]
+            if target.kind == "multilabel":  # a SparseTensor of class indices per row
+                out[...] = 0
+                out[value.indices.numpy()[:, 0], value.values.numpy()] = 1
+            else:
+                out[...] = value.numpy()
 
 
 def _scan(buffer: np.ndarray, path: str) -> tuple[np.ndarray, np.ndarray]:
@@ -148,11 +181,18 @@ class TfRecordFormat(ShardFormat):
     suffixes = (SUFFIX, GZIP_SUFFIX)
 
     def open_writer(
-        self, dest: str, shard: str, capacity: int, options: PreprocessOptions, *, durable: bool = True
+        self,
+        dest: str,
+        shard: str,
+        capacity: int,
+        options: PreprocessOptions,
+        targets: Targets,
+        *,
+        durable: bool = True,
     ) -> TfRecordShardWriter:
-        return TfRecordShardWriter(dest, shard, options, durable=durable)
+        return TfRecordShardWriter(dest, shard, options, targets, durable=durable)
 
     def open_reader(
-        self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str
+        self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str, targets: Targets
     ) -> TfRecordShardReader:
-        return TfRecordShardReader(files, info, shape, dtype)
+        return TfRecordShardReader(files, info, shape, dtype, targets)

@@ -19,12 +19,15 @@ import pyarrow as pa
 from shards.errors import ManifestError
 from shards.formats import FORMATS, ShardInfo
 from shards.io.location import location
+from shards.layout.targets import Targets
 from shards.options import DTYPE_BYTES, DTYPES, MAX_SIDE, PreprocessOptions
 
+# 3: `targets` records each target's kind (class, multilabel, regression), classes and width,
+# with per-target statistics; version 2 runs hold one class target (their `classes`).
 # 2: checksums name their algorithm (`checksum: "xxh3_128:<hex>"`); version 1 wrote bare sha256
-# hex under `sha256`. Both are read; new runs write 2.
-MANIFEST_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# hex under `sha256`. All are read; new runs write 3.
+MANIFEST_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 MANIFEST = "manifest.json"
 INDEX = "index.parquet"
 REJECTS = "rejects.jsonl"
@@ -100,6 +103,7 @@ class Manifest:
     shards: list[ShardInfo]
     config: PreprocessOptions
     record: dict[str, Any]
+    targets: Targets
 
 
 def check_shard_name(name: str, where: str) -> str:
@@ -140,19 +144,24 @@ def is_run_record(record: dict[str, Any]) -> bool:
 
 def build_manifest(
     options: PreprocessOptions,
-    classes: list[str],
+    targets: Targets,
+    stats: list[dict[str, Any]],
     shards: list[ShardInfo],
     *,
     inputs: int,
     rejected: int,
-    class_counts: list[int],
     samples_per_shard: int,
     source: str,
     key: str,
     complete: bool,
     run: dict[str, Any],
 ) -> dict[str, Any]:
-    """The manifest record; everything but `run` is a pure function of inputs and options."""
+    """The manifest record; everything but `run` is a pure function of inputs and options.
+
+    `classes` and `class_counts` repeat the first class or multi-label target's, for readers of
+    version 2 manifests; `targets` says everything, with each target's `stats` (`counts` per
+    class, or regression `min`/`mean`/`max`)."""
+    first = next((i for i, t in enumerate(targets.items) if t.kind != "regression"), None)
     return {
         "version": MANIFEST_VERSION,
         "format": options.format,
@@ -160,8 +169,9 @@ def build_manifest(
         "count": sum(s.count for s in shards),
         "shape": list(options.shape),
         "dtype": options.dtype,
-        "classes": classes,
-        "class_counts": class_counts,
+        "classes": targets.classes,
+        "class_counts": stats[first]["counts"] if first is not None else [],
+        "targets": [{**entry, "stats": stat} for entry, stat in zip(targets.to_json(), stats)],
         "inputs": inputs,
         "rejected": rejected,
         "samples_per_shard": samples_per_shard,
@@ -212,6 +222,7 @@ def load_manifest(dest: str, *, allow_incomplete: bool = False) -> Manifest:
         height, width, channels = (int(v) for v in record["shape"])
         shape = (height, width, channels)
         config = PreprocessOptions.from_json(record["config"])
+        targets = Targets.from_manifest(record, path)
     except ManifestError:
         raise
     except (KeyError, TypeError, ValueError) as exc:
@@ -232,6 +243,7 @@ def load_manifest(dest: str, *, allow_incomplete: bool = False) -> Manifest:
         shards,
         config,
         record,
+        targets,
     )
 
 
@@ -319,9 +331,15 @@ def write_run_record(dest: str, key: str, source: str, options: PreprocessOption
 
 
 def write_index(
-    dest: str, shards: list[ShardInfo], positions: list[np.ndarray], sources: pa.Array, labels: np.ndarray
+    dest: str,
+    shards: list[ShardInfo],
+    positions: list[np.ndarray],
+    sources: pa.Array | pa.ChunkedArray,
+    labels: pa.Array,
+    columns: pa.Table | None = None,
 ) -> None:
-    """index.parquet: one row per sample, in shard order: shard, row, source, label."""
+    """index.parquet: one row per sample, in shard order: shard, row, source, label (the targets
+    of the written samples, in that order), then the extra columns (listing order, taken here)."""
     import pyarrow.parquet as pq
 
     counts = np.array([len(p) for p in positions], np.int64)
@@ -333,7 +351,8 @@ def write_index(
             "shard": pa.DictionaryArray.from_arrays(pa.array(shard_ids), pa.array([s.name for s in shards])),
             "row": pa.array(rows),
             "source": sources.take(pa.array(every)),
-            "label": pa.array(labels[every].astype(np.int32)),
+            "label": labels,
+            **({name: columns.column(name).take(pa.array(every)) for name in columns.column_names} if columns else {}),
         }
     )
     with location(dest).writing(INDEX) as handle:

@@ -13,6 +13,7 @@ from shards.formats import ShardInfo, get_format
 from shards.io.fileio import NotRegularFileError
 from shards.io.location import location
 from shards.layout.manifest import INDEX, load_manifest
+from shards.layout.targets import Targets
 from shards.read.shard_files import RunFiles
 
 
@@ -35,6 +36,7 @@ def shard_problems(
     format_name: str,
     shape: tuple[int, int, int],
     dtype: str,
+    targets: Targets,
     *,
     deep: bool = True,
     sizes: Mapping[str, int] | None = None,
@@ -64,7 +66,7 @@ def shard_problems(
         try:
             handles = RunFiles(folder, [info]).open(0, info)
             try:
-                get_format(format_name).open_reader(handles, info, shape, dtype)
+                get_format(format_name).open_reader(handles, info, shape, dtype, targets)
             finally:
                 for handle in handles.values():
                     handle.close()
@@ -85,7 +87,7 @@ def verify_dest(dest: str) -> VerifyReport:
     if len(set(names)) != len(names):
         problems.append(f"{dest}: the manifest lists a shard twice")
     for info in manifest.shards:
-        problems += shard_problems(dest, info, manifest.format, manifest.shape, manifest.dtype)
+        problems += shard_problems(dest, info, manifest.format, manifest.shape, manifest.dtype, manifest.targets)
     try:
         index = location(dest).read_table(INDEX, ["shard", "row"])
         counts = index.column("shard").combine_chunks().dictionary_encode().value_counts().to_pylist()

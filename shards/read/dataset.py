@@ -12,6 +12,7 @@ import copy
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from shards.errors import ConfigError
 from shards.formats import get_format
@@ -35,7 +36,8 @@ class ShardDataset:
         manifest: the validated manifest.
         shape: one sample's [H, W, C].
         dtype: the NumPy dtype of the images handed out.
-        classes: the class names labels index into.
+        targets: the run's targets (kinds, classes); labels are handed out in their kind's form.
+        classes: the class names of the first class or multi-label target.
     """
 
     def __init__(
@@ -59,7 +61,9 @@ class ShardDataset:
             self.manifest = load_manifest(dest)
         self.shape = self.manifest.shape
         self.dtype = numpy_dtype(self.manifest.dtype)
-        self.classes = self.manifest.classes
+        self.targets = self.manifest.targets
+        self.classes = self.targets.classes
+        self._columns: dict[str, Any] = {}
         self._format = get_format(self.manifest.format)
         self._offsets = np.cumsum([0] + [s.count for s in self.manifest.shards])
         self._readers: dict[int, ShardReader] = {}
@@ -104,7 +108,7 @@ class ShardDataset:
                 self._files = RunFiles(folder, self.manifest.shards)
             handles = self._files.open(shard, info)
             try:
-                reader = self._format.open_reader(handles, info, self.shape, self.manifest.dtype)
+                reader = self._format.open_reader(handles, info, self.shape, self.manifest.dtype, self.targets)
             finally:
                 for handle in handles.values():
                     handle.close()  # a memory map keeps its own reference to the file
@@ -132,11 +136,35 @@ class ShardDataset:
         stored = positions if self._subset is None else self._subset[positions]
         return np.searchsorted(self._offsets, stored, side="right") - 1
 
-    def labels(self) -> np.ndarray:
-        """Every sample's label in dataset order, from index.parquet: no image is read."""
-        column = self._place.read_table(INDEX, ["label"]).column("label")
-        labels = column.to_numpy().astype(np.int32)
-        return labels if self._subset is None else labels[self._subset]
+    def labels(self) -> np.ndarray | dict[str, np.ndarray]:
+        """Every sample's targets in dataset order, as batches hand them out, from index.parquet:
+        no image is read."""
+        stored = self.targets.from_index(self._place.read_table(INDEX, ["label"]).column("label"))
+        return self.targets.output(stored if self._subset is None else stored[self._subset])
+
+    def columns(self, names: list[str] | tuple[str, ...], positions: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Extra columns (`--columns`, or `source`) of the samples at `positions` (default: all),
+        from index.parquet; read once and kept, as Arrow, for later calls.
+
+        Raises:
+            ConfigError: a column the run did not carry.
+        """
+        wanted = [name for name in names if name not in self._columns]
+        if wanted:
+            carried = self.manifest.config.extra_columns
+            missing = [name for name in wanted if name not in carried and name != "source"]
+            if missing:
+                raise ConfigError(
+                    f"{self.dest}: no column {missing[0]!r} in index.parquet (carried: {', '.join(carried) or 'none'}; "
+                    "preprocess with --columns to carry more)"
+                )
+            table = self._place.read_table(INDEX, wanted)
+            self._columns.update({name: table.column(name).combine_chunks() for name in wanted})
+        if positions is None:
+            positions = np.arange(len(self))
+        stored = positions if self._subset is None else self._subset[positions]
+        taken = pa.array(np.asarray(stored, np.int64))
+        return {name: self._columns[name].take(taken).to_numpy(zero_copy_only=False) for name in names}
 
     def split(self, fraction: float, seed: int = 0) -> tuple[ShardDataset, ShardDataset]:
         """(train, validation): a deterministic, disjoint split at read time.
@@ -163,7 +191,7 @@ class ShardDataset:
         view._subset = positions if self._subset is None else self._subset[positions]
         return view
 
-    def read(self, indices: np.ndarray, *, pool: BufferPool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, indices: np.ndarray, *, pool: BufferPool | None = None) -> tuple[np.ndarray, Any]:
         """The samples at `indices` (positions in this dataset), returned in ascending order.
 
         Samples of one shard are copied in one pass in storage order, which is what makes a
@@ -174,7 +202,9 @@ class ShardDataset:
             pool: reusable batch buffers (what `BatchStream` passes); default: a new array.
 
         Returns:
-            (images [N, H, W, 3] in `self.dtype`, labels [N] int32), sorted by position.
+            (images [N, H, W, 3] in `self.dtype`, labels in the targets' form: int32 [N] class
+            indices, float32 [N, classes] multi-hot, float32 [N] or [N, K] regression values, or
+            a dict of these by target name), sorted by position.
 
         Raises:
             IndexError: a position outside the dataset.
@@ -187,7 +217,7 @@ class ShardDataset:
             indices = self._subset[indices]
         shape = (len(indices), *self.shape)
         images = pool.take(shape, self.dtype) if pool is not None else aligned_empty(shape, self.dtype)
-        labels = np.empty(len(indices), np.int32)
+        labels = self.targets.empty(len(indices))
         shard_of = np.searchsorted(self._offsets, indices, side="right") - 1
         bounds = np.flatnonzero(np.diff(shard_of)) + 1
         groups = list(zip(np.r_[0, bounds].tolist(), np.r_[bounds, len(indices)].tolist()))
@@ -197,7 +227,7 @@ class ShardDataset:
             shard = int(shard_of[begin])
             rows = indices[begin:end] - self._offsets[shard]
             self._reader(shard).read(rows, images[begin:end], labels[begin:end])
-        return images, labels
+        return images, self.targets.output(labels)
 
     def batches(
         self,
@@ -212,6 +242,7 @@ class ShardDataset:
         start: int = 0,
         prefetch: int = 2,
         return_indices: bool = False,
+        columns: list[str] | tuple[str, ...] = (),
     ) -> BatchStream:
         """Stream (images, labels) batches of this rank's slice of the epoch.
 
@@ -225,7 +256,9 @@ class ShardDataset:
             start: the position in the epoch's global order to resume from (see `BatchStream.state`).
             prefetch: batches gathered ahead on a background thread.
             return_indices: also yield each batch's positions in this dataset (the rows of
-                index.parquet for a whole dataset), as a third array.
+                index.parquet for a whole dataset), as the last item.
+            columns: extra columns (`--columns`) to yield beside the images, as a third item:
+                a dict of arrays by column name, aligned with the batch.
 
         Raises:
             ConfigError: (a ValueError) a batch size below 1, a rank outside [0, world_size),
@@ -234,14 +267,23 @@ class ShardDataset:
         spec = self.read_spec(
             batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last
         )
-        return self.stream(spec, epoch=epoch, start=start, prefetch=prefetch, return_indices=return_indices)
+        return self.stream(
+            spec, epoch=epoch, start=start, prefetch=prefetch, return_indices=return_indices, columns=columns
+        )
 
     def read_spec(self, batch_size: int, **fields: Any) -> ReadSpec:
         """A `ReadSpec` for this dataset: `fields` as for `batches()`, with its shuffle window."""
         return ReadSpec(batch_size, shuffle_window=self.shuffle_window, **fields)
 
     def stream(
-        self, spec: ReadSpec, *, epoch: int = 0, start: int = 0, prefetch: int = 2, return_indices: bool = False
+        self,
+        spec: ReadSpec,
+        *,
+        epoch: int = 0,
+        start: int = 0,
+        prefetch: int = 2,
+        return_indices: bool = False,
+        columns: list[str] | tuple[str, ...] = (),
     ) -> BatchStream:
         """Stream epoch `epoch` as `spec` orders and slices it, from position `start`.
 
@@ -249,12 +291,21 @@ class ShardDataset:
             ConfigError: `start` outside the epoch, or a negative `prefetch`.
         """
         check_start(len(self), start)
+        if columns:
+            self.columns(columns, np.empty(0, np.int64))  # refuses unknown columns now, not mid-epoch
         if prefetch < 0:
             raise ConfigError(f"prefetch must be >= 0, got {prefetch}")
         order = self.epoch_order(spec, epoch)
         self.schedule(order[start:])
         return BatchStream(
-            self, spec, order, epoch=epoch, start=start, prefetch=prefetch, return_indices=return_indices
+            self,
+            spec,
+            order,
+            epoch=epoch,
+            start=start,
+            prefetch=prefetch,
+            return_indices=return_indices,
+            columns=tuple(columns),
         )
 
     def resume(

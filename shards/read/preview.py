@@ -12,6 +12,7 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from shards.layout.targets import describe
 from shards.read.dataset import ShardDataset
 
 CAPTION_HEIGHT = 14
@@ -31,12 +32,13 @@ class ContactSheet:
 def choose_samples(dataset: ShardDataset, count: int, *, per_class: bool = False, seed: int = 0) -> list[int]:
     """`count` random sample positions, or up to `count` of each class with `per_class`."""
     rng = np.random.default_rng(seed)
-    if not per_class or not dataset.classes:
+    target = dataset.targets.items[0]
+    if not per_class or not dataset.classes or dataset.targets.multi or target.kind == "regression":
         return sorted(rng.choice(len(dataset), size=min(count, len(dataset)), replace=False).tolist())
     labels = dataset.labels()
     chosen: list[int] = []
     for label in range(len(dataset.classes)):
-        members = np.flatnonzero(labels == label)
+        members = np.flatnonzero(labels == label if target.kind == "class" else labels[:, label] > 0)  # type: ignore[index]
         chosen += sorted(rng.choice(members, size=min(count, len(members)), replace=False).tolist())
     return chosen
 
@@ -49,7 +51,8 @@ def to_display(images: np.ndarray) -> np.ndarray:
 
 
 def render_contact_sheet(dataset: ShardDataset, indices: list[int], *, columns: int | None = None) -> ContactSheet:
-    """Draw the samples at `indices` in a grid, row by row, each captioned with its class."""
+    """Draw the samples at `indices` in a grid, row by row, each captioned with its targets
+    (class names, a multi-label sample's classes joined by +, regression values)."""
     height, width, _ = dataset.shape
     columns = columns or max(1, math.ceil(math.sqrt(len(indices))))
     rows = max(1, math.ceil(len(indices) / columns))
@@ -66,8 +69,8 @@ def render_contact_sheet(dataset: ShardDataset, indices: list[int], *, columns: 
             k = start + offset
             x, y = GAP + (k % columns) * cell_w, GAP + (k // columns) * cell_h
             sheet.paste(Image.fromarray(images[row]), (x, y))
-            label = int(labels[row])
-            caption = dataset.classes[label] if 0 <= label < len(dataset.classes) else "(unlabeled)"
+            value = {name: part[row] for name, part in labels.items()} if isinstance(labels, dict) else labels[row]
+            caption = describe(dataset.targets, value)
             draw.text((x + 1, y + height + 1), caption[: max(1, width // 6)], fill=(230, 230, 230), font=font)
             origins.append((x, y))
     return ContactSheet(sheet, list(indices), origins)

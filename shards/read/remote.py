@@ -4,7 +4,7 @@ When a trainer's node cannot read DEST (the shards sit on another node's local d
 generator task pinned to the node that holds them reads batches there and yields them one
 object at a time. Ray's generator back-pressure bounds the objects in flight, so memory stays
 at a few batches on both sides. `RemoteShardDataset` has the parts of `ShardDataset` that
-training uses (`len`, `shape`, `dtype`, `classes`, `split`, `batches`, `to_tf`), so the trainer
+training uses (`len`, `shape`, `dtype`, `classes`, `targets`, `split`, `batches`, `to_tf`), so the trainer
 consumes either through the same generator interface.
 """
 
@@ -32,7 +32,7 @@ def _open(dest: str, split: tuple[float, int, int] | None) -> Any:
 
 def _describe(dest: str, split: tuple[float, int, int] | None) -> dict[str, Any]:
     dataset = _open(dest, split)
-    return {"count": len(dataset), "shape": dataset.shape, "dtype": dataset.manifest.dtype, "classes": dataset.classes}
+    return {"count": len(dataset), "shape": dataset.shape, "dtype": dataset.manifest.dtype, "targets": dataset.targets}
 
 
 def _stream(
@@ -65,7 +65,8 @@ class RemoteShardDataset:
         self._count = info["count"]
         self.shape = tuple(info["shape"])
         self.dtype = numpy_dtype(info["dtype"])
-        self.classes = info["classes"]
+        self.targets = info["targets"]
+        self.classes = self.targets.classes
 
     def _pinned(self) -> Any:
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy

@@ -39,8 +39,9 @@ def aligned_empty(shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
     return raw[start : start + size].view(dtype).reshape(shape)
 
 
-class BatchStream(Iterator[tuple[np.ndarray, ...]]):
-    """An iterator of (images, labels) batches with a bounded background prefetch and a
+class BatchStream(Iterator[tuple[Any, ...]]):
+    """An iterator of (images, labels) batches (then the extra columns and positions asked for)
+    with a bounded background prefetch and a
     resumable state. Made by `ShardDataset.batches()`, `.stream()` or `.resume()`."""
 
     def __init__(
@@ -53,9 +54,10 @@ class BatchStream(Iterator[tuple[np.ndarray, ...]]):
         start: int,
         prefetch: int,
         return_indices: bool = False,
+        columns: tuple[str, ...] = (),
     ) -> None:
         self._dataset, self.spec, self.epoch, self._start = dataset, spec, epoch, start
-        self._return_indices = return_indices
+        self._return_indices, self._columns = return_indices, columns
         self._length = batch_count(len(dataset), spec, start=start)
         self._consumed = 0
         self._plan = rank_batches(order, spec, start=start)
@@ -71,7 +73,7 @@ class BatchStream(Iterator[tuple[np.ndarray, ...]]):
     def __iter__(self) -> BatchStream:
         return self
 
-    def __next__(self) -> tuple[np.ndarray, ...]:
+    def __next__(self) -> tuple[Any, ...]:
         if self._prefetch == 0:
             indices = next(self._plan, None)
             item: Any = _DONE if indices is None else _gather(self._dataset, indices, self._pool)
@@ -91,7 +93,11 @@ class BatchStream(Iterator[tuple[np.ndarray, ...]]):
             self.close()
             raise item
         self._consumed += 1
-        return item if self._return_indices else item[:2]
+        images, labels, indices = item
+        batch: tuple[Any, ...] = (images, labels)
+        if self._columns:
+            batch += (self._dataset.columns(self._columns, indices),)
+        return batch + (indices,) if self._return_indices else batch
 
     def read_state(self) -> ReadState:
         """Where this stream stands, as a typed value (see `ShardDataset.resume`)."""
@@ -134,7 +140,7 @@ def _produce(
         _put(out, stop, exc)
 
 
-def _gather(dataset: ShardDataset, indices: np.ndarray, pool: BufferPool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _gather(dataset: ShardDataset, indices: np.ndarray, pool: BufferPool) -> tuple[np.ndarray, Any, np.ndarray]:
     indices = np.sort(indices)
     images, labels = dataset.read(indices, pool=pool)
     return images, labels, indices

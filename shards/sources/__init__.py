@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import pyarrow as pa
 
@@ -23,7 +23,8 @@ from shards.errors import SourceError
 from shards.io import storage
 from shards.sources import arrays, folder, manifest, parquet, tar
 from shards.sources.folder import IMAGE_EXTENSIONS, is_image_name
-from shards.sources.listing import UNLABELED, Input, Listing, ShardInputs
+from shards.sources.listing import Input, Listing, ShardInputs
+from shards.sources.targets import UNLABELED
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -86,7 +87,8 @@ def list_sources(
     src: Any,
     *,
     image_column: str | None = None,
-    label_column: str | None = None,
+    label_columns: Sequence[str] = ("label",),
+    extra_columns: Sequence[str] = (),
     exclude: str | None = None,
     mapper: Mapper | None = None,
 ) -> Listing:
@@ -95,7 +97,8 @@ def list_sources(
     Args:
         src: a path or URI, or NumPy arrays (`x` or `(x, y)`).
         image_column: a Parquet/CSV column of image bytes or paths (default `image`, else `path`).
-        label_column: the column of labels (default `label`).
+        label_columns: the target columns (folders: the class folders; arrays: `y`).
+        extra_columns: other columns to carry into index.parquet (tables and tar `.json`).
         exclude: a folder never to list (DEST, when it lies inside SRC).
         mapper: runs the archive indexing in parallel (Ray tasks); threads when None.
 
@@ -103,36 +106,51 @@ def list_sources(
         SourceError: SRC cannot be listed, or holds no inputs.
     """
     check_source(src)
-    label_column = label_column or "label"
+    columns = _Columns(image_column, tuple(label_columns), tuple(extra_columns))
     if arrays.is_arrays(src):
         listing = arrays.list_arrays(src)
     else:
         listing_errors: tuple[type[BaseException], ...] = (OSError, *_boto_errors())
         try:
-            listing = _list_path(src.removeprefix("file://"), image_column, label_column, exclude, mapper)
+            listing = _list_path(src.removeprefix("file://"), columns, exclude, mapper)
         except listing_errors as exc:
             raise SourceError(f"{src}: cannot list ({str(exc).splitlines()[0]})") from exc
     if len(listing) == 0:
         raise SourceError(
             f"{describe_source(src)}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
         )
+    if columns.extras and listing.columns is None:
+        raise SourceError(f"{describe_source(src)}: --columns needs a CSV/Parquet list, Parquet or tar SRC")
+    if columns.labels != ("label",) and not _names_targets(listing, columns.labels):
+        raise SourceError(
+            f"{describe_source(src)}: no label column {','.join(columns.labels)!r} (class folders and arrays "
+            "name their own labels; --label-column is for CSV/Parquet lists, Parquet and tar)"
+        )
     return listing
 
 
-def _list_path(
-    src: str, image_column: str | None, label_column: str, exclude: str | None, mapper: Mapper | None
-) -> Listing:
+class _Columns(NamedTuple):
+    image: str | None
+    labels: tuple[str, ...]
+    extras: tuple[str, ...]
+
+
+def _names_targets(listing: Listing, names: tuple[str, ...]) -> bool:
+    return tuple(column.target.name for column in listing.targets.columns) == names
+
+
+def _list_path(src: str, columns: _Columns, exclude: str | None, mapper: Mapper | None) -> Listing:
     kind = _string_kind(src)
     if kind == "tar":
         archives = tar.archives_in(src)
         if not archives:
             raise SourceError(f"{src}: no .tar archives found")
-        return tar.list_tar(archives, mapper)
+        return tar.list_tar(archives, mapper, columns.labels, columns.extras)
     if kind == "parquet-folder":
         files = folder.files_under(src, parquet.PARQUET_EXTENSIONS)
-        return parquet.list_parquet(files, image_column or "image", label_column)
+        return parquet.list_parquet(files, columns.image or "image", columns.labels, columns.extras)
     if kind in ("csv", "parquet"):
-        return _list_table(src, image_column, label_column)
+        return _list_table(src, columns)
     if storage.is_remote(src):
         found = storage.info(src)
         if found.type != storage.pafs.FileType.Directory:
@@ -141,17 +159,22 @@ def _list_path(
     return folder.list_folder(src, exclude)
 
 
-def _list_table(path: str, image_column: str | None, label_column: str) -> Listing:
+def _list_table(path: str, columns: _Columns) -> Listing:
     """A CSV/Parquet file: image bytes (Parquet) or a list of paths."""
     filesystem, local = storage.resolve(path) if storage.is_remote(path) else (None, path)
     if _file_kind(path) == "parquet":
         schema = _parquet_schema(local, filesystem, path)
-        column = image_column or ("image" if "image" in schema.names else "path")
+        column = columns.image or ("image" if "image" in schema.names else "path")
         if column in schema.names and parquet.holds_image_bytes(schema.field(column).type):
-            return parquet.list_parquet([path], column, label_column)
+            return parquet.list_parquet([path], column, columns.labels, columns.extras)
     base = path.rsplit("/", 1)[0] if storage.is_remote(path) else None
     return manifest.list_manifest(
-        local, path_column=image_column or "path", label_column=label_column, filesystem=filesystem, base=base
+        local,
+        path_column=columns.image or "path",
+        label_columns=columns.labels,
+        extra_columns=columns.extras,
+        filesystem=filesystem,
+        base=base,
     )
 
 

@@ -2,7 +2,9 @@
 
 `x` is one array [N, H, W, C] (or [N, H, W] greyscale) or a list of arrays of varied sizes;
 uint8 is taken as it is, floats as 0..255 (Keras' `img_to_array`) or, when the whole of `x` lies
-within 0..1, as 0..1. `y` holds integer labels or class names, or is None. Shards take
+within 0..1, as 0..1. `y` is None, or the targets as Keras' `fit(x, y)` takes them: integer
+labels or class names [N] (class), a multi-hot [N, K] of 0s and 1s (multi-label, classes
+"0".."K-1"), floats [N] or [N, K] (regression), or a dict of these (several targets). Shards take
 consecutive samples, so each task is handed just its own slice: it travels in the task's
 arguments through Ray's object store, only while that task is in flight, never all at once.
 """
@@ -19,7 +21,8 @@ import pyarrow.compute as pc
 import xxhash
 
 from shards.errors import DecodeError, SourceError
-from shards.sources.listing import Input, Listing, labels_from_column, unlabeled
+from shards.sources.listing import Input, Listing
+from shards.sources.targets import ListingTargets, TargetColumn, targets_from_columns, typed_values
 
 _DIGEST_BLOCK = 64 * 2**20
 
@@ -72,12 +75,45 @@ def list_arrays(src: Any) -> Listing:
     )
     identity = _digest(images)
     if y is None:
-        return Listing(sources, unlabeled(count), [], kind=kind, keeps_order=True, identity=identity)
-    labels = pa.array(np.asarray(y).tolist() if isinstance(y, np.ndarray) else list(y))
-    if len(labels) != count:
-        raise SourceError(f"{where}: {count} images but {len(labels)} labels")
-    label_values, classes = labels_from_column(where, labels, "y")
-    return Listing(sources, label_values, classes, kind=kind, keeps_order=True, identity=identity)
+        return Listing(sources, ListingTargets.unlabeled(count), kind=kind, keeps_order=True, identity=identity)
+    named = [(str(k), v) for k, v in y.items()] if isinstance(y, dict) else [("label", y)]
+    columns = [(name, _target_column(where, values, name)) for name, values in named]
+    for name, column in columns:
+        if len(column) != count:
+            raise SourceError(f"{where}: {count} images but {len(column)} values of {name!r}")
+    targets, missing = targets_from_columns(where, columns)
+    targets = _full_width(targets, dict(named))
+    return Listing(sources, targets, kind=kind, problems=missing, keeps_order=True, identity=identity)
+
+
+def _full_width(targets: ListingTargets, given: dict[Any, Any]) -> ListingTargets:
+    """A multi-hot [N, K] has K classes even where its last columns are never set."""
+    columns = []
+    for column in targets.columns:
+        y, target = given[column.target.name], column.target
+        if target.kind == "multilabel" and isinstance(y, np.ndarray) and y.ndim == 2 and y.shape[1] > target.width:
+            classes = tuple(str(i) for i in range(y.shape[1]))
+            column = TargetColumn(dataclasses.replace(target, classes=classes, width=len(classes)), column.values)
+        columns.append(column)
+    return ListingTargets(tuple(columns))
+
+
+def _target_column(where: str, y: Any, name: str) -> pa.Array:
+    """`y` as an Arrow column whose type says its kind: a 2-D array of 0s and 1s is multi-hot
+    (lists of class numbers), a 2-D float array a regression list."""
+    if not isinstance(y, np.ndarray):
+        return typed_values(where, list(y), name)
+    if y.ndim == 1:
+        return pa.array(y)
+    if y.ndim != 2:
+        raise SourceError(f"{where}: {name!r} must be [N] or [N, K], got shape {list(y.shape)}")
+    if np.issubdtype(y.dtype, np.floating):
+        return pa.FixedSizeListArray.from_arrays(pa.array(y.astype(np.float32).reshape(-1)), y.shape[1])
+    if (y.dtype == bool or np.issubdtype(y.dtype, np.integer)) and np.isin(y, (0, 1)).all():
+        rows, classes = np.nonzero(y)
+        offsets = np.r_[0, np.cumsum(np.bincount(rows, minlength=len(y)))].astype(np.int64)
+        return pa.LargeListArray.from_arrays(pa.array(offsets), pa.array(classes.astype(np.int64)))
+    raise SourceError(f"{where}: a 2-D {name!r} must be multi-hot (0s and 1s) or floats, got {y.dtype}")
 
 
 def _check_image(where: str, image: Any) -> None:

@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 
 from shards.errors import SourceError
 from shards.io import storage
-from shards.sources.listing import UNLABELED, Listing, display_name, strings, unlabeled
+from shards.sources.listing import Listing, display_name, strings
+from shards.sources.targets import UNLABELED, ListingTargets
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 NOT_UTF8 = "file name is not valid UTF-8"
@@ -60,7 +61,7 @@ def list_folder(folder: str, exclude: str | None = None) -> Listing:
     top_images = [entry for entry, is_dir in visible if not is_dir and is_image_name(entry.name)]
     if not class_dirs:
         names, problems = _collect(e.path for e in top_images)
-        return Listing(names, unlabeled(len(names)), [], problems=problems)
+        return Listing(names, ListingTargets.unlabeled(len(names)), problems=problems)
     if top_images:
         raise mixed_layout(folder, [display_name(e.name) for e in top_images])
     names_parts, problem_parts, labels = [], [], []
@@ -73,7 +74,9 @@ def list_folder(folder: str, exclude: str | None = None) -> Listing:
     problems = pa.chunked_array(problem_parts, pa.large_string()).combine_chunks()
     classes = [display_name(e.name) for e in class_dirs]
     return Listing(
-        names, np.concatenate(labels), classes, problems=problems if problems.null_count < len(problems) else None
+        names,
+        ListingTargets.classes(np.concatenate(labels), classes),
+        problems=problems if problems.null_count < len(problems) else None,
     )
 
 
@@ -173,7 +176,7 @@ def list_prefix(src: str) -> Listing:
     table = table.sort_by([("class", "ascending"), ("uri", "ascending")])
     labels = pc.index_in(table.column("class"), value_set=pa.array(classes, pa.string()))
     labels = labels.fill_null(UNLABELED).to_numpy().astype(np.int32)
-    return Listing(table.column("uri"), labels, classes)
+    return Listing(table.column("uri"), ListingTargets.classes(labels, classes))
 
 
 def _listed_pages(src: str) -> tuple[list[pa.Array], list[pa.Array]]:

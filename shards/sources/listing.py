@@ -1,7 +1,8 @@
 """What every kind of SRC lists into: a `Listing`, and the `ShardInputs` a shard task reads.
 
 A listing holds one row per input in a deterministic order: the name shown for it (a path, a
-URI, `archive.tar#member`, `file.parquet#row`), its label, and, where listing already found it
+URI, `archive.tar#member`, `file.parquet#row`), its targets, the extra columns asked for with
+`--columns`, and, where listing already found it
 unusable (a tar member with an unsafe name, a file name that is not UTF-8), the reason. How the
 bytes are read is the business of the listing's `InputKind`, which hands each shard task just
 the part it needs: paths, byte ranges, Parquet rows or a chunk of arrays.
@@ -16,11 +17,9 @@ from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from shards.errors import DecodeError, SourceError
-
-UNLABELED = -1
+from shards.errors import DecodeError
+from shards.sources.targets import ListingTargets
 
 Input = bytes | np.ndarray | DecodeError
 """One input as a task receives it: encoded bytes, pixels (arrays in memory), or why not."""
@@ -54,32 +53,42 @@ class Listing:
     Attributes:
         sources: each input's name (Arrow strings, possibly chunked: a manifest's column is kept
             as read, never copied into one block); index.parquet and rejects.jsonl show it.
-        labels: an int32 label per input, an index into `classes`, or -1 where unlabeled.
-        classes: the class names.
+        targets: each input's targets (class, multi-label or regression; one or several).
         kind: reads the inputs; None for paths and URIs read whole (`sources` are the paths).
         problems: why an input cannot be used, found while listing (null where none), or None.
         keeps_order: shards take consecutive inputs rather than a permutation, so each task
             reads a contiguous part of a container (tar archive, Parquet file, array).
         identity: digests content that `sources` does not name (arrays in memory).
+        columns: the extra columns carried into index.parquet (`--columns`), or None.
     """
 
     sources: pa.Array | pa.ChunkedArray
-    labels: np.ndarray
-    classes: list[str]
+    targets: ListingTargets
     kind: InputKind | None = None
     problems: pa.Array | pa.ChunkedArray | None = None
     keeps_order: bool = False
     identity: str = ""
+    columns: pa.Table | None = None
 
     def __len__(self) -> int:
         return len(self.sources)
 
+    @property
+    def classes(self) -> list[str]:
+        """The class names of the first class or multi-label target."""
+        return self.targets.targets.classes
+
+    @property
+    def labels(self) -> np.ndarray:
+        """The first target's values (class indices for a class target)."""
+        return np.asarray(self.targets.columns[0].values)
+
     def fingerprint(self) -> str:
-        """A digest of the sources, labels and classes: cheap for millions of rows, and the same
-        whatever the Arrow chunking (string lengths and bytes are digested separately)."""
+        """A digest of the sources and targets: cheap for millions of rows, and the same
+        whatever the Arrow chunking (string lengths and bytes are digested separately). Extra
+        columns are left out: they shape no shard and are written at the commit."""
         digest = hashlib.sha256(_strings_digest(self.sources))
-        digest.update(np.ascontiguousarray(self.labels, "<i4").tobytes())
-        digest.update("\0".join(self.classes).encode())
+        digest.update(self.targets.digest())
         if self.problems is not None:
             digest.update(_strings_digest(self.problems.fill_null("")))
         if self.keeps_order or self.identity:
@@ -127,40 +136,6 @@ def any_remote(paths: Sequence[str]) -> bool:
     return any(storage.is_remote(path) for path in paths)
 
 
-def unlabeled(count: int) -> np.ndarray:
-    """Labels for `count` inputs without one."""
-    return np.full(count, UNLABELED, np.int32)
-
-
-def labels_from_column(
-    where: str, column: pa.Array | pa.ChunkedArray, name: str = "label"
-) -> tuple[np.ndarray, list[str]]:
-    """Integer labels are kept (classes "0".."K-1"); string labels are sorted into classes.
-
-    Raises:
-        SourceError: the column holds neither, or integers out of range.
-    """
-    if isinstance(column, pa.ChunkedArray):
-        column = column.combine_chunks()
-    if pa.types.is_null(column.type):
-        return unlabeled(len(column)), []
-    if pa.types.is_integer(column.type):
-        labels = column.fill_null(UNLABELED).to_numpy().astype(np.int64)
-        if (labels < UNLABELED).any():
-            raise SourceError(f"{where}: integer labels must be >= 0 (or -1 for none), found {labels.min()}")
-        if labels.max(initial=UNLABELED) >= 2**31:
-            raise SourceError(f"{where}: integer label {labels.max()} is too large")
-        count = int(labels.max(initial=UNLABELED)) + 1
-        return labels.astype(np.int32), [str(i) for i in range(count)]
-    if pa.types.is_string(column.type) or pa.types.is_large_string(column.type):
-        column = pc.utf8_trim_whitespace(column)
-        present = pc.and_(pc.is_valid(column), pc.not_equal(column, ""))
-        classes = sorted(pc.unique(pc.filter(column, present)).to_pylist())
-        index = pc.index_in(column, value_set=pa.array(classes, column.type))
-        return index.fill_null(UNLABELED).to_numpy(zero_copy_only=False).astype(np.int32), classes
-    raise SourceError(f"{where}: {name!r} must hold integers or class names, found {column.type}")
-
-
 def display_name(raw: str | bytes) -> str:
     """A name that Arrow and JSON can hold: bytes or surrogate-escaped text that is not UTF-8
     shows its odd bytes as \\xNN escapes."""
@@ -171,3 +146,16 @@ def display_name(raw: str | bytes) -> str:
 def strings(values: Sequence[str | None]) -> pa.Array:
     """Arrow large strings (the listing's type for names and problems)."""
     return pa.array(values, pa.large_string())
+
+
+def with_problems(problems: pa.Array | pa.ChunkedArray | None, more: pa.Array | None) -> pa.Array | None:
+    """Two columns of reasons against inputs as one (the first reason wins); None when empty."""
+    if more is None:
+        return problems
+    if problems is None:
+        return more
+    import pyarrow.compute as pc
+
+    if isinstance(problems, pa.ChunkedArray):
+        problems = problems.combine_chunks()
+    return pc.coalesce(problems.cast(pa.large_string()), more)

@@ -1,5 +1,5 @@
 """CSV or Parquet lists of image paths: a path column (relative paths are taken from the list's
-own folder or prefix) and an optional label column."""
+own folder or prefix), optional label columns and extra columns (`--columns`)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards.errors import SourceError
-from shards.sources.listing import Listing, labels_from_column, unlabeled
+from shards.sources.listing import Listing
+from shards.sources.targets import ListingTargets, targets_from_columns
 
 MANIFEST_EXTENSIONS = (".csv", ".parquet", ".pq")
 
 
 def read_table(path: str, columns: tuple[str, ...], filesystem: Any = None) -> pa.Table:
-    """The wanted columns of a CSV or Parquet list (those it has)."""
+    """The wanted columns of a CSV or Parquet list (those it has; the first is read as text)."""
     try:
         if path.lower().endswith(".csv"):
             import pyarrow.csv as pacsv
@@ -37,12 +38,17 @@ def list_manifest(
     path: str,
     *,
     path_column: str = "path",
-    label_column: str = "label",
+    label_columns: tuple[str, ...] = ("label",),
+    extra_columns: tuple[str, ...] = (),
     filesystem: Any = None,
     base: str | None = None,
 ) -> Listing:
-    """List a CSV/Parquet manifest of paths; `base` is the folder relative paths start from."""
-    table = read_table(path, (path_column, label_column), filesystem)
+    """List a CSV/Parquet manifest of paths; `base` is the folder relative paths start from.
+
+    Raises:
+        SourceError: no path column, an extra column it does not have, or bad targets.
+    """
+    table = read_table(path, (path_column, *label_columns, *extra_columns), filesystem)
     if path_column not in table.column_names:
         raise SourceError(f"{path}: manifest needs a {path_column!r} column, found {table.column_names}")
     column = table.column(path_column)
@@ -59,7 +65,15 @@ def list_manifest(
         )
         sources = pc.if_else(is_relative, joined, sources)
     del is_relative
-    if label_column not in table.column_names:
-        return Listing(sources, unlabeled(len(sources)), [])
-    labels, classes = labels_from_column(path, table.column(label_column), label_column)
-    return Listing(sources, labels, classes)
+    missing = [name for name in extra_columns if name not in table.column_names]
+    if missing:
+        raise SourceError(f"{path}: no column {missing[0]!r} (--columns); it has {table.column_names}")
+    columns = table.select(list(extra_columns)) if extra_columns else None
+    present = [name for name in label_columns if name in table.column_names]
+    if not present:
+        return Listing(sources, ListingTargets.unlabeled(len(sources)), columns=columns)
+    if len(present) < len(label_columns):
+        absent = next(name for name in label_columns if name not in present)
+        raise SourceError(f"{path}: no label column {absent!r}; it has {table.column_names}")
+    targets, missing_values = targets_from_columns(path, [(name, table.column(name)) for name in label_columns])
+    return Listing(sources, targets, problems=missing_values, columns=columns)

@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 from shards.errors import DecodeError, SourceError
 from shards.io import storage
 from shards.sources.files import too_large
-from shards.sources.listing import Input, Listing, any_remote, containers_of, labels_from_column, unlabeled
+from shards.sources.listing import Input, Listing, any_remote, containers_of
+from shards.sources.targets import ListingTargets, targets_from_columns
 
 PARQUET_EXTENSIONS = (".parquet", ".pq")
 BATCH_ROWS = 64  # rows decoded from the image column at a time
@@ -43,9 +44,17 @@ def open_parquet(path: str) -> Any:
     return pq.ParquetFile(path)
 
 
-def list_parquet(files: Sequence[str], image_column: str, label_column: str) -> Listing:
-    """List the rows of Parquet files with image bytes in `image_column`, in file then row order."""
-    names, file_index, rows, labels, unlabeled_files = [], [], [], [], []
+def list_parquet(
+    files: Sequence[str],
+    image_column: str,
+    label_columns: Sequence[str] = ("label",),
+    extra_columns: Sequence[str] = (),
+) -> Listing:
+    """List the rows of Parquet files with image bytes in `image_column`, in file then row order.
+
+    Listing reads the footers, the label columns and the extra columns, never the images.
+    """
+    names, file_index, rows, tables, unlabeled_files = [], [], [], [], []
     for index, path in enumerate(files):
         try:
             parquet = open_parquet(path)
@@ -54,10 +63,16 @@ def list_parquet(files: Sequence[str], image_column: str, label_column: str) -> 
             if image_column not in schema.names or not holds_image_bytes(schema.field(image_column).type):
                 found = schema.field(image_column).type if image_column in schema.names else "no such column"
                 raise SourceError(f"{path}: {image_column!r} must hold encoded image bytes, found {found}")
-            if label_column in schema.names:
-                labels.append(parquet.read(columns=[label_column]).column(label_column))
-            else:
+            missing = [name for name in extra_columns if name not in schema.names]
+            if missing:
+                raise SourceError(f"{path}: no column {missing[0]!r} (--columns); it has {schema.names}")
+            present = [name for name in label_columns if name in schema.names]
+            if present and len(present) < len(label_columns):
+                absent = next(name for name in label_columns if name not in present)
+                raise SourceError(f"{path}: no label column {absent!r}; it has {schema.names}")
+            if not present:
                 unlabeled_files.append(path)
+            tables.append(parquet.read(columns=[*present, *extra_columns]))
         except (pa.ArrowInvalid, OSError) as exc:
             raise SourceError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from exc
         row_numbers = np.arange(count, dtype=np.int64)
@@ -72,16 +87,17 @@ def list_parquet(files: Sequence[str], image_column: str, label_column: str) -> 
         rows.append(row_numbers)
     sources = pa.chunked_array(names, pa.large_string())
     kind = ParquetKind(list(files), np.concatenate(file_index), np.concatenate(rows), image_column)
-    if labels and unlabeled_files:
-        raise SourceError(f"{unlabeled_files[0]}: no {label_column!r} column, unlike other files of SRC")
-    if not labels:
-        return Listing(sources, unlabeled(len(sources)), [], kind=kind, keeps_order=True)
+    if unlabeled_files and len(unlabeled_files) < len(files):
+        raise SourceError(f"{unlabeled_files[0]}: no {label_columns[0]!r} column, unlike other files of SRC")
     try:
-        column = pa.chunked_array(labels)
+        table = pa.concat_tables(tables)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise SourceError(f"{files[0]}: {label_column!r} differs in type between files ({exc})") from exc
-    label_values, classes = labels_from_column(files[0], column, label_column)
-    return Listing(sources, label_values, classes, kind=kind, keeps_order=True)
+        raise SourceError(f"{files[0]}: a label or extra column differs in type between files ({exc})") from exc
+    extras = table.select(list(extra_columns)) if extra_columns else None
+    if unlabeled_files:
+        return Listing(sources, ListingTargets.unlabeled(len(sources)), kind=kind, keeps_order=True, columns=extras)
+    targets, unusable = targets_from_columns(files[0], [(name, table.column(name)) for name in label_columns])
+    return Listing(sources, targets, kind=kind, problems=unusable, keeps_order=True, columns=extras)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -2,8 +2,10 @@
 grouped by key. How LAION, DataComp, img2dataset output and ImageNet's own archives ship.
 
 Each archive is indexed in one sequential pass (a Ray task per archive when Ray is up, threads
-otherwise): the byte range of every image member, and the label from `.cls` (an integer) or a
-`.json` member's `label`. Shard tasks then read just the byte ranges of their samples: shards
+otherwise): the byte range of every image member, the label from `.cls` (an integer) or a
+`.json` member's field (`label`, or the `--label-column`s: names, numbers or lists of them), and
+the fields `--columns` asks for (from `.json`, or a member of that suffix such as `.txt`).
+Shard tasks then read just the byte ranges of their samples: shards
 take consecutive samples, so one ranged read covers many members. Member names are never used
 as paths on disk. What the index finds wrong with a member (an unsafe name, a duplicate key, a
 link, data cut off by a truncated archive, no image in a sample) becomes that sample's reject.
@@ -28,7 +30,8 @@ from shards.errors import DecodeError, SourceError
 from shards.io import storage
 from shards.sources.files import too_large
 from shards.sources.folder import IMAGE_EXTENSIONS, files_under
-from shards.sources.listing import Input, Listing, any_remote, containers_of, display_name, labels_from_column
+from shards.sources.listing import Input, Listing, any_remote, containers_of, display_name, with_problems
+from shards.sources.targets import targets_from_columns, typed_values
 
 TAR_EXTENSION = ".tar"
 COMPRESSED_TAR = (".tar.gz", ".tgz", ".tar.bz2", ".tar.xz", ".tar.zst")
@@ -42,7 +45,7 @@ _INDEX_SCHEMA = pa.schema(
         ("offset", pa.int64()),
         ("size", pa.int64()),
         ("label_int", pa.int64()),
-        ("label_str", pa.string()),
+        ("fields", pa.large_string()),
         ("problem", pa.large_string()),
     ]
 )
@@ -69,31 +72,39 @@ def expand_pattern(src: str) -> list[str]:
 
 
 def list_tar(
-    archives: Sequence[str], mapper: Callable[[Callable[[str], pa.Table], Sequence[str]], list[pa.Table]] | None = None
+    archives: Sequence[str],
+    mapper: Callable[[Callable[[Any], pa.Table], Sequence[Any]], list[pa.Table]] | None = None,
+    label_columns: Sequence[str] = ("label",),
+    extra_columns: Sequence[str] = (),
 ) -> Listing:
     """Index every archive (in parallel through `mapper`) and list their samples in order."""
-    tables = (mapper or map_with_threads)(index_archive, archives)
-    sources, archive_index, offsets, sizes, label_ints, label_strs, problems = [], [], [], [], [], [], []
+    fields = tuple(dict.fromkeys([*label_columns, *extra_columns]))
+    tables = (mapper or map_with_threads)(index_archive, [(archive, fields) for archive in archives])
+    sources, archive_index, offsets, sizes, label_ints, found, problems = [], [], [], [], [], [], []
     for index, (archive, table) in enumerate(zip(archives, tables)):
         sources.append(_joined(f"{archive}#", table.column("name")))
         archive_index.append(np.full(table.num_rows, index, np.int32))
         offsets.append(table.column("offset").to_numpy())
         sizes.append(table.column("size").to_numpy())
         label_ints.append(table.column("label_int"))
-        label_strs.append(table.column("label_str"))
+        found.append(table.column("fields"))
         problems.append(table.column("problem"))
     kind = TarKind(list(archives), np.concatenate(archive_index), np.concatenate(offsets), np.concatenate(sizes))
-    labels, classes = _labels(
-        archives[0], pa.chunked_array(label_ints, pa.int64()), pa.chunked_array(label_strs, pa.string())
-    )
-    problem_column = pa.chunked_array(problems, pa.large_string())
+    values = _field_values(archives[0], pa.chunked_array(found, pa.large_string()), fields)
+    classes = pa.chunked_array(label_ints, pa.int64())
+    if list(label_columns) == ["label"] and classes.null_count < len(classes):
+        if values["label"].null_count < len(values["label"]):
+            raise SourceError(f"{archives[0]}: labels mix integers (.cls) and .json labels; use one kind")
+        values["label"] = classes.combine_chunks()
+    targets, missing = targets_from_columns(archives[0], [(name, values[name]) for name in label_columns])
+    problem_column = pa.chunked_array(problems, pa.large_string()).combine_chunks()
     return Listing(
         pa.chunked_array(sources, pa.large_string()),
-        labels,
-        classes,
+        targets,
         kind=kind,
-        problems=problem_column if problem_column.null_count < len(problem_column) else None,
+        problems=with_problems(problem_column if problem_column.null_count < len(problem_column) else None, missing),
         keeps_order=True,
+        columns=pa.table({name: values[name] for name in extra_columns}) if extra_columns else None,
     )
 
 
@@ -104,25 +115,26 @@ def _joined(prefix: str, names: pa.ChunkedArray) -> pa.Array:
     return pc.binary_join_element_wise(pa.scalar(prefix, large), names.combine_chunks(), pa.scalar("", large))
 
 
-def _labels(where: str, ints: pa.ChunkedArray, texts: pa.ChunkedArray) -> tuple[np.ndarray, list[str]]:
-    has_int, has_str = ints.null_count < len(ints), texts.null_count < len(texts)
-    if has_int and has_str:
-        raise SourceError(f"{where}: labels mix integers (.cls) and class names (.json); use one kind")
-    return labels_from_column(where, texts if has_str else ints)
+def _field_values(where: str, found: pa.ChunkedArray, fields: Sequence[str]) -> dict[str, pa.Array]:
+    """Each field as a typed column (null where a sample does not have it)."""
+    records = [json.loads(text) if text is not None else {} for text in found.to_pylist()]
+    return {name: typed_values(where, [record.get(name) for record in records], name) for name in fields}
 
 
-def map_with_threads(function: Callable[[str], pa.Table], archives: Sequence[str]) -> list[pa.Table]:
+def map_with_threads(function: Callable[[Any], pa.Table], jobs: Sequence[Any]) -> list[pa.Table]:
     """Index archives on a few threads (when no Ray cluster is up: `shards plan`)."""
     with concurrent.futures.ThreadPoolExecutor(INDEX_THREADS, thread_name_prefix="shards-index") as pool:
-        return list(pool.map(function, archives))
+        return list(pool.map(function, jobs))
 
 
-def index_archive(archive: str) -> pa.Table:
-    """One sequential pass over an archive: a row per sample, in member order.
+def index_archive(job: tuple[str, tuple[str, ...]]) -> pa.Table:
+    """One sequential pass over an archive: a row per sample, in member order. `job` is the
+    archive and the `.json` fields (or member suffixes) to keep.
 
     Raises:
         SourceError: the archive cannot be opened, or is not a tar archive at all.
     """
+    archive, fields = job
     try:
         handle, size = _open_stream(archive)
     except OSError as exc:
@@ -130,7 +142,7 @@ def index_archive(archive: str) -> pa.Table:
     with handle:
         if handle.peek(2)[:2] == b"\x1f\x8b":
             raise SourceError(f"{archive}: gzip-compressed; decompress it into a plain .tar (byte ranges need one)")
-        return _Indexer(archive, size).run(handle)
+        return _Indexer(archive, size, fields).run(handle)
 
 
 def _open_stream(archive: str) -> tuple[Any, int]:
@@ -165,8 +177,8 @@ class _ArrowRaw(io.RawIOBase):
 class _Indexer:
     """Groups members by key as WebDataset does, and records what is wrong with any of them."""
 
-    def __init__(self, archive: str, size: int) -> None:
-        self.archive, self.size = archive, size
+    def __init__(self, archive: str, size: int, fields: tuple[str, ...]) -> None:
+        self.archive, self.size, self.fields = archive, size, fields
         self.rows: list[_Row] = []  # tuples: a million samples cost ~100 MB, not dicts' ~400 MB
         self.seen: set[str] = set()
         self.sample: dict[str, Any] | None = None
@@ -198,6 +210,7 @@ class _Indexer:
         if self.sample is None or self.sample["key"] != key:
             self._end_sample()
             self.sample = {"key": key, "name": name, "problem": None, "image": None, "label": None, "extras": []}
+            self.sample["fields"] = {}
             if key in self.seen:
                 self.sample["problem"] = f"duplicate key {display_name(key)!r} (also earlier in the archive)"
             self.seen.add(key)
@@ -220,8 +233,12 @@ class _Indexer:
                 sample["problem"] = (
                     f"truncated archive: {name!r} needs bytes up to {end:,}, the archive has {self.size:,}"
                 )
-        elif suffix in ("cls", "json") and member.size <= 1 << 20 and end <= self.size:
-            sample["label"] = _label(suffix, archive.extractfile(member).read(), sample["label"])  # type: ignore[union-attr]
+        elif (suffix in ("cls", "json") or suffix in self.fields) and member.size <= 1 << 20 and end <= self.size:
+            data = archive.extractfile(member).read()  # type: ignore[union-attr]
+            if suffix == "cls":
+                sample["label"] = _class_number(data)
+            else:
+                _read_fields(suffix, data, self.fields, sample["fields"])
         else:
             sample["extras"].append(suffix)
 
@@ -234,19 +251,13 @@ class _Indexer:
         if sample["image"] is None and problem is None:
             found = ", ".join("." + s for s in sample["extras"]) or "nothing"
             problem = f"no image member for key {display_name(sample['key'])!r} (found {found})"
-        if isinstance(label, DecodeError) and problem is None:
-            problem = str(label)
+        fields = sample["fields"]
+        for unreadable in (label, fields.pop(_UNREADABLE, None)):
+            if isinstance(unreadable, DecodeError) and problem is None:
+                problem = str(unreadable)
         offset, size = sample["image"] or (0, 0)
-        self.rows.append(
-            _Row(
-                sample["name"],
-                offset,
-                size,
-                label if isinstance(label, int) else None,
-                label if isinstance(label, str) else None,
-                problem,
-            )
-        )
+        number = label if isinstance(label, int) else None
+        self.rows.append(_Row(sample["name"], offset, size, number, json.dumps(fields) if fields else None, problem))
 
 
 class _Row(NamedTuple):
@@ -256,7 +267,7 @@ class _Row(NamedTuple):
     offset: int = 0
     size: int = 0
     label_int: int | None = None
-    label_str: str | None = None
+    fields: str | None = None  # the kept fields as a JSON object
     problem: str | None = None
 
 
@@ -264,19 +275,30 @@ def _unsafe(name: str) -> bool:
     return name.startswith("/") or ".." in name.split("/")
 
 
-def _label(suffix: str, data: bytes, current: Any) -> Any:
-    """The label a `.cls` or `.json` member gives (`.cls` wins over `.json`'s `label`)."""
+_UNREADABLE = "\0unreadable"  # where _read_fields leaves why a member could not be read
+
+
+def _class_number(data: bytes) -> int | DecodeError:
+    """The class a `.cls` member holds."""
     try:
-        if suffix == "cls":
-            return int(data.decode("utf-8").strip())
-        if current is not None:
-            return current
-        value = json.loads(data).get("label") if data.strip().startswith(b"{") else None
-        if value is None or (isinstance(value, (int, str)) and not isinstance(value, bool)):
-            return value
-        return DecodeError(f"the .json label must be an integer or a class name, found {type(value).__name__}")
+        return int(data.decode("utf-8").strip())
     except (ValueError, UnicodeDecodeError) as exc:
-        return DecodeError(f"unreadable .{suffix} label ({str(exc).splitlines()[0]})")
+        return DecodeError(f"unreadable .cls label ({str(exc).splitlines()[0]})")
+
+
+def _read_fields(suffix: str, data: bytes, fields: tuple[str, ...], into: dict[str, Any]) -> None:
+    """Keep the wanted fields of a `.json` member, or a member named by its suffix (`.txt`) whole
+    as text."""
+    try:
+        if suffix != "json":
+            into[suffix] = data.decode("utf-8")
+            return
+        record = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        into[_UNREADABLE] = DecodeError(f"unreadable .{suffix} member ({str(exc).splitlines()[0]})")
+        return
+    if isinstance(record, dict):
+        into.update({name: record[name] for name in fields if name in record and name not in into})
 
 
 @dataclasses.dataclass(frozen=True)

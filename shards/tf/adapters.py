@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shards.layout.targets import Targets
 from shards.read.dataset import ShardDataset
 from shards.read.sampling import batch_count, check_start, rank_batches
 from shards.read.spec import ReadSpec
@@ -54,8 +55,10 @@ def to_tf(
         on_batch: called with (epoch, positions) for every batch read.
 
     Returns:
-        A dataset of (uint8 or float images [B, H, W, 3], int32 labels [B]) whose cardinality
-        is the number of batches this rank reads in one epoch.
+        A dataset of (uint8 or float images [B, H, W, 3], labels) whose cardinality is the
+        number of batches this rank reads in one epoch. Labels follow the targets' kind: int32
+        [B] class indices, float32 [B, classes] multi-hot, float32 [B] or [B, K] regression
+        values, or a dict of these by target name (Keras' multi-output form).
 
     Raises:
         ConfigError: (a ValueError) bad slicing arguments (batch size, rank, world size, start).
@@ -80,7 +83,7 @@ def spec_to_tf(
     check_start(len(dataset), start)
     epochs = itertools.count(epoch)
 
-    def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    def generate() -> Iterator[tuple[np.ndarray, Any]]:
         current = epoch if start else next(epochs)
         stream = dataset.stream(spec, epoch=current, start=start, prefetch=prefetch, return_indices=True)
         try:
@@ -91,10 +94,22 @@ def spec_to_tf(
         finally:
             stream.close()
 
-    signature = (tf.TensorSpec((None, *dataset.shape), tf.as_dtype(dataset.dtype)), tf.TensorSpec((None,), tf.int32))
+    signature = (tf.TensorSpec((None, *dataset.shape), tf.as_dtype(dataset.dtype)), label_signature(dataset.targets))
     count = batch_count(len(dataset), spec, start=start)
     result = tf.data.Dataset.from_generator(generate, output_signature=signature)
     return result.apply(tf.data.experimental.assert_cardinality(count)).prefetch(tf.data.AUTOTUNE)
+
+
+def label_signature(targets: Targets) -> Any:
+    """The `tf.TensorSpec` (or dict of them, several targets) of a batch's labels."""
+
+    def spec(dtype: np.dtype, shape: tuple[int, ...]) -> Any:
+        return tf.TensorSpec((None, *shape), tf.as_dtype(dtype))
+
+    specs = targets.output_specs()
+    if isinstance(specs, dict):
+        return {name: spec(*entry) for name, entry in specs.items()}
+    return spec(*specs)
 
 
 class ShardsPyDataset(keras.utils.PyDataset):
@@ -140,7 +155,7 @@ class ShardsPyDataset(keras.utils.PyDataset):
     def __len__(self) -> int:
         return batch_count(len(self.dataset), self.spec)
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+    def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
         if self._batches is None:
             order = self.dataset.epoch_order(self.spec, self.epoch)
             self.dataset.schedule(order)

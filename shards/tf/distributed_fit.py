@@ -28,6 +28,7 @@ def fit_with_strategy(
     initial_epoch: int,
     callback: Any,
     validation: Any = None,
+    single_class: bool = True,
 ) -> None:
     """Train `model` (built in `strategy.scope()`) on a distributed dataset, epoch by epoch.
 
@@ -36,6 +37,7 @@ def fit_with_strategy(
             the next epoch (as `to_tf` gives). Called again after a partial (resumed) epoch.
         callback: a Keras callback; gets set_model, epoch and train-batch hooks and the logs.
         validation: an optional DistributedDataset evaluated after each epoch.
+        single_class: the labels are one class target's indices, so accuracy is reported too.
     """
     optimizer = model.optimizer
     callback.set_model(model)
@@ -46,8 +48,10 @@ def fit_with_strategy(
         predictions = model(images, training=training)
         # The model's own compiled loss (mean over this replica's batch, regularisers included).
         loss = model.compute_loss(x=images, y=labels, y_pred=predictions, training=training)
+        count = tf.cast(tf.shape(images)[0], tf.float32)
+        if isinstance(labels, dict) or labels.dtype != tf.int32:  # no single class target: loss only
+            return loss, tf.constant(0.0), count
         hits = tf.equal(tf.argmax(predictions, axis=-1, output_type=tf.int32), labels)
-        count = tf.cast(tf.shape(labels)[0], tf.float32)
         return loss, tf.reduce_sum(tf.cast(hits, tf.float32)), count
 
     def train_replica(images: Any, labels: Any) -> tuple[Any, Any, Any]:
@@ -81,7 +85,10 @@ def fit_with_strategy(
                 on_batch(batch)
                 if model.stop_training:
                     break
-        return {"loss": loss_sum / max(count, 1.0), "accuracy": correct_sum / max(count, 1.0)}
+        logs = {"loss": loss_sum / max(count, 1.0)}
+        if single_class:
+            logs["accuracy"] = correct_sum / max(count, 1.0)
+        return logs
 
     inputs = None
     for epoch in range(initial_epoch, epochs):

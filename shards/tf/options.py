@@ -53,17 +53,21 @@ class TrainOptions:
 
 @dataclasses.dataclass(frozen=True)
 class PredictOptions:
-    """How to predict; `batch_size` is a number or "auto"."""
+    """How to predict; `batch_size` is a number or "auto"; `threshold`: the score from which a
+    multi-label class counts as predicted."""
 
     batch_size: int | str = "auto"
     top_k: int = 5
     host_memory: int | None = None
+    threshold: float = 0.5
 
     def __post_init__(self) -> None:
         if self.batch_size != "auto" and (not isinstance(self.batch_size, int) or self.batch_size < 1):
             raise ConfigError(f"--batch-size must be a positive integer or 'auto', got {self.batch_size!r}")
         if self.top_k < 1:
             raise ConfigError(f"--top-k must be at least 1, got {self.top_k}")
+        if not 0.0 <= self.threshold <= 1.0:
+            raise ConfigError(f"--threshold must be between 0 and 1, got {self.threshold}")
 
 
 def check_training(dest: str, options: TrainOptions, *, workers: int, gpus_per_worker: float | None) -> None:
@@ -83,12 +87,17 @@ def check_training(dest: str, options: TrainOptions, *, workers: int, gpus_per_w
     if options.model_path and not os.path.isfile(options.model_path):
         raise ConfigError(f"--model {options.model_path}: no such file")
     manifest = load_manifest(dest)
-    if not manifest.classes:
+    targets = manifest.targets
+    if any(target.kind != "regression" and not target.classes for target in targets.items):
         raise ConfigError(f"{dest}: the dataset has no labels (no classes); nothing to train on")
-    # A sample without a label (-1) would fail deep inside TensorFlow with "Graph execution
+    # A sample without a class (-1) would fail deep inside TensorFlow with "Graph execution
     # error"; counted here from index.parquet, it is refused before any work, in one line.
-    labels = location(dest).read_table(INDEX, ["label"]).column("label").to_numpy()
-    unlabeled = int((labels < 0).sum())
+    # (Multi-label samples may have no label at all; regression samples without one were rejects.)
+    if not any(target.kind == "class" for target in targets.items):
+        return
+    stored = targets.from_index(location(dest).read_table(INDEX, ["label"]).column("label"))
+    classes = [stored[t.name] if targets.multi else stored for t in targets.items if t.kind == "class"]
+    unlabeled = int(sum((values < 0).sum() for values in classes))
     if unlabeled:
         raise ConfigError(
             f"{dest}: {unlabeled:,} of {manifest.count:,} samples have no label (-1); training needs every sample "

@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from shards.cluster import check_workers, cluster_resource, connect_ray
 from shards.errors import ShardsError
 from shards.io.fileio import temporary_path
+from shards.layout.targets import Target, Targets
 from shards.read.dataset import ShardDataset
 from shards.tf.options import PredictOptions
 
@@ -65,9 +66,12 @@ def predict_to_parquet(
 ) -> dict[str, Any]:
     """Predict every sample (or those at `positions`), in order, writing one row each to `out`.
 
-    Columns: `row` (the dataset position, index.parquet's row), `label` and `label_name`,
-    `prediction` and `prediction_name`, `score` (the prediction's), `top_k` / `top_k_names` /
-    `top_k_scores` (best first), and `source` (the input file) when known.
+    Columns for one class target: `row` (the dataset position, index.parquet's row), `label`
+    and `label_name`, `prediction` and `prediction_name`, `score` (the prediction's), `top_k` /
+    `top_k_names` / `top_k_scores` (best first), and `source` (the input file) when known.
+    Other targets (see `_target_columns`): a multi-label target's true and predicted class
+    names and its score per class; a regression target's true and predicted values; several
+    targets, each's columns prefixed with its name.
 
     Args:
         dataset: the shards to predict.
@@ -99,28 +103,23 @@ def predict_to_parquet(
             chunk = positions[begin : begin + batch]
             try:
                 images, labels = dataset.read(chunk)  # ascending; chunk is ascending too
-                scores = np.asarray(predictor.predict(images), np.float32)
+                scores = predictor.predict(images)
             except oom as exc:
                 if options.batch_size != "auto" or batch == 1:
                     raise ShardsError(f"out of memory at batch size {batch}: {type(exc).__name__}") from exc
                 batch //= 2
                 logger.warning("out of memory (%s); retrying with batch size %d", type(exc).__name__, batch)
                 continue
-            table = _rows(np.sort(chunk), labels, scores, options.top_k, sources, dataset.classes)
+            table = _table(dataset.targets, np.sort(chunk), labels, scores, options, sources)
             if writer is None:
                 writer = pq.ParquetWriter(temp, table.schema.with_metadata(metadata), compression="zstd")
             writer.write_table(table.replace_schema_metadata(metadata))
             written += len(chunk)
             begin += len(chunk)
         if writer is None:
-            empty = _rows(
-                np.empty(0, np.int64),
-                np.empty(0, np.int32),
-                np.empty((0, 1), np.float32),
-                options.top_k,
-                sources,
-                dataset.classes,
-            )
+            labels = dataset.targets.output(dataset.targets.empty(0))
+            scores = _empty_scores(dataset.targets)
+            empty = _table(dataset.targets, np.empty(0, np.int64), labels, scores, options, sources)
             writer = pq.ParquetWriter(temp, empty.schema.with_metadata(metadata))
         writer.close()
     return {"rows": written, "batch_size": batch, "scores": predictor.scores}
@@ -207,6 +206,70 @@ def _available_memory() -> int:
     return max(available, 1)
 
 
+def _table(
+    targets: Targets, positions: np.ndarray, labels: Any, scores: Any, options: PredictOptions, sources: pa.Array | None
+) -> pa.Table:
+    """One batch's rows: the class layout for one class target, per-target columns otherwise."""
+    (first, *_) = targets.items
+    if not targets.multi and first.kind == "class":
+        return _rows(positions, labels, np.asarray(scores, np.float32), options.top_k, sources, list(first.classes))
+    columns: dict[str, pa.Array] = {"row": pa.array(positions.astype(np.int64))}
+    for target in targets.items:
+        prefix = f"{target.name}_" if targets.multi else ""
+        mine = scores[target.name] if targets.multi else scores
+        truth = labels[target.name] if targets.multi else labels
+        columns.update(_target_columns(target, prefix, truth, np.asarray(mine, np.float32), options))
+    if sources is not None:
+        columns["source"] = sources.take(pa.array(positions.astype(np.int64)))
+    return pa.table(columns)
+
+
+def _target_columns(
+    target: Target, prefix: str, truth: np.ndarray, scores: np.ndarray, options: PredictOptions
+) -> dict[str, pa.Array]:
+    """A class target: label, prediction (index and name), score. Multi-label: `label_names`
+    and `prediction_names` (classes scoring at least `options.threshold`), `scores` per class.
+    Regression: `label` and `prediction` values."""
+    if target.kind == "regression":
+        shaped = scores.reshape(len(scores), *target.sample_shape)
+        return {f"{prefix}label": _values(truth), f"{prefix}prediction": _values(shaped)}
+    names = np.array(target.classes, dtype=object)
+    if target.kind == "multilabel":
+        scores = scores.reshape(len(scores), -1)
+        return {
+            f"{prefix}label_names": pa.array([names[row > 0].tolist() for row in truth], pa.list_(pa.string())),
+            f"{prefix}prediction_names": pa.array(
+                [names[row >= options.threshold].tolist() for row in scores], pa.list_(pa.string())
+            ),
+            f"{prefix}scores": pa.array(list(scores), pa.list_(pa.float32())),
+        }
+    prediction = np.argmax(scores, axis=1).astype(np.int32) if len(scores) else np.empty(0, np.int32)
+    named = np.array([*target.classes, ""], dtype=object)
+    return {
+        f"{prefix}label": pa.array(truth.astype(np.int32)),
+        f"{prefix}label_name": pa.array(named[np.where(truth >= 0, truth, len(target.classes))].tolist(), pa.string()),
+        f"{prefix}prediction": pa.array(prediction),
+        f"{prefix}prediction_name": pa.array(names[prediction].tolist() if len(prediction) else [], pa.string()),
+        f"{prefix}score": pa.array(
+            scores[np.arange(len(scores)), prediction] if len(scores) else np.empty(0, np.float32)
+        ),
+    }
+
+
+def _values(array: np.ndarray) -> pa.Array:
+    array = np.asarray(array, np.float32)
+    if array.ndim == 2:
+        return pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), array.shape[1])
+    return pa.array(array)
+
+
+def _empty_scores(targets: Targets) -> Any:
+    def empty(target: Target) -> np.ndarray:
+        return np.empty((0, max(target.width, len(target.classes), 1)), np.float32)
+
+    return {t.name: empty(t) for t in targets.items} if targets.multi else empty(targets.items[0])
+
+
 def _rows(
     positions: np.ndarray,
     labels: np.ndarray,
@@ -238,12 +301,16 @@ def _rows(
     return pa.table(columns)
 
 
-def keras_predictor(model_path: str, *, mixed_precision: bool = False) -> Predictor:
-    """Probabilities from a saved Keras model (mixed precision only where a GPU is).
+def keras_predictor(model_path: str, *, targets: Targets | None = None, mixed_precision: bool = False) -> Predictor:
+    """Probabilities (or regression values) from a saved Keras model (mixed precision only
+    where a GPU is).
 
-    A model that ends in softmax or sigmoid already gives probabilities; one that ends in logits
-    (a linear layer, as the default CNN does) gets softmax over its classes, or sigmoid for a
-    single output. Which of these happened is what `Predictor.scores` says.
+    For one class target (the default), a model that ends in softmax or sigmoid already gives
+    probabilities; one that ends in logits (a linear layer, as the default CNN does) gets
+    softmax over its classes, or sigmoid for a single output. Other targets: each output whose
+    layer is linear gets sigmoid (multi-label) or nothing (regression); several targets are
+    matched to the model's outputs by name. Which of these happened is what
+    `Predictor.scores` says.
     """
     from shards.tf.support import import_tensorflow
 
@@ -253,6 +320,8 @@ def keras_predictor(model_path: str, *, mixed_precision: bool = False) -> Predic
     if mixed_precision and tf.config.list_physical_devices("GPU"):
         keras.mixed_precision.set_global_policy("mixed_float16")
     model = keras.models.load_model(model_path, compile=False)
+    if targets is not None and (targets.multi or targets.items[0].kind != "class"):
+        return _target_predictor(model, targets, tf)
     activation = getattr(getattr(model.layers[-1], "activation", None), "__name__", "linear")
     if activation in ("softmax", "sigmoid"):
         return Predictor(lambda images: model.predict_on_batch(images), f"probabilities: the model's own {activation}")
@@ -266,6 +335,36 @@ def keras_predictor(model_path: str, *, mixed_precision: bool = False) -> Predic
         lambda images: tf.nn.softmax(model.predict_on_batch(images), axis=-1).numpy(),
         "probabilities: softmax applied to the model's logits",
     )
+
+
+def _target_predictor(model: Any, targets: Targets, tf: Any) -> Predictor:
+    linear = {name: _is_linear(model, name) for name in [*model.output_names, "logits", "values"]}
+
+    def finish(target: Target, values: Any, name: str) -> np.ndarray:
+        if target.kind == "multilabel" and linear.get(name, True):
+            return tf.math.sigmoid(values).numpy()
+        if target.kind == "class" and linear.get(name, True):
+            return tf.nn.softmax(values, axis=-1).numpy()
+        return np.asarray(values)
+
+    def predict(images: np.ndarray) -> Any:
+        outputs = model.predict_on_batch(images)
+        if not targets.multi:
+            return finish(targets.items[0], outputs, model.output_names[0])
+        if not isinstance(outputs, dict):
+            outputs = dict(zip(model.output_names, outputs))
+        return {t.name: finish(t, outputs[t.name], t.name) for t in targets.items}
+
+    kinds = ", ".join(f"{t.name}: {'values' if t.kind == 'regression' else 'probabilities'}" for t in targets.items)
+    return Predictor(predict, f"{kinds} (sigmoid or softmax applied to linear outputs)")
+
+
+def _is_linear(model: Any, name: str) -> bool:
+    try:
+        layer = model.get_layer(name)
+    except ValueError:
+        return True
+    return getattr(getattr(layer, "activation", None), "__name__", "linear") == "linear"
 
 
 def index_sources(dest: str) -> pa.Array | None:
@@ -287,7 +386,7 @@ def _predict_part(
 
     return predict_to_parquet(
         open_shards(dest),
-        keras_predictor(model_path, mixed_precision=mixed_precision),
+        keras_predictor(model_path, targets=open_shards(dest).targets, mixed_precision=mixed_precision),
         out,
         options,
         positions=positions,

@@ -20,6 +20,7 @@ import numpy as np
 from shards.errors import ConfigError
 from shards.io import storage
 from shards.io.fileio import temporary_path, write_bytes_atomically
+from shards.layout.targets import Target, Targets
 from shards.read.dataset import open_shards
 from shards.read.sampling import position_after
 from shards.read.spec import ReadSpec, ReadState
@@ -37,8 +38,11 @@ CHECKPOINT_MODEL = "model.keras"
 CHECKPOINT_STATE = "state.json"
 
 
-def build_model(shape: tuple[int, int, int], classes: int, dtype: str, augment: tuple[str, ...] = ()) -> Any:
-    """A small CNN whose first layers scale (uint8 -> [0, 1]) and augment on the device."""
+def build_model(shape: tuple[int, int, int], targets: Targets, dtype: str, augment: tuple[str, ...] = ()) -> Any:
+    """A small CNN whose first layers scale (uint8 -> [0, 1]) and augment on the device, with
+    one head per target: logits over the classes (class, multi-label) or linear values
+    (regression). Several targets give a dict of outputs named as the targets, as Keras'
+    multi-output models take them."""
     inputs = keras.Input(shape=shape, dtype=dtype, name="images")
     x = layers.Rescaling(1 / 255.0)(inputs) if dtype == "uint8" else layers.Identity()(inputs)
     x = augmentation(augment)(x) if augment else x
@@ -50,8 +54,33 @@ def build_model(shape: tuple[int, int, int], classes: int, dtype: str, augment: 
         # training data itself; with GroupNormalization 0.81-0.88 against 0.85-0.88, predict 0.88.
         x = layers.GroupNormalization(groups=8)(x)
     x = layers.GlobalAveragePooling2D()(x)
-    outputs = layers.Dense(classes, dtype="float32", name="logits")(x)
-    return keras.Model(inputs, outputs, name="shards_cnn")
+    if not targets.multi:
+        (target,) = targets.items
+        return keras.Model(
+            inputs, _head(target, "logits" if target.kind != "regression" else "values")(x), name="shards_cnn"
+        )
+    return keras.Model(inputs, {t.name: _head(t, t.name)(x) for t in targets.items}, name="shards_cnn")
+
+
+def _head(target: Target, name: str) -> Any:
+    """Logits for class and multi-label targets, values for regression (float32 under mixed
+    precision, so the loss is computed at full precision)."""
+    units = len(target.classes) if target.kind != "regression" else max(target.width, 1)
+    if target.kind == "regression" and not target.width:  # [B] values: a scalar per sample
+        dense = layers.Dense(1, dtype="float32", name=f"{name}_dense")
+        return lambda x: layers.Reshape((), name=name, dtype="float32")(dense(x))
+    return layers.Dense(units, dtype="float32", name=name)
+
+
+def loss_and_metrics(target: Target) -> tuple[Any, list[Any]]:
+    """The loss and metrics of a target's kind: sparse categorical cross-entropy (softmax) and
+    accuracy; binary cross-entropy (sigmoid) and binary accuracy; mean squared error and mean
+    absolute error. Class and multi-label heads give logits."""
+    if target.kind == "class":
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"]
+    if target.kind == "multilabel":
+        return keras.losses.BinaryCrossentropy(from_logits=True), [keras.metrics.BinaryAccuracy(threshold=0.0)]
+    return keras.losses.MeanSquaredError(), [keras.metrics.MeanAbsoluteError()]
 
 
 def augmentation(names: tuple[str, ...]) -> Any:
@@ -66,12 +95,16 @@ def augmentation(names: tuple[str, ...]) -> Any:
     return keras.Sequential([chosen[name]() for name in names], name="augmentation")
 
 
-def compile_model(model: Any, learning_rate: float) -> Any:
-    model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate),
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-        metrics=["accuracy"],
-    )
+def compile_model(model: Any, learning_rate: float, targets: Targets | None = None) -> Any:
+    """Adam, with each target's loss and metrics (default: one class target)."""
+    targets = targets or Targets.single_class(["0"])
+    chosen = {t.name: loss_and_metrics(t) for t in targets.items}
+    if targets.multi:
+        loss: Any = {name: pair[0] for name, pair in chosen.items()}
+        metrics: Any = {name: pair[1] for name, pair in chosen.items()}
+    else:
+        loss, metrics = next(iter(chosen.values()))
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
     return model
 
 
@@ -81,9 +114,9 @@ def load_or_build(dataset: Any, options: TrainOptions, checkpoint: str | None) -
     if path:
         model = keras.models.load_model(path)
         # A compiled model keeps its own loss and optimizer (it may end in softmax, not logits).
-        return model if model.optimizer is not None else compile_model(model, options.learning_rate)
-    model = build_model(dataset.shape, len(dataset.classes), dataset.dtype.name, options.augment)
-    return compile_model(model, options.learning_rate)
+        return model if model.optimizer is not None else compile_model(model, options.learning_rate, dataset.targets)
+    model = build_model(dataset.shape, dataset.targets, dataset.dtype.name, options.augment)
+    return compile_model(model, options.learning_rate, dataset.targets)
 
 
 def read_checkpoint_state(checkpoint_dir: str | None) -> ReadState | None:
@@ -214,7 +247,7 @@ def train_worker(
             logger.warning("--mixed-precision ignored: no GPU in this worker")
     keras.utils.set_random_seed(options.seed)
     dataset = open_for_training(dest, data_node, options.cache_limit)
-    if not dataset.classes:
+    if any(t.kind != "regression" and not t.classes for t in dataset.targets.items):
         raise ConfigError(f"{dest}: the dataset has no labels (no classes); nothing to train on")
     train_set, validation_set = (
         dataset.split(options.validation_split, options.seed) if options.validation_split else (dataset, None)
@@ -282,6 +315,7 @@ def train_worker(
             initial_epoch=first_epoch,
             callback=callback,
             validation=validation,
+            single_class=not dataset.targets.multi and dataset.targets.items[0].kind == "class",
         )
     if rank == 0 and not model.stop_training:
         os.makedirs(os.path.dirname(os.path.abspath(options.output)), exist_ok=True)

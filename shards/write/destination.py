@@ -27,6 +27,7 @@ from shards.layout.manifest import (
     read_receipt,
 )
 from shards.layout.plan import ShardPlan
+from shards.layout.targets import Targets
 from shards.layout.verify import shard_problems
 from shards.options import PreprocessOptions
 
@@ -37,7 +38,7 @@ RECEIPT_THREADS = 8
 
 
 def prepare_destination(
-    dest: str, mode: str, key: str, options: PreprocessOptions, plan: ShardPlan
+    dest: str, mode: str, key: str, options: PreprocessOptions, plan: ShardPlan, targets: Targets
 ) -> dict[str, Receipt]:
     """Make DEST (a folder or an object-storage prefix, locked by the caller) ready; return the
     receipts a resumed run keeps.
@@ -78,7 +79,7 @@ def prepare_destination(
             f"{dest}: DEST already holds this run; pass --resume to continue it or --overwrite to redo it"
         )
     place.remove_temporaries()
-    return _verified_receipts(place, key, options, plan)
+    return _verified_receipts(place, key, options, plan, targets)
 
 
 def _run_record(dest: str) -> dict | None:
@@ -99,7 +100,9 @@ def _run_record(dest: str) -> dict | None:
     return None
 
 
-def _verified_receipts(place: Location, key: str, options: PreprocessOptions, plan: ShardPlan) -> dict[str, Receipt]:
+def _verified_receipts(
+    place: Location, key: str, options: PreprocessOptions, plan: ShardPlan, targets: Targets
+) -> dict[str, Receipt]:
     kept: dict[str, Receipt] = {}
     # In object storage a shard object exists only once its upload completed, so its size (all
     # from one listing) is checked here and its bytes by `shards verify` and by the reader's
@@ -113,7 +116,7 @@ def _verified_receipts(place: Location, key: str, options: PreprocessOptions, pl
         if receipt is None or receipt.run_key != key:
             continue
         problems = shard_problems(
-            place.root, receipt.shard, options.format, options.shape, options.dtype, deep=deep, sizes=sizes
+            place.root, receipt.shard, options.format, options.shape, options.dtype, targets, deep=deep, sizes=sizes
         )
         if problems:
             logger.warning("redoing %s: %s", spec.name, problems[0])

@@ -182,7 +182,8 @@ def _claim_destination(
     listing = list_sources(
         src,
         image_column=options.image_column,
-        label_column=options.label_column,
+        label_columns=options.label_columns,
+        extra_columns=options.extra_columns,
         exclude=dest,
         mapper=map_tasks if on_cluster else None,
     )
@@ -272,7 +273,16 @@ class _ShardRun:
         else:
             inputs = listing.kind.inputs(positions[[problem is None for problem in problems]])
         return ShardTask(
-            self.dest, spec.name, positions, names, listing.labels[positions], problems, inputs, self.options, self.key
+            self.dest,
+            spec.name,
+            positions,
+            names,
+            listing.targets.targets,
+            listing.targets.rows(positions),
+            problems,
+            inputs,
+            self.options,
+            self.key,
         )
 
     def _result(self, ref: Any, spec: ShardSpec) -> Receipt:

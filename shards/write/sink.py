@@ -57,7 +57,9 @@ class DestinationSink:
         """
         self._lock = self._held.enter_context(hold_dest(self.dest))
         try:
-            kept = prepare_destination(self.dest, self.mode, self.run.key, self.run.options, self.run.plan)
+            kept = prepare_destination(
+                self.dest, self.mode, self.run.key, self.run.options, self.run.plan, self.run.listing.targets.targets
+            )
             try:
                 write_run_record(self.dest, self.run.key, self.run.src, self.run.options)
             except OSError as exc:
@@ -92,17 +94,17 @@ class DestinationSink:
                 positions.append(spec_positions[~np.isin(spec_positions, refused)])
             rejects = sorted((r for receipt in receipts for r in receipt.rejects), key=lambda r: r.position)
             shards = [r.shard for r in receipts]
-            labels = listing.labels[np.concatenate(positions)] if positions else np.empty(0, np.int32)
-            class_counts = np.bincount(labels[labels >= 0], minlength=len(listing.classes)).tolist()
-            write_index(self.dest, shards, positions, listing.sources, listing.labels)
+            written = np.concatenate(positions) if positions else np.empty(0, np.int64)
+            labels = listing.targets.index_column(written)
+            write_index(self.dest, shards, positions, listing.sources, labels, listing.columns)
             write_rejects(self.dest, rejects)
             record = build_manifest(
                 self.run.options,
-                listing.classes,
+                listing.targets.targets,
+                listing.targets.stats(written),
                 shards,
                 inputs=len(listing),
                 rejected=len(rejects),
-                class_counts=class_counts,
                 samples_per_shard=self.run.plan.samples_per_shard,
                 source=self.run.src,
                 key=self.run.key,

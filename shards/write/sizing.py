@@ -17,7 +17,6 @@ from shards.layout.plan import plan_shards
 from shards.options import DTYPE_BYTES, PreprocessOptions, numpy_storage_dtype
 from shards.sources import list_sources
 
-LABEL_BYTES = 4
 DEVICE_DTYPE_BYTES = 4  # the model sees float32 after scaling (2 with mixed precision)
 
 
@@ -48,29 +47,35 @@ def npy_bytes(count: int, shape: tuple[int, ...], dtype: np.dtype) -> int:
     return len(header.getvalue()) + count * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
 
-def shard_bytes(plan_counts: list[int], options: PreprocessOptions, dtype: str) -> int:
-    """Bytes on disk of npy shards holding `plan_counts` samples each."""
+def shard_bytes(plan_counts: list[int], options: PreprocessOptions, dtype: str, targets: np.dtype) -> int:
+    """Bytes on disk of npy shards holding `plan_counts` samples each (`targets`: one sample's)."""
     storage = numpy_storage_dtype(dtype)
-    return sum(npy_bytes(n, options.shape, storage) + npy_bytes(n, (), np.dtype("<i4")) for n in plan_counts)
+    return sum(npy_bytes(n, options.shape, storage) + npy_bytes(n, (), targets) for n in plan_counts)
 
 
 def estimate_run(
     src: str, options: PreprocessOptions, *, batch_size: int = 256, memory: int | None = None, prefetch: int = 2
 ) -> RunEstimate:
     """List SRC and compute what `shards preprocess SRC ... options` would write."""
-    listing = list_sources(src, image_column=options.image_column, label_column=options.label_column)
+    listing = list_sources(
+        src, image_column=options.image_column, label_columns=options.label_columns, extra_columns=options.extra_columns
+    )
+    targets = listing.targets.targets.stored_dtype
+    label_bytes = targets.itemsize
     plan = plan_shards(
         len(listing), options.samples_per_shard(len(listing)), options.seed, shuffle=not listing.keeps_order
     )
     counts = [len(spec.positions) for spec in plan]
-    by_dtype = {dtype: shard_bytes(counts, dataclasses.replace(options, dtype=dtype), dtype) for dtype in DTYPE_BYTES}
+    by_dtype = {
+        dtype: shard_bytes(counts, dataclasses.replace(options, dtype=dtype), dtype, targets) for dtype in DTYPE_BYTES
+    }
     height, width, channels = options.shape
     device_sample = height * width * channels * DEVICE_DTYPE_BYTES
-    host_batch = batch_size * (options.sample_bytes + LABEL_BYTES)
+    host_batch = batch_size * (options.sample_bytes + label_bytes)
     largest_host = largest_device = None
     if memory is not None:
-        largest_host = memory // ((prefetch + 2) * (options.sample_bytes + LABEL_BYTES))
-        largest_device = memory // (device_sample + LABEL_BYTES)
+        largest_host = memory // ((prefetch + 2) * (options.sample_bytes + label_bytes))
+        largest_device = memory // (device_sample + label_bytes)
     return RunEstimate(
         samples=len(listing),
         classes=len(listing.classes),
@@ -81,7 +86,7 @@ def estimate_run(
         sample_bytes=options.sample_bytes,
         batch_size=batch_size,
         host_batch_bytes=host_batch,
-        device_batch_bytes=batch_size * (device_sample + LABEL_BYTES),
+        device_batch_bytes=batch_size * (device_sample + label_bytes),
         largest_batch_host=largest_host,
         largest_batch_device=largest_device,
     )

@@ -18,6 +18,7 @@ from shards.errors import DecodeError
 from shards.formats import ShardInfo, get_format
 from shards.io.location import location
 from shards.layout.manifest import Receipt, Reject, write_receipt
+from shards.layout.targets import Targets
 from shards.options import PreprocessOptions
 from shards.sources import ShardInputs
 from shards.write.imaging import decode_image, to_storage
@@ -35,7 +36,8 @@ class ShardTask:
         shard: the shard's name.
         positions: each input's position in the listing (recorded with rejects).
         names: each input's name (path, URI, archive member), aligned with `positions`.
-        labels: each input's label, aligned with `positions`.
+        targets: what the run's targets are.
+        values: each input's stored targets (`targets.empty` rows), aligned with `positions`.
         problems: the listing's reason against an input, or None; aligned with `positions`.
         inputs: reads the inputs without a problem, in order.
         options: the run's options.
@@ -46,7 +48,8 @@ class ShardTask:
     shard: str
     positions: np.ndarray
     names: Sequence[str]
-    labels: np.ndarray
+    targets: Targets
+    values: np.ndarray
     problems: Sequence[str | None]
     inputs: ShardInputs
     options: PreprocessOptions
@@ -74,7 +77,8 @@ def _write_files(folder: str, task: ShardTask, *, durable: bool) -> tuple[ShardI
     options, names = task.options, task.names
     rejects: list[Reject] = []
     read = task.inputs.read(options.max_input_bytes)
-    with get_format(options.format).open_writer(folder, task.shard, len(names), options, durable=durable) as writer:
+    shard_format = get_format(options.format)
+    with shard_format.open_writer(folder, task.shard, len(names), options, task.targets, durable=durable) as writer:
         for i, problem in enumerate(task.problems):
             try:
                 if problem is not None:
@@ -84,7 +88,7 @@ def _write_files(folder: str, task: ShardTask, *, durable: bool) -> tuple[ShardI
                 rejects.append(Reject(int(task.positions[i]), names[i], str(exc)))
                 logger.info("rejected %s: %s", names[i], exc)
                 continue
-            writer.write(to_storage(rgb, options.dtype), int(task.labels[i]))
+            writer.write(to_storage(rgb, options.dtype), task.values[i])
         return writer.close(), rejects
 
 
