@@ -131,10 +131,12 @@ def test_verify_catches_a_header_that_disagrees_with_the_manifest(held_run, caps
 
 
 def _as_version_1(dest):
-    """Rewrite a run's manifest the way shards 0.2.0 wrote it: bare sha256 hex under `sha256`."""
+    """Rewrite a run's manifest the way shards 0.2.0 wrote it: bare sha256 hex under `sha256`,
+    no `targets`."""
     path = f"{dest}/manifest.json"
     record = json.loads(open(path).read())
     record["version"] = 1
+    del record["targets"]
     for shard in record["shards"]:
         combined = hashlib.sha256()
         for name in sorted(shard["files"]):
@@ -148,7 +150,7 @@ def _as_version_1(dest):
 
 def test_new_runs_name_their_checksum_algorithm_and_sha256_runs_still_open_and_verify(held_run, capsys):
     record = json.loads(open(f"{held_run}/manifest.json").read())
-    assert record["version"] == 2
+    assert record["version"] == 3
     entry = record["shards"][0]
     assert entry["checksum"].startswith("xxh3_128:") and "sha256" not in entry
     assert all(f["checksum"].startswith("xxh3_128:") for f in entry["files"].values())
@@ -156,7 +158,9 @@ def test_new_runs_name_their_checksum_algorithm_and_sha256_runs_still_open_and_v
 
     _as_version_1(held_run)
     assert cli.main(["verify", held_run]) == 0
-    after = [labels for _, labels in shards.open(held_run, verify=True).batches(32, shuffle=False)]
+    reopened = shards.open(held_run, verify=True)
+    assert [(t.name, t.kind) for t in reopened.targets.items] == [("label", "class")]
+    after = [labels for _, labels in reopened.batches(32, shuffle=False)]
     assert all(np.array_equal(a, b) for a, b in zip(before, after)) and len(before) == len(after)
     _flip_byte(f"{held_run}/shard-00001.images.npy", 4000)
     assert cli.main(["verify", held_run]) == 1
