@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from shards.errors import DecodeError, SourceError
 from shards.io import storage
@@ -93,9 +94,13 @@ def list_tar(
     values = _field_values(archives[0], pa.chunked_array(found, pa.large_string()), fields)
     classes = pa.chunked_array(label_ints, pa.int64())
     if list(label_columns) == ["label"] and classes.null_count < len(classes):
-        if values["label"].null_count < len(values["label"]):
-            raise SourceError(f"{archives[0]}: labels mix integers (.cls) and .json labels; use one kind")
-        values["label"] = classes.combine_chunks()
+        in_json = values["label"]
+        if in_json.null_count < len(in_json) and not pa.types.is_integer(in_json.type):
+            raise SourceError(
+                f"{archives[0]}: labels mix integers (.cls) and {in_json.type} .json labels; use one kind"
+            )
+        # A sample's .cls wins over its .json label, as WebDataset's decoders read them.
+        values["label"] = pc.coalesce(classes.combine_chunks(), in_json.cast(pa.int64()))
     targets, missing = targets_from_columns(archives[0], [(name, values[name]) for name in label_columns])
     problem_column = pa.chunked_array(problems, pa.large_string()).combine_chunks()
     return Listing(
@@ -109,8 +114,6 @@ def list_tar(
 
 
 def _joined(prefix: str, names: pa.ChunkedArray) -> pa.Array:
-    import pyarrow.compute as pc
-
     large = pa.large_string()
     return pc.binary_join_element_wise(pa.scalar(prefix, large), names.combine_chunks(), pa.scalar("", large))
 
