@@ -26,7 +26,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--workers", type=int, default=1, help="1: a trainer actor; N: Ray Train workers")
     parser.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 if the cluster has GPUs")
-    parser.add_argument("--mixed-precision", action="store_true", help="float16 compute on GPUs")
+    parser.add_argument(
+        "--mixed-precision", action="store_true", help="float16 compute on GPUs (bfloat16 on CPUs); float32 weights"
+    )
+    parser.add_argument("--jit", action="store_true", help="compile the training step with XLA")
     parser.add_argument("--model", default=None, help="a saved .keras model to train instead of the default CNN")
     parser.add_argument("--output", default=train_default("output"), help="where the model goes (%(default)s)")
     parser.add_argument("--augment", default="", help="comma-separated: flip,rotation,shift,zoom,brightness")
@@ -62,6 +65,7 @@ def run_train(args: argparse.Namespace) -> int:
         augment=tuple(a.strip() for a in args.augment.split(",") if a.strip()),
         validation_split=args.validation_split,
         mixed_precision=args.mixed_precision,
+        jit=args.jit,
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,

@@ -38,8 +38,10 @@ def stop_processes_under(folder: str) -> None:
         process.kill()
 
 
-def start_head() -> tuple[dict, str]:
-    """`ray start --head` with its own ports; returns (how to reach it, its temp folder)."""
+def start_head(*extra: str) -> tuple[dict, str]:
+    """`ray start --head` with its own ports (and `extra` arguments); returns (how to reach it:
+    the job server's `address`, the cluster's `gcs` address and the client `env`; its temp
+    folder)."""
     temp = tempfile.mkdtemp(prefix="shards-head-", dir="/tmp")
     port, dashboard = free_port(), free_port()
     env = dict(os.environ, RAY_AUTH_MODE="token")
@@ -67,13 +69,14 @@ def start_head() -> tuple[dict, str]:
             f"--temp-dir={temp}",
             "--disable-usage-stats",
             *agent_ports,
+            *extra,
         ],
         check=True,
         capture_output=True,
         env=env,
         timeout=180,
     )
-    return {"address": f"http://127.0.0.1:{dashboard}", "env": env}, temp
+    return {"address": f"http://127.0.0.1:{dashboard}", "gcs": f"127.0.0.1:{port}", "env": env}, temp
 
 
 @pytest.fixture(scope="module")

@@ -28,6 +28,7 @@ class TrainOptions:
     augment: tuple[str, ...] = ()
     validation_split: float = 0.0
     mixed_precision: bool = False
+    jit: bool = False
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
     resume: bool = False

@@ -29,7 +29,15 @@ class TrainerActor:
     def fit(self, dest: str, options: TrainOptions, data_node: str) -> dict[str, Any]:
         from shards.tf.training import train_worker
 
+        _log_shards_info()
         return train_worker(dest, options, data_node=data_node)
+
+
+def _log_shards_info() -> None:
+    """A trainer process logs shards' INFO lines (its devices, each epoch); the driver shows the
+    workers' output with `-v` only."""
+    logging.basicConfig(format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("shards").setLevel(logging.INFO)
 
 
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
@@ -39,6 +47,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
     from shards.tf.training import train_worker
 
     os.environ.update(config["environment"])  # object-storage endpoint and credentials for DEST
+    _log_shards_info()
     tf = import_tensorflow()
     context = ray.train.get_context()
     strategy = tf.distribute.MultiWorkerMirroredStrategy()
@@ -113,5 +122,19 @@ def run_training(
         scaling_config=ScalingConfig(num_workers=workers, use_gpu=gpus > 0, resources_per_worker=resources),
         run_config=RunConfig(name="shards-train", storage_path=storage_path),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except Exception as exc:  # Ray Train wraps each worker's own error (TrainingFailedError)
+        raise ShardsError(f"training failed: {one_line(worker_error(exc))}") from exc
     return json.loads((result.metrics or {})["report"])
+
+
+def worker_error(exc: BaseException) -> BaseException:
+    """The error a Ray Train worker raised, out of Train's wrappers: V2's `worker_failures` by
+    rank, V1's exception chain, and the RayTaskError around the worker's own exception."""
+    failures = getattr(exc, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        exc = failures[min(failures)]
+    while exc.__cause__ is not None and getattr(exc, "cause", None) is None:
+        exc = exc.__cause__
+    return task_cause(exc)

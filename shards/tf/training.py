@@ -25,6 +25,7 @@ from shards.read.dataset import open_shards
 from shards.read.sampling import position_after
 from shards.read.spec import ReadSpec, ReadState
 from shards.tf.adapters import spec_to_tf
+from shards.tf.devices import check_devices
 from shards.tf.options import TrainOptions
 from shards.tf.support import import_tensorflow
 
@@ -95,8 +96,9 @@ def augmentation(names: tuple[str, ...]) -> Any:
     return keras.Sequential([chosen[name]() for name in names], name="augmentation")
 
 
-def compile_model(model: Any, learning_rate: float, targets: Targets | None = None) -> Any:
-    """Adam, with each target's loss and metrics (default: one class target)."""
+def compile_model(model: Any, learning_rate: float, targets: Targets | None = None, *, jit: bool = False) -> Any:
+    """Adam, with each target's loss and metrics (default: one class target); `jit` compiles
+    the training step with XLA."""
     targets = targets or Targets.single_class(["0"])
     chosen = {t.name: loss_and_metrics(t) for t in targets.items}
     if targets.multi:
@@ -104,7 +106,7 @@ def compile_model(model: Any, learning_rate: float, targets: Targets | None = No
         metrics: Any = {name: pair[1] for name, pair in chosen.items()}
     else:
         loss, metrics = next(iter(chosen.values()))
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics, jit_compile=jit)
     return model
 
 
@@ -114,9 +116,11 @@ def load_or_build(dataset: Any, options: TrainOptions, checkpoint: str | None) -
     if path:
         model = keras.models.load_model(path)
         # A compiled model keeps its own loss and optimizer (it may end in softmax, not logits).
-        return model if model.optimizer is not None else compile_model(model, options.learning_rate, dataset.targets)
+        if model.optimizer is not None:
+            return model
+        return compile_model(model, options.learning_rate, dataset.targets, jit=options.jit)
     model = build_model(dataset.shape, dataset.targets, dataset.dtype.name, options.augment)
-    return compile_model(model, options.learning_rate, dataset.targets)
+    return compile_model(model, options.learning_rate, dataset.targets, jit=options.jit)
 
 
 def read_checkpoint_state(checkpoint_dir: str | None) -> ReadState | None:
@@ -240,11 +244,12 @@ def train_worker(
     scope and each worker's pipeline is handed over whole, through
     `distribute_datasets_from_function`, so nothing re-shards or re-batches it.
     """
+    gpus = check_devices(tf)
     if options.mixed_precision:
-        if tf.config.list_physical_devices("GPU"):
-            keras.mixed_precision.set_global_policy("mixed_float16")
-        else:
-            logger.warning("--mixed-precision ignored: no GPU in this worker")
+        # float16 where Tensor Cores run it; bfloat16 on CPUs, whose float16 math is emulated.
+        policy = "mixed_float16" if gpus else "mixed_bfloat16"
+        keras.mixed_precision.set_global_policy(policy)
+        logger.info("mixed precision: %s", policy)
     keras.utils.set_random_seed(options.seed)
     dataset = open_for_training(dest, data_node, options.cache_limit)
     if any(t.kind != "regression" and not t.classes for t in dataset.targets.items):
