@@ -30,6 +30,15 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         "--mixed-precision", action="store_true", help="float16 compute on GPUs (bfloat16 on CPUs); float32 weights"
     )
     parser.add_argument("--jit", action="store_true", help="compile the training step with XLA")
+    parser.add_argument(
+        "--in-memory",
+        choices=("host", "device"),
+        default=None,
+        help="load the dataset once into host memory, or onto the GPU, and batch there (refused over --memory-budget)",
+    )
+    parser.add_argument(
+        "--memory-budget", default=None, help="most bytes --in-memory may take (default: half the available memory)"
+    )
     parser.add_argument("--model", default=None, help="a saved .keras model to train instead of the default CNN")
     parser.add_argument("--output", default=train_default("output"), help="where the model goes (%(default)s)")
     parser.add_argument("--augment", default="", help="comma-separated: flip,rotation,shift,zoom,brightness")
@@ -66,6 +75,8 @@ def run_train(args: argparse.Namespace) -> int:
         validation_split=args.validation_split,
         mixed_precision=args.mixed_precision,
         jit=args.jit,
+        in_memory=args.in_memory,
+        memory_budget=args.memory_budget,
         checkpoint_dir=args.checkpoint_dir,
         checkpoint_every=args.checkpoint_every,
         resume=args.resume,

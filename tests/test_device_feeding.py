@@ -6,6 +6,7 @@ import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 import shards
@@ -40,3 +41,59 @@ def test_mixed_precision_and_jit_train_on_the_cpu(colours, tmp_path):
 
     model = keras.models.load_model(tmp_path / "m.keras", compile=False)
     assert model.get_layer("logits").dtype_policy.name == "float32"  # the head stays float32
+
+
+def _batches(dataset, **spec):
+    return [(images.copy(), labels.copy()) for images, labels in dataset.batches(8, shuffle=True, seed=4, **spec)]
+
+
+def test_in_memory_gives_the_same_batches_in_the_same_order_for_every_rank_and_resume(colours):
+    dataset = shards.open(colours)
+    train, _ = dataset.split(0.25, seed=1)
+    resident = train.in_memory()
+    for spec in ({"epoch": 2, "rank": 1, "world_size": 2}, {"epoch": 0, "start": 24}, {"epoch": 1}):
+        streamed, held = _batches(train, **spec), _batches(resident, **spec)
+        assert len(streamed) == len(held) > 0
+        for (a, b), (c, d) in zip(streamed, held):
+            assert np.array_equal(a, c) and np.array_equal(b, d)
+    for cache in ("host", "device"):
+        streamed = train.to_tf(8, shuffle=True, seed=4, epoch=3, rank=0, world_size=2)
+        cached = train.to_tf(8, shuffle=True, seed=4, epoch=3, rank=0, world_size=2, cache=cache)
+        assert int(cached.cardinality()) == int(streamed.cardinality())
+        for (a, b), (c, d) in zip(streamed, cached):
+            assert np.array_equal(a.numpy(), c.numpy()) and np.array_equal(b.numpy(), d.numpy())
+
+
+def test_a_budget_too_small_is_refused_before_anything_is_loaded(colours):
+    from shards.errors import ConfigError
+
+    dataset = shards.open(colours)
+    needed = len(dataset) * (16 * 16 * 3 + 4)
+    with pytest.raises(ConfigError) as caught:
+        dataset.in_memory(needed - 1)
+    message = str(caught.value)
+    assert f"needs {needed:,} bytes" in message and f"budget of {needed - 1:,} bytes" in message
+    assert "\n" not in message and not dataset._readers  # no shard was opened
+    with pytest.raises(ConfigError, match="device memory needs"):
+        dataset.to_tf(8, cache="device", memory_budget="1KiB")
+    assert len(dataset.in_memory(needed)) == len(dataset)
+
+
+def test_train_in_memory_trains_and_a_small_budget_fails_in_one_line(colours, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    command = [sys.executable, "jobs/train.py", colours, "--epochs", "2", "--batch-size", "8", "--in-memory"]
+    command += ["host", "--validation-split", "0.25", "--output", str(tmp_path / "m.keras")]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    losses = [float(v) for v in re.findall(r"epoch \d+: .*?loss ([0-9.]+)", result.stdout)]
+    assert len(losses) == 2 and losses[1] < losses[0], result.stdout
+    refused = subprocess.run(
+        [*command[:-1], str(tmp_path / "n.keras"), "--memory-budget", "1KiB"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr[-3000:]
+    assert "over the budget of 1,024 bytes" in refused.stderr

@@ -166,6 +166,26 @@ class ShardDataset:
         taken = pa.array(np.asarray(stored, np.int64))
         return {name: self._columns[name].take(taken).to_numpy(zero_copy_only=False) for name in names}
 
+    def in_memory(self, budget: int | str | None = None) -> ShardDataset:
+        """This dataset with its whole run loaded into memory once (images in their stored
+        dtype); batches, orders, splits and resumes are the same as when streamed from the shards.
+
+        Args:
+            budget: the most bytes it may take (bytes or text such as "12GiB"); default: half of
+                the memory available to this process.
+
+        Raises:
+            ConfigError: the run needs more than the budget (one line with both figures), checked
+                before anything is loaded.
+        """
+        from shards.read.in_memory import check_budget, load_readers
+
+        check_budget(self, budget)
+        view = copy.copy(self)
+        view._readers = load_readers(self)
+        view.cache = None  # nothing left to fetch
+        return view
+
     def split(self, fraction: float, seed: int = 0) -> tuple[ShardDataset, ShardDataset]:
         """(train, validation): a deterministic, disjoint split at read time.
 
@@ -185,6 +205,18 @@ class ShardDataset:
         chosen = np.random.default_rng([seed, 0x5B1]).permutation(count)
         held = round(fraction * count)
         return self._view(np.sort(chosen[held:])), self._view(np.sort(chosen[:held]))
+
+    def run(self) -> ShardDataset:
+        """The whole run this dataset is a part of (itself, unless it is a `split()` part)."""
+        if self._subset is None:
+            return self
+        whole = copy.copy(self)
+        whole._subset = None
+        return whole
+
+    def run_positions(self) -> np.ndarray | None:
+        """This part's positions in its run, ascending (None: it is the whole run)."""
+        return self._subset
 
     def _view(self, positions: np.ndarray) -> ShardDataset:
         view = copy.copy(self)  # shares the manifest and the open shard readers

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shards.errors import ConfigError
 from shards.layout.targets import Targets
 from shards.read.dataset import ShardDataset
 from shards.read.sampling import batch_count, check_start, rank_batches
@@ -20,6 +21,8 @@ from shards.tf.support import import_tensorflow
 
 if TYPE_CHECKING:
     import tensorflow
+
+CACHES = (None, "host", "device")
 
 tf = import_tensorflow()
 import keras  # noqa: E402 - after TensorFlow is imported quietly
@@ -38,6 +41,8 @@ def to_tf(
     start: int = 0,
     prefetch: int = 2,
     on_batch: Callable[[int, np.ndarray], None] | None = None,
+    cache: str | None = None,
+    memory_budget: int | str | None = None,
 ) -> tensorflow.data.Dataset:
     """A `tf.data.Dataset` of (images, labels) batches for this rank, with a known length.
 
@@ -53,6 +58,10 @@ def to_tf(
         shuffle, seed, epoch, rank, world_size, drop_last, start, prefetch: as for
             `ShardDataset.batches`.
         on_batch: called with (epoch, positions) for every batch read.
+        cache: `"host"` loads the whole run into host memory once (`ShardDataset.in_memory`);
+            `"device"` places it on TensorFlow's default device (the GPU where there is one)
+            and gathers each batch there. Same batches, same order; None streams the shards.
+        memory_budget: the most bytes the cache may take (default: half the available memory).
 
     Returns:
         A dataset of (uint8 or float images [B, H, W, 3], labels) whose cardinality is the
@@ -67,7 +76,16 @@ def to_tf(
     spec = dataset.read_spec(
         batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last
     )
-    return spec_to_tf(dataset, spec, epoch=epoch, start=start, prefetch=prefetch, on_batch=on_batch)
+    return spec_to_tf(
+        dataset,
+        spec,
+        epoch=epoch,
+        start=start,
+        prefetch=prefetch,
+        on_batch=on_batch,
+        cache=cache,
+        memory_budget=memory_budget,
+    )
 
 
 def spec_to_tf(
@@ -78,9 +96,23 @@ def spec_to_tf(
     start: int = 0,
     prefetch: int = 2,
     on_batch: Callable[[int, np.ndarray], None] | None = None,
+    cache: str | None = None,
+    memory_budget: int | str | None = None,
 ) -> tensorflow.data.Dataset:
-    """`to_tf` for a reader described by a `ReadSpec` (what training and resumes hold)."""
+    """`to_tf` for a reader described by a `ReadSpec` (what training and resumes hold).
+
+    Raises:
+        ConfigError: an unknown `cache`, or a dataset over `memory_budget` (before loading).
+    """
     check_start(len(dataset), start)
+    if cache not in CACHES:
+        raise ConfigError(f"cache must be one of host, device or None, got {cache!r}")
+    if cache is not None and not hasattr(dataset, "in_memory"):
+        raise ConfigError(f"{dataset.dest}: an in-memory cache needs shards this process can read")
+    if cache == "host":
+        dataset = dataset.in_memory(memory_budget)
+    elif cache == "device":
+        return _device_resident(dataset, spec, epoch=epoch, start=start, on_batch=on_batch, budget=memory_budget)
     epochs = itertools.count(epoch)
 
     def generate() -> Iterator[tuple[np.ndarray, Any]]:
@@ -110,6 +142,49 @@ def label_signature(targets: Targets) -> Any:
     if isinstance(specs, dict):
         return {name: spec(*entry) for name, entry in specs.items()}
     return spec(*specs)
+
+
+def _device_resident(
+    dataset: ShardDataset,
+    spec: ReadSpec,
+    *,
+    epoch: int,
+    start: int,
+    on_batch: Callable[[int, np.ndarray], None] | None,
+    budget: int | str | None,
+) -> tensorflow.data.Dataset:
+    """The run as tensors on the default device, each batch a gather there: only the batch's
+    positions (a few KB) travel from the host per step. The positions and their order are the
+    streaming reader's, so the batches are the same."""
+    from shards.read.in_memory import check_budget
+
+    check_budget(dataset, budget, where="device memory")
+    whole = dataset.run()
+    images, labels = whole.read(np.arange(len(whole)))  # one host copy, read in storage order
+    subset = dataset.run_positions()
+    on_device_images = tf.constant(images)
+    on_device_labels = tf.nest.map_structure(tf.constant, labels)
+    del images, labels, whole  # the host copy goes once the device holds the run
+    epochs = itertools.count(epoch)
+
+    def positions() -> Iterator[np.ndarray]:
+        current = epoch if start else next(epochs)
+        order = dataset.epoch_order(spec, current)
+        for batch in rank_batches(order, spec, start=start):
+            batch = np.sort(batch)
+            if on_batch is not None:
+                on_batch(current, batch)
+            yield batch if subset is None else subset[batch]
+
+    def gather(indices: Any) -> tuple[Any, Any]:
+        return tf.gather(on_device_images, indices), tf.nest.map_structure(
+            lambda values: tf.gather(values, indices), on_device_labels
+        )
+
+    count = batch_count(len(dataset), spec, start=start)
+    indices = tf.data.Dataset.from_generator(positions, output_signature=tf.TensorSpec((None,), tf.int64))
+    result = indices.map(gather).apply(tf.data.experimental.assert_cardinality(count))
+    return result.prefetch(tf.data.AUTOTUNE)
 
 
 class ShardsPyDataset(keras.utils.PyDataset):

@@ -29,6 +29,8 @@ class TrainOptions:
     validation_split: float = 0.0
     mixed_precision: bool = False
     jit: bool = False
+    in_memory: str | None = None
+    memory_budget: str | None = None
     checkpoint_dir: str | None = None
     checkpoint_every: int = 50
     resume: bool = False
@@ -48,6 +50,10 @@ class TrainOptions:
             raise ConfigError("--resume needs --checkpoint-dir")
         if self.cache_limit is not None:
             parse_bytes(self.cache_limit, "--cache-limit")
+        if self.in_memory not in (None, "host", "device"):
+            raise ConfigError(f"--in-memory must be host or device, got {self.in_memory!r}")
+        if self.memory_budget is not None:
+            parse_bytes(self.memory_budget, "--memory-budget")
         if self.checkpoint_every < 1:
             raise ConfigError(f"--checkpoint-every must be at least 1, got {self.checkpoint_every}")
 

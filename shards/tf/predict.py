@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 from shards.cluster import check_workers, cluster_resource, connect_ray
 from shards.errors import ShardsError
 from shards.io.fileio import temporary_path
+from shards.io.memory import available_memory
 from shards.layout.targets import Target, Targets
 from shards.read.dataset import ShardDataset
 from shards.tf.options import PredictOptions
@@ -147,7 +148,7 @@ def auto_batch_size(dataset: ShardDataset, predictor: Predictor, positions: np.n
     except _out_of_memory_errors():
         return max(1, len(probe) // 2)  # the device cannot even take the probe: start below it
     per_sample = max(2 * sample_bytes, (_peak_rss_bytes() - before) / len(probe))
-    available = budget if budget is not None else int(_available_memory() * BUDGET_SHARE)
+    available = budget if budget is not None else int(available_memory() * BUDGET_SHARE)
     batch = int(max(1, min(AUTO_START, len(positions), available // per_sample)))
     logger.info(
         "auto batch size %d: %.1f MB per sample measured, budget %.0f MB", batch, per_sample / 1e6, available / 1e6
@@ -182,28 +183,6 @@ def _reset_peak_rss() -> None:
             handle.write("5")
     except OSError:
         pass
-
-
-def _available_memory() -> int:
-    """What the machine has available, or what this process's cgroup still allows if less."""
-    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    available = int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    try:
-        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as limit_file:
-            limit = limit_file.read().strip()
-        with open("/sys/fs/cgroup/memory.current", encoding="ascii") as current_file:
-            current = int(current_file.read().strip())
-        if limit != "max":
-            available = min(available, int(limit) - current)
-    except (OSError, ValueError):
-        pass
-    return max(available, 1)
 
 
 def _table(

@@ -252,6 +252,10 @@ def train_worker(
         logger.info("mixed precision: %s", policy)
     keras.utils.set_random_seed(options.seed)
     dataset = open_for_training(dest, data_node, options.cache_limit)
+    if options.in_memory and not hasattr(dataset, "in_memory"):
+        raise ConfigError(f"{dest}: --in-memory needs DEST readable where the trainer runs (a shared path or s3://)")
+    if options.in_memory == "host":  # loaded once; the training and validation parts share it
+        dataset = dataset.in_memory(options.memory_budget)
     if any(t.kind != "regression" and not t.classes for t in dataset.targets.items):
         raise ConfigError(f"{dest}: the dataset has no labels (no classes); nothing to train on")
     train_set, validation_set = (
@@ -275,6 +279,8 @@ def train_worker(
         return feed(
             train_set,
             spec,
+            cache="device" if options.in_memory == "device" else None,
+            memory_budget=options.memory_budget,
             epoch=epoch,
             start=start if epoch == first_epoch else 0,
             on_batch=lambda e, positions: audit.setdefault(e, []).append(positions),
