@@ -97,3 +97,29 @@ def test_train_in_memory_trains_and_a_small_budget_fails_in_one_line(colours, tm
     )
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr[-3000:]
     assert "over the budget of 1,024 bytes" in refused.stderr
+
+
+def test_a_model_built_in_the_feeding_scope_gets_its_batches_on_the_device_and_trains(colours):
+    """What a single trainer does on a GPU node, run here with the CPU as the device."""
+    import warnings
+
+    import keras
+    import tensorflow as tf
+
+    from shards.tf.devices import feeding_scope
+    from shards.tf.training import build_model, compile_model
+
+    keras.utils.set_random_seed(0)
+    dataset = shards.open(colours)
+    with feeding_scope(tf, "/CPU:0"):
+        model = compile_model(build_model(dataset.shape, dataset.targets, "uint8"), 3e-3, dataset.targets)
+    assert isinstance(model.distribute_strategy, tf.distribute.OneDeviceStrategy)
+    fed = model.distribute_strategy.experimental_distribute_dataset(dataset.to_tf(8))
+    images, _ = next(iter(fed))
+    assert images.device.endswith("CPU:0") and images.dtype == tf.uint8  # cast and scaled by the model
+    untrained = model.evaluate(dataset.to_tf(32), verbose=0)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. "Your input ran out of data"
+        warnings.filterwarnings("ignore", "`shuffle=True` was passed")
+        model.fit(dataset.to_tf(8, shuffle=True, seed=1), epochs=3, verbose=0)
+    assert model.evaluate(dataset.to_tf(32), verbose=0)[0] < 0.5 * untrained

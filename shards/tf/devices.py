@@ -8,6 +8,7 @@ one line, to train on the CPU when Ray gave it a GPU.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from typing import Any
 
@@ -55,3 +56,10 @@ def grow_gpu_memory(tf: Any) -> None:
             tf.config.experimental.set_memory_growth(gpu, True)
         except (RuntimeError, ValueError) as exc:  # already initialised: too late, say so
             logger.warning("cannot turn on memory growth for %s: %s", gpu.name, exc)
+
+
+def feeding_scope(tf: Any, device: str | None) -> Any:
+    """Where to build a single-process model so Keras feeds `device` ahead of each step: under
+    a one-device strategy, `fit` distributes its dataset through the strategy, which copies the
+    next batches to the device while the current step runs (cardinality kept). None: as built."""
+    return tf.distribute.OneDeviceStrategy(device).scope() if device else contextlib.nullcontext()

@@ -25,7 +25,7 @@ from shards.read.dataset import open_shards
 from shards.read.sampling import position_after
 from shards.read.spec import ReadSpec, ReadState
 from shards.tf.adapters import spec_to_tf
-from shards.tf.devices import check_devices
+from shards.tf.devices import check_devices, feeding_scope
 from shards.tf.options import TrainOptions
 from shards.tf.support import import_tensorflow
 
@@ -305,7 +305,8 @@ def train_worker(
         os.path.join(options.checkpoint_dir, CHECKPOINT_MODEL) if state and options.checkpoint_dir else None
     )
     if strategy is None:
-        model = load_or_build(dataset, options, checkpoint_model)
+        with feeding_scope(tf, "/GPU:0" if gpus else None):  # batches reach the GPU ahead of the step
+            model = load_or_build(dataset, options, checkpoint_model)
         fit = dict(callbacks=[callback], validation_data=validation, verbose=0, shuffle=False)
         next_epoch = first_epoch
         if start:  # finish the interrupted epoch, then go on with whole epochs
