@@ -75,7 +75,7 @@ def list_folder(folder: str, exclude: str | None = None) -> Listing:
     classes = [display_name(e.name) for e in class_dirs]
     return Listing(
         names,
-        ListingTargets.classes(np.concatenate(labels), classes),
+        ListingTargets.of_classes(np.concatenate(labels), classes),
         problems=problems if problems.null_count < len(problems) else None,
     )
 
@@ -176,7 +176,7 @@ def list_prefix(src: str) -> Listing:
     table = table.sort_by([("class", "ascending"), ("uri", "ascending")])
     labels = pc.index_in(table.column("class"), value_set=pa.array(classes, pa.string()))
     labels = labels.fill_null(UNLABELED).to_numpy().astype(np.int32)
-    return Listing(table.column("uri"), ListingTargets.classes(labels, classes))
+    return Listing(table.column("uri"), ListingTargets.of_classes(labels, classes))
 
 
 def _listed_pages(src: str) -> tuple[list[pa.Array], list[pa.Array]]:

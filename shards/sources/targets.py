@@ -87,7 +87,7 @@ class ListingTargets:
     columns: tuple[TargetColumn, ...]
 
     @classmethod
-    def classes(cls, labels: np.ndarray, classes: Sequence[str], name: str = "label") -> ListingTargets:
+    def of_classes(cls, labels: np.ndarray, classes: Sequence[str], name: str = "label") -> ListingTargets:
         """One class target (folders, tar `.cls` members)."""
         target = Target(name, "class", tuple(classes))
         return cls((TargetColumn(target, np.asarray(labels, np.int32)),))
@@ -95,7 +95,7 @@ class ListingTargets:
     @classmethod
     def unlabeled(cls, count: int) -> ListingTargets:
         """One class target with no classes: every input unlabeled."""
-        return cls.classes(np.full(count, UNLABELED, np.int32), [])
+        return cls.of_classes(np.full(count, UNLABELED, np.int32), [])
 
     @property
     def targets(self) -> Targets:
@@ -253,9 +253,9 @@ def _regression_lists(where: str, column: pa.Array, name: str) -> tuple[TargetCo
 
 def _holds_json_lists(column: pa.Array) -> bool:
     """Whether a text column's cells are JSON lists (a CSV's way to write them)."""
-    first = pc.utf8_trim_whitespace(pc.drop_null(column))
-    first = pc.filter(first, pc.not_equal(first, ""))
-    return len(first) > 0 and pc.any(pc.starts_with(first, "[")).as_py()
+    cells = pc.utf8_trim_whitespace(pc.drop_null(column))
+    cells = pc.filter(cells, pc.not_equal(cells, ""))
+    return len(cells) > 0 and bool(pc.any(pc.starts_with(cells, "[")).as_py())
 
 
 def _parse_json_lists(where: str, column: pa.Array, name: str) -> pa.Array:
