@@ -4,6 +4,15 @@ from __future__ import annotations
 
 import os
 
+#: Share of the memory available that prediction batches or an in-memory dataset take when
+#: no budget is given.
+BUDGET_SHARE = 0.5
+
+
+def default_budget() -> int:
+    """Bytes a memory-hungry feature may take when the user set no budget."""
+    return int(available_memory() * BUDGET_SHARE)
+
 
 def available_memory() -> int:
     """What the machine has available, or what this process's cgroup still allows if less."""

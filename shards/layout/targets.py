@@ -112,6 +112,11 @@ class Targets:
         return next((list(t.classes) for t in self.items if t.kind != "regression"), [])
 
     @property
+    def labelled(self) -> bool:
+        """Whether every class and multi-label target has classes: something to train on."""
+        return all(t.kind == "regression" or t.classes for t in self.items)
+
+    @property
     def multi(self) -> bool:
         """Several targets: stored as one structured row, handed out as a dict."""
         return len(self.items) > 1
@@ -179,6 +184,17 @@ class Targets:
         if len({t.name for t in items}) != len(items):
             raise ManifestError(f"{where}: two targets share a name")
         return cls(items)
+
+
+def arrow_values(values: np.ndarray) -> Any:
+    """Regression values [N] or [N, K] as Arrow (float32, or fixed-size lists of K): how
+    index.parquet and prediction files hold them."""
+    import pyarrow as pa
+
+    values = np.asarray(values, np.float32)
+    if values.ndim == 2:
+        return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
+    return pa.array(values)
 
 
 def multi_hot(lists: Any, width: int) -> np.ndarray:

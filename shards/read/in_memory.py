@@ -15,14 +15,11 @@ import numpy as np
 
 from shards.errors import ConfigError
 from shards.formats.base import ShardReader
-from shards.io.memory import available_memory
+from shards.io.memory import default_budget
 from shards.options import parse_bytes
 
 if TYPE_CHECKING:
     from shards.read.dataset import ShardDataset
-
-#: Share of the memory available that an in-memory dataset may take by default.
-BUDGET_SHARE = 0.5
 
 
 class MemoryShardReader(ShardReader):
@@ -51,7 +48,7 @@ def check_budget(dataset: ShardDataset, budget: int | str | None, where: str = "
     Raises:
         ConfigError: one line with the bytes needed and the budget.
     """
-    limit = parse_bytes(budget, "memory budget") if budget is not None else int(available_memory() * BUDGET_SHARE)
+    limit = parse_bytes(budget, "memory budget") if budget is not None else default_budget()
     needed = bytes_needed(dataset)
     if needed > limit:
         raise ConfigError(

@@ -80,7 +80,8 @@ class Listing:
 
     @property
     def labels(self) -> np.ndarray:
-        """The first target's values (class indices for a class target)."""
+        """The first target's values: class indices for folders, `.cls` members and class columns
+        (Arrow lists for a multi-label target)."""
         return np.asarray(self.targets.columns[0].values)
 
     def fingerprint(self) -> str:

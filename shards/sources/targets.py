@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards.errors import SourceError
-from shards.layout.targets import Target, Targets, multi_hot
+from shards.layout.targets import Target, Targets, arrow_values, multi_hot
 
 UNLABELED = -1
 
@@ -56,9 +56,7 @@ class TargetColumn:
         if self.target.kind == "multilabel":
             return self.values.take(pa.array(positions))
         values = np.asarray(self.values)[positions]
-        if values.ndim == 2:
-            return pa.FixedSizeListArray.from_arrays(pa.array(values.reshape(-1)), values.shape[1])
-        return pa.array(values)
+        return arrow_values(values) if self.target.kind == "regression" else pa.array(values)
 
     def stats(self, positions: np.ndarray) -> dict[str, list[float] | list[int]]:
         """What `shards inspect` shows of the written samples: counts per class, or the

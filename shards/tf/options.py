@@ -95,7 +95,7 @@ def check_training(dest: str, options: TrainOptions, *, workers: int, gpus_per_w
         raise ConfigError(f"--model {options.model_path}: no such file")
     manifest = load_manifest(dest)
     targets = manifest.targets
-    if any(target.kind != "regression" and not target.classes for target in targets.items):
+    if not targets.labelled:
         raise ConfigError(f"{dest}: the dataset has no labels (no classes); nothing to train on")
     # A sample without a class (-1) would fail deep inside TensorFlow with "Graph execution
     # error"; counted here from index.parquet, it is refused before any work, in one line.

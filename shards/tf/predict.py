@@ -21,8 +21,8 @@ import pyarrow.parquet as pq
 from shards.cluster import check_workers, cluster_resource, connect_ray
 from shards.errors import ShardsError
 from shards.io.fileio import temporary_path
-from shards.io.memory import available_memory
-from shards.layout.targets import Target, Targets
+from shards.io.memory import default_budget
+from shards.layout.targets import Target, Targets, arrow_values
 from shards.read.dataset import ShardDataset
 from shards.tf.options import PredictOptions
 
@@ -127,7 +127,6 @@ def predict_to_parquet(
 
 
 PROBE_SAMPLES = 16
-BUDGET_SHARE = 0.5  # of the memory available, when no --host-memory is given
 
 
 def auto_batch_size(dataset: ShardDataset, predictor: Predictor, positions: np.ndarray, budget: int | None) -> int:
@@ -148,7 +147,7 @@ def auto_batch_size(dataset: ShardDataset, predictor: Predictor, positions: np.n
     except _out_of_memory_errors():
         return max(1, len(probe) // 2)  # the device cannot even take the probe: start below it
     per_sample = max(2 * sample_bytes, (_peak_rss_bytes() - before) / len(probe))
-    available = budget if budget is not None else int(available_memory() * BUDGET_SHARE)
+    available = budget if budget is not None else default_budget()
     batch = int(max(1, min(AUTO_START, len(positions), available // per_sample)))
     logger.info(
         "auto batch size %d: %.1f MB per sample measured, budget %.0f MB", batch, per_sample / 1e6, available / 1e6
@@ -188,58 +187,45 @@ def _reset_peak_rss() -> None:
 def _table(
     targets: Targets, positions: np.ndarray, labels: Any, scores: Any, options: PredictOptions, sources: pa.Array | None
 ) -> pa.Table:
-    """One batch's rows: the class layout for one class target, per-target columns otherwise."""
+    """One batch's rows: the class columns of `_rows` for one class target; with other or
+    several targets, each target's columns (prefixed by its name when there are several)."""
     (first, *_) = targets.items
     if not targets.multi and first.kind == "class":
         return _rows(positions, labels, np.asarray(scores, np.float32), options.top_k, sources, list(first.classes))
     columns: dict[str, pa.Array] = {"row": pa.array(positions.astype(np.int64))}
     for target in targets.items:
         prefix = f"{target.name}_" if targets.multi else ""
-        mine = scores[target.name] if targets.multi else scores
+        mine = np.asarray(scores[target.name] if targets.multi else scores, np.float32)
         truth = labels[target.name] if targets.multi else labels
-        columns.update(_target_columns(target, prefix, truth, np.asarray(mine, np.float32), options))
+        columns.update(
+            {prefix + name: values for name, values in _target_columns(target, truth, mine, options).items()}
+        )
     if sources is not None:
         columns["source"] = sources.take(pa.array(positions.astype(np.int64)))
     return pa.table(columns)
 
 
-def _target_columns(
-    target: Target, prefix: str, truth: np.ndarray, scores: np.ndarray, options: PredictOptions
-) -> dict[str, pa.Array]:
-    """A class target: label, prediction (index and name), score. Multi-label: `label_names`
-    and `prediction_names` (classes scoring at least `options.threshold`), `scores` per class.
-    Regression: `label` and `prediction` values."""
+def _target_columns(target: Target, truth: np.ndarray, scores: np.ndarray, options: PredictOptions) -> dict[str, Any]:
+    """A class target: the columns of `_rows` (label, prediction, score, top k). Multi-label:
+    `label_names`, `prediction_names` (classes scoring at least `options.threshold`) and
+    `scores` per class. Regression: `label` and `prediction` values."""
+    if target.kind == "class":
+        table = _rows(np.empty(len(truth), np.int64), truth, scores, options.top_k, None, list(target.classes))
+        return {name: table.column(name) for name in table.column_names if name != "row"}
     if target.kind == "regression":
-        shaped = scores.reshape(len(scores), *target.sample_shape)
-        return {f"{prefix}label": _values(truth), f"{prefix}prediction": _values(shaped)}
-    names = np.array(target.classes, dtype=object)
-    if target.kind == "multilabel":
-        scores = scores.reshape(len(scores), -1)
         return {
-            f"{prefix}label_names": pa.array([names[row > 0].tolist() for row in truth], pa.list_(pa.string())),
-            f"{prefix}prediction_names": pa.array(
-                [names[row >= options.threshold].tolist() for row in scores], pa.list_(pa.string())
-            ),
-            f"{prefix}scores": pa.array(list(scores), pa.list_(pa.float32())),
+            "label": arrow_values(truth),
+            "prediction": arrow_values(scores.reshape(len(scores), *target.sample_shape)),
         }
-    prediction = np.argmax(scores, axis=1).astype(np.int32) if len(scores) else np.empty(0, np.int32)
-    named = np.array([*target.classes, ""], dtype=object)
+    names = np.array(target.classes, dtype=object)
+    scores = scores.reshape(len(scores), -1)
     return {
-        f"{prefix}label": pa.array(truth.astype(np.int32)),
-        f"{prefix}label_name": pa.array(named[np.where(truth >= 0, truth, len(target.classes))].tolist(), pa.string()),
-        f"{prefix}prediction": pa.array(prediction),
-        f"{prefix}prediction_name": pa.array(names[prediction].tolist() if len(prediction) else [], pa.string()),
-        f"{prefix}score": pa.array(
-            scores[np.arange(len(scores)), prediction] if len(scores) else np.empty(0, np.float32)
+        "label_names": pa.array([names[row > 0].tolist() for row in truth], pa.list_(pa.string())),
+        "prediction_names": pa.array(
+            [names[row >= options.threshold].tolist() for row in scores], pa.list_(pa.string())
         ),
+        "scores": pa.array(list(scores), pa.list_(pa.float32())),
     }
-
-
-def _values(array: np.ndarray) -> pa.Array:
-    array = np.asarray(array, np.float32)
-    if array.ndim == 2:
-        return pa.FixedSizeListArray.from_arrays(pa.array(array.reshape(-1)), array.shape[1])
-    return pa.array(array)
 
 
 def _empty_scores(targets: Targets) -> Any:

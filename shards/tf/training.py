@@ -252,12 +252,12 @@ def train_worker(
         logger.info("mixed precision: %s", policy)
     keras.utils.set_random_seed(options.seed)
     dataset = open_for_training(dest, data_node, options.cache_limit)
+    if not dataset.targets.labelled:
+        raise ConfigError(f"{dest}: the dataset has no labels (no classes); nothing to train on")
     if options.in_memory and not hasattr(dataset, "in_memory"):
         raise ConfigError(f"{dest}: --in-memory needs DEST readable where the trainer runs (a shared path or s3://)")
     if options.in_memory == "host":  # loaded once; the training and validation parts share it
         dataset = dataset.in_memory(options.memory_budget)
-    if any(t.kind != "regression" and not t.classes for t in dataset.targets.items):
-        raise ConfigError(f"{dest}: the dataset has no labels (no classes); nothing to train on")
     train_set, validation_set = (
         dataset.split(options.validation_split, options.seed) if options.validation_split else (dataset, None)
     )

@@ -47,10 +47,11 @@ def npy_bytes(count: int, shape: tuple[int, ...], dtype: np.dtype) -> int:
     return len(header.getvalue()) + count * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
 
 
-def shard_bytes(plan_counts: list[int], options: PreprocessOptions, dtype: str, targets: np.dtype) -> int:
-    """Bytes on disk of npy shards holding `plan_counts` samples each (`targets`: one sample's)."""
+def shard_bytes(plan_counts: list[int], options: PreprocessOptions, dtype: str, targets_dtype: np.dtype) -> int:
+    """Bytes on disk of npy shards holding `plan_counts` samples each (`targets_dtype`: one
+    sample's stored targets)."""
     storage = numpy_storage_dtype(dtype)
-    return sum(npy_bytes(n, options.shape, storage) + npy_bytes(n, (), targets) for n in plan_counts)
+    return sum(npy_bytes(n, options.shape, storage) + npy_bytes(n, (), targets_dtype) for n in plan_counts)
 
 
 def estimate_run(
