@@ -9,7 +9,7 @@ import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "shards")
-HEAVY = ("tensorflow", "keras", "cv2", "ray", "boto3")
+HEAVY = ("tensorflow", "keras", "cv2", "numba", "ray", "boto3")
 
 
 def modules():

@@ -39,8 +39,9 @@ HOW_TO_PROCEED = (
 )
 
 # Raised when equal options start to write different pixels, so `--resume` never mixes shards of
-# two resamplers in one run. 2: the antialiased resampler of 0.3.0 (0.2.0 keys had no such field).
-PIXELS = 2
+# two resamplers in one run. 2: 0.3.0's first antialiased resampler (0.2.0 keys had no such
+# field); 3: Pillow's bicubic filter (shards.write.resample).
+PIXELS = 3
 _RUN_KEY = re.compile(r"[0-9a-f]{64}")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _REQUIRED = ("version", "format", "complete", "count", "shape", "dtype", "classes", "rejected", "shards", "config")

@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from shards.errors import DecodeError
 from shards.options import numpy_storage_dtype
 from shards.write import jpeg_turbo
-from shards.write.geometry import exif_orientation, needed_size
+from shards.write.geometry import TRANSPOSING_ORIENTATIONS, exif_orientation, needed_size
 from shards.write.resample import resize_array
 
 # Pillow's own default bomb limit (~89.5 Mpx, a 0.25 GiB RGB buffer): large enough for any camera,
@@ -84,13 +84,16 @@ def _decode_with_pillow(data: bytes, size: tuple[int, int], resize: str, max_pix
                     f"over the {max_pixels / 1e6:.0f} Mpx limit"
                 )
             orientation = exif_orientation(image)
+            reduction = 1
             if image.format == "JPEG":
-                image.draft(None, needed_size(*image.size, orientation, size, resize))
+                drafted = image.draft(None, needed_size(width, height, orientation, size, resize))
+                if drafted is not None:  # the DCT-domain reduction libjpeg will decode at
+                    reduction = round(width / drafted[1][2])
             image.load()
             if orientation in _TRANSPOSE:
                 image = image.transpose(_TRANSPOSE[orientation])
-            image = _to_rgb(image)
-            return resize_array(np.asarray(image), size, resize)
+            shown = (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)
+            return resize_array(np.asarray(_to_rgb(image)), size, resize, full_size=shown, reduction=reduction)
     except DecodeError:
         raise
     except Image.DecompressionBombError as exc:

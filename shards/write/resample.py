@@ -3,44 +3,30 @@
 OpenCV's linear and cubic resizes sample the input at the output's pixel positions without
 filtering it first, so shrinking by more than ~1.5x in an axis aliases: fine texture turns into
 moiré (a fine-detail photo stretched 640x427 -> 224x224 scored 26.5 dB against a Lanczos
-reference). Pillow's and tf.image's antialiased filters avoid that, but Pillow's bicubic costs
-~940 us for a 375x375 -> 224x224 crop on one core of the bench machine: as much as the decode.
+reference). This is Pillow's `Image.resize(..., BICUBIC, box=...)`: Keys' cubic (a = -0.5)
+widened by the shrink factor, so every input pixel under an output pixel is filtered in, and
+centred on the exact (fractional) box of the crop, pad or stretch placement.
 
-So the shrink is done in two SIMD steps of OpenCV: a cubic resize *up* to k times the output
-(k = the shrink factor rounded up, per axis), then an exact k:1 area average down. The area
-step is a box filter one output pixel wide over a cubic interpolation, which rejects what an
-output pixel cannot show; both steps have fast integer paths. Crop boxes rarely start on a
-whole pixel (500x375 -> crop starts at x = 62.5), and a half-pixel error alone cost 6 dB on a
-detailed photo, so the box is taken from its whole-pixel start and the remaining fraction is
-applied as a 4-tap cubic shift on the (small) output.
+Pillow computes it with one scalar multiply-add per tap and channel; here each axis is one pass
+of `resample_kernels.filter_rows` over whole rows (SIMD), the second on the image transposed by
+OpenCV. Measured on one core of the bench machine, ImageNet-like JPEGs decoded to ~400x400 ->
+224x224 crops: ~155 us an image, against ~330 us for 0.3.0's first resampler (OpenCV cubic up
+to k times the output, then a k:1 area average) and ~1,030 us for Pillow's bicubic.
 
-Cost for a 500x375 -> 224x224 crop on one core of the bench machine: ~215 us (cubic up 146,
-area 34, shift 34), against 61 us for the aliasing linear resize it replaces and ~940 us for
-Pillow's bicubic.
-
-On real photographs at 224x224 (scikit-image's samples as JPEG q95, crop and stretch) this
-scores 40.7 dB mean and 34.7 dB worst against Pillow's Lanczos on the exact box, where OpenCV's
-linear resize scored 35.1/26.4 and Pillow's bilinear 35.7/28.9. On a zone plate it leaves
-8.7 grey levels RMS of aliasing past the output's Nyquist (OpenCV linear: 61; OpenCV area: 7.1;
-Pillow bilinear: 1.4, bicubic: 0.5). Measured and not kept (whole resize, same machine):
-a scaled-cubic filter at the upsampled resolution (0.55 aliasing, 43.4 dB) cost 1,315 us; a
-triangle pre-filter (1.1, 35.6 dB) 348 us; a half-band one (1.6, 38.5 dB) 404 us.
+Quality, scikit-image's real photographs at 224x224 (crop and stretch) against Pillow's Lanczos
+on the exact box: 45.0 dB mean, 37.9 worst (the first resampler: 41.1 / 34.8). On a zone plate it
+leaves 0.54 grey levels RMS of aliasing past the output's Nyquist (the first resampler: 8.7;
+Pillow's bilinear, what Ray Data uses: 1.4; OpenCV linear without filtering: 61).
 """
 
 from __future__ import annotations
 
 import functools
-import math
 from typing import Any
 
 import numpy as np
 
 from shards.write.geometry import place
-
-#: Shrinking an axis by more than this goes through the antialiasing steps; below it, one cubic
-#: resize (its 4-tap kernel still covers 1.25 input pixels per output pixel).
-ANTIALIAS_ABOVE = 1.25
-_SUBPIXEL = 0.01  # shifts below 1/100 of an output pixel are left alone
 
 
 @functools.cache
@@ -51,25 +37,40 @@ def _opencv() -> Any:
     return cv2
 
 
-def resize_array(pixels: np.ndarray, size: tuple[int, int], resize: str) -> np.ndarray:
+@functools.cache
+def _kernels() -> Any:
+    from shards.write import resample_kernels  # numba: compiled (or loaded) on first use
+
+    return resample_kernels
+
+
+def resize_array(
+    pixels: np.ndarray,
+    size: tuple[int, int],
+    resize: str,
+    *,
+    full_size: tuple[int, int] | None = None,
+    reduction: int = 1,
+) -> np.ndarray:
     """Resize a (height, width, 3) uint8 array to `size` (height, width) by `stretch`, `crop`
-    or `pad` (the placement of `shards.write.geometry.place`)."""
+    or `pad` (the placement of `shards.write.geometry.place`).
+
+    A JPEG decoder may hand over the image reduced `reduction`-fold in the DCT domain from its
+    `full_size` (width, height, as shown): the placement is then made on the full size and
+    scaled down, because the reduced size is rounded up (427 rows at 1/2 decode to 214, not
+    213.5), and placing on it would shift and stretch the output by up to a pixel.
+    """
     height, width = pixels.shape[:2]
-    placement = place(width, height, size, resize)
-    left, top, right, bottom = placement.source
+    full_width, full_height = full_size or (width, height)
+    placement = place(full_width, full_height, size, resize)
+    left, top, right, bottom = (edge / reduction for edge in placement.source)
+    right, bottom = min(right, width), min(bottom, height)
     x, y, inner_w, inner_h = placement.target
-    first_x, first_y = math.floor(left + 1e-9), math.floor(top + 1e-9)
-    box_w = min(width - first_x, max(1, round(right - left)))
-    box_h = min(height - first_y, max(1, round(bottom - top)))
-    box = pixels[first_y : first_y + box_h, first_x : first_x + box_w]
-    if box.strides[1:] != (3, 1):  # transposed by an EXIF orientation: OpenCV needs packed pixels
-        box = np.ascontiguousarray(box)
-    scale_x, scale_y = box_w / inner_w, box_h / inner_h
-    if (box_w, box_h) == (inner_w, inner_h) and (left, top) == (first_x, first_y):
-        resized = np.ascontiguousarray(box)  # already the output size: its pixels, exactly, unresampled
+    if (right - left, bottom - top) == (inner_w, inner_h) and left == int(left) and top == int(top):
+        # already the output size on whole pixels: its pixels, exactly, unresampled
+        resized = np.ascontiguousarray(pixels[int(top) : int(bottom), int(left) : int(right)])
     else:
-        resized = _shrink_or_grow(box, inner_w, inner_h, scale_x, scale_y)
-    resized = _shift(resized, (left - first_x) / scale_x, (top - first_y) / scale_y)
+        resized = _bicubic(np.ascontiguousarray(pixels), (left, top, right, bottom), inner_w, inner_h)
     if (inner_w, inner_h) == (size[1], size[0]):
         return resized
     canvas = np.zeros((size[0], size[1], 3), np.uint8)
@@ -77,40 +78,20 @@ def resize_array(pixels: np.ndarray, size: tuple[int, int], resize: str) -> np.n
     return canvas
 
 
-def _shrink_or_grow(box: np.ndarray, width: int, height: int, scale_x: float, scale_y: float) -> np.ndarray:
-    cv2 = _opencv()
-    factor_x = math.ceil(scale_x) if scale_x > ANTIALIAS_ABOVE else 1
-    factor_y = math.ceil(scale_y) if scale_y > ANTIALIAS_ABOVE else 1
-    if factor_x == factor_y == 1:
-        return cv2.resize(box, (width, height), interpolation=cv2.INTER_CUBIC)
-    upsampled = cv2.resize(box, (width * factor_x, height * factor_y), interpolation=cv2.INTER_CUBIC)
-    return cv2.resize(upsampled, (width, height), interpolation=cv2.INTER_AREA)
-
-
-def _shift(pixels: np.ndarray, dx: float, dy: float) -> np.ndarray:
-    """Move the content left by dx and up by dy output pixels (0 <= d < 1), cubic, one 4-tap
-    pass per axis that needs it (~34 us for 224x224x3; a 2-D separable pass cost 126 us)."""
-    cv2 = _opencv()
-    if dx >= _SUBPIXEL:
-        kernel = _shift_kernel(round(dx, 2)).reshape(1, 4)
-        pixels = cv2.filter2D(pixels, -1, kernel, anchor=(1, 0), borderType=cv2.BORDER_REPLICATE)
-    if dy >= _SUBPIXEL:
-        kernel = _shift_kernel(round(dy, 2)).reshape(4, 1)
-        pixels = cv2.filter2D(pixels, -1, kernel, anchor=(0, 1), borderType=cv2.BORDER_REPLICATE)
-    return pixels
-
-
-@functools.cache
-def _shift_kernel(fraction: float) -> np.ndarray:
-    """Keys' cubic (a = -0.5, as OpenCV and Pillow) weights of the 4 pixels around x + fraction."""
-    weights = np.array([_keys(offset - fraction) for offset in (-1, 0, 1, 2)], np.float32)
-    return weights / weights.sum()
-
-
-def _keys(x: float, a: float = -0.5) -> float:
-    x = abs(x)
-    if x < 1:
-        return (a + 2) * x**3 - (a + 3) * x**2 + 1
-    if x < 2:
-        return a * x**3 - 5 * a * x**2 + 8 * a * x - 4 * a
-    return 0.0
+def _bicubic(pixels: np.ndarray, box: tuple[float, float, float, float], width: int, height: int) -> np.ndarray:
+    """The `box` (left, top, right, bottom) of C-ordered `pixels` resized to (width, height):
+    rows first, over the columns the horizontal filter will read, then columns, transposed."""
+    kernels, cv2 = _kernels(), _opencv()
+    rows_in, columns_in = pixels.shape[:2]
+    left, top, right, bottom = box
+    reach = int(kernels.SUPPORT * max((right - left) / width, 1.0)) + 2  # the filter's half-width, and some
+    first = max(0, int(left) - reach)
+    last = min(columns_in, int(np.ceil(right)) + reach)
+    rows, weights = kernels.weights(rows_in, height, float(top), float(bottom - top))
+    tall = np.empty((height, (last - first) * 3), np.uint8)
+    kernels.filter_rows(pixels.reshape(rows_in, columns_in * 3), first * 3, last * 3, rows, weights, tall)
+    turned = cv2.transpose(tall.reshape(height, last - first, 3)).reshape(last - first, height * 3)
+    columns, weights = kernels.weights(last - first, width, float(left - first), float(right - left))
+    wide = np.empty((width, height * 3), np.uint8)
+    kernels.filter_rows(turned, 0, height * 3, columns, weights, wide)
+    return cv2.transpose(wide.reshape(width, height, 3))
