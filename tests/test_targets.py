@@ -282,8 +282,13 @@ def test_the_default_model_learns_each_kind_with_its_head_and_loss(learnable, na
 
     train = dataset.to_tf(4, shuffle=True, seed=1).map(one_target)
     untrained = model.evaluate(dataset.to_tf(32).map(one_target), verbose=0)[0]
-    model.fit(train, epochs=2, verbose=0)
-    trained = model.evaluate(dataset.to_tf(32).map(one_target), verbose=0)[0]
+    # Colour must be learnt through GroupNormalization, which removes each group's mean: some
+    # seeds take a few epochs more than others, so train until the loss halves, up to 8 epochs.
+    for epoch in range(8):
+        model.fit(train, initial_epoch=epoch, epochs=epoch + 1, verbose=0)
+        trained = model.evaluate(dataset.to_tf(32).map(one_target), verbose=0)[0]
+        if trained < 0.5 * untrained:
+            break
     assert trained < 0.5 * untrained, (name, untrained, trained)
 
 
