@@ -233,6 +233,7 @@ def quality_section(out: dict) -> None:
         "psnr_db_worst": {row: float(np.min(v)) for row, v in scores.items()},
         "zone_plate_aliasing": {
             "shards": aliasing(decode_image(plate_png, OUT, "crop")),
+            "shards_jpeg": aliasing(decode_image(encode(plate, "JPEG", quality=98), OUT, "crop")),
             "pillow_bilinear_ray_data": aliasing(on_box(plate, Image.Resampling.BILINEAR)),
             "pillow_bicubic": aliasing(on_box(plate, Image.Resampling.BICUBIC)),
             "opencv_linear_0_2_0": aliasing(opencv_linear(plate)),
@@ -478,11 +479,11 @@ def quality_rows(q: dict) -> list[str]:
         ("Pillow bicubic", "pillow_bicubic"),
         ("shards 0.2.0 (OpenCV linear)", "opencv_linear_0_2_0"),
     ):
-        plate_key = "shards" if key == "shards" else key
+        aliased = f"{plate[key]:.2f}" + (f" (as JPEG {plate['shards_jpeg']:.2f})" if key == "shards" else "")
         rows.append(
             f"| resize quality, {label}: PSNR vs Lanczos on {q['photos']} real photos, mean / worst; "
             f"zone-plate aliasing | JPEG {mean[key + '_jpeg']:.1f} / {worst[key + '_jpeg']:.1f} dB, "
-            f"PNG {mean[key + '_png']:.1f} / {worst[key + '_png']:.1f} dB | aliasing {plate[plate_key]:.1f} | "
+            f"PNG {mean[key + '_png']:.1f} / {worst[key + '_png']:.1f} dB | aliasing {aliased} | "
             + (">= 40 / 30 dB, JPEG-PNG <= 1 dB; aliasing <= Pillow bilinear |" if key == "shards" else "|")
         )
     return rows
