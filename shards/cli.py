@@ -478,6 +478,10 @@ def run_plan(args: argparse.Namespace) -> int:
         f"batch {estimate.batch_size:<6} {estimate.host_batch_bytes / mb:,.1f} MB on the host, "
         f"{estimate.device_batch_bytes / mb:,.1f} MB on the device (float32)"
     )
+    print(
+        f"in memory    {estimate.bytes_in_memory / mb:,.1f} MB ({estimate.bytes_in_memory:,} bytes) for the "
+        f"whole run as {options.dtype} (to_tf(cache=...), --in-memory)"
+    )
     if memory is not None:
         print(
             f"largest batch in {args.memory}: {estimate.largest_batch_host:,} for the reader on the host "

@@ -64,6 +64,24 @@ def test_in_memory_gives_the_same_batches_in_the_same_order_for_every_rank_and_r
             assert np.array_equal(a.numpy(), c.numpy()) and np.array_equal(b.numpy(), d.numpy())
 
 
+@pytest.mark.parametrize("cache", ["host", "device"])
+def test_the_parts_of_a_split_share_one_load_of_the_run(colours, cache, monkeypatch):
+    """Training and validation (and a resumed epoch) read one in-memory copy of the run: only the
+    first view checks a budget and loads; the others gather from what it loaded."""
+    from shards.read import in_memory
+
+    loads = []
+    monkeypatch.setattr(in_memory, "check_budget", lambda *args, **kwargs: loads.append(args[0]) or 0)
+    train, validation = shards.open(colours).split(0.25, seed=1)
+    train.to_tf(8, shuffle=True, cache=cache)
+    train.to_tf(8, shuffle=True, epoch=1, cache=cache)
+    checked = validation.to_tf(8, cache=cache)
+    assert len(loads) == 1
+    streamed = validation.to_tf(8)
+    for (a, b), (c, d) in zip(streamed, checked):
+        assert np.array_equal(a.numpy(), c.numpy()) and np.array_equal(b.numpy(), d.numpy())
+
+
 def test_a_budget_too_small_is_refused_before_anything_is_loaded(colours):
     from shards.errors import ConfigError
 
@@ -97,6 +115,16 @@ def test_train_in_memory_trains_and_a_small_budget_fails_in_one_line(colours, tm
     )
     assert refused.returncode == 1 and len(refused.stderr.strip().splitlines()) == 1, refused.stderr[-3000:]
     assert "over the budget of 1,024 bytes" in refused.stderr
+    plan = subprocess.run(
+        [sys.executable, "-m", "shards.cli", "plan", os.path.join(os.path.dirname(colours), "photos"), "--size", "16"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    in_memory = re.search(r"in memory +[0-9.,]+ MB \(([0-9,]+ bytes)\)", plan.stdout)
+    assert in_memory and f"needs {in_memory.group(1)} " in refused.stderr, (plan.stdout, refused.stderr)
 
 
 def test_a_model_built_in_the_feeding_scope_gets_its_batches_on_the_device_and_trains(colours):
@@ -123,3 +151,56 @@ def test_a_model_built_in_the_feeding_scope_gets_its_batches_on_the_device_and_t
         warnings.filterwarnings("ignore", "`shuffle=True` was passed")
         model.fit(dataset.to_tf(8, shuffle=True, seed=1), epochs=3, verbose=0)
     assert model.evaluate(dataset.to_tf(32), verbose=0)[0] < 0.5 * untrained
+
+
+_STRATEGY_LOOP = """
+import sys, keras, tensorflow as tf
+import shards
+from shards.tf.distributed_fit import fit_with_strategy
+from shards.tf.training import build_model, compile_model
+
+keras.mixed_precision.set_global_policy(sys.argv[2])
+keras.utils.set_random_seed(0)
+dataset = shards.open(sys.argv[1])
+strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
+with strategy.scope():
+    model = build_model(dataset.shape, dataset.targets, "uint8")
+    if sys.argv[4] == "sgd":  # not scale-invariant as Adam is: shows a step of the wrong size
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=loss)
+    else:
+        model = compile_model(model, 3e-3, dataset.targets)
+print("optimizer", type(model.optimizer).__name__)
+
+class Losses(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        print("loss", logs["loss"], flush=True)
+
+def inputs(epoch):
+    return strategy.experimental_distribute_dataset(dataset.to_tf(8, shuffle=True, epoch=epoch))
+
+fit_with_strategy(model, strategy, inputs, epochs=4, initial_epoch=0, callback=Losses(), jit=sys.argv[3] == "jit")
+"""
+
+
+@pytest.mark.parametrize(
+    "policy, jit, optimizer", [("mixed_float16", "eager", "sgd"), ("float32", "jit", "adam"), ("float32", "jit", "sgd")]
+)
+def test_the_strategy_loop_scales_the_loss_under_float16_and_compiles_with_xla(colours, policy, jit, optimizer):
+    """The loop Ray Train's workers run (MultiWorkerMirroredStrategy; one CPU replica here).
+    Under mixed_float16 Keras wraps the optimizer in a LossScaleOptimizer, which unscales what it
+    is given: without scaling the loss first, SGD's steps were 32,768x too small and the loss
+    did not move. `--jit` compiles each replica's step with XLA."""
+    result = subprocess.run(
+        [sys.executable, "-c", _STRATEGY_LOOP, colours, policy, jit, optimizer],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    if policy == "mixed_float16":
+        assert "optimizer LossScaleOptimizer" in result.stdout
+    losses = [float(v) for v in re.findall(r"^loss ([0-9.e-]+)$", result.stdout, re.MULTILINE)]
+    assert len(losses) == 4 and losses[-1] < 0.5 * losses[0], result.stdout

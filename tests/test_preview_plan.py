@@ -54,6 +54,10 @@ def test_plan_figures_equal_what_a_run_writes(ray_cluster, photos, tmp_path, cap
     assert estimate.bytes_on_disk == on_disk == summary.bytes
     assert estimate.host_batch_bytes == 32 * (30 * 20 * 3 * 2 + 4)
     assert estimate.largest_batch_host == 2**30 // (4 * (30 * 20 * 3 * 2 + 4))
+    from shards.read.in_memory import bytes_needed
+
+    held = bytes_needed(shards.open(str(tmp_path / "out")))
+    assert estimate.bytes_in_memory == held == summary.written * (30 * 20 * 3 * 2 + 4)
     assert (
         cli.main(
             [

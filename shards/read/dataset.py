@@ -67,6 +67,10 @@ class ShardDataset:
         self._format = get_format(self.manifest.format)
         self._offsets = np.cumsum([0] + [s.count for s in self.manifest.shards])
         self._readers: dict[int, ShardReader] = {}
+        # The whole run as the in-memory caches hold it ("host": shard readers, "device":
+        # tensors): shared by every view (split parts, run()), so a train and a validation part,
+        # or a resumed epoch, load the run once.
+        self._held: dict[str, Any] = {}
         self._subset: np.ndarray | None = None
         self.cache: ShardCache | None = None
         if folder is None:
@@ -180,9 +184,11 @@ class ShardDataset:
         """
         from shards.read.in_memory import check_budget, load_readers
 
-        check_budget(self, budget)
+        if "host" not in self._held:
+            check_budget(self, budget)
+            self._held["host"] = load_readers(self)
         view = copy.copy(self)
-        view._readers = load_readers(self)
+        view._readers = self._held["host"]
         view.cache = None  # nothing left to fetch
         return view
 

@@ -52,9 +52,9 @@ def check_budget(dataset: ShardDataset, budget: int | str | None, where: str = "
     needed = bytes_needed(dataset)
     if needed > limit:
         raise ConfigError(
-            f"{dataset.dest}: holding the dataset in {where} needs {needed:,} bytes ({needed / 2**30:.2f} GiB), "
-            f"over the budget of {limit:,} bytes ({limit / 2**30:.2f} GiB); stream it from the shards instead, "
-            "or raise the budget"
+            f"{dataset.dest}: holding the dataset in {where} needs {needed:,} bytes ({needed / 1e6:,.1f} MB, "
+            f"as `shards plan` counts it), over the budget of {limit:,} bytes ({limit / 1e6:,.1f} MB); "
+            "stream it from the shards instead, or raise the budget"
         )
     return needed
 

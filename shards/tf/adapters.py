@@ -155,16 +155,18 @@ def _device_resident(
 ) -> tensorflow.data.Dataset:
     """The run as tensors on the default device, each batch a gather there: only the batch's
     positions (a few KB) travel from the host per step. The positions and their order are the
-    streaming reader's, so the batches are the same."""
+    streaming reader's, so the batches are the same. The run is loaded once for all the views
+    of it (a train and a validation part, a resumed epoch)."""
     from shards.read.in_memory import check_budget
 
-    check_budget(dataset, budget, where="device memory")
-    whole = dataset.run()
-    images, labels = whole.read(np.arange(len(whole)))  # one host copy, read in storage order
+    if "device" not in dataset._held:
+        check_budget(dataset, budget, where="device memory")
+        whole = dataset.run()
+        images, labels = whole.read(np.arange(len(whole)))  # one host copy, read in storage order
+        dataset._held["device"] = (tf.constant(images), tf.nest.map_structure(tf.constant, labels))
+        del images, labels, whole  # the host copy goes once the device holds the run
+    on_device_images, on_device_labels = dataset._held["device"]
     subset = dataset.run_positions()
-    on_device_images = tf.constant(images)
-    on_device_labels = tf.nest.map_structure(tf.constant, labels)
-    del images, labels, whole  # the host copy goes once the device holds the run
     epochs = itertools.count(epoch)
 
     def positions() -> Iterator[np.ndarray]:

@@ -29,6 +29,7 @@ def fit_with_strategy(
     callback: Any,
     validation: Any = None,
     single_class: bool = True,
+    jit: bool = False,
 ) -> None:
     """Train `model` (built in `strategy.scope()`) on a distributed dataset, epoch by epoch.
 
@@ -38,6 +39,8 @@ def fit_with_strategy(
         callback: a Keras callback; gets set_model, epoch and train-batch hooks and the logs.
         validation: an optional DistributedDataset evaluated after each epoch.
         single_class: the labels are one class target's indices, so accuracy is reported too.
+        jit: compile each replica's forward and backward pass with XLA (`--jit`), as Keras'
+            `jit_compile` does for `fit`; the optimizer's all-reduce and update stay outside it.
     """
     optimizer = model.optimizer
     callback.set_model(model)
@@ -54,11 +57,21 @@ def fit_with_strategy(
         hits = tf.equal(tf.argmax(predictions, axis=-1, output_type=tf.int32), labels)
         return loss, tf.reduce_sum(tf.cast(hits, tf.float32)), count
 
-    def train_replica(images: Any, labels: Any) -> tuple[Any, Any, Any]:
+    def gradients_of(images: Any, labels: Any) -> tuple[Any, Any, Any, Any]:
         with tf.GradientTape() as tape:
             loss, correct, count = scores(images, labels, True)
-            scaled = loss / replicas  # the optimizer sums gradients over replicas
-        gradients = tape.gradient(scaled, model.trainable_variables)
+            # The optimizer sums gradients over replicas. Under mixed_float16 Keras wraps it in a
+            # LossScaleOptimizer, which divides the gradients it gets by the loss scale: the loss
+            # is scaled up first, as Keras' own train_step does, so that float16 gradients do not
+            # underflow and the step has its size (SGD's steps were 32,768x too small without).
+            scaled = optimizer.scale_loss(loss / replicas)
+        return tape.gradient(scaled, model.trainable_variables), loss, correct, count
+
+    if jit:
+        gradients_of = tf.function(gradients_of, jit_compile=True)
+
+    def train_replica(images: Any, labels: Any) -> tuple[Any, Any, Any]:
+        gradients, loss, correct, count = gradients_of(images, labels)
         optimizer.apply_gradients(zip(gradients, model.trainable_variables))
         return loss * count, correct, count
 

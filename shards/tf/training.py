@@ -287,7 +287,12 @@ def train_worker(
         )
 
     validation = (
-        feed(validation_set, validation_set.read_spec(options.batch_size, rank=rank, world_size=world_size))
+        feed(
+            validation_set,
+            validation_set.read_spec(options.batch_size, rank=rank, world_size=world_size),
+            cache="device" if options.in_memory == "device" else None,  # the run the training part loaded
+            memory_budget=options.memory_budget,
+        )
         if validation_set
         else None
     )
@@ -328,6 +333,7 @@ def train_worker(
             callback=callback,
             validation=validation,
             single_class=not dataset.targets.multi and dataset.targets.items[0].kind == "class",
+            jit=options.jit,
         )
     if rank == 0 and not model.stop_training:
         os.makedirs(os.path.dirname(os.path.abspath(options.output)), exist_ok=True)

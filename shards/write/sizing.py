@@ -34,6 +34,7 @@ class RunEstimate:
     batch_size: int
     host_batch_bytes: int
     device_batch_bytes: int
+    bytes_in_memory: int
     largest_batch_host: int | None
     largest_batch_device: int | None
 
@@ -88,6 +89,7 @@ def estimate_run(
         batch_size=batch_size,
         host_batch_bytes=host_batch,
         device_batch_bytes=batch_size * (device_sample + label_bytes),
+        bytes_in_memory=len(listing) * (options.sample_bytes + label_bytes),
         largest_batch_host=largest_host,
         largest_batch_device=largest_device,
     )
