@@ -17,9 +17,10 @@ from typing import Any
 # 224 px: a JPEG zone plate 1024 -> 224 is decoded in full and leaves 0.54 grey levels of
 # aliasing (at 1.5x or 2x it was decoded at 1/2 and left 5.3; Pillow's draft + bilinear leaves
 # 6.0); scikit-image's photos as JPEG q95 score within 0.3 dB of the same photos as PNG in every
-# mode (1.3 dB behind in pad mode at 1.25x). Huffman decoding dominates what is left: a 4000x3000
-# photo costs 16.2 ms an image at 1/4 against 14.5 ms at 1/8, and ImageNet's ~500x375 decode in
-# full at any margin.
+# mode (1.3 dB behind in pad mode at 1.25x). The price is on camera-sized photos, decoded at 1/4
+# instead of 1/8: 16.2 ms an image against 14.5 (Huffman decoding dominates both), and the
+# bench's 400 4000x3000 photos preprocess at 82-101 img/s against 108-110 at 1.5x (still over 3x
+# a bare full-decode pool). ImageNet's ~500x375 decode in full at any margin.
 DECODE_MARGIN = 2.5
 # EXIF orientations 5-8 swap width and height.
 TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
