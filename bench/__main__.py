@@ -195,12 +195,8 @@ def quality_section(out: dict) -> None:
 
     from shards.write.geometry import place
     from shards.write.imaging import decode_image
-    from tests.test_resample_quality import OUT, PHOTOS, aliasing, encode, lanczos_reference, zone_plate
+    from tests.test_resample_quality import OUT, PHOTOS, aliasing, encode, lanczos_reference, on_box, zone_plate
     from tests.test_resample_quality import psnr as psnr_db
-
-    def on_box(image: Image.Image, resample: Image.Resampling) -> np.ndarray:
-        placement = place(*image.size, OUT, "crop")
-        return np.asarray(image.resize(OUT[::-1], resample, box=placement.source))
 
     def opencv_linear(image: Image.Image) -> np.ndarray:  # 0.2.0's resize (whole-pixel box)
         left, top, right, bottom = (round(v) for v in place(*image.size, OUT, "crop").source)
@@ -219,8 +215,8 @@ def quality_section(out: dict) -> None:
             reference = lanczos_reference(decoded, OUT, "crop")
             rows = {
                 f"shards_{fmt}": decode_image(data, OUT, "crop"),
-                f"pillow_bilinear_ray_data_{fmt}": on_box(decoded, Image.Resampling.BILINEAR),
-                f"pillow_bicubic_{fmt}": on_box(decoded, Image.Resampling.BICUBIC),
+                f"pillow_bilinear_ray_data_{fmt}": on_box(decoded, Image.Resampling.BILINEAR, OUT, "crop"),
+                f"pillow_bicubic_{fmt}": on_box(decoded, Image.Resampling.BICUBIC, OUT, "crop"),
                 f"opencv_linear_0_2_0_{fmt}": opencv_linear(decoded),
             }
             for row, pixels in rows.items():
@@ -234,8 +230,8 @@ def quality_section(out: dict) -> None:
         "zone_plate_aliasing": {
             "shards": aliasing(decode_image(plate_png, OUT, "crop")),
             "shards_jpeg": aliasing(decode_image(encode(plate, "JPEG", quality=98), OUT, "crop")),
-            "pillow_bilinear_ray_data": aliasing(on_box(plate, Image.Resampling.BILINEAR)),
-            "pillow_bicubic": aliasing(on_box(plate, Image.Resampling.BICUBIC)),
+            "pillow_bilinear_ray_data": aliasing(on_box(plate, Image.Resampling.BILINEAR, OUT, "crop")),
+            "pillow_bicubic": aliasing(on_box(plate, Image.Resampling.BICUBIC, OUT, "crop")),
             "opencv_linear_0_2_0": aliasing(opencv_linear(plate)),
         },
     }

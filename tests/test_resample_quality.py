@@ -43,13 +43,18 @@ def encode(image: Image.Image, fmt: str, **kwargs) -> bytes:
     return buffer.getvalue()
 
 
-def lanczos_reference(image: Image.Image, size: tuple[int, int], resize: str) -> np.ndarray:
-    """Pillow's Lanczos on the exact box shards' geometry takes, from the fully decoded image."""
+def on_box(image: Image.Image, resample: Image.Resampling, size: tuple[int, int], resize: str) -> np.ndarray:
+    """Pillow's own resize with `resample` on the exact box shards' geometry takes."""
     placement = place(*image.size, size, resize)
     left, top, width, height = placement.target
     canvas = Image.new("RGB", (size[1], size[0]))
-    canvas.paste(image.resize((width, height), Image.Resampling.LANCZOS, box=placement.source), (left, top))
+    canvas.paste(image.resize((width, height), resample, box=placement.source), (left, top))
     return np.asarray(canvas)
+
+
+def lanczos_reference(image: Image.Image, size: tuple[int, int], resize: str) -> np.ndarray:
+    """Pillow's Lanczos on the exact box shards' geometry takes, from the fully decoded image."""
+    return on_box(image, Image.Resampling.LANCZOS, size, resize)
 
 
 def zone_plate(side: int = 1024) -> Image.Image:
@@ -70,15 +75,6 @@ def aliasing(output: np.ndarray) -> float:
     radius = np.hypot(x, y)
     grey = output[..., 0].astype(np.float64)[(radius > 45) & (radius < 105)]
     return float(np.sqrt(np.mean((grey - grey.mean()) ** 2)))
-
-
-def on_box(image: Image.Image, resample: Image.Resampling, size: tuple[int, int], resize: str) -> np.ndarray:
-    """Pillow's own resize with `resample` on the exact box shards' geometry takes."""
-    placement = place(*image.size, size, resize)
-    left, top, width, height = placement.target
-    canvas = Image.new("RGB", (size[1], size[0]))
-    canvas.paste(image.resize((width, height), resample, box=placement.source), (left, top))
-    return np.asarray(canvas)
 
 
 @pytest.mark.parametrize("fmt, kwargs", [("PNG", {}), ("JPEG", {"quality": 98})])

@@ -9,6 +9,7 @@ while training consumes the current one. How a stream orders and slices the data
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -184,13 +185,22 @@ class ShardDataset:
         """
         from shards.read.in_memory import check_budget, load_readers
 
-        if "host" not in self._held:
+        def load() -> dict[int, ShardReader]:
             check_budget(self, budget)
-            self._held["host"] = load_readers(self)
+            return load_readers(self)
+
         view = copy.copy(self)
-        view._readers = self._held["host"]
+        view._readers = self.held_run("host", load)
         view.cache = None  # nothing left to fetch
         return view
+
+    def held_run(self, kind: str, load: Callable[[], Any]) -> Any:
+        """The whole run as the in-memory cache `kind` ("host", "device") holds it: `load()`
+        (which checks the budget first) on the first call from any view of the run, the same
+        object afterwards."""
+        if kind not in self._held:
+            self._held[kind] = load()
+        return self._held[kind]
 
     def split(self, fraction: float, seed: int = 0) -> tuple[ShardDataset, ShardDataset]:
         """(train, validation): a deterministic, disjoint split at read time.

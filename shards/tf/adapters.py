@@ -159,13 +159,13 @@ def _device_resident(
     of it (a train and a validation part, a resumed epoch)."""
     from shards.read.in_memory import check_budget
 
-    if "device" not in dataset._held:
+    def load() -> tuple[Any, Any]:
         check_budget(dataset, budget, where="device memory")
         whole = dataset.run()
         images, labels = whole.read(np.arange(len(whole)))  # one host copy, read in storage order
-        dataset._held["device"] = (tf.constant(images), tf.nest.map_structure(tf.constant, labels))
-        del images, labels, whole  # the host copy goes once the device holds the run
-    on_device_images, on_device_labels = dataset._held["device"]
+        return tf.constant(images), tf.nest.map_structure(tf.constant, labels)  # the host copy goes on return
+
+    on_device_images, on_device_labels = dataset.held_run("device", load)
     subset = dataset.run_positions()
     epochs = itertools.count(epoch)
 

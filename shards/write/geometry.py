@@ -64,7 +64,7 @@ def needed_size(width: int, height: int, orientation: int, size: tuple[int, int]
     how far they may go without losing pixels the output needs, with DECODE_MARGIN to spare.
     """
     swapped = orientation in TRANSPOSING_ORIENTATIONS
-    shown_w, shown_h = (height, width) if swapped else (width, height)
+    shown_w, shown_h = shown_size(width, height, orientation)
     target_h, target_w = size
     if resize == "stretch":
         need_w, need_h = target_w, target_h
@@ -74,6 +74,11 @@ def needed_size(width: int, height: int, orientation: int, size: tuple[int, int]
         need_w, need_h = math.ceil(shown_w * scale), math.ceil(shown_h * scale)
     need_w, need_h = math.ceil(need_w * DECODE_MARGIN), math.ceil(need_h * DECODE_MARGIN)
     return (need_h, need_w) if swapped else (need_w, need_h)
+
+
+def shown_size(width: int, height: int, orientation: int) -> tuple[int, int]:
+    """The (width, height) a stored image shows once its EXIF orientation is applied."""
+    return (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)
 
 
 def exif_orientation(image: Any) -> int:

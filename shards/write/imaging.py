@@ -19,7 +19,7 @@ from PIL import Image, UnidentifiedImageError
 from shards.errors import DecodeError
 from shards.options import numpy_storage_dtype
 from shards.write import jpeg_turbo
-from shards.write.geometry import TRANSPOSING_ORIENTATIONS, exif_orientation, needed_size
+from shards.write.geometry import exif_orientation, needed_size, shown_size
 from shards.write.resample import resize_array
 
 # Pillow's own default bomb limit (~89.5 Mpx, a 0.25 GiB RGB buffer): large enough for any camera,
@@ -92,8 +92,8 @@ def _decode_with_pillow(data: bytes, size: tuple[int, int], resize: str, max_pix
             image.load()
             if orientation in _TRANSPOSE:
                 image = image.transpose(_TRANSPOSE[orientation])
-            shown = (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)
-            return resize_array(np.asarray(_to_rgb(image)), size, resize, full_size=shown, reduction=reduction)
+            full_size = shown_size(width, height, orientation)
+            return resize_array(np.asarray(_to_rgb(image)), size, resize, full_size=full_size, reduction=reduction)
     except DecodeError:
         raise
     except Image.DecompressionBombError as exc:

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from shards.write.geometry import TRANSPOSING_ORIENTATIONS, exif_orientation, needed_size
+from shards.write.geometry import exif_orientation, needed_size, shown_size
 from shards.write.resample import resize_array
 
 logger = logging.getLogger(__name__)
@@ -63,8 +63,8 @@ def decode_jpeg(data: bytes, size: tuple[int, int], resize: str, max_pixels: int
         )
     except ValueError:
         return None  # truncated or corrupt: Pillow gives the reason
-    shown = (height, width) if orientation in TRANSPOSING_ORIENTATIONS else (width, height)
-    return resize_array(_orient(pixels, orientation), size, resize, full_size=shown, reduction=scale)
+    full_size = shown_size(width, height, orientation)
+    return resize_array(_orient(pixels, orientation), size, resize, full_size=full_size, reduction=scale)
 
 
 def _power_of_two_scale(width: int, height: int, need_w: int, need_h: int) -> int:
