@@ -7,6 +7,7 @@ import pytest
 from PIL import Image
 
 from shards.errors import DecodeError, SourceError
+from shards.io.fileio import open_regular_descriptor, read_descriptor
 from shards.sources import files as reading
 from shards.sources import list_sources
 from shards.sources.files import FileInputs, read_file
@@ -98,6 +99,24 @@ def test_read_file_names_why_a_file_cannot_be_read(tmp_path):
         read_file(str(tmp_path / "missing.jpg"), 100)
     (tmp_path / "real.jpg").write_bytes(b"abc")
     assert read_file(str(tmp_path / "real.jpg"), 100) == b"abc"
+
+
+def test_a_file_that_changed_size_since_its_stat_is_read_to_its_end_but_never_past_the_limit(tmp_path):
+    """Reads are sized by the size the file had when opened (a read sized by the 256 MiB input
+    limit allocates that much first): a file that grew since is still read to its end, a
+    larger one is still cut one byte past the limit, and a file that shrank ends early."""
+    path = tmp_path / "growing.jpg"
+    path.write_bytes(b"x" * 200_000)
+    for stale_size, limit, expected in ((10, 10**6, 200_000), (10, 1_001, 1_001), (10**6, 10**7, 200_000)):
+        descriptor, size = open_regular_descriptor(str(path))
+        assert size == 200_000
+        try:
+            assert len(read_descriptor(descriptor, stale_size, limit)) == expected
+        finally:
+            os.close(descriptor)
+    with pytest.raises(DecodeError, match="over the --max-input-bytes limit of 199,999"):
+        read_file(str(path), 199_999)
+    assert len(read_file(str(path), 200_000)) == 200_000
 
 
 def test_worker_read_ahead_keeps_order_and_reasons_and_stops_its_threads(tmp_path, monkeypatch):

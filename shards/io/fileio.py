@@ -145,6 +145,21 @@ def open_regular(path: str, *, follow_symlinks: bool = False) -> BinaryIO:
         FileNotFoundError: nothing is there.
         NotRegularFileError: something other than a regular file is there.
     """
+    descriptor, _ = open_regular_descriptor(path, follow_symlinks=follow_symlinks)
+    try:
+        os.set_blocking(descriptor, True)
+        return os.fdopen(descriptor, "rb")
+    except BaseException:
+        os.close(descriptor)
+        raise
+
+
+def open_regular_descriptor(path: str, *, follow_symlinks: bool = False) -> tuple[int, int]:
+    """`open_regular` as a raw descriptor and the file's size: what reading a whole input needs
+    (`read_descriptor`), without the ~5 us a Python file object adds to each ~9 us read of an
+    ImageNet-sized file. Regular files ignore O_NONBLOCK, so the descriptor reads as a blocking
+    one; the caller closes it.
+    """
     flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_CLOEXEC", 0)
     if not follow_symlinks:
         flags |= getattr(os, "O_NOFOLLOW", 0)
@@ -156,14 +171,33 @@ def open_regular(path: str, *, follow_symlinks: bool = False) -> BinaryIO:
             raise NotRegularFileError(exc.errno, _kind(path, follow_symlinks=follow_symlinks), path) from None
         raise
     try:
-        mode = os.fstat(descriptor).st_mode
-        if not stat.S_ISREG(mode):
-            raise NotRegularFileError(errno.EINVAL, _kind(path, mode), path)
-        os.set_blocking(descriptor, True)
-        return os.fdopen(descriptor, "rb")
+        status = os.fstat(descriptor)
+        if not stat.S_ISREG(status.st_mode):
+            raise NotRegularFileError(errno.EINVAL, _kind(path, status.st_mode), path)
+        return descriptor, status.st_size
     except BaseException:
         os.close(descriptor)
         raise
+
+
+def read_descriptor(descriptor: int, size: int, limit: int) -> bytes:
+    """The bytes of an open file from its position to its end, but at most `limit`.
+
+    Reads are sized by the file's `size` (plus one, so a file that kept its size ends in the
+    second, empty read), never by `limit`: `read(limit)` allocates `limit` bytes before it
+    reads, and with the default 256 MiB input limit that cost ~30 us of every ~9 us read of an
+    ImageNet-sized file on the bench machine, ~100 us on the reading threads, where the
+    allocations contend.
+    """
+    chunks: list[bytes] = []
+    total = 0
+    while total < limit:
+        chunk = os.read(descriptor, min(limit - total, max(size + 1 - total, 1 << 16)))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        total += len(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
 def _kind(path: str, mode: int | None = None, *, follow_symlinks: bool = False) -> str:
