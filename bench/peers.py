@@ -186,6 +186,9 @@ def bare_pool(src: str, dest: str, draft: str) -> dict:
     return {"images": len(files)}
 
 
+#: The pipelines that write their output to the folder given as their second argument.
+WRITERS = frozenset({"shards", "shards_arrays", "raydata", "tfdata", "pool"})
+
 PEERS = {
     "shards": shards_preprocess,
     "shards_arrays": shards_arrays,
