@@ -12,11 +12,9 @@ bit pattern; the manifest's dtype says how to view them.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import os
 import struct
-import threading
 from collections.abc import Mapping
 from typing import BinaryIO
 
@@ -26,6 +24,7 @@ from shards.errors import ManifestError
 from shards.formats.base import ShardFormat, ShardInfo, ShardReader, ShardWriter
 from shards.io import checksum
 from shards.io.fileio import FileDigest, atomic_write, commit_temporary, digest_file, discard_temporary, temporary_name
+from shards.io.streamed_file import open_stream
 from shards.layout.targets import Targets
 from shards.options import PreprocessOptions, numpy_dtype, numpy_storage_dtype
 
@@ -37,10 +36,11 @@ class NpyShardWriter(ShardWriter):
     """Streams rows into a temporary .npy as they are decoded, then commits it atomically.
 
     The header is written for the shard's capacity first; rows follow, hashed as they are
-    written, while a background thread flushes written pages to disk so the final fsync finds
-    little left to do. A worker therefore holds a few rows, not a shard. If inputs were rejected,
-    close() rewrites the header for the real count (padded to the same length, so the data does
-    not move), truncates the unused tail and hashes the file once more.
+    written, and go to disk on a helper thread as they come (`shards.io.streamed_file`: directly,
+    past the page cache, where the file system allows), so the final fsync finds little left to
+    do. A worker therefore holds a few rows, not a shard. If inputs were rejected, close()
+    rewrites the header for the real count (padded to the same length, so the data does not
+    move), truncates the unused tail and hashes the file once more.
     """
 
     def __init__(
@@ -60,10 +60,9 @@ class NpyShardWriter(ShardWriter):
         self._labels = targets.empty(capacity)
         self._path = os.path.join(dest, shard + IMAGES_SUFFIX)
         self._temp = temporary_name(self._path)
-        self._file = open(self._temp, "wb")
+        self._file = open_stream(self._temp, durable=durable)
         self._hash = checksum.new_hasher()
         self._header_length = self._emit(_header((capacity, *shape), self._storage))
-        self._flusher = _BackgroundFlush(self._file, every_rows=64 if durable else 0)
         self.count = 0
 
     def _emit(self, data: bytes | memoryview) -> int:
@@ -77,15 +76,15 @@ class NpyShardWriter(ShardWriter):
         self._emit(row.data.cast("B"))
         self._labels[self.count] = targets
         self.count += 1
-        self._flusher.maybe_flush(self.count)
 
     def close(self) -> ShardInfo:
-        self._flusher.stop()
-        if self.count < self._capacity:
-            self._file.seek(0)
-            self._file.write(_header((self.count, *self._shape), self._storage, length=self._header_length))
-            self._file.truncate(self._header_length + self.count * int(np.prod(self._shape)) * self._storage.itemsize)
         self._file.close()
+        if self.count < self._capacity:
+            with open(self._temp, "r+b") as rewritten:
+                rewritten.write(_header((self.count, *self._shape), self._storage, length=self._header_length))
+                rewritten.truncate(
+                    self._header_length + self.count * int(np.prod(self._shape)) * self._storage.itemsize
+                )
         digest = (
             FileDigest(os.path.getsize(self._temp), checksum.label(checksum.DEFAULT, self._hash))
             if self.count == self._capacity
@@ -102,63 +101,8 @@ class NpyShardWriter(ShardWriter):
         return ShardInfo(self._shard, self.count, files)
 
     def abort(self) -> None:
-        # The shard is dropped whatever failed; close() closes the file even when its flush fails.
-        with contextlib.suppress(OSError):
-            self._flusher.stop()
-        with contextlib.suppress(OSError):
-            self._file.close()
+        self._file.abort()
         discard_temporary(self._temp)
-
-
-class _BackgroundFlush:
-    """fdatasync() on a helper thread every `every_rows` rows (0: never): the disk writes overlap
-    the decoding.
-
-    Once on disk, the written pages are dropped from the page cache (POSIX_FADV_DONTNEED): the
-    task never reads them back, and a long run otherwise fills the cache, after which every new
-    page is won by reclaiming old ones. On the bench machine that reclaim cut one process from
-    ~1,060 to ~880 img/s after the first ~15 shards; with the pages dropped it held ~1,050 over 40.
-
-    A failed fdatasync is kept and raised by `stop()`: Linux reports a writeback error once per
-    open file description, so the final fsync, made on a new descriptor, may never see it, and
-    the shard would be committed with the checksum of bytes the disk lost.
-    """
-
-    def __init__(self, handle: io.BufferedWriter, every_rows: int) -> None:
-        self._handle, self._every = handle, every_rows
-        self._thread: threading.Thread | None = None
-        self._error: OSError | None = None
-
-    def maybe_flush(self, rows: int) -> None:
-        if not self._every or rows % self._every or (self._thread is not None and self._thread.is_alive()):
-            return
-        self._raise_error()
-        self._handle.flush()
-        self._thread = threading.Thread(
-            target=self._sync, args=(self._handle.fileno(), self._handle.tell()), daemon=True
-        )
-        self._thread.start()
-
-    def _sync(self, descriptor: int, written: int) -> None:
-        try:
-            os.fdatasync(descriptor)
-        except OSError as exc:
-            self._error = exc
-            return
-        if hasattr(os, "posix_fadvise"):
-            with contextlib.suppress(OSError):  # only a hint
-                os.posix_fadvise(descriptor, 0, written, os.POSIX_FADV_DONTNEED)
-
-    def stop(self) -> None:
-        if self._thread is not None:
-            self._thread.join()
-        self._handle.flush()
-        self._raise_error()
-
-    def _raise_error(self) -> None:
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
 
 
 def _header(shape: tuple[int, ...], dtype: np.dtype, length: int | None = None) -> bytes:
