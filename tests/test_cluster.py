@@ -23,10 +23,18 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("", 0))  # every address: Ray's agents bind the node IP, not only loopback
-        return probe.getsockname()[1]
+def free_ports(count: int) -> list[int]:
+    """`count` distinct ports free right now. The probes stay bound until all are picked: a port
+    probed and released at once can come back from the next probe, and a head given the same port
+    for two agents does not start (CI saw it once)."""
+    probes = [socket.socket() for _ in range(count)]
+    try:
+        for probe in probes:
+            probe.bind(("", 0))  # every address: Ray's agents bind the node IP, not only loopback
+        return [probe.getsockname()[1] for probe in probes]
+    finally:
+        for probe in probes:
+            probe.close()
 
 
 def stop_processes_under(folder: str) -> None:
@@ -45,42 +53,45 @@ def stop_processes_under(folder: str) -> None:
 def start_head(*extra: str) -> tuple[dict, str]:
     """`ray start --head` with its own ports (and `extra` arguments); returns (how to reach it:
     the job server's `address`, the cluster's `gcs` address and the client `env`; its temp
-    folder)."""
-    temp = tempfile.mkdtemp(prefix="shards-head-", dir="/tmp")
-    port, dashboard = free_port(), free_port()
-    env = dict(os.environ, RAY_AUTH_MODE="token")
-    # Every agent gets its own port: the session's cluster already holds Ray's defaults on this host.
-    agent_ports = [
-        f"--{name}={free_port()}"
-        for name in (
-            "dashboard-agent-listen-port",
-            "dashboard-agent-grpc-port",
-            "metrics-export-port",
-            "runtime-env-agent-port",
-            "ray-client-server-port",
-        )
-    ]
-    subprocess.run(
-        [
-            RAY,
-            "start",
-            "--head",
-            f"--port={port}",
-            "--num-cpus=2",
-            "--include-dashboard=true",
-            "--dashboard-host=127.0.0.1",
-            f"--dashboard-port={dashboard}",
-            f"--temp-dir={temp}",
-            "--disable-usage-stats",
-            *agent_ports,
-            *extra,
-        ],
-        check=True,
-        capture_output=True,
-        env=env,
-        timeout=180,
+    folder). A port picked as free can be taken before the head binds it, so a head that does not
+    start is stopped and started again on new ports, three times at most."""
+    agents = (
+        "dashboard-agent-listen-port",
+        "dashboard-agent-grpc-port",
+        "metrics-export-port",
+        "runtime-env-agent-port",
+        "ray-client-server-port",
     )
-    return {"address": f"http://127.0.0.1:{dashboard}", "gcs": f"127.0.0.1:{port}", "env": env}, temp
+    env = dict(os.environ, RAY_AUTH_MODE="token")
+    for _ in range(3):
+        temp = tempfile.mkdtemp(prefix="shards-head-", dir="/tmp")
+        port, dashboard, *others = free_ports(2 + len(agents))
+        # Every agent gets its own port: the session's cluster already holds Ray's defaults here.
+        agent_ports = [f"--{name}={number}" for name, number in zip(agents, others)]
+        started = subprocess.run(
+            [
+                RAY,
+                "start",
+                "--head",
+                f"--port={port}",
+                "--num-cpus=2",
+                "--include-dashboard=true",
+                "--dashboard-host=127.0.0.1",
+                f"--dashboard-port={dashboard}",
+                f"--temp-dir={temp}",
+                "--disable-usage-stats",
+                *agent_ports,
+                *extra,
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=180,
+        )
+        if started.returncode == 0:
+            return {"address": f"http://127.0.0.1:{dashboard}", "gcs": f"127.0.0.1:{port}", "env": env}, temp
+        stop_processes_under(temp)
+    pytest.fail(f"`ray start --head` failed 3 times: {started.stderr[-1000:]}")
 
 
 @pytest.fixture(scope="module")
