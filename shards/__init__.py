@@ -1,9 +1,16 @@
 """shards: image datasets preprocessed on Ray into memory-mapped shards, streamed to training.
 
 Importing shards does not start Ray; `preprocess` does (or joins the cluster it is given).
+
+The public names are loaded on first use (PEP 562): every Ray worker imports this package on
+its way to `shards.write.task`, and loading the reader and the driver's run there too cost each
+worker ~80 ms before its first shard, all of it on the run's start-up.
 """
 
 from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from shards.errors import (
     ConfigError,
@@ -14,13 +21,22 @@ from shards.errors import (
     ShardsError,
     SourceError,
 )
-from shards.options import PreprocessOptions
-from shards.read.dataset import BatchStream, ShardDataset
-from shards.read.dataset import open_shards as open
-from shards.version import installed_version
-from shards.write.run import RunSummary, preprocess
 
-__version__ = installed_version()
+if TYPE_CHECKING:
+    from shards.options import PreprocessOptions
+    from shards.read.dataset import BatchStream, ShardDataset
+    from shards.read.dataset import open_shards as open
+    from shards.write.run import RunSummary, preprocess
+
+# name -> (module, attribute)
+_LAZY = {
+    "BatchStream": ("shards.read.dataset", "BatchStream"),
+    "PreprocessOptions": ("shards.options", "PreprocessOptions"),
+    "RunSummary": ("shards.write.run", "RunSummary"),
+    "ShardDataset": ("shards.read.dataset", "ShardDataset"),
+    "open": ("shards.read.dataset", "open_shards"),
+    "preprocess": ("shards.write.run", "preprocess"),
+}
 
 __all__ = [
     "BatchStream",
@@ -38,3 +54,21 @@ __all__ = [
     "open",
     "preprocess",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "__version__":
+        from shards.version import installed_version
+
+        value: Any = installed_version()
+    elif name in _LAZY:
+        module, attribute = _LAZY[name]
+        value = getattr(importlib.import_module(module), attribute)
+    else:
+        raise AttributeError(f"module 'shards' has no attribute {name!r}")
+    globals()[name] = value  # found once; later lookups do not come here
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -17,7 +17,7 @@ from shards.synthetic import make_image_folder
 from tests.conftest import wait_for_finished_shards
 
 OPTIONS = PreprocessOptions(size=160, shard_size=160 * 160 * 3 * 12)  # 12 samples a shard
-TASK_TITLE = "ray::_write_shard_on_node"
+TASK_TITLE = "ray::write_shard_on_node"
 
 
 @pytest.fixture(scope="module")

@@ -45,7 +45,7 @@ from shards.sources import ShardInputs, check_source, describe_source, indexes_o
 from shards.sources.files import FileInputs
 from shards.write.destination import MODES
 from shards.write.sink import DestinationSink, RunIdentity
-from shards.write.task import ShardTask, write_shard
+from shards.write.task import ShardTask, write_shard_on_node
 
 logger = logging.getLogger(__name__)
 
@@ -203,13 +203,6 @@ def _release(preparing: concurrent.futures.Future[tuple[DestinationSink, dict[st
         sink.on_failed()
 
 
-def _write_shard_on_node(task: ShardTask) -> Receipt:
-    """The Ray task: record the node it ran on, then write the shard."""
-    import ray
-
-    return write_shard(task, node=ray.get_runtime_context().get_node_id())
-
-
 class _ShardRun:
     """Submits one task per pending shard with back-pressure and gathers their receipts."""
 
@@ -240,7 +233,7 @@ class _ShardRun:
         import ray
 
         remote = storage.is_remote(self.dest) or self.listing.remote
-        task = ray.remote(_write_shard_on_node).options(**cpu_task_options(reads_object_storage=remote))
+        task = ray.remote(write_shard_on_node).options(**cpu_task_options(reads_object_storage=remote))
         pending = collections.deque(spec for spec in self.plan if spec.name not in self.receipts)
         in_flight: dict[Any, ShardSpec] = {}
         self._report()

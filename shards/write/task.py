@@ -73,6 +73,14 @@ def write_shard(task: ShardTask, node: str = "") -> Receipt:
     return receipt
 
 
+def write_shard_on_node(task: ShardTask) -> Receipt:
+    """The Ray task: record the node it ran on, then write the shard. It lives here, not beside
+    the driver's loop in `shards.write.run`, so a worker imports only what a shard needs."""
+    import ray
+
+    return write_shard(task, node=ray.get_runtime_context().get_node_id())
+
+
 def _write_files(folder: str, task: ShardTask, *, durable: bool) -> tuple[ShardInfo, list[Reject]]:
     options, names = task.options, task.names
     rejects: list[Reject] = []
