@@ -7,6 +7,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "shards")
 HEAVY = ("tensorflow", "keras", "cv2", "numba", "ray", "boto3")
@@ -100,3 +102,26 @@ def test_python_started_beside_a_clone_named_shards_imports_the_package(tmp_path
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=tmp_path, check=True)
     has_open, path = result.stdout.split()
     assert has_open == "True" and path.endswith(os.path.join("shards", "__init__.py"))
+
+
+def test_a_shard_task_imports_neither_the_reader_nor_the_driver():
+    """A Ray worker's first task imports `shards.write.task` and its package on the run's
+    start-up path; the reader and the driver's run loop stay out of it."""
+    probe = (
+        "import json, sys, shards.write.task; "
+        "print(json.dumps([m for m in ('shards.read.dataset', 'shards.write.run', 'shards.cli') if m in sys.modules]))"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)
+    assert json.loads(result.stdout) == []
+
+
+def test_every_public_name_of_the_package_resolves():
+    import shards
+    from shards.read.dataset import open_shards
+    from shards.write.run import preprocess
+
+    assert all(getattr(shards, name) is not None for name in shards.__all__)
+    assert shards.open is open_shards and shards.preprocess is preprocess
+    assert set(shards.__all__) <= set(dir(shards))
+    with pytest.raises(AttributeError, match="no attribute 'missing'"):
+        shards.missing  # noqa: B018
