@@ -4,7 +4,7 @@ Importing shards does not start Ray; `preprocess` does (or joins the cluster it 
 
 The public names are loaded on first use (PEP 562): every Ray worker imports this package on
 its way to `shards.write.task`, and loading the reader and the driver's run there too cost each
-worker ~80 ms before its first shard, all of it on the run's start-up.
+worker ~15 ms more before its first shard, on the run's start-up.
 """
 
 from __future__ import annotations
