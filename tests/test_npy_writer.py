@@ -126,3 +126,15 @@ def test_a_failed_background_flush_fails_the_shard_instead_of_committing_it(tmp_
     with pytest.raises(OSError, match="Input/output error"):
         write_rows(tmp_path, np.zeros((200, 224, 224, 3), np.uint8))
     assert os.listdir(tmp_path) == []  # neither a committed shard nor a temporary file
+
+
+@pytest.mark.skipif(not streamed_file.DIRECT, reason="the platform has no O_DIRECT")
+def test_a_direct_file_that_gets_no_buffer_leaves_no_descriptor_open(tmp_path, monkeypatch):
+    def no_memory():
+        raise MemoryError
+
+    monkeypatch.setattr(streamed_file, "_take_buffer", no_memory)
+    before = len(os.listdir("/proc/self/fd"))
+    with pytest.raises(MemoryError):
+        streamed_file.open_stream(str(tmp_path / "shard.npy"))
+    assert len(os.listdir("/proc/self/fd")) == before

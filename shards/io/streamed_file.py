@@ -89,7 +89,11 @@ def open_stream(path: str, *, durable: bool = True) -> StreamedFile:
             if exc.errno != errno.EINVAL:  # EINVAL: this file system does not take O_DIRECT
                 raise
         else:
-            return DirectFile(descriptor)
+            try:
+                return DirectFile(descriptor)
+            except BaseException:  # no buffers (out of memory): the descriptor is not left open
+                os.close(descriptor)
+                raise
     return CachedFile(open(path, "wb"), flush_every=FLUSH_EVERY_BYTES if durable else 0)
 
 
