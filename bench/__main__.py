@@ -27,6 +27,9 @@ from bench.peers import WRITERS
 
 # Headline figures use default options, as a user runs them (issue 15).
 SHARD_SIZE = "auto"
+# shards' runs take the default --workers (every core), as a user runs it; the scaling row's
+# one-worker run is the only one that sets it.
+ALL_CORES = "default"
 ROUNDS = 3  # runs of shards and of the decode baselines, interleaved; the median is reported
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The pipelines' output folders: ~35 GB after a 20,000-image run, removed at its end (the
@@ -101,7 +104,7 @@ def preprocess_section(work: str, corpus: str, camera: str, out: dict) -> None:
     # baselines of its targets run ROUNDS times, interleaved, and the median run of each counts.
     rounds = [
         (
-            run("bench.peers", "shards", corpus, dest, 2, SHARD_SIZE),
+            run("bench.peers", "shards", corpus, dest, ALL_CORES, SHARD_SIZE),
             run("bench.peers", "decode_only_concurrent", corpus, 3000),
             run("bench.peers", "decode_only", corpus, 1500),
         )
@@ -142,7 +145,7 @@ def preprocess_section(work: str, corpus: str, camera: str, out: dict) -> None:
     }
     cam_rounds = [
         (
-            run("bench.peers", "shards", camera, os.path.join(work, "camera_out"), 2, SHARD_SIZE),
+            run("bench.peers", "shards", camera, os.path.join(work, "camera_out"), ALL_CORES, SHARD_SIZE),
             run("bench.peers", "pool", camera, os.path.join(work, "camera_pool"), "full"),
         )
         for _ in range(ROUNDS)
@@ -169,10 +172,10 @@ def sources_section(work: str, corpus: str, out: dict, listing_rows: int, tar_me
 
     pattern, parquet = ensure_container_copies(corpus, work)
     folder = out["preprocess"]["shards_2_workers"]
-    tar = run("bench.peers", "shards", pattern, os.path.join(work, "out_tar"), 2, SHARD_SIZE)
-    table = run("bench.peers", "shards", parquet, os.path.join(work, "out_parquet"), 2, SHARD_SIZE)
-    arrays = run("bench.peers", "shards_arrays", corpus, os.path.join(work, "out_arrays"), 2)
-    arrays_224 = run("bench.peers", "shards_arrays", corpus, os.path.join(work, "out_arrays"), 2, 224)
+    tar = run("bench.peers", "shards", pattern, os.path.join(work, "out_tar"), ALL_CORES, SHARD_SIZE)
+    table = run("bench.peers", "shards", parquet, os.path.join(work, "out_parquet"), ALL_CORES, SHARD_SIZE)
+    arrays = run("bench.peers", "shards_arrays", corpus, os.path.join(work, "out_arrays"), ALL_CORES)
+    arrays_224 = run("bench.peers", "shards_arrays", corpus, os.path.join(work, "out_arrays"), ALL_CORES, 224)
     parquet_listing, tar_listing = ensure_listing_fixtures(work, listing_rows, tar_members)
     steady = folder["steady_images_per_second"]
     sample_bytes = 224 * 224 * 3
@@ -296,7 +299,7 @@ def quality_section(out: dict) -> None:
 def reader_section(work: str, corpus: str, out: dict) -> None:
     dest = os.path.join(work, "out")
     tf_dest = os.path.join(work, "out_tfrecord")
-    run("bench.peers", "shards", corpus, tf_dest, 2, SHARD_SIZE, "tfrecord")
+    run("bench.peers", "shards", corpus, tf_dest, ALL_CORES, SHARD_SIZE, "tfrecord")
     results = {
         name: run("bench.readers", name, tf_dest if name == "tfdata_tfrecord" else dest)
         for name in ("copy", "batches", "batches_shuffled", "to_tf", "tfdata_tfrecord", "raydata_numpy", "streamed")
@@ -337,7 +340,14 @@ def memory_section(work: str, corpus: str, out: dict) -> None:
                 "path,label\n" + "".join(f"{p},{os.path.basename(os.path.dirname(p))}\n" for p in paths * copies)
             )
         drivers[copies] = run(
-            "bench.peers", "shards", listing, os.path.join(work, f"out_x{copies}_run"), 2, SHARD_SIZE, "npy", "on"
+            "bench.peers",
+            "shards",
+            listing,
+            os.path.join(work, f"out_x{copies}_run"),
+            ALL_CORES,
+            SHARD_SIZE,
+            "npy",
+            "on",
         )
     budget = (2 + 2) * 256 * 224 * 224 * 3 + 300 * 10**6
     peaks = ("driver_peak_rss_anon", "worker_peak_rss_anon")

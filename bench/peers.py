@@ -34,7 +34,7 @@ def shards_preprocess(
     options = shards.PreprocessOptions(size=SIZE, format=fmt, shard_size=shard_size)
     sampler = PeakSampler({"driver": lambda: ["self"], "workers": ray_worker_pids}) if memory == "on" else None
     with sampler or contextlib.nullcontext():
-        summary = shards.preprocess(src, dest, options, mode="overwrite", workers=int(workers))
+        summary = shards.preprocess(src, dest, options, mode="overwrite", workers=_workers(workers))
     result = {
         "images": summary.written,
         "ray_start": summary.ray_start_seconds,
@@ -64,7 +64,7 @@ def shards_arrays(src: str, dest: str, workers: str, side: str = "256") -> dict:
     x = np.stack([np.asarray(Image.open(path).convert("RGB").resize((edge, edge))) for path in files])
     y = np.array([os.path.basename(os.path.dirname(path)) for path in files])
     summary = shards.preprocess(
-        (x, y), dest, shards.PreprocessOptions(size=SIZE), mode="overwrite", workers=int(workers)
+        (x, y), dest, shards.PreprocessOptions(size=SIZE), mode="overwrite", workers=_workers(workers)
     )
     return {
         "images": summary.written,
@@ -72,6 +72,11 @@ def shards_arrays(src: str, dest: str, workers: str, side: str = "256") -> dict:
         "steady_images_per_second": summary.steady_images_per_second,
         "array_bytes": int(x.nbytes),
     }
+
+
+def _workers(workers: str) -> int | None:
+    """`--workers` as given on the bench's command line: "default" leaves it to shards."""
+    return None if workers == "default" else int(workers)
 
 
 def _fresh(dest: str) -> str:

@@ -67,6 +67,32 @@ def test_one_and_two_workers_give_byte_identical_output(ray_cluster, photos, tmp
     assert one == two
 
 
+def test_explicit_workers_cap_the_tasks_submitted_and_the_default_queues_one_more_per_cpu(
+    ray_cluster, photos, tmp_path, monkeypatch
+):
+    """Ray does not know about --workers, so the driver never has more tasks submitted than
+    that; with the default (every CPU) one more per CPU waits in Ray's queue, for a worker to
+    take the moment it is free. Either way the bytes are the same."""
+    import ray
+
+    submitted = []
+    wait = ray.wait
+
+    def counting_wait(refs, *args, **kwargs):
+        submitted.append(len(refs))
+        return wait(refs, *args, **kwargs)
+
+    monkeypatch.setattr(ray, "wait", counting_wait)
+    options = PreprocessOptions(**SMALL, seed=11)
+    shards.preprocess(photos, str(tmp_path / "one"), options, workers=1)
+    assert max(submitted) == 1
+    submitted.clear()
+    summary = shards.preprocess(photos, str(tmp_path / "all"), options)
+    assert summary.shards == 6 and max(submitted) == 4  # the test cluster's 2 CPUs, twice
+    for name in sorted(n for n in os.listdir(tmp_path / "one") if n.startswith("shard-")):
+        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "all" / name).read_bytes(), name
+
+
 def test_default_shard_sizing_makes_several_shards_of_a_small_set_whatever_the_workers(ray_cluster, photos, tmp_path):
     """At default options 90 inputs of 224x224x3 make 4 shards of up to 27 (the 4 MiB floor), so
     both workers are busy; the cut depends on the listing alone, so the bytes do not change."""

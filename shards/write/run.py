@@ -152,7 +152,7 @@ def preprocess(
         limit = workers or max(1, int(cluster_resource("CPU", 1.0)))
         run = _ShardRun(sink, kept, on_progress, started, work_started=time.perf_counter(), begun=begun)
         try:
-            run.execute(limit)
+            run.execute(_tasks_in_flight(workers, limit))
         except _RejectLimitReached as exc:
             run.commit(complete=False, workers=limit, ray_start_seconds=ray_start_seconds)
             raise RejectLimitError(
@@ -169,6 +169,21 @@ def preprocess(
             f"{sink.run.src}: all {summary.inputs} inputs were rejected; see {sink.dest}/rejects.jsonl"
         )
     return summary
+
+
+def _tasks_in_flight(workers: int | None, limit: int) -> int:
+    """How many shard tasks the driver keeps submitted for `limit` workers.
+
+    With the default `workers` (every CPU of the cluster) one more task per worker waits in
+    Ray's queue, and Ray hands it to a worker the moment that worker's shard is done. Otherwise
+    the worker waits until the driver has seen the result and submitted the next: ~4 ms a shard
+    on the bench machine, where every core is busy and the driver has to be scheduled first;
+    steady state rose 2.3% (medians of 6 paired runs, 2,804 against 2,741 img/s). Ray still runs
+    one task per CPU. An explicit `workers` is a cap that Ray does not know about, so no task
+    waits beyond it. Should the run fail, a queued task may start before it is cancelled; a
+    shard it finishes is kept for --resume.
+    """
+    return limit if workers is not None else 2 * limit
 
 
 def _claim_destination(
@@ -229,7 +244,7 @@ class _ShardRun:
         self.started, self.work_started, self.begun = started, work_started, begun
         self.reject_limit = self.options.reject_limit(len(self.listing))
 
-    def execute(self, limit: int) -> None:
+    def execute(self, in_flight_limit: int) -> None:
         import ray
 
         remote = storage.is_remote(self.dest) or self.listing.remote
@@ -239,7 +254,7 @@ class _ShardRun:
         self._report()
         try:
             while pending or in_flight:
-                while pending and len(in_flight) < limit:
+                while pending and len(in_flight) < in_flight_limit:
                     spec = pending.popleft()
                     in_flight[task.remote(self._task(spec))] = spec
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
