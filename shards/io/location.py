@@ -15,10 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
-from typing import BinaryIO
-
-import pyarrow as pa
-import pyarrow.fs as pafs
+from typing import TYPE_CHECKING, BinaryIO
 
 from shards.errors import DestinationError
 from shards.io import checksum, storage
@@ -31,6 +28,10 @@ from shards.io.fileio import (
     remove_temporaries,
     write_bytes_atomically,
 )
+
+if TYPE_CHECKING:  # pyarrow is imported where it is used: a task writing a local DEST never needs it
+    import pyarrow as pa
+    import pyarrow.fs as pafs
 
 
 class Location(abc.ABC):
@@ -247,11 +248,15 @@ class RemoteLocation(Location):
         return [os.path.basename(entry.path.rstrip("/")) for entry in self._listing(folder)] or None
 
     def sizes(self) -> dict[str, int]:
+        import pyarrow.fs as pafs
+
         return {
             os.path.basename(entry.path): entry.size for entry in self._listing() if entry.type == pafs.FileType.File
         }
 
     def _listing(self, folder: str = "") -> list[pafs.FileInfo]:
+        import pyarrow.fs as pafs
+
         selector = pafs.FileSelector(self.key(folder) if folder else self._path, recursive=False, allow_not_found=True)
         return storage.retried(lambda: self._filesystem.get_file_info(selector), f"listing {self.root}")
 
@@ -278,6 +283,8 @@ class RemoteLocation(Location):
 
     def put(self, local_path: str, relative: str) -> None:
         """Upload a finished local file whole: the object appears only once the upload completes."""
+        import pyarrow.fs as pafs
+
         storage.retried(
             lambda: pafs.copy_files(
                 local_path,
@@ -289,6 +296,8 @@ class RemoteLocation(Location):
         )
 
     def size(self, relative: str) -> int | None:
+        import pyarrow.fs as pafs
+
         found = storage.retried(
             lambda: self._filesystem.get_file_info(self.key(relative)),
             f"looking up {storage.join(self.root, relative)}",
@@ -296,6 +305,8 @@ class RemoteLocation(Location):
         return found.size if found.type == pafs.FileType.File else None
 
     def remove(self, relative: str) -> None:
+        import pyarrow.fs as pafs
+
         found = storage.retried(lambda: self._filesystem.get_file_info(self.key(relative)), f"looking up {relative}")
         if found.type == pafs.FileType.Directory:
             storage.retried(lambda: self._filesystem.delete_dir(self.key(relative)), f"removing {relative}")

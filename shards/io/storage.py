@@ -13,11 +13,11 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.fs as pafs
+if TYPE_CHECKING:  # pyarrow is imported where it is used: a task writing local files never needs it
+    import pyarrow as pa
+    import pyarrow.fs as pafs
 
 logger = logging.getLogger(__name__)
 
@@ -42,11 +42,15 @@ def is_remote(uri: str) -> bool:
 
 def any_remote(uris: pa.Array | pa.ChunkedArray) -> bool:
     """True when any of many URIs is in object storage (vectorised over the Arrow listing)."""
+    import pyarrow.compute as pc
+
     return bool(pc.any(pc.match_substring_regex(uris, r"^(s3|gs|gcs)://")).as_py())
 
 
 @functools.lru_cache(maxsize=16)
 def _filesystem(scheme_and_bucket: str, endpoint: str | None) -> pafs.FileSystem:
+    import pyarrow.fs as pafs
+
     return pafs.FileSystem.from_uri(scheme_and_bucket)[0]
 
 
@@ -119,6 +123,8 @@ def s3_client() -> Any:
 
 def list_files(uri: str) -> list[str]:
     """Every object under the prefix `uri`, as URIs, sorted (S3 lists in pages; pyarrow follows them)."""
+    import pyarrow.fs as pafs
+
     filesystem, path = resolve(uri)
     scheme = uri.split("://", 1)[0]
     selector = pafs.FileSelector(path, recursive=True)

@@ -11,16 +11,18 @@ import dataclasses
 import hashlib
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 
 from shards.errors import ManifestError
 from shards.formats import FORMATS, ShardInfo
 from shards.io.location import location
 from shards.layout.targets import Targets
 from shards.options import DTYPE_BYTES, DTYPES, MAX_SIDE, PreprocessOptions
+
+if TYPE_CHECKING:  # pyarrow is imported where it is used: a shard task's receipt never needs it
+    import pyarrow as pa
 
 # 3: `targets` records each target's kind (class, multilabel, regression), classes and width,
 # with per-target statistics; version 2 runs hold one class target (their `classes`).
@@ -341,6 +343,7 @@ def write_index(
 ) -> None:
     """index.parquet: one row per sample, in shard order: shard, row, source, label (the targets
     of the written samples, in that order), then the extra columns (listing order, taken here)."""
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     counts = np.array([len(p) for p in positions], np.int64)

@@ -9,22 +9,37 @@
 
 Listings are compact (Arrow arrays, paged for object storage), so ten million inputs cost their
 bytes and not ten million Python objects; how each input is read is the listing's `kind`.
+
+The names below load on first use (PEP 562): a shard task imports this package on its way to
+its inputs' module (`shards.sources.files` for files), and the listing side (pyarrow, every
+kind's listing code) cost each Ray worker ~0.1 s before its first shard.
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+import importlib
+from typing import TYPE_CHECKING, Any
 
-import pyarrow as pa
+if TYPE_CHECKING:
+    from shards.sources.folder import IMAGE_EXTENSIONS, is_image_name
+    from shards.sources.inputs import Input, ShardInputs
+    from shards.sources.kinds import check_source, describe_source, indexes_on_cluster, list_sources
+    from shards.sources.listing import Listing
+    from shards.sources.targets import UNLABELED
 
-from shards.errors import SourceError
-from shards.io import storage
-from shards.sources import arrays, folder, manifest, parquet, tar
-from shards.sources.folder import IMAGE_EXTENSIONS, is_image_name
-from shards.sources.listing import Input, Listing, ShardInputs
-from shards.sources.targets import UNLABELED
+# name -> the module that defines it
+_HOMES = {
+    "IMAGE_EXTENSIONS": "shards.sources.folder",
+    "UNLABELED": "shards.sources.targets",
+    "Input": "shards.sources.inputs",
+    "Listing": "shards.sources.listing",
+    "ShardInputs": "shards.sources.inputs",
+    "check_source": "shards.sources.kinds",
+    "describe_source": "shards.sources.kinds",
+    "indexes_on_cluster": "shards.sources.kinds",
+    "is_image_name": "shards.sources.folder",
+    "list_sources": "shards.sources.kinds",
+}
 
 __all__ = [
     "IMAGE_EXTENSIONS",
@@ -39,198 +54,14 @@ __all__ = [
     "list_sources",
 ]
 
-Mapper = Callable[[Callable[[str], pa.Table], Sequence[str]], list[pa.Table]]
-KINDS = "a folder or prefix of images, .tar archives or .parquet files, a .tar, .csv or .parquet file"
+
+def __getattr__(name: str) -> Any:
+    if name not in _HOMES:
+        raise AttributeError(f"module 'shards.sources' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_HOMES[name]), name)
+    globals()[name] = value  # found once; later lookups do not come here
+    return value
 
 
-def describe_source(src: Any) -> str:
-    """SRC as messages and the manifest name it."""
-    return arrays.describe(src) if arrays.is_arrays(src) else str(src)
-
-
-def check_source(src: Any) -> None:
-    """Refuse, from a stat alone, a SRC that cannot be listed: a missing local path, a file of
-    no known kind, an unknown scheme, a compressed tar. Cheap, so it runs before Ray starts;
-    object storage is checked by the listing itself.
-
-    Raises:
-        SourceError: the reason, in one line.
-    """
-    if arrays.is_arrays(src):
-        return
-    if not isinstance(src, str):
-        raise SourceError(f"SRC must be a path, a URI or NumPy arrays, got {type(src).__name__}")
-    tar.refuse_compressed(src)
-    if storage.is_remote(src):
-        return
-    if "://" in src and not src.startswith("file://"):
-        raise SourceError(f"{src}: unsupported scheme; SRC is a local path, s3:// or gs://")
-    path = src.removeprefix("file://")
-    if "{" in path:
-        missing = [name for name in tar.expand_pattern(path) if not os.path.isfile(name)]
-        if missing:
-            raise SourceError(f"{src}: {len(missing)} archive(s) of the pattern do not exist, such as {missing[0]}")
-        return
-    if os.path.isdir(path) or (os.path.isfile(path) and _file_kind(path) is not None):
-        return
-    if os.path.exists(path):
-        raise SourceError(f"{src}: SRC must be {KINDS}")
-    raise SourceError(f"{src}: no such file or folder")
-
-
-def indexes_on_cluster(src: Any) -> bool:
-    """Whether listing SRC runs Ray tasks (tar archives are indexed in parallel on the cluster)."""
-    return isinstance(src, str) and _string_kind(src.removeprefix("file://")) == "tar"
-
-
-def list_sources(
-    src: Any,
-    *,
-    image_column: str | None = None,
-    label_columns: Sequence[str] = ("label",),
-    extra_columns: Sequence[str] = (),
-    exclude: str | None = None,
-    mapper: Mapper | None = None,
-) -> Listing:
-    """List SRC (see the module's kinds).
-
-    Args:
-        src: a path or URI, or NumPy arrays (`x` or `(x, y)`).
-        image_column: a Parquet/CSV column of image bytes or paths (default `image`, else `path`).
-        label_columns: the target columns (folders: the class folders; arrays: `y`).
-        extra_columns: other columns to carry into index.parquet (tables and tar `.json`).
-        exclude: a folder never to list (DEST, when it lies inside SRC).
-        mapper: runs the archive indexing in parallel (Ray tasks); threads when None.
-
-    Raises:
-        SourceError: SRC cannot be listed, or holds no inputs.
-    """
-    check_source(src)
-    columns = _Columns(image_column, tuple(label_columns), tuple(extra_columns))
-    if arrays.is_arrays(src):
-        listing = arrays.list_arrays(src)
-    else:
-        listing_errors: tuple[type[BaseException], ...] = (OSError, *_boto_errors())
-        try:
-            listing = _list_path(src.removeprefix("file://"), columns, exclude, mapper)
-        except listing_errors as exc:
-            raise SourceError(f"{src}: cannot list ({str(exc).splitlines()[0]})") from exc
-    if len(listing) == 0:
-        raise SourceError(
-            f"{describe_source(src)}: no images found (extensions: {', '.join(sorted(IMAGE_EXTENSIONS))})"
-        )
-    if columns.extras and listing.columns is None:
-        raise SourceError(f"{describe_source(src)}: --columns needs a CSV/Parquet list, Parquet or tar SRC")
-    if columns.labels != ("label",) and not _names_targets(listing, columns.labels):
-        raise SourceError(
-            f"{describe_source(src)}: no label column {','.join(columns.labels)!r} (class folders and arrays "
-            "name their own labels; --label-column is for CSV/Parquet lists, Parquet and tar)"
-        )
-    return listing
-
-
-class _Columns(NamedTuple):
-    image: str | None
-    labels: tuple[str, ...]
-    extras: tuple[str, ...]
-
-
-def _names_targets(listing: Listing, names: tuple[str, ...]) -> bool:
-    return tuple(column.target.name for column in listing.targets.columns) == names
-
-
-def _list_path(src: str, columns: _Columns, exclude: str | None, mapper: Mapper | None) -> Listing:
-    kind = _string_kind(src)
-    if kind == "tar":
-        archives = tar.archives_in(src)
-        if not archives:
-            raise SourceError(f"{src}: no .tar archives found")
-        return tar.list_tar(archives, mapper, columns.labels, columns.extras)
-    if kind == "parquet-folder":
-        files = folder.files_under(src, parquet.PARQUET_EXTENSIONS)
-        return parquet.list_parquet(files, columns.image or "image", columns.labels, columns.extras)
-    if kind in ("csv", "parquet"):
-        return _list_table(src, columns)
-    if storage.is_remote(src):
-        found = storage.info(src)
-        if found.type != storage.pafs.FileType.Directory:
-            raise SourceError(f"{src}: no such prefix, or an object of no known kind ({KINDS})")
-        return folder.list_prefix(src)
-    return folder.list_folder(src, exclude)
-
-
-def _list_table(path: str, columns: _Columns) -> Listing:
-    """A CSV/Parquet file: image bytes (Parquet) or a list of paths."""
-    filesystem, local = storage.resolve(path) if storage.is_remote(path) else (None, path)
-    if _file_kind(path) == "parquet":
-        schema = _parquet_schema(local, filesystem, path)
-        column = columns.image or ("image" if "image" in schema.names else "path")
-        if column in schema.names and parquet.holds_image_bytes(schema.field(column).type):
-            return parquet.list_parquet([path], column, columns.labels, columns.extras)
-    base = path.rsplit("/", 1)[0] if storage.is_remote(path) else None
-    return manifest.list_manifest(
-        local,
-        path_column=columns.image or "path",
-        label_columns=columns.labels,
-        extra_columns=columns.extras,
-        filesystem=filesystem,
-        base=base,
-    )
-
-
-def _parquet_schema(local: str, filesystem: Any, path: str) -> pa.Schema:
-    import pyarrow.parquet as pq
-
-    try:
-        return pq.read_schema(local, filesystem=filesystem)
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise SourceError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from exc
-
-
-def _file_kind(path: str) -> str | None:
-    lowered = path.lower()
-    if lowered.endswith(".csv"):
-        return "csv"
-    if lowered.endswith(parquet.PARQUET_EXTENSIONS):
-        return "parquet"
-    if tar.is_tar_name(lowered):
-        return "tar"
-    return None
-
-
-def _string_kind(src: str) -> str:
-    """tar, csv, parquet, parquet-folder, or images (a folder or prefix of them)."""
-    if "{" in src:
-        return "tar"
-    kind = _file_kind(src)
-    if kind is not None:
-        return kind
-    names = _first_names(src)
-    if any(is_image_name(name) for name in names):
-        return "images"
-    if any(tar.is_tar_name(name) for name in names):
-        return "tar"
-    if any(name.lower().endswith(parquet.PARQUET_EXTENSIONS) for name in names):
-        return "parquet-folder"
-    return "images"
-
-
-def _first_names(src: str) -> list[str]:
-    """The file names directly under a folder (or the first page of a prefix), to tell its kind."""
-    if storage.is_remote(src):
-        try:
-            return [uri.rsplit("/", 1)[-1] for uri in next(iter(storage.list_pages(src)), [])]
-        except OSError:
-            return []
-    try:
-        return [entry.name for entry in os.scandir(src) if not entry.name.startswith(".") and entry.is_file()]
-    except OSError:
-        return []
-
-
-def _boto_errors() -> tuple[type[Exception], ...]:
-    try:
-        from botocore.exceptions import BotoCoreError, ClientError
-    except ImportError:  # pragma: no cover - boto3 is a dependency
-        return ()
-    return (BotoCoreError, ClientError)
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

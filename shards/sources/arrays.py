@@ -21,7 +21,8 @@ import pyarrow.compute as pc
 import xxhash
 
 from shards.errors import DecodeError, SourceError
-from shards.sources.listing import Input, Listing
+from shards.sources.inputs import Input
+from shards.sources.listing import Listing
 from shards.sources.targets import ListingTargets, TargetColumn, targets_from_columns, typed_values
 
 _DIGEST_BLOCK = 64 * 2**20

@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from shards.errors import DecodeError
 from shards.io import storage
 from shards.io.fileio import NotRegularFileError, open_regular_descriptor, read_descriptor
-from shards.sources.listing import Input
+from shards.sources.inputs import Input
 
 READ_THREADS = 4
 READ_AHEAD = 16

@@ -12,25 +12,14 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Protocol
 
 import numpy as np
 import pyarrow as pa
 
-from shards.errors import DecodeError
+from shards.sources.inputs import ShardInputs
 from shards.sources.targets import ListingTargets
-
-Input = bytes | np.ndarray | DecodeError
-"""One input as a task receives it: encoded bytes, pixels (arrays in memory), or why not."""
-
-
-class ShardInputs(Protocol):
-    """The inputs of one shard task that listing found no problem with, in listing order."""
-
-    def read(self, max_bytes: int) -> Iterator[Input]:
-        """Each input, in order; inputs over `max_bytes` come back as a DecodeError."""
-        ...
 
 
 class InputKind(Protocol):

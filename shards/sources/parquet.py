@@ -19,7 +19,8 @@ import pyarrow.compute as pc
 from shards.errors import DecodeError, SourceError
 from shards.io import storage
 from shards.sources.files import too_large
-from shards.sources.listing import Input, Listing, any_remote, containers_of
+from shards.sources.inputs import Input
+from shards.sources.listing import Listing, any_remote, containers_of
 from shards.sources.targets import ListingTargets, targets_from_columns
 
 PARQUET_EXTENSIONS = (".parquet", ".pq")

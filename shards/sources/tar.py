@@ -31,7 +31,8 @@ from shards.errors import DecodeError, SourceError
 from shards.io import storage
 from shards.sources.files import too_large
 from shards.sources.folder import IMAGE_EXTENSIONS, files_under
-from shards.sources.listing import Input, Listing, any_remote, containers_of, display_name, with_problems
+from shards.sources.inputs import Input
+from shards.sources.listing import Listing, any_remote, containers_of, display_name, with_problems
 from shards.sources.targets import targets_from_columns, typed_values
 
 TAR_EXTENSION = ".tar"

@@ -20,7 +20,7 @@ from shards.io.location import location
 from shards.layout.manifest import Receipt, Reject, write_receipt
 from shards.layout.targets import Targets
 from shards.options import PreprocessOptions
-from shards.sources import ShardInputs
+from shards.sources.inputs import ShardInputs
 from shards.write.imaging import decode_image, to_storage
 from shards.write.resample import resize_array
 
