@@ -177,8 +177,9 @@ def _tasks_in_flight(workers: int | None, limit: int) -> int:
     With the default `workers` (every CPU of the cluster) one more task per worker waits in
     Ray's queue, and Ray hands it to a worker the moment that worker's shard is done. Otherwise
     the worker waits until the driver has seen the result and submitted the next: ~4 ms a shard
-    on the bench machine, where every core is busy and the driver has to be scheduled first;
-    steady state rose 2.3% (medians of 6 paired runs, 2,804 against 2,741 img/s). Ray still runs
+    on the bench machine, where every core is busy and the driver has to be scheduled first
+    (steady state +2.3% over 6 paired runs, 2,804 against 2,741 img/s; within the VM's noise in a
+    later series of 5, where the start-up gains dominated). Ray still runs
     one task per CPU. An explicit `workers` is a cap that Ray does not know about, so no task
     waits beyond it. Should the run fail, a queued task may start before it is cancelled; a
     shard it finishes is kept for --resume.
