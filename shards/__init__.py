@@ -9,8 +9,7 @@ worker ~15 ms more before its first shard, on the run's start-up.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from shards.errors import (
     ConfigError,
@@ -21,6 +20,7 @@ from shards.errors import (
     ShardsError,
     SourceError,
 )
+from shards.lazy import lazy_names
 
 if TYPE_CHECKING:
     from shards.options import PreprocessOptions
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 # name -> (module, attribute)
 _LAZY = {
+    "__version__": ("shards.version", "__version__"),
     "BatchStream": ("shards.read.dataset", "BatchStream"),
     "PreprocessOptions": ("shards.options", "PreprocessOptions"),
     "RunSummary": ("shards.write.run", "RunSummary"),
@@ -56,19 +57,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name == "__version__":
-        from shards.version import installed_version
-
-        value: Any = installed_version()
-    elif name in _LAZY:
-        module, attribute = _LAZY[name]
-        value = getattr(importlib.import_module(module), attribute)
-    else:
-        raise AttributeError(f"module 'shards' has no attribute {name!r}")
-    globals()[name] = value  # found once; later lookups do not come here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)

@@ -13,3 +13,6 @@ def installed_version() -> str:
         return metadata.version(DISTRIBUTION)
     except metadata.PackageNotFoundError:
         return "0+unknown"
+
+
+__version__ = installed_version()

@@ -248,11 +248,7 @@ class RemoteLocation(Location):
         return [os.path.basename(entry.path.rstrip("/")) for entry in self._listing(folder)] or None
 
     def sizes(self) -> dict[str, int]:
-        import pyarrow.fs as pafs
-
-        return {
-            os.path.basename(entry.path): entry.size for entry in self._listing() if entry.type == pafs.FileType.File
-        }
+        return {os.path.basename(entry.path): entry.size for entry in self._listing() if entry.is_file}
 
     def _listing(self, folder: str = "") -> list[pafs.FileInfo]:
         import pyarrow.fs as pafs
@@ -296,13 +292,11 @@ class RemoteLocation(Location):
         )
 
     def size(self, relative: str) -> int | None:
-        import pyarrow.fs as pafs
-
         found = storage.retried(
             lambda: self._filesystem.get_file_info(self.key(relative)),
             f"looking up {storage.join(self.root, relative)}",
         )
-        return found.size if found.type == pafs.FileType.File else None
+        return found.size if found.is_file else None
 
     def remove(self, relative: str) -> None:
         import pyarrow.fs as pafs

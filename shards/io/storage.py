@@ -129,7 +129,7 @@ def list_files(uri: str) -> list[str]:
     scheme = uri.split("://", 1)[0]
     selector = pafs.FileSelector(path, recursive=True)
     found = retried(lambda: filesystem.get_file_info(selector), f"listing {uri}")
-    return sorted(f"{scheme}://{entry.path}" for entry in found if entry.type == pafs.FileType.File)
+    return sorted(f"{scheme}://{entry.path}" for entry in found if entry.is_file)
 
 
 def environment() -> dict[str, str]:

@@ -12,13 +12,14 @@ bytes and not ten million Python objects; how each input is read is the listing'
 
 The names below load on first use (PEP 562): a shard task imports this package on its way to
 its inputs' module (`shards.sources.files` for files), and the listing side (pyarrow, every
-kind's listing code) cost each Ray worker ~0.1 s before its first shard.
+kind's listing code) cost each Ray worker ~75 ms before its first shard.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from shards.lazy import lazy_names
 
 if TYPE_CHECKING:
     from shards.sources.folder import IMAGE_EXTENSIONS, is_image_name
@@ -27,18 +28,18 @@ if TYPE_CHECKING:
     from shards.sources.listing import Listing
     from shards.sources.targets import UNLABELED
 
-# name -> the module that defines it
-_HOMES = {
-    "IMAGE_EXTENSIONS": "shards.sources.folder",
-    "UNLABELED": "shards.sources.targets",
-    "Input": "shards.sources.inputs",
-    "Listing": "shards.sources.listing",
-    "ShardInputs": "shards.sources.inputs",
-    "check_source": "shards.sources.kinds",
-    "describe_source": "shards.sources.kinds",
-    "indexes_on_cluster": "shards.sources.kinds",
-    "is_image_name": "shards.sources.folder",
-    "list_sources": "shards.sources.kinds",
+# name -> (module, attribute)
+_LAZY = {
+    "IMAGE_EXTENSIONS": ("shards.sources.folder", "IMAGE_EXTENSIONS"),
+    "UNLABELED": ("shards.sources.targets", "UNLABELED"),
+    "Input": ("shards.sources.inputs", "Input"),
+    "Listing": ("shards.sources.listing", "Listing"),
+    "ShardInputs": ("shards.sources.inputs", "ShardInputs"),
+    "check_source": ("shards.sources.kinds", "check_source"),
+    "describe_source": ("shards.sources.kinds", "describe_source"),
+    "indexes_on_cluster": ("shards.sources.kinds", "indexes_on_cluster"),
+    "is_image_name": ("shards.sources.folder", "is_image_name"),
+    "list_sources": ("shards.sources.kinds", "list_sources"),
 }
 
 __all__ = [
@@ -55,13 +56,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _HOMES:
-        raise AttributeError(f"module 'shards.sources' has no attribute {name!r}")
-    value = getattr(importlib.import_module(_HOMES[name]), name)
-    globals()[name] = value  # found once; later lookups do not come here
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names(globals(), _LAZY)

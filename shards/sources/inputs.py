@@ -1,7 +1,7 @@
 """What a shard task reads: its `ShardInputs`, each input as bytes, pixels or a reason.
 
 Apart from the listings (Arrow, on the driver), so that a task reading local files imports
-neither pyarrow nor the listing code: ~0.1 s of each Ray worker's start, before its first shard.
+neither pyarrow nor the listing code: ~75 ms of each Ray worker's start, before its first shard.
 """
 
 from __future__ import annotations

@@ -179,10 +179,9 @@ def _tasks_in_flight(workers: int | None, limit: int) -> int:
     the worker waits until the driver has seen the result and submitted the next: ~4 ms a shard
     on the bench machine, where every core is busy and the driver has to be scheduled first
     (steady state +2.3% over 6 paired runs, 2,804 against 2,741 img/s; within the VM's noise in a
-    later series of 5, where the start-up gains dominated). Ray still runs
-    one task per CPU. An explicit `workers` is a cap that Ray does not know about, so no task
-    waits beyond it. Should the run fail, a queued task may start before it is cancelled; a
-    shard it finishes is kept for --resume.
+    later series of 5). Ray still runs one task per CPU. An explicit `workers` is a cap that Ray
+    does not know about, so no task waits beyond it. Should the run fail, a queued task may
+    start before it is cancelled; a shard it finishes is kept for --resume.
     """
     return limit if workers is not None else 2 * limit
 
