@@ -91,8 +91,8 @@ def _filter_rows(
         while stop > start and row_weights[stop - 1] == 0:
             stop -= 1
         total[:] = 1 << (PRECISION_BITS - 1)
-        t = start
-        while t + 4 <= stop:
+        fours_end = start + (stop - start) // 4 * 4
+        for t in range(start, fours_end, 4):
             _add_four_rows(
                 total,
                 row_weights[t : t + 4],
@@ -101,8 +101,7 @@ def _filter_rows(
                 source[row_indices[t + 2], first:last],
                 source[row_indices[t + 3], first:last],
             )
-            t += 4
-        for t in range(t, stop):
+        for t in range(fours_end, stop):
             weight, row = row_weights[t], source[row_indices[t], first:last]
             for x in range(width):
                 total[x] += weight * np.int32(row[x])
