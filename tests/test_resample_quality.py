@@ -141,3 +141,28 @@ def test_a_jpeg_reduced_in_the_dct_is_placed_as_the_full_image(photographs):
 def test_an_image_already_at_the_output_size_keeps_its_pixels(photographs):
     image = photographs["astronaut.png"].resize(OUT[::-1])
     assert np.array_equal(decode_image(encode(image, "PNG"), OUT, "crop"), np.asarray(image))
+
+
+@pytest.mark.parametrize(
+    "rows_in, rows_out, start, length",
+    [
+        (375, 224, 0.0, 375.0),  # ImageNet's short side: 8 taps
+        (224, 224, 0.0, 224.0),  # unscaled: one tap with a weight
+        (100, 224, 0.0, 100.0),  # enlarged
+        (600, 50, 3.5, 590.0),  # 12x: 49 taps, a remainder after the fours
+        (60, 9, 0.4, 58.7),  # 6.5x on a fractional box, filters cut by both edges
+        (1, 4, 0.0, 1.0),  # a single row
+    ],
+)
+def test_a_filter_pass_is_the_rounded_clipped_sum_of_its_taps(rows_in, rows_out, start, length):
+    """A pass adds its taps four input rows at a time: whatever the tap count, the result is
+    the plain weighted sum, rounded and clipped (noise input, so the cubic's negative lobes clip)."""
+    from shards.write import resample_kernels as kernels
+
+    source = np.random.default_rng(rows_in).integers(0, 256, (rows_in, 40), dtype=np.uint8)
+    rows, weights = kernels.weights(rows_in, rows_out, start, length)
+    out = np.empty((rows_out, 33), np.uint8)
+    kernels.filter_rows(source, 4, 37, rows, weights, out)
+    half = 1 << (kernels.PRECISION_BITS - 1)
+    total = np.einsum("jt,jtx->jx", weights.astype(np.int64), source[rows][:, :, 4:37].astype(np.int64)) + half
+    assert np.array_equal(out, np.clip(total >> kernels.PRECISION_BITS, 0, 255))
