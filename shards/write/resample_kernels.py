@@ -4,7 +4,7 @@ Pillow computes the same bicubic filter in C, one scalar multiply-add per tap an
 4-byte pixels (~1,000 us for a 375x375 -> 224x224 shrink on one core of the bench machine).
 Here a pass filters whole rows at once: for each output row, the input rows under the filter
 are added in, weighted, into one int32 row of accumulators, four input rows to a loop that
-LLVM turns into SIMD (the vertical pass of a ~400x400 -> 224x224 crop: ~55 us; the horizontal
+LLVM turns into SIMD (the vertical pass of a ~400x400 -> 224x224 crop: ~45 us; the horizontal
 one, on the transposed and already shorter image: ~25 us).
 
 Compiled once per machine and cached beside this file (or in numba's user cache); a read-only
