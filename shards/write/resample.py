@@ -10,7 +10,7 @@ centred on the exact (fractional) box of the crop, pad or stretch placement.
 Pillow computes it with one scalar multiply-add per tap and channel; here each axis is one pass
 of `resample_kernels.filter_rows` over whole rows (SIMD), the second on the image transposed by
 OpenCV. Measured on one core of the bench machine, ImageNet-like JPEGs decoded to ~400x400 ->
-224x224 crops: ~115 us an image (~135 us before the passes added four taps at a time), against
+224x224 crops: ~112 us an image (~128 us before the passes added four taps at a time), against
 ~330 us for 0.3.0's first resampler (OpenCV cubic up to k times the output, then a k:1 area
 average) and ~1,030 us for Pillow's bicubic.
 

@@ -115,6 +115,7 @@ def _filter_rows(
 def _add_four_rows(
     total: np.ndarray, weights: np.ndarray, row0: np.ndarray, row1: np.ndarray, row2: np.ndarray, row3: np.ndarray
 ) -> None:
+    """total += the four rows, weighted: one load and store of each accumulator for four taps."""
     w0, w1, w2, w3 = weights[0], weights[1], weights[2], weights[3]
     for x in range(total.size):
         total[x] += w0 * np.int32(row0[x]) + w1 * np.int32(row1[x]) + w2 * np.int32(row2[x]) + w3 * np.int32(row3[x])
