@@ -1,9 +1,11 @@
 """The `shards` command as users run it: real processes, exit codes, one-line errors."""
 
 import argparse
+import glob
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -66,6 +68,29 @@ def test_preprocess_command_end_to_end_on_an_embedded_ray(photos, tmp_path):
     assert "progress: 90/90 images" in result.stderr  # plain log lines when not on a terminal
     ds = shards.open(dest)
     assert len(ds) == 90 and ds.shape == (32, 40, 3)
+
+
+def test_a_run_from_tar_archives_reports_rays_start_up_apart(photos, tmp_path):
+    """Tar archives are indexed by Ray tasks, so Ray starts before the listing; the summary
+    still gives Ray's share of the start-up (it read 0.0 s)."""
+    import tarfile
+
+    archive = tmp_path / "data-000000.tar"
+    with tarfile.open(archive, "w") as tar:
+        for number, path in enumerate(sorted(glob.glob(os.path.join(photos, "*", "*.jpg")))[:12]):
+            tar.add(path, f"{number:04d}.jpg")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    result = subprocess.run(
+        [*SHARDS, "preprocess", str(archive), str(tmp_path / "out"), "--size", "16"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "written   12 samples" in result.stdout, result.stdout
+    startup, ray = map(float, re.search(r"start-up ([\d.]+) s, of which Ray ([\d.]+) s", result.stdout).groups())
+    assert 0.5 <= ray <= startup, result.stdout
 
 
 def test_inspect_json_reports_the_run(held_run, capsys):

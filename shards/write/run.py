@@ -130,9 +130,10 @@ def preprocess(
     options = options or PreprocessOptions()
     check_source(src)
     head_start: float | None = LISTING_HEAD_START
+    ray_start_seconds = 0.0
     on_cluster = indexes_on_cluster(src)
     if on_cluster:  # the archives' index is built by Ray tasks: Ray first
-        connect_ray(address, worker_logs=worker_logs)
+        ray_start_seconds = _timed_connect(address, worker_logs)
         head_start = None
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shards-list") as pool:
         preparing = pool.submit(_claim_destination, src, dest, options, mode, on_cluster)
@@ -141,9 +142,8 @@ def preprocess(
                 preparing.result(timeout=head_start)  # the listing's own error, if it ended in one
             # Ray starts on this thread: it ties the life of the processes it forks to the thread
             # that forked them (PR_SET_PDEATHSIG), so the helper thread could not start it.
-            ray_started = time.perf_counter()
-            connect_ray(address, worker_logs=worker_logs)
-            ray_start_seconds = time.perf_counter() - ray_started
+            if not on_cluster:
+                ray_start_seconds = _timed_connect(address, worker_logs)
         except BaseException:
             _release(preparing)
             raise
@@ -169,6 +169,14 @@ def preprocess(
             f"{sink.run.src}: all {summary.inputs} inputs were rejected; see {sink.dest}/rejects.jsonl"
         )
     return summary
+
+
+def _timed_connect(address: str | None, worker_logs: bool) -> float:
+    """`connect_ray`, and the seconds it took: the summary reports Ray's start-up apart (it
+    used to read 0 for tar archives, whose index needs Ray before the listing)."""
+    started = time.perf_counter()
+    connect_ray(address, worker_logs=worker_logs)
+    return time.perf_counter() - started
 
 
 def _tasks_in_flight(workers: int | None, limit: int) -> int:
