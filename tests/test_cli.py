@@ -8,6 +8,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 
 import numpy as np
 import pytest
@@ -73,8 +74,6 @@ def test_preprocess_command_end_to_end_on_an_embedded_ray(photos, tmp_path):
 def test_a_run_from_tar_archives_reports_rays_start_up_apart(photos, tmp_path):
     """Tar archives are indexed by Ray tasks, so Ray starts before the listing; the summary
     still gives Ray's share of the start-up (it read 0.0 s)."""
-    import tarfile
-
     archive = tmp_path / "data-000000.tar"
     with tarfile.open(archive, "w") as tar:
         for number, path in enumerate(sorted(glob.glob(os.path.join(photos, "*", "*.jpg")))[:12]):
@@ -89,7 +88,9 @@ def test_a_run_from_tar_archives_reports_rays_start_up_apart(photos, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert "written   12 samples" in result.stdout, result.stdout
-    startup, ray = map(float, re.search(r"start-up ([\d.]+) s, of which Ray ([\d.]+) s", result.stdout).groups())
+    timing = re.search(r"start-up ([\d.]+) s, of which Ray ([\d.]+) s", result.stdout)
+    assert timing, result.stdout
+    startup, ray = map(float, timing.groups())
     assert 0.5 <= ray <= startup, result.stdout
 
 
