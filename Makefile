@@ -1,40 +1,76 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
-PYTHON ?= python3
+#
+# Each Python of the supported range gets its own virtual environment:
+#   .venv        CPython 3.13, the newest: lint, the suite, the demo; extras tf, jax
+#   .venv-3.10   CPython 3.10, the oldest: the suite; extra tf (JAX for 3.10 stopped at 0.4.x)
+#   .venv-3.11   CPython 3.11 with PyTorch's CPU build (the wheel these machines keep on disk;
+#                on other Pythons pip takes a several-GB CUDA build): the tests marked torch
+# An interpreter is found under pyenv first, then on PATH; set PYTHON, PYTHON_OLDEST or
+# PYTHON_TORCH to choose another.
+find_python = $(or $(lastword $(sort $(wildcard $(shell pyenv root 2>/dev/null)/versions/$(1).*/bin/python$(1)))),$(shell command -v python$(1) 2>/dev/null),python$(1))
+
+PYTHON ?= $(call find_python,3.13)
+PYTHON_OLDEST ?= $(call find_python,3.10)
+PYTHON_TORCH ?= $(call find_python,3.11)
+TORCH ?= torch==2.13.0
 VENV ?= .venv
+VENV_OLDEST ?= .venv-3.10
+VENV_TORCH ?= .venv-3.11
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+PIP_INSTALL = -m pip install --quiet --disable-pip-version-check
+# compat: the project root goes on sys.path, so Python started beside the clone (itself a
+# folder named shards) still imports the package rather than that folder.
+EDITABLE = --config-settings editable_mode=compat
 
-.PHONY: demo test lint fmt docs bench clean
+.PHONY: demo test test-newest test-oldest test-torch lint fmt docs bench clean
 
-$(STAMP): pyproject.toml
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	# compat: the project root goes on sys.path, so Python started beside the clone (itself a
-	# folder named shards) still imports the package rather than that folder.
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench,docs]' --config-settings editable_mode=compat
-	touch $(STAMP)
+	$(VENV)/bin/python $(PIP_INSTALL) -e '.[tf,jax,test,bench,docs]' $(EDITABLE)
+	touch $@
 
-demo: $(STAMP)
+$(VENV_OLDEST)/.installed: pyproject.toml
+	$(PYTHON_OLDEST) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/python $(PIP_INSTALL) -e '.[tf,test,docs]' $(EDITABLE)
+	touch $@
+
+$(VENV_TORCH)/.installed: pyproject.toml
+	$(PYTHON_TORCH) -m venv $(VENV_TORCH)
+	$(VENV_TORCH)/bin/python $(PIP_INSTALL) '$(TORCH)'
+	$(VENV_TORCH)/bin/python $(PIP_INSTALL) -e '.[torch,keras,test,bench]' $(EDITABLE)
+	touch $@
+
+demo: $(VENV)/.installed
 	$(PY) jobs/demo.py demo-data
 
-# What CI runs: the linter, the formatter's check, the type checker, then the suite.
-test: lint
-	$(PY) -m pytest
+# What CI runs: the linter, the formatter's check, the type checker, then the suite on the
+# newest and the oldest supported Python, and the PyTorch tests.
+test: lint test-newest test-oldest test-torch
 
-lint: $(STAMP)
+test-newest: $(VENV)/.installed
+	$(PY) -m pytest -m "not torch"
+
+test-oldest: $(VENV_OLDEST)/.installed
+	$(VENV_OLDEST)/bin/python -m pytest -m "not torch and not jax"
+
+test-torch: $(VENV_TORCH)/.installed
+	$(VENV_TORCH)/bin/python -m pytest -m torch tests/test_torch_*.py
+
+lint: $(VENV)/.installed
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy
 
-fmt: $(STAMP)
+fmt: $(VENV)/.installed
 	$(PY) -m ruff check --fix .
 	$(PY) -m ruff format .
 
 # The API reference, generated from the docstrings into docs/api/ (open docs/api/index.html).
-docs: $(STAMP)
+docs: $(VENV)/.installed
 	$(PY) -m pdoc --docformat google --output-directory docs/api shards shards.tf.adapters
 
-bench: $(STAMP)
+bench: $(VENV)/.installed
 	$(PY) -m bench
 
 clean:
-	rm -rf $(VENV) demo-data bench-results docs/api dist build .pytest_cache .hypothesis .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(VENV_OLDEST) $(VENV_TORCH) demo-data bench-results docs/api dist build .pytest_cache .hypothesis .mypy_cache .ruff_cache

@@ -57,7 +57,7 @@ def shards_to_tf(dest: str) -> int:
 
 
 def tf_data_tfrecords(dest: str) -> int:
-    from shards.tf.support import import_tensorflow
+    from shards.frameworks import import_tensorflow
 
     tf = import_tensorflow()
     spec = {

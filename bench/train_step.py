@@ -126,8 +126,8 @@ def prepare(src: str, dest: str, tfrecords: str, size: str) -> dict:
 
 def measure(feeder: str, dest: str, tfrecords: str, model_name: str, batch: int, steps: int) -> dict:
     """Images per second through `steps` training steps, after WARM_STEPS of warm-up."""
+    from shards.frameworks import import_tensorflow
     from shards.tf.devices import feeding_scope
-    from shards.tf.support import import_tensorflow
 
     tf = import_tensorflow(quiet=True)
     import shards

@@ -54,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         f"in {seconds * 1000:.0f} ms ({seen / seconds:,.0f} samples/s)"
     )
 
-    from shards.tf.trainer import run_training
-    from shards.tf.training import TrainOptions
+    from shards.keras.options import TrainOptions
+    from shards.trainer import run_training
 
     model_path = os.path.join(args.folder, "model.keras")
     print(f"\ntraining a small CNN for {args.epochs} epochs in a Ray trainer actor, fed by the stream ...")

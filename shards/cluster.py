@@ -144,3 +144,34 @@ def one_line(exc: BaseException) -> str:
 
 
 _STACK_LINES = ("File ", "Detected at node", "[[", "Traceback", "^")
+
+
+def report_to_driver(report: dict[str, Any], rank: int) -> None:
+    """Hand a Ray Train worker's report to the driver (`Result.metrics["report"]`, JSON).
+
+    Ray Train V2 hands metrics back to the driver only with a checkpoint: rank 0 attaches a
+    small one holding its report; every rank reports once, as Train requires.
+    """
+    import json
+    import tempfile
+
+    import ray.train
+
+    with tempfile.TemporaryDirectory() as folder:
+        checkpoint = None
+        if rank == 0:
+            with open(os.path.join(folder, "report.json"), "w", encoding="utf-8") as handle:
+                json.dump(report, handle)
+            checkpoint = ray.train.Checkpoint.from_directory(folder)
+        ray.train.report({"report": json.dumps(report)}, checkpoint=checkpoint)
+
+
+def worker_error(exc: BaseException) -> BaseException:
+    """The error a Ray Train worker raised, out of Train's wrappers: V2's `worker_failures` by
+    rank, V1's exception chain, and the RayTaskError around the worker's own exception."""
+    failures = getattr(exc, "worker_failures", None)
+    if isinstance(failures, dict) and failures:
+        exc = failures[min(failures)]
+    while exc.__cause__ is not None and getattr(exc, "cause", None) is None:
+        exc = exc.__cause__
+    return task_cause(exc)

@@ -33,3 +33,8 @@ class DestinationError(ShardsError):
 
 class RejectLimitError(ShardsError):
     """More inputs were refused than --max-rejects allows."""
+
+
+class MissingExtraError(ConfigError, ImportError):
+    """A feature needs a framework this install lacks; the message names the extra that brings
+    it (`pip install 'imageshards[tf]'`). An ImportError too, so `except ImportError` works."""

@@ -2,7 +2,7 @@
 
 They share the CLI's parsing, exit codes (2 for bad arguments, 1 for a failed run) and error
 lines with the other commands; `jobs/train.py` and `jobs/predict.py` are thin entry points over
-them for `ray job submit`. Defaults come from `shards.tf.options`, so they live in one place and
+them for `ray job submit`. Defaults come from `shards.keras.options`, so they live in one place and
 `--help` answers without loading TensorFlow.
 """
 
@@ -11,7 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from shards.tf.options import PredictOptions, TrainOptions, default
+from shards.keras.options import PredictOptions, TrainOptions, default
 
 
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,7 +84,7 @@ def run_train(args: argparse.Namespace) -> int:
         audit_dir=args.audit_dir,
         cache_limit=args.cache_limit,
     )
-    from shards.tf.trainer import run_training  # refuses a bad request before TensorFlow loads
+    from shards.trainer import run_training  # refuses a bad request before TensorFlow loads
 
     report = run_training(
         args.dest,

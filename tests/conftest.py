@@ -75,3 +75,39 @@ def wait_for_finished_shards(dest: str, count: int, driver: subprocess.Popen, ti
             break
         time.sleep(0.01)
     return finished
+
+
+BLOCKER = """import os, sys
+
+
+class _Absent:
+    # `import NAME` raises ModuleNotFoundError, as when NAME is not installed (and, unlike a None
+    # in sys.modules, `"NAME" in sys.modules` stays False, as libraries test it).
+    names = set(filter(None, os.environ.get("SHARDS_TEST_ABSENT", "").split(",")))
+
+    def find_spec(self, fullname, path=None, target=None):
+        if fullname.split(".")[0] in self.names:
+            raise ModuleNotFoundError(f"No module named {fullname!r}", name=fullname)
+        return None
+
+
+sys.meta_path.insert(0, _Absent())
+"""
+
+
+@pytest.fixture(scope="session")
+def absent(tmp_path_factory):
+    """`absent("tensorflow", "keras")` -> an environment for subprocesses (and the Ray workers
+    they start) in which those packages cannot be imported, as in an install without them: a
+    sitecustomize on PYTHONPATH marks them missing before any code runs."""
+    folder = tmp_path_factory.mktemp("absent")
+    (folder / "sitecustomize.py").write_text(BLOCKER)
+
+    def environment(*names: str, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "KERAS_BACKEND")}
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(folder), env.get("PYTHONPATH")]))
+        env["SHARDS_TEST_ABSENT"] = ",".join(names)
+        env.update(extra)
+        return env
+
+    return environment

@@ -88,7 +88,7 @@ def test_the_driver_of_a_training_job_loads_no_tensorflow():
     """The trainer actor and Ray Train workers load TensorFlow; the process that submits them
     (`shards train`, `jobs/train.py`) need not pay its seconds and hundreds of MB."""
     probe = (
-        "import json, sys, shards.tf.trainer, shards.model_cli, shards.cli; "
+        "import json, sys, shards.trainer, shards.model_cli, shards.cli; "
         "print(json.dumps([m for m in ('tensorflow', 'keras') if m in sys.modules]))"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=ROOT, check=True)

@@ -118,8 +118,8 @@ def test_resume_mid_epoch_with_another_world_size_sees_each_sample_once(colour_c
 
 
 def test_trainer_actor_trains_and_writes_the_model(colour_classes, tmp_path):
-    from shards.tf.trainer import run_training
     from shards.tf.training import TrainOptions
+    from shards.trainer import run_training
 
     report = run_training(
         colour_classes,
@@ -168,8 +168,8 @@ def test_unlabeled_data_cannot_be_trained_on(ray_cluster, tmp_path):
 
 
 def test_train_job_refuses_a_missing_dest_or_model_before_any_ray_work(colour_classes, tmp_path):
-    from shards.tf.trainer import run_training
     from shards.tf.training import TrainOptions
+    from shards.trainer import run_training
 
     with pytest.raises(shards.ManifestError, match="no manifest.json"):
         run_training(str(tmp_path / "nothing"), TrainOptions(), address="127.0.0.1:9")

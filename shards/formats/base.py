@@ -112,6 +112,14 @@ class ShardFormat(abc.ABC):
             file_name.endswith(suffix) and SHARD_NAME.fullmatch(file_name[: -len(suffix)]) for suffix in self.suffixes
         )
 
+    def check_available(self) -> None:
+        """Refuse, before any work, a format whose framework this install lacks.
+
+        Raises:
+            MissingExtraError: one line naming the extra that brings it.
+        """
+        return None  # the NumPy formats need nothing beyond the base install
+
     @abc.abstractmethod
     def open_writer(
         self,

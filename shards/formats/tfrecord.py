@@ -29,10 +29,10 @@ import numpy as np
 
 from shards.errors import ManifestError
 from shards.formats.base import ShardFormat, ShardInfo, ShardReader, ShardWriter
+from shards.frameworks import check_installed, import_tensorflow
 from shards.io.fileio import commit_temporary, digest_file, discard_temporary, temporary_name
 from shards.layout.targets import Targets
 from shards.options import PreprocessOptions, numpy_dtype, numpy_storage_dtype
-from shards.tf.support import import_tensorflow
 
 SUFFIX = ".tfrecord"
 GZIP_SUFFIX = ".tfrecord.gz"
@@ -43,7 +43,7 @@ _FRAME = 8 + 4 + 4  # length, its crc, the data's crc
 def feature_spec(targets: Targets | None = None) -> dict:
     """The parsing spec of a shards Example, for `tf.io.parse_single_example`/`parse_example`;
     `targets` is the run's (`shards.open(DEST).targets`); default: one class target."""
-    tf = import_tensorflow(quiet=True)
+    tf = import_tensorflow(quiet=True, needed_for="the tfrecord format")
 
     targets = targets or Targets.single_class([])
     spec = {"image": tf.io.FixedLenFeature([], tf.string), "shape": tf.io.FixedLenFeature([3], tf.int64)}
@@ -63,7 +63,7 @@ class TfRecordShardWriter(ShardWriter):
     def __init__(
         self, dest: str, shard: str, options: PreprocessOptions, targets: Targets, *, durable: bool = True
     ) -> None:
-        tf = import_tensorflow(quiet=True)
+        tf = import_tensorflow(quiet=True, needed_for="the tfrecord format")
 
         self._targets = targets
         self._durable = durable
@@ -144,7 +144,7 @@ class TfRecordShardReader(ShardReader):
 
     def read(self, rows: np.ndarray, images: np.ndarray, labels: np.ndarray) -> None:
         """See `ShardReader.read`."""
-        tf = import_tensorflow(quiet=True)
+        tf = import_tensorflow(quiet=True, needed_for="the tfrecord format")
 
         parsed = tf.io.parse_example(self.records(rows), feature_spec(self._targets))
         raw = tf.io.decode_raw(parsed["image"], tf.as_dtype(self._storage)).numpy()
@@ -179,6 +179,10 @@ def _scan(buffer: np.ndarray, path: str) -> tuple[np.ndarray, np.ndarray]:
 class TfRecordFormat(ShardFormat):
     name = "tfrecord"
     suffixes = (SUFFIX, GZIP_SUFFIX)
+
+    def check_available(self) -> None:
+        """See `ShardFormat.check_available`: tf.train.Example records are written by TensorFlow."""
+        check_installed("tensorflow", "--format tfrecord")
 
     def open_writer(
         self,

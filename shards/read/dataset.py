@@ -51,6 +51,9 @@ class ShardDataset:
         verify: bool = False,
     ) -> None:
         self.dest = dest
+        self._open_args = dict(
+            cache_dir=cache_dir, cache_limit=cache_limit, shuffle_window=shuffle_window, verify=verify
+        )
         self._place = location(dest)
         # The shard files: bound to the run in a local folder now; in object storage, the cache's
         # folder once it exists (the cache checks each download's sha256 against this manifest).
@@ -93,6 +96,37 @@ class ShardDataset:
 
     def __len__(self) -> int:
         return self.manifest.count if self._subset is None else len(self._subset)
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
+        """Sample `index` as (image [H, W, C], targets): random access, so the dataset is a source
+        for `grain.MapDataset.source(ds)` or a map-style `torch.utils.data.DataLoader`.
+
+        Raises:
+            IndexError: an index outside [-len, len).
+            TypeError: an index that is not an integer.
+        """
+        if isinstance(index, bool) or not isinstance(index, (int, np.integer)):
+            raise TypeError(f"dataset indices must be integers, got {type(index).__name__}")
+        count = len(self)
+        position = int(index) + count if index < 0 else int(index)
+        if not 0 <= position < count:
+            raise IndexError(f"index {index} is out of range for {count} samples")
+        images, labels = self.read(np.array([position]))
+        if isinstance(labels, dict):
+            return images[0], {name: values[0] for name, values in labels.items()}
+        return images[0], labels[0]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Pickled as the run it opened and the part it is: another process (a DataLoader or
+        grain worker, a Ray task) reopens it there, since memory maps and caches are per process.
+        An `in_memory()` view arrives streaming the same samples."""
+        return (_reopen, (self.dest, self._open_args, self._subset))
+
+    def __copy__(self) -> ShardDataset:
+        """A view sharing this one's manifest, readers and caches (not a reopening, as pickling is)."""
+        view = object.__new__(type(self))
+        view.__dict__.update(self.__dict__)
+        return view
 
     def __repr__(self) -> str:
         return (
@@ -332,13 +366,20 @@ class ShardDataset:
         prefetch: int = 2,
         return_indices: bool = False,
         columns: list[str] | tuple[str, ...] = (),
+        part: tuple[int, int] | None = None,
     ) -> BatchStream:
         """Stream epoch `epoch` as `spec` orders and slices it, from position `start`.
 
+        `part=(index, count)` streams every `count`-th of the rank's batches from `index`, for
+        one of `count` readers sharing the rank (a DataLoader's workers): together they read
+        each of the rank's batches once.
+
         Raises:
-            ConfigError: `start` outside the epoch, or a negative `prefetch`.
+            ConfigError: `start` outside the epoch, a negative `prefetch`, or a bad `part`.
         """
         check_start(len(self), start)
+        if part is not None and not (part[1] >= 1 and 0 <= part[0] < part[1]):
+            raise ConfigError(f"part must be (index, count) with 0 <= index < count, got {part}")
         if columns:
             self.columns(columns, np.empty(0, np.int64))  # refuses unknown columns now, not mid-epoch
         if prefetch < 0:
@@ -354,6 +395,7 @@ class ShardDataset:
             prefetch=prefetch,
             return_indices=return_indices,
             columns=tuple(columns),
+            part=part,
         )
 
     def resume(
@@ -373,15 +415,45 @@ class ShardDataset:
 
     def to_tf(self, batch_size: int, **kwargs: Any) -> Any:
         """A `tf.data.Dataset` of (images, labels) batches; see `shards.tf.adapters.to_tf`."""
+        from shards.frameworks import import_tensorflow
+
+        import_tensorflow(quiet=True, needed_for="to_tf()")
         from shards.tf.adapters import to_tf
 
         return to_tf(self, batch_size, **kwargs)
 
     def to_keras(self, batch_size: int, **kwargs: Any) -> Any:
-        """A `keras.utils.PyDataset` of (images, labels) batches; see `shards.tf.adapters.ShardsPyDataset`."""
-        from shards.tf.adapters import ShardsPyDataset
+        """A `keras.utils.PyDataset` of (images, labels) batches, on any Keras 3 backend; see
+        `shards.keras.dataset.ShardsPyDataset`.
+
+        Raises:
+            MissingExtraError: Keras (or its backend's framework) is not installed.
+        """
+        from shards.frameworks import import_keras
+
+        import_keras("to_keras()")
+        from shards.keras.dataset import ShardsPyDataset
 
         return ShardsPyDataset(self, batch_size, **kwargs)
+
+    def to_torch(self, batch_size: int, **kwargs: Any) -> Any:
+        """A `torch.utils.data.IterableDataset` of this rank's batches as tensors; see
+        `shards.torch.dataset.to_torch`.
+
+        Raises:
+            MissingExtraError: PyTorch is not installed.
+        """
+        from shards.frameworks import import_torch
+
+        import_torch("to_torch()")
+        from shards.torch.dataset import to_torch
+
+        return to_torch(self, batch_size, **kwargs)
+
+
+def _reopen(dest: str, open_args: dict[str, Any], subset: np.ndarray | None) -> ShardDataset:
+    dataset = ShardDataset(dest, **open_args)
+    return dataset if subset is None else dataset._view(subset)
 
 
 def open_shards(

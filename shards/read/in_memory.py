@@ -20,6 +20,7 @@ from shards.options import parse_bytes
 
 if TYPE_CHECKING:
     from shards.read.dataset import ShardDataset
+    from shards.read.protocol import RandomAccessSource
 
 
 class MemoryShardReader(ShardReader):
@@ -34,14 +35,13 @@ class MemoryShardReader(ShardReader):
         np.take(self.labels, rows, axis=0, out=labels)
 
 
-def bytes_needed(dataset: ShardDataset) -> int:
+def bytes_needed(dataset: RandomAccessSource) -> int:
     """Bytes that every shard of `dataset`'s run takes in memory: images and stored targets."""
-    manifest = dataset.manifest
     sample = int(np.prod(dataset.shape)) * dataset.dtype.itemsize + dataset.targets.stored_dtype.itemsize
-    return sum(shard.count for shard in manifest.shards) * sample
+    return len(dataset.run()) * sample
 
 
-def check_budget(dataset: ShardDataset, budget: int | str | None, where: str = "memory") -> int:
+def check_budget(dataset: RandomAccessSource, budget: int | str | None, where: str = "memory") -> int:
     """The bytes the dataset needs, after refusing a budget too small (default: half of the
     memory available to this process).
 

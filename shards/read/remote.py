@@ -98,7 +98,15 @@ class RemoteShardDataset:
         return self.stream(spec, epoch=epoch, start=start, return_indices=return_indices)
 
     def stream(
-        self, spec: ReadSpec, *, epoch: int = 0, start: int = 0, prefetch: int = 0, return_indices: bool = False
+        self,
+        spec: ReadSpec,
+        *,
+        epoch: int = 0,
+        start: int = 0,
+        prefetch: int = 0,
+        return_indices: bool = False,
+        columns: tuple[str, ...] = (),
+        part: tuple[int, int] | None = None,
     ) -> RemoteBatchStream:
         """Like `ShardDataset.stream`, read on the node that holds the shards."""
         import ray
@@ -106,13 +114,17 @@ class RemoteShardDataset:
         task = ray.remote(_stream).options(
             num_cpus=0, scheduling_strategy=self._pinned(), _generator_backpressure_num_objects=self.max_in_flight
         )
-        options = {"epoch": epoch, "start": start, "prefetch": prefetch, "return_indices": return_indices}
+        options: dict[str, Any] = {"epoch": epoch, "start": start, "prefetch": prefetch}
+        options.update(return_indices=return_indices, columns=tuple(columns), part=part)
         return RemoteBatchStream(task.remote(self.dest, self._split, spec, options))
 
     def to_tf(self, batch_size: int, **kwargs: Any) -> Any:
+        from shards.frameworks import import_tensorflow
+
+        import_tensorflow(quiet=True, needed_for="to_tf()")
         from shards.tf.adapters import to_tf
 
-        return to_tf(self, batch_size, **kwargs)  # type: ignore[arg-type]
+        return to_tf(self, batch_size, **kwargs)
 
 
 class RemoteBatchStream(Iterator[tuple[np.ndarray, ...]]):

@@ -8,6 +8,7 @@ out again only once nothing can still see it (see `BufferPool`).
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import weakref
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from shards.errors import ConfigError
 from shards.read.sampling import batch_count, position_after, rank_batches
 from shards.read.spec import ReadSpec, ReadState
 
@@ -55,12 +57,18 @@ class BatchStream(Iterator[tuple[Any, ...]]):
         prefetch: int,
         return_indices: bool = False,
         columns: tuple[str, ...] = (),
+        part: tuple[int, int] | None = None,
     ) -> None:
         self._dataset, self.spec, self.epoch, self._start = dataset, spec, epoch, start
         self._return_indices, self._columns = return_indices, columns
         self._length = batch_count(len(dataset), spec, start=start)
         self._consumed = 0
-        self._plan = rank_batches(order, spec, start=start)
+        self._plan: Iterator[np.ndarray] = rank_batches(order, spec, start=start)
+        self._part = part
+        if part is not None:  # every `count`-th batch from `index`: one of `count` readers of the rank
+            index, count = part
+            self._plan = itertools.islice(self._plan, index, None, count)
+            self._length = len(range(index, self._length, count))
         self._queue: queue.Queue[Any] = queue.Queue(maxsize=max(1, prefetch))
         self._pool = BufferPool(limit=prefetch + 3)
         self._stop = threading.Event()
@@ -100,7 +108,14 @@ class BatchStream(Iterator[tuple[Any, ...]]):
         return batch + (indices,) if self._return_indices else batch
 
     def read_state(self) -> ReadState:
-        """Where this stream stands, as a typed value (see `ShardDataset.resume`)."""
+        """Where this stream stands, as a typed value (see `ShardDataset.resume`).
+
+        Raises:
+            ConfigError: the stream is one part of a rank's batches (`part`), which has no
+                position of its own in the epoch's order.
+        """
+        if self._part is not None:
+            raise ConfigError("a stream of one part of a rank's batches has no resumable state; resume the rank's")
         position = position_after(len(self._dataset), self.spec, self._consumed, start=self._start)
         return ReadState(self.spec, self.epoch, position, self._consumed)
 

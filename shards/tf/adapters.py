@@ -1,4 +1,6 @@
-"""TensorFlow and Keras adapters over `ShardDataset.batches`.
+"""TensorFlow adapters over the read Protocol (`shards.read.protocol`): `to_tf` and the
+device-resident cache; `ShardsPyDataset` (Keras 3 on any backend) lives in `shards.keras.dataset`
+and is named here too.
 
 Both hand the model uint8 (or the stored dtype) batches as they are on disk; scaling to [0, 1]
 belongs in the model (a Rescaling layer) or the tf.data graph, on the device, not on the host.
@@ -13,23 +15,25 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shards.errors import ConfigError
+from shards.frameworks import import_tensorflow
+from shards.keras.dataset import ShardsPyDataset
 from shards.layout.targets import Targets
-from shards.read.dataset import ShardDataset
+from shards.read.protocol import BatchSource, RandomAccessSource
 from shards.read.sampling import batch_count, check_start, rank_batches
 from shards.read.spec import ReadSpec
-from shards.tf.support import import_tensorflow
 
 if TYPE_CHECKING:
     import tensorflow
 
+__all__ = ["CACHES", "ShardsPyDataset", "label_signature", "spec_to_tf", "to_tf"]
+
 CACHES = (None, "host", "device")
 
-tf = import_tensorflow()
-import keras  # noqa: E402 - after TensorFlow is imported quietly
+tf = import_tensorflow(needed_for="to_tf()")
 
 
 def to_tf(
-    dataset: ShardDataset,
+    dataset: BatchSource,
     batch_size: int,
     *,
     shuffle: bool = False,
@@ -89,7 +93,7 @@ def to_tf(
 
 
 def spec_to_tf(
-    dataset: ShardDataset,
+    dataset: BatchSource,
     spec: ReadSpec,
     *,
     epoch: int = 0,
@@ -107,12 +111,12 @@ def spec_to_tf(
     check_start(len(dataset), start)
     if cache not in CACHES:
         raise ConfigError(f"cache must be one of host, device or None, got {cache!r}")
-    if cache is not None and not hasattr(dataset, "in_memory"):
-        raise ConfigError(f"{dataset.dest}: an in-memory cache needs shards this process can read")
-    if cache == "host":
+    if cache is not None:
+        if not isinstance(dataset, RandomAccessSource):
+            raise ConfigError(f"{dataset.dest}: an in-memory cache needs shards this process can read")
+        if cache == "device":
+            return _device_resident(dataset, spec, epoch=epoch, start=start, on_batch=on_batch, budget=memory_budget)
         dataset = dataset.in_memory(memory_budget)
-    elif cache == "device":
-        return _device_resident(dataset, spec, epoch=epoch, start=start, on_batch=on_batch, budget=memory_budget)
     epochs = itertools.count(epoch)
 
     def generate() -> Iterator[tuple[np.ndarray, Any]]:
@@ -145,7 +149,7 @@ def label_signature(targets: Targets) -> Any:
 
 
 def _device_resident(
-    dataset: ShardDataset,
+    dataset: RandomAccessSource,
     spec: ReadSpec,
     *,
     epoch: int,
@@ -187,64 +191,3 @@ def _device_resident(
     indices = tf.data.Dataset.from_generator(positions, output_signature=tf.TensorSpec((None,), tf.int64))
     result = indices.map(gather).apply(tf.data.experimental.assert_cardinality(count))
     return result.prefetch(tf.data.AUTOTUNE)
-
-
-class ShardsPyDataset(keras.utils.PyDataset):
-    """A Keras 3 PyDataset: random access to this rank's batches of the current epoch.
-
-    Each epoch after the first moves to the next epoch's order (`epoch` is the one being read),
-    so shuffling differs between epochs exactly as with `batches()`; Keras' own workers
-    (`workers=`, `use_multiprocessing=`) can index it.
-
-    Args:
-        dataset: the opened run (`shards.open(DEST)`, or a `split()` part of it).
-        batch_size: samples per batch on this rank.
-        shuffle, seed, epoch, rank, world_size, drop_last: as for `ShardDataset.batches`.
-        **pydataset_kwargs: passed to `keras.utils.PyDataset` (`workers`, `use_multiprocessing`,
-            `max_queue_size`).
-
-    Raises:
-        ManifestError: when a batch is read, a shard that is missing, damaged or replaced.
-    """
-
-    def __init__(
-        self,
-        dataset: ShardDataset,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        seed: int = 0,
-        epoch: int = 0,
-        rank: int = 0,
-        world_size: int = 1,
-        drop_last: bool = False,
-        **pydataset_kwargs: Any,
-    ) -> None:
-        super().__init__(**pydataset_kwargs)
-        self.dataset = dataset
-        self.spec = dataset.read_spec(
-            batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last
-        )
-        self.epoch = epoch
-        self._batches: list[np.ndarray] | None = None
-        self._begun = False
-
-    def __len__(self) -> int:
-        return batch_count(len(self.dataset), self.spec)
-
-    def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
-        if self._batches is None:
-            order = self.dataset.epoch_order(self.spec, self.epoch)
-            self.dataset.schedule(order)
-            self._batches = list(rank_batches(order, self.spec))
-        if not 0 <= index < len(self._batches):
-            raise IndexError(index)
-        return self.dataset.read(self._batches[index])
-
-    def on_epoch_begin(self) -> None:
-        # Keras reads a batch (and ends an "epoch") to build the model before the first real
-        # epoch begins, so the order advances at each begin after the first, not at each end.
-        if self._begun:
-            self.epoch += 1
-            self._batches = None
-        self._begun = True

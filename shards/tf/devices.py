@@ -47,17 +47,6 @@ def check_devices(tf: Any) -> list[str]:
     return gpus
 
 
-def grow_gpu_memory(tf: Any) -> None:
-    """Let TensorFlow take GPU memory as it needs it rather than all at once, so two processes
-    on one GPU (a trainer and a predictor, two Ray workers sharing a device) both start. Must
-    run before TensorFlow first touches a GPU."""
-    for gpu in tf.config.list_physical_devices("GPU"):
-        try:
-            tf.config.experimental.set_memory_growth(gpu, True)
-        except (RuntimeError, ValueError) as exc:  # already initialised: too late, say so
-            logger.warning("cannot turn on memory growth for %s: %s", gpu.name, exc)
-
-
 def feeding_scope(tf: Any, device: str | None) -> Any:
     """Where to build a single-process model so Keras feeds `device` ahead of each step: under
     a one-device strategy, `fit` distributes its dataset through the strategy, which copies the

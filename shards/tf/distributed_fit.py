@@ -14,9 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from shards.tf.support import import_tensorflow
+from shards.frameworks import import_tensorflow
 
-tf = import_tensorflow()
+tf = import_tensorflow(needed_for="training")
 
 
 def fit_with_strategy(

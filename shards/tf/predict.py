@@ -22,9 +22,9 @@ from shards.cluster import check_workers, cluster_resource, connect_ray
 from shards.errors import ShardsError
 from shards.io.fileio import temporary_path
 from shards.io.memory import default_budget
+from shards.keras.options import PredictOptions
 from shards.layout.targets import Target, Targets, arrow_values
 from shards.read.dataset import ShardDataset
-from shards.tf.options import PredictOptions
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ AUTO_START = 1024
 def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
     errors: tuple[type[BaseException], ...] = (MemoryError,)
     try:
-        from shards.tf.support import import_tensorflow
+        from shards.frameworks import import_tensorflow
 
         errors += (import_tensorflow().errors.ResourceExhaustedError,)
     except ImportError:  # pragma: no cover - TensorFlow is a dependency
@@ -277,9 +277,9 @@ def keras_predictor(model_path: str, *, targets: Targets | None = None, mixed_pr
     matched to the model's outputs by name. Which of these happened is what
     `Predictor.scores` says.
     """
-    from shards.tf.support import import_tensorflow
+    from shards.frameworks import import_tensorflow
 
-    tf = import_tensorflow()
+    tf = import_tensorflow(needed_for="prediction")
     import keras
 
     if mixed_precision and tf.config.list_physical_devices("GPU"):

@@ -128,9 +128,9 @@ def _high_depth_to_uint8(array: np.ndarray, mode: str) -> np.ndarray:
     values = array.astype(np.float64)
     if mode == "F":
         finite = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
-        scale = 255.0 if finite.size and finite.max() <= 1.0 else 1.0
+        scale = 255.0 if finite.size and np.max(finite) <= 1.0 else 1.0
         values = finite * scale
-    elif mode in _SIXTEEN_BIT_MODES or values.max(initial=0) > 255:
+    elif mode in _SIXTEEN_BIT_MODES or np.max(values, initial=0) > 255:
         values = values / 257.0
     return np.clip(np.rint(values), 0, 255).astype(np.uint8)
 

@@ -1,5 +1,7 @@
 """Running training on Ray: one trainer actor, or Ray Train's TensorflowTrainer across workers.
 
+The actor trains on the Keras backend the driver names (`KERAS_BACKEND`: TensorFlow by
+default, or JAX or PyTorch, with no TensorFlow installed); several workers train on TensorFlow.
 The actor asks for a GPU when the cluster has one and runs on CPU otherwise. With several
 workers, Ray Train sets up MultiWorkerMirroredStrategy (TF_CONFIG) and each worker reads its own
 rank's slice of the shards. A worker that cannot see a DEST folder reads it through a streaming
@@ -12,13 +14,13 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from typing import Any
 
-from shards.cluster import cluster_resource, connect_ray, one_line, task_cause
-from shards.errors import ShardsError
+from shards.cluster import cluster_resource, connect_ray, one_line, report_to_driver, task_cause, worker_error
+from shards.errors import ConfigError, MissingExtraError, ShardsError
+from shards.frameworks import check_installed, keras_backend
 from shards.io import storage
-from shards.tf.options import TrainOptions, check_training
+from shards.keras.options import TrainOptions, check_training
 
 logger = logging.getLogger(__name__)
 
@@ -27,10 +29,14 @@ class TrainerActor:
     """A Ray actor that trains on the shard stream (see `run_training`)."""
 
     def fit(self, dest: str, options: TrainOptions, data_node: str) -> dict[str, Any]:
-        from shards.tf.training import train_worker
-
         _log_shards_info()
-        return train_worker(dest, options, data_node=data_node)
+        if keras_backend() == "tensorflow":
+            from shards.tf.training import train_worker
+
+            return train_worker(dest, options, data_node=data_node)
+        from shards.keras.training import train_worker as train_on_backend
+
+        return train_on_backend(dest, options, data_node=data_node)
 
 
 def _log_shards_info() -> None:
@@ -43,7 +49,7 @@ def _log_shards_info() -> None:
 def _train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
 
-    from shards.tf.support import import_tensorflow
+    from shards.frameworks import import_tensorflow
     from shards.tf.training import train_worker
 
     os.environ.update(config["environment"])  # object-storage endpoint and credentials for DEST
@@ -59,15 +65,7 @@ def _train_loop_per_worker(config: dict[str, Any]) -> None:
         strategy=strategy,
         data_node=config["data_node"],
     )
-    # Ray Train V2 hands metrics back to the driver only with a checkpoint: rank 0 attaches a
-    # small one holding its report; every rank reports once, as Train requires.
-    with tempfile.TemporaryDirectory() as folder:
-        checkpoint = None
-        if context.get_world_rank() == 0:
-            with open(os.path.join(folder, "report.json"), "w", encoding="utf-8") as handle:
-                json.dump(report, handle)
-            checkpoint = ray.train.Checkpoint.from_directory(folder)
-        ray.train.report({"report": json.dumps(report)}, checkpoint=checkpoint)
+    report_to_driver(report, context.get_world_rank())
 
 
 def run_training(
@@ -89,6 +87,7 @@ def run_training(
         ConfigError: bad worker or GPU counts (before Ray work starts).
     """
     check_training(dest, options, workers=workers, gpus_per_worker=gpus_per_worker)
+    backend = check_backend(workers, joining=bool(address or os.environ.get("RAY_ADDRESS")))
     import ray
 
     connect_ray(address, worker_logs=worker_logs)
@@ -97,20 +96,23 @@ def run_training(
     remote = storage.is_remote(dest)
     dest = dest if remote else os.path.abspath(dest)
     environment = storage.environment() if remote else {}
-    logger.info("training on %s with %d worker(s), %.1f GPU each", dest, workers, gpus)
+    logger.info("training on %s with %d worker(s), %.1f GPU each, Keras on %s", dest, workers, gpus, backend)
     if workers == 1:
-        settings: dict[str, Any] = {"runtime_env": {"env_vars": environment}} if environment else {}
+        settings = {"runtime_env": {"env_vars": {**environment, "KERAS_BACKEND": backend}}}
         actor: Any = ray.remote(TrainerActor).options(num_cpus=1, num_gpus=gpus, **settings).remote()
         try:
             return ray.get(actor.fit.remote(dest, options, data_node))
         except ray.exceptions.RayTaskError as exc:
-            raise ShardsError(f"training failed: {one_line(task_cause(exc))}") from exc
+            cause = task_cause(exc)
+            if isinstance(cause, MissingExtraError):  # the trainer's node lacks the framework
+                raise MissingExtraError(f"on the trainer's node, {cause}") from exc
+            raise ShardsError(f"training failed: {one_line(cause)}") from exc
         finally:
             ray.kill(actor)
 
     from ray.train import RunConfig, ScalingConfig
 
-    from shards.tf.support import import_tensorflow
+    from shards.frameworks import import_tensorflow
 
     import_tensorflow(quiet=not worker_logs)  # Ray Train's TensorflowTrainer imports it here
     from ray.train.tensorflow import TensorflowTrainer
@@ -129,12 +131,24 @@ def run_training(
     return json.loads((result.metrics or {})["report"])
 
 
-def worker_error(exc: BaseException) -> BaseException:
-    """The error a Ray Train worker raised, out of Train's wrappers: V2's `worker_failures` by
-    rank, V1's exception chain, and the RayTaskError around the worker's own exception."""
-    failures = getattr(exc, "worker_failures", None)
-    if isinstance(failures, dict) and failures:
-        exc = failures[min(failures)]
-    while exc.__cause__ is not None and getattr(exc, "cause", None) is None:
-        exc = exc.__cause__
-    return task_cause(exc)
+def check_backend(workers: int, *, joining: bool) -> str:
+    """The Keras backend the trainers will use (`KERAS_BACKEND`), refused in one line when it
+    cannot train here: several workers on another backend than TensorFlow, or (on a local
+    cluster, whose trainers share this machine's install) its framework not installed.
+
+    Raises:
+        ConfigError: an unknown backend, or several workers on another backend.
+        MissingExtraError: the framework, or Keras, is not installed (local clusters only: a
+            cluster's trainer nodes may have what the driver's node lacks).
+    """
+    backend = keras_backend()
+    if workers > 1 and backend != "tensorflow":
+        raise ConfigError(
+            f"--workers {workers} trains on TensorFlow (MultiWorkerMirroredStrategy); KERAS_BACKEND {backend} "
+            "trains with one worker (or use jobs/train_torch.py for PyTorch across workers)"
+        )
+    if not joining:
+        where = "" if backend == "tensorflow" else f" on KERAS_BACKEND {backend}"
+        check_installed(backend, f"training{where}")
+        check_installed("keras", f"training{where}")
+    return backend
