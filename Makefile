@@ -18,6 +18,9 @@ VENV_OLDEST ?= .venv-3.10
 VENV_TORCH ?= .venv-3.11
 PY := $(VENV)/bin/python
 PIP_INSTALL = -m pip install --quiet --disable-pip-version-check
+# pip itself is upgraded first: the resolver of the pip that CPython 3.10 ships (23.x) backtracked
+# for over 30 minutes on this project's dependencies; pip 26 resolves them in ~40 s.
+UPGRADE_PIP = -m pip install --quiet --disable-pip-version-check --upgrade pip
 # compat: the project root goes on sys.path, so Python started beside the clone (itself a
 # folder named shards) still imports the package rather than that folder.
 EDITABLE = --config-settings editable_mode=compat
@@ -26,16 +29,19 @@ EDITABLE = --config-settings editable_mode=compat
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python $(UPGRADE_PIP)
 	$(VENV)/bin/python $(PIP_INSTALL) -e '.[tf,jax,test,bench,docs]' $(EDITABLE)
 	touch $@
 
 $(VENV_OLDEST)/.installed: pyproject.toml
 	$(PYTHON_OLDEST) -m venv $(VENV_OLDEST)
+	$(VENV_OLDEST)/bin/python $(UPGRADE_PIP)
 	$(VENV_OLDEST)/bin/python $(PIP_INSTALL) -e '.[tf,test,docs]' $(EDITABLE)
 	touch $@
 
 $(VENV_TORCH)/.installed: pyproject.toml
 	$(PYTHON_TORCH) -m venv $(VENV_TORCH)
+	$(VENV_TORCH)/bin/python $(UPGRADE_PIP)
 	$(VENV_TORCH)/bin/python $(PIP_INSTALL) '$(TORCH)'
 	$(VENV_TORCH)/bin/python $(PIP_INSTALL) -e '.[torch,keras,test,bench]' $(EDITABLE)
 	touch $@

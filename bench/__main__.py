@@ -6,6 +6,8 @@ tf.data on TFRecords, Ray Data, the streaming generator), memory at 1x and 4x th
 planning a 10-million-row manifest, and a small training-step run. Writes bench-results/results.json
 and results.md. `python -m bench train` measures images/s into a real Keras training step from
 each feeder (shards, tf.data, Ray Data) against the step alone, on the GPU where there is one.
+`python -m bench feeders` measures to_torch through a DataLoader and to_keras on JAX against
+their peers (bench/feeders.py).
 """
 
 from __future__ import annotations
@@ -559,6 +561,10 @@ def quality_rows(q: dict) -> list[str]:
 def main() -> int:
     if sys.argv[1:2] == ["train"]:
         return train_main(sys.argv[2:])
+    if sys.argv[1:2] == ["feeders"]:
+        from bench.feeders import main as feeders_main
+
+        return feeders_main(sys.argv[2:])
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, default=6000, help="ImageNet-like JPEGs (default 6000)")
     parser.add_argument("--camera", type=int, default=100, help="camera-sized JPEGs (default 100)")

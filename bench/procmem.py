@@ -37,10 +37,13 @@ def ray_worker_pids() -> list[int]:
 
 
 class PeakSampler:
-    """Samples RssAnon of some processes every `interval` seconds and keeps the peak of each kind."""
+    """Samples RssAnon of some processes every `interval` seconds and keeps the peak of each kind:
+    of the largest process, or with `summed` of the group's processes together."""
 
-    def __init__(self, groups: dict[str, Callable[[], list[int | str]]], interval: float = 0.1) -> None:
-        self.groups, self.interval = groups, interval
+    def __init__(
+        self, groups: dict[str, Callable[[], list[int | str]]], interval: float = 0.1, *, summed: bool = False
+    ) -> None:
+        self.groups, self.interval, self.summed = groups, interval, summed
         self.peaks = dict.fromkeys(groups, 0)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -56,9 +59,26 @@ class PeakSampler:
 
     def _sample(self) -> None:
         for name, pids in self.groups.items():
-            for pid in pids():
-                self.peaks[name] = max(self.peaks[name], status(pid).get("RssAnon", 0))
+            sizes = [status(pid).get("RssAnon", 0) for pid in pids()]
+            now = sum(sizes) if self.summed else max(sizes, default=0)
+            self.peaks[name] = max(self.peaks[name], now)
 
     def _run(self) -> None:
         while not self._stop.wait(self.interval):
             self._sample()
+
+
+def descendants(pid: int | str = "self") -> list[int]:
+    """Pids of a process's children, their children and so on (a DataLoader's workers)."""
+    root = os.getpid() if pid == "self" else int(pid)
+    found, queue = [], [root]
+    while queue:
+        current = queue.pop()
+        try:
+            with open(f"/proc/{current}/task/{current}/children", encoding="ascii") as handle:
+                children = [int(child) for child in handle.read().split()]
+        except OSError:
+            children = []
+        found += children
+        queue += children
+    return found

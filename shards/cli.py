@@ -397,21 +397,14 @@ def _inspect_unfinished(args: argparse.Namespace, claim: dict[str, Any]) -> int:
 
 
 def _resume_command(source: str, dest: str, config: dict[str, Any]) -> str:
-    """The `shards preprocess ... --resume` that continues a run with the options it started with."""
-    flags = {
-        "--size": "x".join(str(v) for v in config.get("size", [])),
-        "--resize": config.get("resize"),
-        "--dtype": config.get("dtype"),
-        "--format": config.get("format"),
-        "--shard-size": config.get("shard_size"),
-        "--seed": config.get("seed"),
-        "--compression": config.get("compression"),
-    }
-    defaults = {"--resize": "crop", "--dtype": "uint8", "--format": "npy", "--seed": 0, "--compression": "none"}
-    parts = [
-        f"{flag} {value}" for flag, value in flags.items() if value not in (None, "") and defaults.get(flag) != value
-    ]
-    return " ".join(["shards preprocess", source, dest, *parts, "--resume"])
+    """The `shards preprocess ... --resume` that continues a run with the options it started
+    with: every recorded option that differs from its default (`PreprocessOptions.command_flags`)."""
+    import shlex
+
+    from shards.options import PreprocessOptions
+
+    flags = PreprocessOptions.from_json(config).command_flags()
+    return " ".join(["shards preprocess", shlex.quote(source), shlex.quote(dest), *flags, "--resume"])
 
 
 def _rejects_by_reason(dest: str) -> dict[str, int]:

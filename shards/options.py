@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -242,12 +244,47 @@ class PreprocessOptions:
             record.pop(policy)
         return record
 
+    def command_flags(self) -> list[str]:
+        """The `shards preprocess` flags that give these options: one for every field that
+        differs from its default, in field order (what `shards inspect` prints to resume a cut
+        run). Built from the fields themselves, so a new option cannot be left out.
+
+        Raises:
+            KeyError: a field with no flag in `_FLAGS` (a new option must name its flag there).
+        """
+        default = PreprocessOptions()
+        flags: list[str] = []
+        for field in dataclasses.fields(self):
+            value = getattr(self, field.name)
+            if value != getattr(default, field.name):
+                flag, form = _FLAGS[field.name]
+                flags += [flag, shlex.quote(form(value))]
+        return flags
+
     @classmethod
     def from_json(cls, record: dict[str, Any]) -> PreprocessOptions:
         """The inverse of `to_json`; unknown keys are refused by the dataclass."""
         record = dict(record)
         record["size"] = tuple(record["size"])
         return cls(**record)
+
+
+#: Each option's command-line flag and how its value is written there.
+_FLAGS: dict[str, tuple[str, Callable[[Any], str]]] = {
+    "size": ("--size", lambda size: "x".join(map(str, size))),
+    "resize": ("--resize", str),
+    "dtype": ("--dtype", str),
+    "format": ("--format", str),
+    "shard_size": ("--shard-size", str),
+    "seed": ("--seed", str),
+    "max_rejects": ("--max-rejects", str),
+    "max_reject_fraction": ("--max-rejects", lambda fraction: f"{fraction * 100:g}%"),
+    "compression": ("--compression", str),
+    "max_input_bytes": ("--max-input-bytes", str),
+    "image_column": ("--image-column", str),
+    "label_column": ("--label-column", str),
+    "columns": ("--columns", str),
+}
 
 
 def _names(text: str) -> tuple[str, ...]:

@@ -98,3 +98,14 @@ def test_arrays_that_are_not_images_are_refused_in_one_line(src, words):
     with pytest.raises(SourceError) as caught:
         list_sources(src)
     assert words in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_options_come_as_keywords_too(ray_cluster, tmp_path):
+    x = np.random.default_rng(3).integers(0, 256, (6, 64, 64, 3), dtype=np.uint8)
+    summary = shards.preprocess((x, np.arange(6) % 2), str(tmp_path / "out"), size=64)
+    assert summary.written == 6
+    images, _ = shards.open(str(tmp_path / "out")).read(np.arange(6))
+    assert np.array_equal(images, x)  # 64x64 kept pixel for pixel
+    with pytest.raises(shards.ConfigError, match=r"unknown option 'image_size' \(options: size, resize"):
+        shards.preprocess((x, None), str(tmp_path / "other"), image_size=64)
+    assert not (tmp_path / "other").exists()

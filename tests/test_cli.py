@@ -319,3 +319,42 @@ def test_a_tensorflow_graph_error_reads_as_its_cause():
         model.fit(np.zeros((8, 4), np.float32), np.array([0, 1, 2, -1, 0, 1, 2, 0]), verbose=0, batch_size=8)
     assert str(caught.value).startswith("Graph execution error:")  # what users saw, and nothing more
     assert one_line(caught.value).startswith("InvalidArgumentError: Received a label value of -1 which is outside")
+
+
+@pytest.mark.slow
+def test_the_printed_resume_command_finishes_a_cut_run_with_every_option_changed(photos, tmp_path):
+    """Every option at a non-default value: the command `shards inspect` prints for a cut run
+    carries them all (it once dropped the column options and the input limit, and failed)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    files = sorted(glob.glob(os.path.join(photos, "*", "*.*")))[:12]
+    table = pa.table(
+        {
+            "picture": pa.array([open(f, "rb").read() for f in files], pa.binary()),
+            "kind": [os.path.basename(os.path.dirname(f)) for f in files],
+            "uid": [f"id-{i}" for i in range(len(files))],
+        }
+    )
+    pq.write_table(table, tmp_path / "list.parquet")
+    dest = str(tmp_path / "out")
+    options = ["--size", "20x16", "--resize", "pad", "--dtype", "float16", "--format", "tfrecord"]
+    options += ["--compression", "gzip", "--shard-size", "9KiB", "--seed", "3", "--max-rejects", "5"]
+    options += ["--max-input-bytes", "1MiB", "--image-column", "picture", "--label-column", "kind", "--columns", "uid"]
+    source = str(tmp_path / "list.parquet")
+    first = run("preprocess", source, dest, *options, env={"RAY_ADDRESS": ""})
+    assert first.returncode == 0, first.stderr
+    recorded = PreprocessOptions.from_json(json.load(open(os.path.join(dest, "manifest.json")))["config"])
+    changed = [
+        f for f in PreprocessOptions.__dataclass_fields__ if getattr(recorded, f) != getattr(PreprocessOptions(), f)
+    ]
+    assert len(changed) == len(PreprocessOptions.__dataclass_fields__) - 1  # all but max_reject_fraction
+    os.remove(os.path.join(dest, "manifest.json"))  # as a run killed before its commit leaves it
+    command = run("inspect", dest).stdout.split("resume with: ")[1].strip()
+    for flag in ("--image-column picture", "--label-column kind", "--columns uid", "--max-input-bytes 1048576"):
+        assert flag in command, command
+    resumed = run(*command.split()[1:], env={"RAY_ADDRESS": ""})
+    assert resumed.returncode == 0 and "kept from before" in resumed.stdout, resumed.stderr
+    assert run("verify", dest).returncode == 0
+    assert len(shards.open(dest)) == 12 and shards.open(dest).columns(["uid"])["uid"].tolist()[0].startswith("id-")
+    assert PreprocessOptions(max_reject_fraction=0.025).command_flags() == ["--max-rejects", "2.5%"]

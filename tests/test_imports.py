@@ -12,7 +12,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "shards")
-HEAVY = ("tensorflow", "keras", "cv2", "numba", "ray", "boto3")
+HEAVY = ("tensorflow", "keras", "cv2", "numba", "ray", "boto3", "torch", "jax", "grain")
 
 
 def modules():
@@ -54,6 +54,17 @@ def test_only_the_tf_package_imports_tensorflow_or_keras():
         if not module.startswith("shards.tf")
         for name in imported_names(tree, module_level_only=False)
         if name.split(".")[0] in ("tensorflow", "keras")
+    ]
+    assert offenders == []
+
+
+def test_only_the_torch_package_and_the_framework_loader_import_torch():
+    offenders = [
+        (module, name)
+        for module, tree in modules().items()
+        if not module.startswith("shards.torch")
+        for name in imported_names(tree, module_level_only=False)
+        if name.split(".")[0] in ("torch", "jax")
     ]
     assert offenders == []
 

@@ -58,8 +58,29 @@ def fresh_python(wheel, tmp_path_factory):
     return folder
 
 
-def test_the_wheel_installs_and_preprocesses_from_a_fresh_environment(fresh_python, tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "PYTHONPATH")}
+def test_the_wheel_asks_for_no_framework_and_offers_each_as_an_extra(wheel):
+    import zipfile
+
+    with zipfile.ZipFile(wheel) as archive:
+        name = next(n for n in archive.namelist() if n.endswith(".dist-info/METADATA"))
+        metadata = archive.read(name).decode()
+    headers = [line.split(": ", 1) for line in metadata.splitlines() if ": " in line]
+    required = [value for key, value in headers if key == "Requires-Dist"]
+    base = [value.split(";")[0].strip() for value in required if "extra ==" not in value]
+    frameworks = ("tensorflow", "keras", "torch", "jax")
+    assert base and not [r for r in base if r.lower().startswith(frameworks)], base
+    extras = {value for key, value in headers if key == "Provides-Extra"}
+    assert {"tf", "gpu", "keras", "jax", "torch"} <= extras, extras
+    assert any(r.startswith("tensorflow[and-cuda]") and 'extra == "gpu"' in r for r in required)
+    assert ("Requires-Python", ">=3.10,<3.14") in [tuple(pair) for pair in headers]
+    assert {f"Programming Language :: Python :: 3.{minor}" for minor in range(10, 14)} <= {
+        value for key, value in headers if key == "Classifier"
+    }
+
+
+def test_the_wheel_installs_and_preprocesses_from_a_fresh_environment(fresh_python, tmp_path, absent):
+    # No framework can be imported there, as in a plain `pip install imageshards`.
+    env = {k: v for k, v in absent("tensorflow", "keras", "torch", "jax").items() if k != "RAY_ADDRESS"}
     command = str(fresh_python / "bin" / "shards")
     python = str(fresh_python / "bin" / "python")
 

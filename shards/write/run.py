@@ -91,6 +91,19 @@ class RunSummary:
         return self.inputs / work if work > 0 else 0.0
 
 
+def with_fields(options: PreprocessOptions, fields: dict[str, Any]) -> PreprocessOptions:
+    """`options` with some fields replaced (validated again).
+
+    Raises:
+        ConfigError: a keyword that is not a field, by name, with the fields there are.
+    """
+    known = [field.name for field in dataclasses.fields(PreprocessOptions)]
+    unknown = sorted(set(fields) - set(known))
+    if unknown:
+        raise ConfigError(f"preprocess() got an unknown option {unknown[0]!r} (options: {', '.join(known)})")
+    return dataclasses.replace(options, **fields) if fields else options
+
+
 def preprocess(
     src: Any,
     dest: str,
@@ -101,8 +114,13 @@ def preprocess(
     workers: int | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     worker_logs: bool = True,
+    **option_fields: Any,
 ) -> RunSummary:
     """Turn SRC into shards in DEST on Ray.
+
+    Options come as a `PreprocessOptions`, or as its fields by keyword, as Keras users write
+    them: `shards.preprocess(src, dest, size=224, dtype="float16", resize="stretch")` (keywords
+    given with `options` replace those fields of it).
 
     Args:
         src: a folder of class folders or a flat folder; a CSV/Parquet list of paths; tar
@@ -118,6 +136,8 @@ def preprocess(
         workers: the most shard tasks in flight; default: the cluster's CPUs.
         on_progress: called after every finished shard.
         worker_logs: show the shard tasks' output on this terminal (`shards -q` turns it off).
+        **option_fields: `PreprocessOptions` fields (size, resize, dtype, format, shard_size,
+            seed, ...).
 
     Raises:
         ConfigError, SourceError, DestinationError: before any Ray work starts.
@@ -128,7 +148,7 @@ def preprocess(
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     check_workers(workers)
-    options = options or PreprocessOptions()
+    options = with_fields(options or PreprocessOptions(), option_fields)
     get_format(options.format).check_available()
     check_source(src)
     head_start: float | None = LISTING_HEAD_START
