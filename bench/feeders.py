@@ -30,6 +30,7 @@ import sys
 import time
 
 from bench.procmem import PeakSampler, descendants, ray_worker_pids
+from bench.readers import _timed, plain_copy
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 BATCH = 64
@@ -46,19 +47,7 @@ BLOCK_TENSORFLOW = (
 # ---- measurements, one per process (`python -m bench.feeders measure NAME DEST ...`) ----
 
 
-def _timed(passes: int, run) -> tuple[float, int]:
-    run()  # warm the page cache, the workers' imports and any lazy set-up
-    best, images = float("inf"), 0
-    for _ in range(passes):
-        begin = time.perf_counter()
-        images = run()
-        best = min(best, time.perf_counter() - begin)
-    return best, images
-
-
 def copy_loop(dest: str) -> int:
-    from bench.readers import plain_copy
-
     return plain_copy(dest)
 
 
