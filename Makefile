@@ -7,7 +7,7 @@
 #                on other Pythons pip takes a several-GB CUDA build): the tests marked torch
 # An interpreter is found under pyenv first, then on PATH; set PYTHON, PYTHON_OLDEST or
 # PYTHON_TORCH to choose another.
-find_python = $(or $(lastword $(sort $(wildcard $(shell pyenv root 2>/dev/null)/versions/$(1).*/bin/python$(1)))),$(shell command -v python$(1) 2>/dev/null),python$(1))
+find_python = $(or $(lastword $(sort $(wildcard $(shell pyenv root 2>/dev/null)/versions/$(1).*/bin/python$(1) $(HOME)/.pyenv/versions/$(1).*/bin/python$(1)))),$(shell command -v python$(1) 2>/dev/null),python$(1))
 
 PYTHON ?= $(call find_python,3.13)
 PYTHON_OLDEST ?= $(call find_python,3.10)

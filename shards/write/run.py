@@ -160,7 +160,8 @@ def preprocess(
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shards-list") as pool:
         preparing = pool.submit(_claim_destination, src, dest, options, mode, on_cluster)
         try:
-            with contextlib.suppress(TimeoutError):
+            # concurrent.futures.TimeoutError: on 3.10 it is not the builtin TimeoutError
+            with contextlib.suppress(concurrent.futures.TimeoutError):
                 preparing.result(timeout=head_start)  # the listing's own error, if it ended in one
             # Ray starts on this thread: it ties the life of the processes it forks to the thread
             # that forked them (PR_SET_PDEATHSIG), so the helper thread could not start it.
