@@ -40,8 +40,10 @@ def build_corpus(root: str) -> tuple[dict[str, bool], dict[str, str]]:
     photo = _photo()
     files: dict[str, bytes] = {}
     for mode in ["1", "L", "RGB", "CMYK", "YCbCr"]:
-        files[f"mode_{mode}.{'tif' if mode in ('CMYK', 'YCbCr') else 'png'}"] = _save(
-            photo.convert(mode), "TIFF" if mode in ("CMYK", "YCbCr") else "PNG"
+        tiff = mode in ("CMYK", "YCbCr")
+        # LZW: Pillow 12.3 (the last for Python 3.10) cannot read back its own uncompressed YCbCr TIFF.
+        files[f"mode_{mode}.{'tif' if tiff else 'png'}"] = _save(
+            photo.convert(mode), "TIFF" if tiff else "PNG", **({"compression": "tiff_lzw"} if tiff else {})
         )
     files["mode_LA.png"] = _save(photo.convert("LA"), "PNG")
     files["mode_RGBA.png"] = _save(photo.convert("RGBA"), "PNG")
