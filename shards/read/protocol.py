@@ -74,6 +74,10 @@ class RandomAccessSource(BatchSource, Protocol):
         """(images, labels) of the samples at `indices`, in ascending order of position."""
         ...
 
+    def columns(self, names: list[str] | tuple[str, ...], positions: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Extra columns of the samples at `positions`; refuses a column the run did not carry."""
+        ...
+
     def in_memory(self, budget: int | str | None = None) -> Any:
         """This dataset with its whole run loaded into host memory once."""
         ...

@@ -19,7 +19,7 @@ import ml_dtypes
 import numpy as np
 
 from shards.frameworks import import_torch
-from shards.read.protocol import BatchSource
+from shards.read.protocol import BatchSource, RandomAccessSource
 from shards.read.sampling import batch_count, check_start
 from shards.read.spec import ReadSpec
 
@@ -74,10 +74,8 @@ def to_torch(
     )
     check_start(len(dataset), start)
     names = tuple(columns or ())
-    if names:
-        columns_of = getattr(dataset, "columns", None)
-        if columns_of is not None:
-            columns_of(names, np.empty(0, np.int64))  # refuses an unknown column now, not in a worker
+    if names and isinstance(dataset, RandomAccessSource):  # a remote stream checks them where it reads
+        dataset.columns(names, np.empty(0, np.int64))  # refuses an unknown column now, not in a worker
     return ShardsIterableDataset(
         dataset, spec, epoch=epoch, start=start, columns=names, channels_first=channels_first, prefetch=prefetch
     )
