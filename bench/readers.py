@@ -93,7 +93,7 @@ def streamed(dest: str) -> int:
     """Through a Ray streaming generator (the path for trainers that cannot read DEST)."""
     import ray
 
-    from shards.read.remote import RemoteShardDataset
+    from shards.dataset import RemoteShardDataset
 
     if not ray.is_initialized():
         ray.init(include_dashboard=False, logging_level="ERROR")

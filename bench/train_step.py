@@ -41,7 +41,7 @@ def build(tf: Any, model_name: str, shape: tuple[int, ...], classes: int) -> tup
     and scaling on the device; mixed precision on a GPU. Returns the model and its name."""
     import keras
 
-    from shards.layout.targets import Targets
+    from shards.targets import Targets
     from shards.tf.training import build_model, compile_model
 
     if tf.config.list_physical_devices("GPU"):
@@ -103,7 +103,7 @@ def feed(tf: Any, feeder: str, dest: str, tfrecords: str, batch: int) -> Any:
     if feeder == "streamed":
         import ray
 
-        from shards.read.remote import RemoteShardDataset
+        from shards.dataset import RemoteShardDataset
 
         if not ray.is_initialized():
             ray.init(include_dashboard=False, logging_level="ERROR")

@@ -23,19 +23,20 @@ from shards.errors import (
 from shards.lazy import lazy_names
 
 if TYPE_CHECKING:
+    from shards.dataset import ShardDataset
+    from shards.dataset import open_shards as open
     from shards.options import PreprocessOptions
-    from shards.read.dataset import BatchStream, ShardDataset
-    from shards.read.dataset import open_shards as open
+    from shards.read.stream import BatchStream
     from shards.write.run import RunSummary, preprocess
 
 # name -> (module, attribute)
 _LAZY = {
     "__version__": ("shards.version", "__version__"),
-    "BatchStream": ("shards.read.dataset", "BatchStream"),
+    "BatchStream": ("shards.read.stream", "BatchStream"),
     "PreprocessOptions": ("shards.options", "PreprocessOptions"),
     "RunSummary": ("shards.write.run", "RunSummary"),
-    "ShardDataset": ("shards.read.dataset", "ShardDataset"),
-    "open": ("shards.read.dataset", "open_shards"),
+    "ShardDataset": ("shards.dataset", "ShardDataset"),
+    "open": ("shards.dataset", "open_shards"),
     "preprocess": ("shards.write.run", "preprocess"),
 }
 

@@ -1,5 +1,6 @@
 """Import boundaries: `import shards` stays light, only shards/tf imports TensorFlow, and the
-modules' import-time graph has no cycles (ruff's TID rules check the same from each file)."""
+package is one stack: each floor imports only from the floors below it, lazily or not, with no
+circle (ruff's TID rules check the framework imports from each file)."""
 
 import ast
 import json
@@ -13,6 +14,21 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PACKAGE = os.path.join(ROOT, "shards")
 HEAVY = ("tensorflow", "keras", "cv2", "numba", "ray", "boto3", "torch", "jax", "grain")
+
+#: The floors of DESIGN.md's layout, from the bottom; modules of one floor may import each other
+#: (without a circle), and the package root, which names the public API lazily, is above all.
+FLOORS = (
+    ("shards.errors", "shards.version", "shards.lazy", "shards.io", "shards.frameworks", "shards.synthetic"),
+    ("shards.options", "shards.targets", "shards.cluster"),
+    ("shards.sources",),
+    ("shards.formats",),
+    ("shards.layout",),
+    ("shards.read", "shards.write"),
+    ("shards.keras",),
+    ("shards.tf", "shards.torch"),
+    ("shards.dataset", "shards.trainer", "shards.model_cli"),
+    ("shards.cli",),
+)
 
 
 def modules():
@@ -39,6 +55,57 @@ def imported_names(tree, *, module_level_only):
             names.append(node.module)
             names += [f"{node.module}.{alias.name}" for alias in node.names]
     return names
+
+
+def floor_of(module):
+    """The index in FLOORS of the floor that holds `module`."""
+    for index, floor in enumerate(FLOORS):
+        if any(module == top or module.startswith(top + ".") for top in floor):
+            return index
+    raise AssertionError(f"{module} is on no floor of FLOORS: give it one")
+
+
+def package_graph():
+    """module -> the package's modules it imports anywhere (in functions and under
+    TYPE_CHECKING too), each import resolved to the deepest module it names."""
+    found = modules()
+    graph = {}
+    for module, tree in found.items():
+        targets = set()
+        for name in imported_names(tree, module_level_only=False):
+            while name and name not in found:
+                name = name.rpartition(".")[0]
+            if name and name != module and not module.startswith(name + "."):  # not its own package
+                targets.add(name)
+        graph[module] = sorted(targets)
+    return graph
+
+
+def test_each_floor_imports_only_from_the_floors_below_it():
+    upward = [
+        f"{module} -> {target}"
+        for module, targets in package_graph().items()
+        if module != "shards"  # the package root names the public API, from every floor
+        for target in targets
+        if target != "shards" and floor_of(target) > floor_of(module)
+    ]
+    assert upward == []
+
+
+def test_read_and_write_and_the_frameworks_stay_apart():
+    """Siblings of one floor: the reader never imports the run on Ray, nor the other way round;
+    the torch feed needs nothing of TensorFlow's."""
+    graph = package_graph()
+    apart = [("shards.read", "shards.write"), ("shards.write", "shards.read"), ("shards.torch", "shards.tf")]
+    crossing = [
+        f"{module} -> {target}"
+        for one, other in apart
+        for module, targets in graph.items()
+        if module.startswith(one + ".")
+        for target in targets
+        if target.startswith(other + ".")
+    ]
+    assert crossing == []
 
 
 def test_import_shards_loads_neither_tensorflow_nor_opencv_nor_ray():
@@ -69,12 +136,8 @@ def test_only_the_torch_package_and_the_framework_loader_import_torch():
     assert offenders == []
 
 
-def test_the_import_time_graph_has_no_cycles():
-    found = modules()
-    graph = {
-        module: sorted({name for name in imported_names(tree, module_level_only=True) if name in found} - {module})
-        for module, tree in found.items()
-    }
+def test_the_import_graph_has_no_cycles_even_through_lazy_imports():
+    graph = package_graph()
     state, path = {}, []
 
     def visit(module):
@@ -122,9 +185,9 @@ def test_a_shard_task_of_files_imports_neither_the_reader_nor_the_driver_nor_the
     of each worker's start) stay out of it when the inputs are files and DEST is a folder."""
     import numpy as np
 
-    from shards.layout.targets import Targets
     from shards.options import PreprocessOptions
     from shards.sources.files import FileInputs
+    from shards.targets import Targets
     from shards.write.task import ShardTask
 
     paths = [str(tmp_path / f"{i}.jpg") for i in range(3)]
@@ -145,7 +208,7 @@ def test_a_shard_task_of_files_imports_neither_the_reader_nor_the_driver_nor_the
 
 def test_every_public_name_of_the_package_resolves():
     import shards
-    from shards.read.dataset import open_shards
+    from shards.dataset import open_shards
     from shards.write.run import preprocess
 
     assert all(getattr(shards, name) is not None for name in shards.__all__)

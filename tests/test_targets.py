@@ -269,7 +269,7 @@ def learnable(ray_cluster, table_sources, tmp_path_factory):
 def test_the_default_model_learns_each_kind_with_its_head_and_loss(learnable, name):
     import keras
 
-    from shards.layout.targets import Targets
+    from shards.targets import Targets
     from shards.tf.training import build_model, compile_model
 
     keras.utils.set_random_seed(0)
@@ -321,7 +321,7 @@ def test_train_and_predict_jobs_follow_the_kinds_of_a_multi_output_dest(learnabl
 
 
 def test_inspect_preview_and_split_follow_the_kinds(learnable, tmp_path):
-    from shards.layout.targets import describe
+    from shards.targets import describe
 
     result = subprocess.run(
         [sys.executable, "-m", "shards.cli", "inspect", learnable], capture_output=True, text=True, timeout=120

@@ -142,7 +142,7 @@ def test_trainer_actor_trains_and_writes_the_model(colour_classes, tmp_path):
 
 
 def test_streaming_generator_gives_the_same_batches_as_direct_reading(ray_cluster, colour_classes):
-    from shards.read.remote import RemoteShardDataset
+    from shards.dataset import RemoteShardDataset
 
     node = ray_cluster.get_runtime_context().get_node_id()
     remote = RemoteShardDataset(colour_classes, node, max_in_flight=2)

@@ -10,7 +10,7 @@ from typing import Any
 
 from shards.frameworks import import_keras, keras_backend
 from shards.keras.options import TrainOptions
-from shards.layout.targets import Target, Targets
+from shards.targets import Target, Targets
 
 keras = import_keras("training")
 layers = keras.layers

@@ -28,7 +28,7 @@ from shards.keras.checkpoint import CHECKPOINT_MODEL, ProgressCheckpoint, read_c
 from shards.keras.dataset import ShardsPyDataset
 from shards.keras.model import load_or_build
 from shards.keras.options import TrainOptions
-from shards.read.dataset import open_shards
+from shards.read.dataset import RunReader
 from shards.read.protocol import BatchSource, RandomAccessSource
 from shards.read.spec import ReadSpec, ReadState
 
@@ -80,13 +80,13 @@ def open_for_training(dest: str, data_node: str | None, cache_limit: str | None 
     """DEST itself when this process can read it (object storage through a bounded local cache);
     otherwise a stream from the node that can."""
     if storage.is_remote(dest):
-        return open_shards(dest, cache_limit=cache_limit)
+        return RunReader(dest, cache_limit=cache_limit)
     if data_node is None or os.path.exists(os.path.join(dest, "manifest.json")):
-        return open_shards(dest)
-    from shards.read.remote import RemoteShardDataset
+        return RunReader(dest)
+    from shards.read.remote import RemoteRunReader
 
     logger.info("%s is not readable here: streaming it from node %s", dest, data_node)
-    return RemoteShardDataset(dest, data_node)
+    return RemoteRunReader(dest, data_node)
 
 
 def set_precision(options: TrainOptions, gpus: list[str]) -> None:

@@ -13,8 +13,8 @@ from shards.formats import ShardInfo, get_format
 from shards.io.fileio import NotRegularFileError
 from shards.io.location import location
 from shards.layout.manifest import INDEX, load_manifest
-from shards.layout.targets import Targets
-from shards.read.shard_files import RunFiles
+from shards.layout.shard_files import RunFiles
+from shards.targets import Targets
 
 
 @dataclasses.dataclass(frozen=True)

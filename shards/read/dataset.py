@@ -1,4 +1,8 @@
-"""`shards.open(DEST)`: memory-mapped shards behind one dataset, streamed in batches.
+"""A finished run read back: memory-mapped shards behind one dataset, streamed in batches.
+
+`RunReader` is the read Protocol (`shards.read.protocol`) over a run's shards; `shards.open`
+hands out a `shards.dataset.ShardDataset`, which is this reader with the framework feeds
+(`to_tf`, `to_keras`, `to_torch`) of the floor above added.
 
 A reader holds a few batches, never the dataset: shards are memory-mapped (pages belong to the
 OS cache), and a stream (`shards.read.stream`) gathers the next batches on a background thread
@@ -20,18 +24,19 @@ from shards.formats import get_format
 from shards.formats.base import ShardReader
 from shards.io.location import location
 from shards.layout.manifest import INDEX, load_manifest
+from shards.layout.shard_files import RunFiles, bind_run
 from shards.options import numpy_dtype, parse_bytes
 from shards.read.cache import ShardCache
 from shards.read.sampling import check_start, epoch_order, window_order
-from shards.read.shard_files import RunFiles, bind_run
 from shards.read.spec import ReadSpec, ReadState
 from shards.read.stream import BatchStream, BufferPool, aligned_empty
 
 DEFAULT_CACHE_LIMIT = "8GiB"
 
 
-class ShardDataset:
-    """A finished shards run, read-only.
+class RunReader:
+    """A finished shards run, read-only: the read Protocol over its memory-mapped (or cached)
+    shards. Open one with `shards.open`, which adds the framework feeds.
 
     Attributes:
         manifest: the validated manifest.
@@ -120,9 +125,9 @@ class ShardDataset:
         """Pickled as the run it opened and the part it is: another process (a DataLoader or
         grain worker, a Ray task) reopens it there, since memory maps and caches are per process.
         An `in_memory()` view arrives streaming the same samples."""
-        return (_reopen, (self.dest, self._open_args, self._subset))
+        return (_reopen, (type(self), self.dest, self._open_args, self._subset))
 
-    def __copy__(self) -> ShardDataset:
+    def __copy__(self) -> RunReader:
         """A view sharing this one's manifest, readers and caches (not a reopening, as pickling is)."""
         view = object.__new__(type(self))
         view.__dict__.update(self.__dict__)
@@ -130,7 +135,7 @@ class ShardDataset:
 
     def __repr__(self) -> str:
         return (
-            f"ShardDataset({self.dest!r}, count={len(self)}, shape={list(self.shape)}, "
+            f"{type(self).__name__}({self.dest!r}, count={len(self)}, shape={list(self.shape)}, "
             f"dtype={self.manifest.dtype}, classes={len(self.classes)}, shards={len(self.manifest.shards)})"
         )
 
@@ -205,7 +210,7 @@ class ShardDataset:
         taken = pa.array(np.asarray(stored, np.int64))
         return {name: self._columns[name].take(taken).to_numpy(zero_copy_only=False) for name in names}
 
-    def in_memory(self, budget: int | str | None = None) -> ShardDataset:
+    def in_memory(self, budget: int | str | None = None) -> RunReader:
         """This dataset with its whole run loaded into memory once (images in their stored
         dtype); batches, orders, splits and resumes are the same as when streamed from the shards.
 
@@ -221,7 +226,7 @@ class ShardDataset:
 
         def load() -> dict[int, ShardReader]:
             check_budget(self, budget)
-            return load_readers(self)
+            return load_readers(self, [info.count for info in self.manifest.shards], self._reader)
 
         view = copy.copy(self)
         view._readers = self.held_run("host", load)
@@ -236,7 +241,7 @@ class ShardDataset:
             self._held[kind] = load()
         return self._held[kind]
 
-    def split(self, fraction: float, seed: int = 0) -> tuple[ShardDataset, ShardDataset]:
+    def split(self, fraction: float, seed: int = 0) -> tuple[RunReader, RunReader]:
         """(train, validation): a deterministic, disjoint split at read time.
 
         The validation part holds round(fraction * len) samples chosen by `seed`; one
@@ -256,7 +261,7 @@ class ShardDataset:
         held = round(fraction * count)
         return self._view(np.sort(chosen[held:])), self._view(np.sort(chosen[:held]))
 
-    def run(self) -> ShardDataset:
+    def run(self) -> RunReader:
         """The whole run this dataset is a part of (itself, unless it is a `split()` part)."""
         if self._subset is None:
             return self
@@ -268,7 +273,7 @@ class ShardDataset:
         """This part's positions in its run, ascending (None: it is the whole run)."""
         return self._subset
 
-    def _view(self, positions: np.ndarray) -> ShardDataset:
+    def _view(self, positions: np.ndarray) -> RunReader:
         view = copy.copy(self)  # shares the manifest and the open shard readers
         view._subset = positions if self._subset is None else self._subset[positions]
         return view
@@ -413,81 +418,7 @@ class ShardDataset:
             spec, epoch=saved.epoch, start=saved.position_for(spec), prefetch=prefetch, return_indices=return_indices
         )
 
-    def to_tf(self, batch_size: int, **kwargs: Any) -> Any:
-        """A `tf.data.Dataset` of (images, labels) batches; see `shards.tf.adapters.to_tf`."""
-        from shards.frameworks import import_tensorflow
 
-        import_tensorflow(quiet=True, needed_for="to_tf()")
-        from shards.tf.adapters import to_tf
-
-        return to_tf(self, batch_size, **kwargs)
-
-    def to_keras(self, batch_size: int, **kwargs: Any) -> Any:
-        """A `keras.utils.PyDataset` of (images, labels) batches, on any Keras 3 backend; see
-        `shards.keras.dataset.ShardsPyDataset`.
-
-        Raises:
-            MissingExtraError: Keras (or its backend's framework) is not installed.
-        """
-        from shards.frameworks import import_keras
-
-        import_keras("to_keras()")
-        from shards.keras.dataset import ShardsPyDataset
-
-        return ShardsPyDataset(self, batch_size, **kwargs)
-
-    def to_torch(self, batch_size: int, **kwargs: Any) -> Any:
-        """A `torch.utils.data.IterableDataset` of this rank's batches as tensors; see
-        `shards.torch.dataset.to_torch`.
-
-        Raises:
-            MissingExtraError: PyTorch is not installed.
-        """
-        from shards.frameworks import import_torch
-
-        import_torch("to_torch()")
-        from shards.torch.dataset import to_torch
-
-        return to_torch(self, batch_size, **kwargs)
-
-
-def _reopen(dest: str, open_args: dict[str, Any], subset: np.ndarray | None) -> ShardDataset:
-    dataset = ShardDataset(dest, **open_args)
+def _reopen(kind: type[RunReader], dest: str, open_args: dict[str, Any], subset: np.ndarray | None) -> RunReader:
+    dataset = kind(dest, **open_args)
     return dataset if subset is None else dataset._view(subset)
-
-
-def open_shards(
-    dest: str,
-    *,
-    cache_dir: str | None = None,
-    cache_limit: int | str | None = None,
-    shuffle_window: int | None = None,
-    verify: bool = False,
-) -> ShardDataset:
-    """Open a finished shards run in DEST (a folder, or an s3:// / gs:// prefix) for reading.
-
-    Args:
-        dest: where the run was written.
-        cache_dir: for object storage, a folder that keeps downloaded shards across processes;
-            default: a temporary folder removed with the dataset.
-        cache_limit: for object storage, the most bytes of shards kept locally (bytes or text
-            such as "2GiB"); default 8 GiB. Must hold at least two shards.
-        shuffle_window: shuffle within windows of this many shards (the same on every rank).
-            Default: the whole dataset for a folder; what fits in the cache for object storage.
-        verify: hash each shard file when it is first opened and refuse one whose sha256
-            differs from the manifest (object-storage shards are always hashed on download).
-
-    The dataset is bound to the run it opened: a shard file replaced since (another run wrote
-    DEST with `--overwrite`) is refused with a ManifestError rather than read, so batches never
-    mix two runs. Shards already memory-mapped stay readable. Memory maps have one limit no
-    reader can check: a shard truncated in place while mapped makes the OS kill the process
-    with SIGBUS on the next read of the lost pages (`shards verify` reports such a shard).
-
-    Raises:
-        ManifestError: DEST holds no complete run, or one this version cannot read; later, on
-            reading, a shard that is missing, replaced, damaged or not a regular file.
-        ConfigError: the cache cannot hold two shards, or cache settings for a local DEST.
-    """
-    return ShardDataset(
-        dest, cache_dir=cache_dir, cache_limit=cache_limit, shuffle_window=shuffle_window, verify=verify
-    )

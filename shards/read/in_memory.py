@@ -9,6 +9,7 @@ anything is loaded. Images stay in their stored dtype (uint8: one byte a value).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,7 +20,6 @@ from shards.io.memory import default_budget
 from shards.options import parse_bytes
 
 if TYPE_CHECKING:
-    from shards.read.dataset import ShardDataset
     from shards.read.protocol import RandomAccessSource
 
 
@@ -59,12 +59,16 @@ def check_budget(dataset: RandomAccessSource, budget: int | str | None, where: s
     return needed
 
 
-def load_readers(dataset: ShardDataset) -> dict[int, ShardReader]:
-    """Every shard of the run, read once into memory (the whole run, whatever view `dataset` is)."""
+def load_readers(
+    dataset: RandomAccessSource, counts: list[int], reader: Callable[[int], ShardReader]
+) -> dict[int, ShardReader]:
+    """Every shard of the run (`counts`: the samples of each), read once into memory through
+    `reader(shard)`, the dataset's own reader of each shard (the whole run, whatever view
+    `dataset` is)."""
     readers: dict[int, ShardReader] = {}
-    for index, info in enumerate(dataset.manifest.shards):
-        images = np.empty((info.count, *dataset.shape), dataset.dtype)
-        labels = dataset.targets.empty(info.count)
-        dataset._reader(index).read(np.arange(info.count), images, labels)
+    for index, count in enumerate(counts):
+        images = np.empty((count, *dataset.shape), dataset.dtype)
+        labels = dataset.targets.empty(count)
+        reader(index).read(np.arange(count), images, labels)
         readers[index] = MemoryShardReader(images, labels)
     return readers

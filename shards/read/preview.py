@@ -12,8 +12,8 @@ import math
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from shards.layout.targets import describe
-from shards.read.dataset import ShardDataset
+from shards.read.dataset import RunReader
+from shards.targets import describe
 
 CAPTION_HEIGHT = 14
 GAP = 2
@@ -29,7 +29,7 @@ class ContactSheet:
     origins: list[tuple[int, int]]
 
 
-def choose_samples(dataset: ShardDataset, count: int, *, per_class: bool = False, seed: int = 0) -> list[int]:
+def choose_samples(dataset: RunReader, count: int, *, per_class: bool = False, seed: int = 0) -> list[int]:
     """`count` random sample positions, or up to `count` of each class with `per_class`."""
     rng = np.random.default_rng(seed)
     target = dataset.targets.items[0]
@@ -50,7 +50,7 @@ def to_display(images: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(images.astype(np.float32) * 255.0), 0, 255).astype(np.uint8)
 
 
-def render_contact_sheet(dataset: ShardDataset, indices: list[int], *, columns: int | None = None) -> ContactSheet:
+def render_contact_sheet(dataset: RunReader, indices: list[int], *, columns: int | None = None) -> ContactSheet:
     """Draw the samples at `indices` in a grid, row by row, each captioned with its targets
     (class names, a multi-label sample's classes joined by +, regression values)."""
     height, width, _ = dataset.shape

@@ -13,8 +13,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from shards.layout.targets import Targets
 from shards.read.spec import ReadSpec
+from shards.targets import Targets
 
 
 class Batches(Iterator[tuple[Any, ...]], Protocol):
@@ -70,8 +70,9 @@ class RandomAccessSource(BatchSource, Protocol):
         """Say which positions the coming reads use, in order (a cache fetches ahead)."""
         ...
 
-    def read(self, indices: np.ndarray) -> tuple[np.ndarray, Any]:
-        """(images, labels) of the samples at `indices`, in ascending order of position."""
+    def read(self, indices: np.ndarray, *, pool: Any = None) -> tuple[np.ndarray, Any]:
+        """(images, labels) of the samples at `indices`, in ascending order of position (into a
+        buffer of `pool`, a `shards.read.stream.BufferPool`, when given)."""
         ...
 
     def columns(self, names: list[str] | tuple[str, ...], positions: np.ndarray | None = None) -> dict[str, np.ndarray]:

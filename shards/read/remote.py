@@ -3,9 +3,10 @@
 When a trainer's node cannot read DEST (the shards sit on another node's local disk), a
 generator task pinned to the node that holds them reads batches there and yields them one
 object at a time. Ray's generator back-pressure bounds the objects in flight, so memory stays
-at a few batches on both sides. `RemoteShardDataset` has the parts of `ShardDataset` that
-training uses (`len`, `shape`, `dtype`, `classes`, `targets`, `split`, `batches`, `to_tf`), so the trainer
-consumes either through the same generator interface.
+at a few batches on both sides. `RemoteRunReader` is a `BatchSource` of the read Protocol
+(`len`, `shape`, `dtype`, `classes`, `targets`, `split`, `batches`, `stream`), so the trainer
+consumes either through the same generator interface; `shards.dataset.RemoteShardDataset` adds
+`to_tf` and the other feeds.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from typing import Any
 import numpy as np
 
 from shards.options import numpy_dtype
-from shards.read.dataset import open_shards
+from shards.read.dataset import RunReader
 from shards.read.spec import ReadSpec
 
 DEFAULT_IN_FLIGHT = 4
 
 
 def _open(dest: str, split: tuple[float, int, int] | None) -> Any:
-    dataset = open_shards(dest)
+    dataset = RunReader(dest)
     if split is not None:
         fraction, seed, part = split
         dataset = dataset.split(fraction, seed)[part]
@@ -46,7 +47,7 @@ def _stream(
         stream.close()
 
 
-class RemoteShardDataset:
+class RemoteRunReader:
     """A shards dataset read on node `node_id` and streamed to this process through Ray."""
 
     def __init__(
@@ -76,12 +77,12 @@ class RemoteShardDataset:
     def __len__(self) -> int:
         return self._count
 
-    def split(self, fraction: float, seed: int = 0) -> tuple[RemoteShardDataset, RemoteShardDataset]:
+    def split(self, fraction: float, seed: int = 0) -> tuple[RemoteRunReader, RemoteRunReader]:
         """The same disjoint split as `ShardDataset.split`, computed where the shards are."""
         if self._split is not None:
             raise ValueError("a split of a remote dataset cannot be split again")
         return tuple(
-            RemoteShardDataset(self.dest, self.node_id, max_in_flight=self.max_in_flight, _split=(fraction, seed, part))
+            type(self)(self.dest, self.node_id, max_in_flight=self.max_in_flight, _split=(fraction, seed, part))
             for part in (0, 1)
         )  # type: ignore[return-value]
 
@@ -117,14 +118,6 @@ class RemoteShardDataset:
         options: dict[str, Any] = {"epoch": epoch, "start": start, "prefetch": prefetch}
         options.update(return_indices=return_indices, columns=tuple(columns), part=part)
         return RemoteBatchStream(task.remote(self.dest, self._split, spec, options))
-
-    def to_tf(self, batch_size: int, **kwargs: Any) -> Any:
-        from shards.frameworks import import_tensorflow
-
-        import_tensorflow(quiet=True, needed_for="to_tf()")
-        from shards.tf.adapters import to_tf
-
-        return to_tf(self, batch_size, **kwargs)
 
 
 class RemoteBatchStream(Iterator[tuple[np.ndarray, ...]]):

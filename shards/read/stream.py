@@ -22,7 +22,7 @@ from shards.read.sampling import batch_count, position_after, rank_batches
 from shards.read.spec import ReadSpec, ReadState
 
 if TYPE_CHECKING:
-    from shards.read.dataset import ShardDataset
+    from shards.read.protocol import RandomAccessSource
 
 _DONE = object()
 ALIGNMENT = 64
@@ -48,7 +48,7 @@ class BatchStream(Iterator[tuple[Any, ...]]):
 
     def __init__(
         self,
-        dataset: ShardDataset,
+        dataset: RandomAccessSource,
         spec: ReadSpec,
         order: np.ndarray,
         *,
@@ -141,7 +141,11 @@ class BatchStream(Iterator[tuple[Any, ...]]):
 
 
 def _produce(
-    dataset: ShardDataset, plan: Iterator[np.ndarray], out: queue.Queue[Any], stop: threading.Event, pool: BufferPool
+    dataset: RandomAccessSource,
+    plan: Iterator[np.ndarray],
+    out: queue.Queue[Any],
+    stop: threading.Event,
+    pool: BufferPool,
 ) -> None:
     """The prefetch thread. It holds no reference to its BatchStream, so dropping the stream
     stops the thread instead of keeping both alive."""
@@ -155,7 +159,7 @@ def _produce(
         _put(out, stop, exc)
 
 
-def _gather(dataset: ShardDataset, indices: np.ndarray, pool: BufferPool) -> tuple[np.ndarray, Any, np.ndarray]:
+def _gather(dataset: RandomAccessSource, indices: np.ndarray, pool: BufferPool) -> tuple[np.ndarray, Any, np.ndarray]:
     indices = np.sort(indices)
     images, labels = dataset.read(indices, pool=pool)
     return images, labels, indices

@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards.errors import SourceError
-from shards.layout.targets import Target, Targets, arrow_values, multi_hot
+from shards.targets import Target, Targets, arrow_values, multi_hot
 
 UNLABELED = -1
 

@@ -17,10 +17,10 @@ import numpy as np
 from shards.errors import ConfigError
 from shards.frameworks import import_tensorflow
 from shards.keras.dataset import ShardsPyDataset
-from shards.layout.targets import Targets
 from shards.read.protocol import BatchSource, RandomAccessSource
 from shards.read.sampling import batch_count, check_start, rank_batches
 from shards.read.spec import ReadSpec
+from shards.targets import Targets
 
 if TYPE_CHECKING:
     import tensorflow

@@ -23,8 +23,8 @@ from shards.errors import ShardsError
 from shards.io.fileio import temporary_path
 from shards.io.memory import default_budget
 from shards.keras.options import PredictOptions
-from shards.layout.targets import Target, Targets, arrow_values
-from shards.read.dataset import ShardDataset
+from shards.read.dataset import RunReader
+from shards.targets import Target, Targets, arrow_values
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +57,7 @@ class Predictor:
 
 
 def predict_to_parquet(
-    dataset: ShardDataset,
+    dataset: RunReader,
     predictor: Predictor | Callable[[np.ndarray], np.ndarray],
     out: str,
     options: PredictOptions,
@@ -129,7 +129,7 @@ def predict_to_parquet(
 PROBE_SAMPLES = 16
 
 
-def auto_batch_size(dataset: ShardDataset, predictor: Predictor, positions: np.ndarray, budget: int | None) -> int:
+def auto_batch_size(dataset: RunReader, predictor: Predictor, positions: np.ndarray, budget: int | None) -> int:
     """The largest batch (up to AUTO_START) whose host memory fits `budget` (default: half of what
     the machine or its cgroup has available), measured on a probe batch rather than guessed
     from the input size: a model's activations can be many times its input (a batch of 1024 took
@@ -347,11 +347,10 @@ def index_sources(dest: str) -> pa.Array | None:
 def _predict_part(
     dest: str, model_path: str, out: str, options: PredictOptions, positions: np.ndarray, mixed_precision: bool
 ) -> dict[str, Any]:
-    from shards.read.dataset import open_shards
-
+    dataset = RunReader(dest)
     return predict_to_parquet(
-        open_shards(dest),
-        keras_predictor(model_path, targets=open_shards(dest).targets, mixed_precision=mixed_precision),
+        dataset,
+        keras_predictor(model_path, targets=dataset.targets, mixed_precision=mixed_precision),
         out,
         options,
         positions=positions,
@@ -376,10 +375,8 @@ def predict_dataset(
     Parts are written by the tasks (one GPU each where the cluster has them) and joined in
     dataset order, so the output is the same whatever the number of workers.
     """
-    from shards.read.dataset import open_shards
-
     check_workers(workers)
-    dataset = open_shards(dest)
+    dataset = RunReader(dest)
     if workers == 1:
         return _predict_part(dest, model_path, out, options, np.arange(len(dataset)), mixed_precision)
     import ray

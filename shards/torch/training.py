@@ -21,7 +21,8 @@ from shards.cluster import connect_ray, one_line, report_to_driver, worker_error
 from shards.errors import ConfigError, ShardsError
 from shards.frameworks import import_torch
 from shards.io.fileio import write_bytes_atomically
-from shards.read.dataset import open_shards
+from shards.read.dataset import RunReader
+from shards.torch.dataset import to_torch
 
 torch = import_torch("PyTorch training")
 logger = logging.getLogger(__name__)
@@ -81,11 +82,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     context = ray.train.get_context()
     rank = context.get_world_rank()
     torch.manual_seed(options.seed)
-    dataset = open_shards(config["dest"])
+    dataset = RunReader(config["dest"])
     classes = len(dataset.classes)
     audit = options.audit_dir is not None
-    feed = dataset.to_torch(
-        options.batch_size, shuffle=True, seed=options.seed, channels_first=True, columns=("source",) if audit else ()
+    feed = to_torch(
+        dataset,
+        options.batch_size,
+        shuffle=True,
+        seed=options.seed,
+        channels_first=True,
+        columns=("source",) if audit else (),
     )
     loader = torch.utils.data.DataLoader(feed, batch_size=None, num_workers=options.loader_workers)
     model = ray.train.torch.prepare_model(small_cnn(classes, dataset.shape[2]))

@@ -27,9 +27,9 @@ from shards.layout.manifest import (
     read_receipt,
 )
 from shards.layout.plan import ShardPlan
-from shards.layout.targets import Targets
 from shards.layout.verify import shard_problems
 from shards.options import PreprocessOptions
+from shards.targets import Targets
 
 logger = logging.getLogger(__name__)
 
