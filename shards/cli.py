@@ -127,6 +127,8 @@ def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     """The preprocess options, shared by `shards preprocess` and `jobs/preprocess.py`."""
+    from shards.formats import FORMATS
+
     parser.add_argument(
         "src",
         help="folder of class folders or flat; CSV/Parquet list of paths; .tar archives (a file, a folder, "
@@ -134,8 +136,10 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("dest", help="output folder, or an s3:// / gs:// prefix")
     _add_output_arguments(parser)
-    parser.add_argument("--format", default="npy", help="npy | tfrecord (default npy)")
-    parser.add_argument("--compression", default="none", help="none | gzip, for tfrecord shards (default none)")
+    parser.add_argument("--format", default="npy", help=f"{' | '.join(FORMATS)} (default npy)")
+    compressed = {f.name: [c for c in f.compressions if c != "none"] for f in FORMATS.values()}
+    compressions = ", ".join(f"{' | '.join(c)} for {name} shards" for name, c in compressed.items() if c)
+    parser.add_argument("--compression", default="none", help=f"none, or {compressions} (default none)")
     parser.add_argument("--max-rejects", default=None, help="fail past N rejected inputs, or P%% of them")
     parser.add_argument(
         "--max-input-bytes", default="256MiB", help="reject any input larger than this, unread (default 256MiB)"
@@ -429,7 +433,7 @@ def _rejects_by_reason(dest: str) -> dict[str, int]:
 
 
 def run_preview(args: argparse.Namespace) -> int:
-    from shards.read.dataset import open_shards
+    from shards.dataset import open_shards
     from shards.read.preview import choose_samples, render_contact_sheet
 
     if args.n < 1:

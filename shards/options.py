@@ -19,8 +19,6 @@ from shards.errors import ConfigError
 
 RESIZE_MODES = ("stretch", "crop", "pad")
 DTYPES = ("uint8", "float16", "bfloat16", "float32")
-FORMATS = ("npy", "tfrecord")
-COMPRESSIONS = ("none", "gzip")
 REJECT_POLICY = ("max_rejects", "max_reject_fraction")
 DTYPE_BYTES = {"uint8": 1, "float16": 2, "bfloat16": 2, "float32": 4}
 
@@ -120,15 +118,15 @@ class PreprocessOptions:
         resize: `stretch` (ignore aspect), `crop` (shorter side to size, centre crop) or `pad`
             (longer side to size, letterbox on black).
         dtype: `uint8` keeps 0..255; float dtypes hold values scaled to [0, 1].
-        format: the shard format (a key of `shards.formats.FORMATS`).
+        format: the shard format (a key of `shards.formats.FORMATS`; `shards.formats.check_format`
+            checks it and its compression, before any work).
         shard_size: target bytes of image data per shard, which sets the samples per shard; None
             (`--shard-size auto`, the default) derives them from the number of inputs (see
             `samples_per_shard`).
         seed: seeds the permutation that mixes classes across shards.
         max_rejects: the most refused inputs a run accepts before failing, as a count.
         max_reject_fraction: the same as a fraction of the inputs (from `P%`).
-        compression: `gzip` compresses TFRecord shards; npy shards are never compressed (they
-            are memory-mapped).
+        compression: `none`, or a compression the format writes (`gzip` for TFRecord shards).
         max_input_bytes: an input file, archive member or Parquet value larger than this is a
             reject, never read whole.
         image_column: the Parquet/CSV column of image bytes or paths (None: `image` when it
@@ -162,12 +160,9 @@ class PreprocessOptions:
             raise ConfigError(f"--resize must be one of {', '.join(RESIZE_MODES)}, got {self.resize!r}")
         if self.dtype not in DTYPES:
             raise ConfigError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
-        if self.format not in FORMATS:
-            raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {self.format!r}")
-        if self.compression not in COMPRESSIONS:
-            raise ConfigError(f"--compression must be one of {', '.join(COMPRESSIONS)}, got {self.compression!r}")
-        if self.compression != "none" and self.format != "tfrecord":
-            raise ConfigError("--compression gzip needs --format tfrecord (npy shards are memory-mapped)")
+        for name in ("format", "compression"):  # which ones exist is the formats' to say
+            if not isinstance(getattr(self, name), str):
+                raise ConfigError(f"--{name} must be a name, got {getattr(self, name)!r}")
         object.__setattr__(self, "max_input_bytes", parse_bytes(self.max_input_bytes, "--max-input-bytes"))
         for name in ("image_column", "label_column", "columns"):
             value = getattr(self, name)

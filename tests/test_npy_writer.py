@@ -8,11 +8,10 @@ import subprocess
 import numpy as np
 import pytest
 
-from shards.formats import get_format
+from shards.formats import SampleLayout, get_format
 from shards.io import streamed_file
 from shards.io.fileio import digest_file
-from shards.layout.targets import Targets
-from shards.options import PreprocessOptions
+from shards.targets import Targets
 
 CLASSES = Targets.single_class([str(i) for i in range(7)])
 
@@ -28,9 +27,9 @@ def resident_bytes(path: str) -> int:
 def write_rows(folder, images, capacity=None, *, durable=True):
     """Write `images` as one shard of `capacity` rows (its length by default); its ShardInfo."""
     rows, height, width = images.shape[:3]
-    options = PreprocessOptions(size=(height, width))
+    layout = SampleLayout((height, width, 3), "uint8")
     with get_format("npy").open_writer(
-        str(folder), "shard-00000", capacity or rows, options, CLASSES, durable=durable
+        str(folder), "shard-00000", capacity or rows, layout, CLASSES, durable=durable
     ) as writer:
         for row in range(rows):
             writer.write(images[row], np.int32(row % 7))
@@ -138,3 +137,18 @@ def test_a_direct_file_that_gets_no_buffer_leaves_no_descriptor_open(tmp_path, m
     with pytest.raises(MemoryError):
         streamed_file.open_stream(str(tmp_path / "shard.npy"))
     assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.parametrize("format_name", ["npy", "tfrecord"])
+@pytest.mark.parametrize(
+    "image", [np.zeros((8, 9, 3), np.uint8), np.zeros((8, 8, 3), np.float32)], ids=["shape", "dtype"]
+)
+def test_every_format_refuses_a_sample_of_another_shape_or_dtype_and_leaves_no_shard(tmp_path, format_name, image):
+    """The writer base checks each sample against the layout, so TFRecord shards get the check the
+    npy writer always made, and no format casts a second time."""
+    layout = SampleLayout((8, 8, 3), "uint8")
+    with pytest.raises(ValueError, match=r"expected \(8, 8, 3\) and uint8"):
+        with get_format(format_name).open_writer(str(tmp_path), "shard-00000", 2, layout, CLASSES) as writer:
+            writer.write(np.zeros((8, 8, 3), np.uint8), np.int32(0))
+            writer.write(image, np.int32(1))
+    assert os.listdir(tmp_path) == []

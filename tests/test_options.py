@@ -1,6 +1,8 @@
 import pytest
 
+import shards
 from shards.errors import ConfigError
+from shards.formats import check_format
 from shards.options import (
     AUTO_MAX_SHARD_BYTES,
     AUTO_MIN_SHARD_BYTES,
@@ -50,8 +52,12 @@ def test_options_validate_every_choice_with_the_allowed_values():
         PreprocessOptions(dtype="int4")
     with pytest.raises(ConfigError, match="--resize"):
         PreprocessOptions(resize="squash")
+    with pytest.raises(ConfigError, match="--format must be one of npy, tfrecord, got 'zip'"):
+        check_format(PreprocessOptions(format="zip").format)
+    with pytest.raises(ConfigError, match="--compression must be one of gzip, none, got 'lz4'"):
+        check_format("tfrecord", "lz4")
     with pytest.raises(ConfigError, match="--format"):
-        PreprocessOptions(format="zip")
+        shards.preprocess("nowhere", "nowhere-either", format="zip")  # refused before SRC is looked at
 
 
 def test_samples_per_shard_follows_shard_size_and_dtype():

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import shards
+from shards.formats import check_format
 from shards.options import PreprocessOptions
 
 SIZE = (24, 32)
@@ -86,5 +87,9 @@ def test_verify_finds_a_truncated_tfrecord(ray_cluster, photos, tmp_path, capsys
 
 
 def test_gzip_needs_tfrecord():
+    with pytest.raises(
+        shards.ConfigError, match=r"--compression gzip needs --format tfrecord \(npy shards are memory-mapped\)"
+    ):
+        check_format("npy", "gzip")
     with pytest.raises(shards.ConfigError, match="--compression gzip needs --format tfrecord"):
-        PreprocessOptions(compression="gzip")
+        shards.preprocess("nowhere", "nowhere-either", compression="gzip")

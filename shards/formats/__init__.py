@@ -1,12 +1,14 @@
 """Shard formats, one module each with its writer and reader side by side.
 
-A format is looked up by the name the manifest records, so adding one touches one module and
-this registry.
+A format is looked up by the name the manifest records (and `--format` gives), so adding one
+touches one module and this registry: the options, the manifest check and `shards plan` ask the
+format, never a list of their own.
 """
 
 from __future__ import annotations
 
-from shards.formats.base import ShardFormat, ShardInfo, ShardWriter
+from shards.errors import ConfigError
+from shards.formats.base import SampleLayout, ShardFormat, ShardInfo, ShardWriter
 from shards.formats.npy import NpyFormat
 from shards.formats.tfrecord import TfRecordFormat
 
@@ -26,4 +28,35 @@ def get_format(name: str) -> ShardFormat:
         raise ValueError(f"unknown shard format {name!r}; known: {', '.join(FORMATS)}") from None
 
 
-__all__ = ["FORMATS", "ShardFormat", "ShardInfo", "ShardWriter", "get_format", "is_shard_file"]
+def check_format(name: str, compression: str = "none") -> ShardFormat:
+    """The format `--format name` asks for, after checking that it exists, that it writes
+    `compression`, and that this install has what it needs; before any work starts.
+
+    Raises:
+        ConfigError: an unknown format or a compression it does not write, in one line.
+        MissingExtraError: the format's framework is not installed.
+    """
+    shard_format = FORMATS.get(name)
+    if shard_format is None:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {name!r}")
+    if compression not in shard_format.compressions:
+        writers = [f.name for f in FORMATS.values() if compression in f.compressions]
+        if not writers:
+            known = sorted({c for f in FORMATS.values() for c in f.compressions})
+            raise ConfigError(f"--compression must be one of {', '.join(known)}, got {compression!r}")
+        reason = f" ({shard_format.why_uncompressed})" if shard_format.why_uncompressed else ""
+        raise ConfigError(f"--compression {compression} needs --format {' or '.join(writers)}{reason}")
+    shard_format.check_available()
+    return shard_format
+
+
+__all__ = [
+    "FORMATS",
+    "SampleLayout",
+    "ShardFormat",
+    "ShardInfo",
+    "ShardWriter",
+    "check_format",
+    "get_format",
+    "is_shard_file",
+]

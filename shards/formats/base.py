@@ -1,4 +1,10 @@
-"""What every shard format provides: a writer with a fixed lifecycle, a reader, a verifier."""
+"""What every shard format provides: a writer with a fixed lifecycle, a reader, its file names,
+the compressions it writes and the bytes its shards take.
+
+All a format knows lives in its module: the options check its name and compression through it
+(`shards.formats.check_format`), the manifest check asks it how much a byte of its files can
+hold, and `shards plan` asks it the bytes of a shard.
+"""
 
 from __future__ import annotations
 
@@ -12,8 +18,8 @@ import numpy as np
 
 from shards.io import checksum
 from shards.io.fileio import FileDigest
-from shards.layout.targets import Targets
-from shards.options import PreprocessOptions
+from shards.options import PreprocessOptions, numpy_storage_dtype
+from shards.targets import Targets
 
 #: Shard names as the plan makes them (`shard-00042`).
 SHARD_NAME = re.compile(r"shard-\d+")
@@ -64,13 +70,57 @@ def _file_digest(record: dict[str, Any]) -> FileDigest:
     return FileDigest(int(record["bytes"]), value)
 
 
+@dataclasses.dataclass(frozen=True)
+class SampleLayout:
+    """What a writer needs of a run: one sample's shape and dtype, and the compression.
+
+    Attributes:
+        shape: one sample's [H, W, C].
+        dtype: the manifest's dtype name (`uint8`, `float16`, `bfloat16`, `float32`).
+        compression: `none`, or one of the format's `compressions`.
+    """
+
+    shape: tuple[int, int, int]
+    dtype: str
+    compression: str = "none"
+
+    @classmethod
+    def of(cls, options: PreprocessOptions) -> SampleLayout:
+        """The layout of a run's options."""
+        return cls(options.shape, options.dtype, options.compression)
+
+    @property
+    def storage(self) -> np.dtype:
+        """The NumPy dtype of a sample on disk (bfloat16 as its uint16 bits)."""
+        return numpy_storage_dtype(self.dtype)
+
+
 class ShardWriter(abc.ABC):
-    """Open -> `next_row()`/`write()` per sample -> `close()` -> ShardInfo; `abort()` on failure."""
+    """Open -> `write()` per sample -> `close()` -> ShardInfo; `abort()` on failure.
+
+    `write` checks each sample against the layout, for every format alike, and hands `_append`
+    a C-contiguous array of the layout's shape and storage dtype.
+    """
+
+    layout: SampleLayout
+
+    def write(self, image: np.ndarray, targets: np.ndarray) -> None:
+        """Append one sample: its image, already in the storage dtype (`to_storage` cast it: no
+        format casts again), and its stored targets (one row of `Targets.empty`).
+
+        Raises:
+            ValueError: an image of another shape or dtype than the layout's.
+        """
+        if image.shape != self.layout.shape or image.dtype != self.layout.storage:
+            raise ValueError(
+                f"a sample of shape {image.shape} and dtype {image.dtype}, expected "
+                f"{self.layout.shape} and {self.layout.storage}"
+            )
+        self._append(np.ascontiguousarray(image), targets)
 
     @abc.abstractmethod
-    def write(self, image: np.ndarray, targets: np.ndarray) -> None:
-        """Append one sample: its image, already in the storage dtype, and its stored targets
-        (one row of `Targets.empty`)."""
+    def _append(self, image: np.ndarray, targets: np.ndarray) -> None:
+        """Append one checked sample."""
 
     @abc.abstractmethod
     def close(self) -> ShardInfo:
@@ -100,11 +150,25 @@ class ShardReader(abc.ABC):
 
 
 class ShardFormat(abc.ABC):
-    """A shard format: its file names, writer, reader and verifier."""
+    """A shard format: its file names, compressions, sizes, writer and reader."""
 
     name: str
     #: What follows a shard's name in the names of its files (`.images.npy`, `.tfrecord.gz`).
     suffixes: tuple[str, ...]
+    #: The `--compression` values it writes; the first is the default.
+    compressions: tuple[str, ...] = ("none",)
+    #: Why it writes no other compression (the one-line refusal says it).
+    why_uncompressed = ""
+
+    def max_expansion(self, compression: str) -> int:
+        """The most sample bytes one byte of its files can hold: what the manifest check uses to
+        refuse a shard claiming more samples than its files have room for."""
+        return 1
+
+    @abc.abstractmethod
+    def shard_bytes(self, count: int, layout: SampleLayout, targets: np.dtype) -> int:
+        """The bytes on disk of a shard of `count` samples (`targets`: one sample's stored
+        targets): exact where the format allows it, otherwise an upper bound."""
 
     def owns(self, file_name: str) -> bool:
         """Whether `file_name` is the name of one of this format's shard files."""
@@ -126,13 +190,13 @@ class ShardFormat(abc.ABC):
         dest: str,
         shard: str,
         capacity: int,
-        options: PreprocessOptions,
+        layout: SampleLayout,
         targets: Targets,
         *,
         durable: bool = True,
     ) -> ShardWriter:
-        """A writer for at most `capacity` samples of `options.shape` and `options.dtype`, with
-        `targets`; without `durable`, files are not flushed to disk (they are staged for an upload)."""
+        """A writer for at most `capacity` samples of `layout`, with `targets`; without
+        `durable`, files are not flushed to disk (they are staged for an upload)."""
 
     @abc.abstractmethod
     def open_reader(

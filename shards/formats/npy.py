@@ -1,6 +1,6 @@
 """The npy format: `<name>.images.npy` [N, H, W, 3] and `<name>.labels.npy` per shard.
 
-The labels file holds the run's targets as `shards.layout.targets` stores them: int32 [N] for a
+The labels file holds the run's targets as `shards.targets` stores them: int32 [N] for a
 class target, uint8 multi-hot [N, classes] for a multi-label one, float32 [N] or [N, K] for
 regression, and, with several targets, one structured array [N] with a field per target
 (`np.load(...)["age"]`).
@@ -21,12 +21,12 @@ from typing import BinaryIO
 import numpy as np
 
 from shards.errors import ManifestError
-from shards.formats.base import ShardFormat, ShardInfo, ShardReader, ShardWriter
+from shards.formats.base import SampleLayout, ShardFormat, ShardInfo, ShardReader, ShardWriter
 from shards.io import checksum
 from shards.io.fileio import FileDigest, atomic_write, commit_temporary, digest_file, discard_temporary, temporary_name
 from shards.io.streamed_file import open_stream
-from shards.layout.targets import Targets
-from shards.options import PreprocessOptions, numpy_dtype, numpy_storage_dtype
+from shards.options import numpy_dtype, numpy_storage_dtype
+from shards.targets import Targets
 
 IMAGES_SUFFIX = ".images.npy"
 LABELS_SUFFIX = ".labels.npy"
@@ -48,14 +48,15 @@ class NpyShardWriter(ShardWriter):
         dest: str,
         shard: str,
         capacity: int,
-        shape: tuple[int, int, int],
-        dtype: str,
+        layout: SampleLayout,
         targets: Targets,
         *,
         durable: bool = True,
     ) -> None:
         self._dest, self._shard, self._durable = dest, shard, durable
-        self._shape, self._storage = shape, numpy_storage_dtype(dtype)
+        self.layout = layout
+        shape = layout.shape
+        self._shape, self._storage = shape, layout.storage
         self._capacity = capacity
         self._labels = targets.empty(capacity)
         self._path = os.path.join(dest, shard + IMAGES_SUFFIX)
@@ -69,11 +70,8 @@ class NpyShardWriter(ShardWriter):
         self._hash.update(data)
         return self._file.write(data)
 
-    def write(self, image: np.ndarray, targets: np.ndarray) -> None:
-        row = np.ascontiguousarray(image, self._storage)
-        if row.shape != self._shape:
-            raise ValueError(f"{self._shard}: sample of shape {row.shape}, expected {self._shape}")
-        self._emit(row.data.cast("B"))
+    def _append(self, image: np.ndarray, targets: np.ndarray) -> None:
+        self._emit(image.data.cast("B"))
         self._labels[self.count] = targets
         self.count += 1
 
@@ -178,21 +176,31 @@ def _map(handle: BinaryIO) -> np.ndarray:
     return np.memmap(handle, dtype=dtype, mode="r", offset=offset, shape=shape)
 
 
+def npy_bytes(count: int, shape: tuple[int, ...], dtype: np.dtype) -> int:
+    """The exact size of a .npy file NumPy writes for an array of this shape and dtype."""
+    return len(_header((count, *shape), dtype)) + count * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+
+
 class NpyFormat(ShardFormat):
     name = "npy"
     suffixes = (IMAGES_SUFFIX, LABELS_SUFFIX)
+    why_uncompressed = "npy shards are memory-mapped"
+
+    def shard_bytes(self, count: int, layout: SampleLayout, targets: np.dtype) -> int:
+        """See `ShardFormat.shard_bytes`: exact (the headers are built as NumPy writes them)."""
+        return npy_bytes(count, layout.shape, layout.storage) + npy_bytes(count, (), targets)
 
     def open_writer(
         self,
         dest: str,
         shard: str,
         capacity: int,
-        options: PreprocessOptions,
+        layout: SampleLayout,
         targets: Targets,
         *,
         durable: bool = True,
     ) -> NpyShardWriter:
-        return NpyShardWriter(dest, shard, capacity, options.shape, options.dtype, targets, durable=durable)
+        return NpyShardWriter(dest, shard, capacity, layout, targets, durable=durable)
 
     def open_reader(
         self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str, targets: Targets

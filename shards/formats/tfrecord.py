@@ -28,16 +28,21 @@ from typing import BinaryIO
 import numpy as np
 
 from shards.errors import ManifestError
-from shards.formats.base import ShardFormat, ShardInfo, ShardReader, ShardWriter
+from shards.formats.base import SampleLayout, ShardFormat, ShardInfo, ShardReader, ShardWriter
 from shards.frameworks import check_installed, import_tensorflow
 from shards.io.fileio import commit_temporary, digest_file, discard_temporary, temporary_name
-from shards.layout.targets import Targets
-from shards.options import PreprocessOptions, numpy_dtype, numpy_storage_dtype
+from shards.options import numpy_dtype, numpy_storage_dtype
+from shards.targets import Targets
 
 SUFFIX = ".tfrecord"
 GZIP_SUFFIX = ".tfrecord.gz"
 _LENGTH = struct.Struct("<Q")
 _FRAME = 8 + 4 + 4  # length, its crc, the data's crc
+# gzip (deflate) turns at most 1032 bytes into one: the most samples a byte of file can hold.
+DEFLATE_MAX_RATIO = 1032
+# An Example's bytes beyond the image and label values: feature names, tags and lengths (~50
+# for one class target); a generous bound, as `shards plan` counts it.
+_EXAMPLE_OVERHEAD = 128
 
 
 def feature_spec(targets: Targets | None = None) -> dict:
@@ -60,27 +65,26 @@ def feature_spec(targets: Targets | None = None) -> dict:
 class TfRecordShardWriter(ShardWriter):
     """Streams Examples into a temporary file; close() checksums it and renames it into place."""
 
-    def __init__(
-        self, dest: str, shard: str, options: PreprocessOptions, targets: Targets, *, durable: bool = True
-    ) -> None:
+    def __init__(self, dest: str, shard: str, layout: SampleLayout, targets: Targets, *, durable: bool = True) -> None:
         tf = import_tensorflow(quiet=True, needed_for="the tfrecord format")
 
+        self.layout = layout
         self._targets = targets
         self._durable = durable
         self._tf = tf
-        self._name = shard + (GZIP_SUFFIX if options.compression == "gzip" else SUFFIX)
-        self._shape = list(options.shape)
+        self._name = shard + (GZIP_SUFFIX if layout.compression == "gzip" else SUFFIX)
+        self._shape = list(layout.shape)
         self._path = os.path.join(dest, self._name)
         self._temp = temporary_name(self._path)
-        compression = "GZIP" if options.compression == "gzip" else ""
+        compression = "GZIP" if layout.compression == "gzip" else ""
         self._writer = tf.io.TFRecordWriter(self._temp, options=tf.io.TFRecordOptions(compression_type=compression))
         self._shard = shard
         self.count = 0
 
-    def write(self, image: np.ndarray, targets: np.ndarray) -> None:
+    def _append(self, image: np.ndarray, targets: np.ndarray) -> None:
         train = self._tf.train
         feature = {
-            "image": train.Feature(bytes_list=train.BytesList(value=[np.ascontiguousarray(image).tobytes()])),
+            "image": train.Feature(bytes_list=train.BytesList(value=[image.tobytes()])),
             "shape": train.Feature(int64_list=train.Int64List(value=self._shape)),
         }
         for target in self._targets.items:
@@ -179,6 +183,18 @@ def _scan(buffer: np.ndarray, path: str) -> tuple[np.ndarray, np.ndarray]:
 class TfRecordFormat(ShardFormat):
     name = "tfrecord"
     suffixes = (SUFFIX, GZIP_SUFFIX)
+    compressions = ("none", "gzip")
+
+    def max_expansion(self, compression: str) -> int:
+        """See `ShardFormat.max_expansion`: deflate's ratio for gzip shards."""
+        return DEFLATE_MAX_RATIO if compression == "gzip" else 1
+
+    def shard_bytes(self, count: int, layout: SampleLayout, targets: np.dtype) -> int:
+        """See `ShardFormat.shard_bytes`: an upper bound of uncompressed records (each its frame,
+        the raw image, the labels at most 10 bytes (a varint) for each byte they are stored in,
+        and the Example's own tags); a gzip shard is smaller by however well its pixels compress."""
+        image = int(np.prod(layout.shape)) * layout.storage.itemsize
+        return count * (_FRAME + image + 10 * targets.itemsize + _EXAMPLE_OVERHEAD)
 
     def check_available(self) -> None:
         """See `ShardFormat.check_available`: tf.train.Example records are written by TensorFlow."""
@@ -189,12 +205,12 @@ class TfRecordFormat(ShardFormat):
         dest: str,
         shard: str,
         capacity: int,
-        options: PreprocessOptions,
+        layout: SampleLayout,
         targets: Targets,
         *,
         durable: bool = True,
     ) -> TfRecordShardWriter:
-        return TfRecordShardWriter(dest, shard, options, targets, durable=durable)
+        return TfRecordShardWriter(dest, shard, layout, targets, durable=durable)
 
     def open_reader(
         self, files: Mapping[str, BinaryIO], info: ShardInfo, shape: tuple[int, int, int], dtype: str, targets: Targets

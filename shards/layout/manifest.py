@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shards.errors import ManifestError
-from shards.formats import FORMATS, ShardInfo
+from shards.formats import FORMATS, ShardInfo, get_format
 from shards.io.location import location
-from shards.layout.targets import Targets
 from shards.options import DTYPE_BYTES, DTYPES, MAX_SIDE, PreprocessOptions
+from shards.targets import Targets
 
 if TYPE_CHECKING:  # pyarrow is imported where it is used: a shard task's receipt never needs it
     import pyarrow as pa
@@ -234,7 +234,9 @@ def load_manifest(dest: str, *, allow_incomplete: bool = False) -> Manifest:
         raise ManifestError(
             f"{path}: count {record['count']} disagrees with its shards' {sum(s.count for s in shards)}"
         )
-    _check_shard_sizes(shards, shape, str(record["dtype"]), config, path)
+    _check_shard_sizes(
+        shards, shape, str(record["dtype"]), get_format(record["format"]).max_expansion(config.compression), path
+    )
     return Manifest(
         record["format"],
         bool(record["complete"]),
@@ -293,13 +295,11 @@ def _check_fields(record: dict[str, Any], path: str) -> None:
         )
 
 
-def _check_shard_sizes(
-    shards: list[ShardInfo], shape: tuple[int, ...], dtype: str, config: PreprocessOptions, path: str
-) -> None:
-    """A shard cannot hold more samples than its files have room for (gzip TFRecords at most
-    deflate's 1032:1), so a count no reader could serve is refused before it sizes anything."""
+def _check_shard_sizes(shards: list[ShardInfo], shape: tuple[int, ...], dtype: str, ratio: int, path: str) -> None:
+    """A shard cannot hold more samples than its files have room for (`ratio`: the sample bytes a
+    byte of file holds at most, as the format says; gzip TFRecords deflate's 1032:1), so a count
+    no reader could serve is refused before it sizes anything."""
     sample_bytes = int(np.prod(shape)) * DTYPE_BYTES[dtype]
-    ratio = 1032 if config.compression != "none" else 1
     for shard in shards:
         room = sum(digest.bytes for digest in shard.files.values()) * ratio
         if shard.count * sample_bytes > room:

@@ -32,7 +32,7 @@ from shards.cluster import (
     task_cause,
 )
 from shards.errors import ConfigError, RejectLimitError, ShardsError
-from shards.formats import get_format
+from shards.formats import check_format
 from shards.io import storage
 from shards.layout.manifest import (
     HOW_TO_PROCEED,
@@ -149,7 +149,7 @@ def preprocess(
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     check_workers(workers)
     options = with_fields(options or PreprocessOptions(), option_fields)
-    get_format(options.format).check_available()
+    check_format(options.format, options.compression)
     check_source(src)
     head_start: float | None = LISTING_HEAD_START
     ray_start_seconds = 0.0

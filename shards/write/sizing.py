@@ -1,20 +1,18 @@
 """`shards plan`: what a run will produce, computed from the listing alone, before any decoding.
 
-Sample count, shard count and bytes on disk are exact for npy shards (the .npy headers are
-built the way NumPy writes them) when no input is rejected; batch memory follows from the sample
-size, and the largest batch that fits a memory budget from the reader's bound of prefetch + 2
-batches held at once.
+Sample count and shard count are exact when no input is rejected, and so are the bytes on disk
+where the format can say them (npy: its headers are built the way NumPy writes them; TFRecord
+gives an upper bound); batch memory follows from the sample size, and the largest batch that
+fits a memory budget from the reader's bound of prefetch + 2 batches held at once.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import io
 
-import numpy as np
-
+from shards.formats import SampleLayout, check_format
 from shards.layout.plan import plan_shards
-from shards.options import DTYPE_BYTES, PreprocessOptions, numpy_storage_dtype
+from shards.options import DTYPE_BYTES, PreprocessOptions
 from shards.sources import list_sources
 
 DEVICE_DTYPE_BYTES = 4  # the model sees float32 after scaling (2 with mixed precision)
@@ -39,26 +37,15 @@ class RunEstimate:
     largest_batch_device: int | None
 
 
-def npy_bytes(count: int, shape: tuple[int, ...], dtype: np.dtype) -> int:
-    """The exact size of a .npy file NumPy writes for an array of this shape and dtype."""
-    header = io.BytesIO()
-    np.lib.format.write_array_header_1_0(
-        header, {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (count, *shape)}
-    )
-    return len(header.getvalue()) + count * int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-
-
-def shard_bytes(plan_counts: list[int], options: PreprocessOptions, dtype: str, targets_dtype: np.dtype) -> int:
-    """Bytes on disk of npy shards holding `plan_counts` samples each (`targets_dtype`: one
-    sample's stored targets)."""
-    storage = numpy_storage_dtype(dtype)
-    return sum(npy_bytes(n, options.shape, storage) + npy_bytes(n, (), targets_dtype) for n in plan_counts)
-
-
 def estimate_run(
     src: str, options: PreprocessOptions, *, batch_size: int = 256, memory: int | None = None, prefetch: int = 2
 ) -> RunEstimate:
-    """List SRC and compute what `shards preprocess SRC ... options` would write."""
+    """List SRC and compute what `shards preprocess SRC ... options` would write.
+
+    Raises:
+        ConfigError: a format or compression that does not exist (before SRC is listed).
+    """
+    shard_format = check_format(options.format, options.compression)
     listing = list_sources(
         src, image_column=options.image_column, label_columns=options.label_columns, extra_columns=options.extra_columns
     )
@@ -69,7 +56,11 @@ def estimate_run(
     )
     counts = [len(spec.positions) for spec in plan]
     by_dtype = {
-        dtype: shard_bytes(counts, dataclasses.replace(options, dtype=dtype), dtype, targets) for dtype in DTYPE_BYTES
+        dtype: sum(
+            shard_format.shard_bytes(n, SampleLayout(options.shape, dtype, options.compression), targets)
+            for n in counts
+        )
+        for dtype in DTYPE_BYTES
     }
     height, width, channels = options.shape
     device_sample = height * width * channels * DEVICE_DTYPE_BYTES

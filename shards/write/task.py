@@ -15,12 +15,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from shards.errors import DecodeError
-from shards.formats import ShardInfo, get_format
+from shards.formats import SampleLayout, ShardInfo, get_format
 from shards.io.location import location
 from shards.layout.manifest import Receipt, Reject, write_receipt
-from shards.layout.targets import Targets
 from shards.options import PreprocessOptions
 from shards.sources.inputs import ShardInputs
+from shards.targets import Targets
 from shards.write.imaging import decode_image, to_storage
 from shards.write.resample import resize_array
 
@@ -86,7 +86,8 @@ def _write_files(folder: str, task: ShardTask, *, durable: bool) -> tuple[ShardI
     rejects: list[Reject] = []
     read = task.inputs.read(options.max_input_bytes)
     shard_format = get_format(options.format)
-    with shard_format.open_writer(folder, task.shard, len(names), options, task.targets, durable=durable) as writer:
+    layout = SampleLayout.of(options)
+    with shard_format.open_writer(folder, task.shard, len(names), layout, task.targets, durable=durable) as writer:
         for i, problem in enumerate(task.problems):
             try:
                 if problem is not None:
