@@ -227,3 +227,25 @@ def test_every_public_name_of_the_sources_package_resolves():
     assert set(shards.sources.__all__) <= set(dir(shards.sources))
     with pytest.raises(AttributeError, match="no attribute 'missing'"):
         shards.sources.missing  # noqa: B018
+
+
+def test_the_sources_ask_their_place_never_the_storage_helpers():
+    """SRC is a SourcePlace as DEST is a Location: the source modules do not dispatch on
+    `storage.is_remote` strings; a new kind of place is one class in shards.io.source."""
+    askers = [
+        module
+        for module, targets in package_graph().items()
+        if module.startswith("shards.sources.") and "shards.io.storage" in targets
+    ]
+    assert askers == []
+
+
+def test_a_source_place_is_chosen_by_scheme_and_unknown_schemes_are_one_line():
+    from shards.errors import SourceError
+    from shards.io.source import LocalSource, ObjectSource, source_place
+
+    assert type(source_place("s3://bucket/images")) is ObjectSource and source_place("s3://b/x").remote
+    local = source_place("file:///data/images")
+    assert type(local) is LocalSource and local.uri == "/data/images" and not local.remote
+    with pytest.raises(SourceError, match=r"^ftp://host/x: unsupported scheme; SRC is a local path, s3:// or gs://$"):
+        source_place("ftp://host/x")

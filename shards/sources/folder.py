@@ -18,29 +18,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards.errors import SourceError
-from shards.io import storage
+from shards.io.location import location
+from shards.io.source import ObjectSource
 from shards.sources.listing import Listing, display_name, strings
 from shards.sources.targets import UNLABELED, ListingTargets
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 NOT_UTF8 = "file name is not valid UTF-8"
 _CHUNK = 65536
-
-
-def files_under(src: str, extensions: tuple[str, ...]) -> list[str]:
-    """Every file under a folder or object-storage prefix whose name ends with one of
-    `extensions` (any case), hidden ones left out, sorted: the archives or Parquet files of a
-    container SRC."""
-    if storage.is_remote(src):
-        uris = (uri for page in storage.list_pages(src) for uri in page)
-        return sorted(uri for uri in uris if uri.lower().endswith(extensions))
-    found: list[str] = []
-    for current, dirs, names in os.walk(src):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(
-            os.path.join(current, n) for n in names if n.lower().endswith(extensions) and not n.startswith(".")
-        )
-    return sorted(found)
 
 
 def is_image_name(name: str) -> bool:
@@ -93,7 +78,8 @@ class _Skip:
 
     def __init__(self, exclude: str | None) -> None:
         self.seen: set[tuple[int, int]] = set()
-        self.exclude = os.path.realpath(exclude) if exclude and not storage.is_remote(exclude) else None
+        root = location(exclude).local_root if exclude else None  # DEST, when it is a local folder
+        self.exclude = os.path.realpath(root) if root else None
 
     def skips(self, path: str) -> bool:
         if self.exclude is not None and os.path.realpath(path) == self.exclude:
@@ -163,9 +149,10 @@ def mixed_layout(src: str, loose: list[str], count: int | None = None) -> Source
     )
 
 
-def list_prefix(src: str) -> Listing:
+def list_prefix(place: ObjectSource) -> Listing:
     """An s3:// or gs:// prefix of class folders or flat images."""
-    uri_chunks, class_chunks = _listed_pages(src)
+    src = place.uri
+    uri_chunks, class_chunks = _listed_pages(place)
     table = pa.table(
         {"class": pa.chunked_array(class_chunks, pa.string()), "uri": pa.chunked_array(uri_chunks, pa.large_string())}
     )
@@ -179,11 +166,11 @@ def list_prefix(src: str) -> Listing:
     return Listing(table.column("uri"), ListingTargets.of_classes(labels, classes))
 
 
-def _listed_pages(src: str) -> tuple[list[pa.Array], list[pa.Array]]:
-    """The image objects under `src`, one Arrow chunk per listing page: (uris, class or null)."""
-    prefix = src.rstrip("/") + "/"
+def _listed_pages(place: ObjectSource) -> tuple[list[pa.Array], list[pa.Array]]:
+    """The image objects under the prefix, one Arrow chunk per listing page: (uris, class or null)."""
+    prefix = place.uri.rstrip("/") + "/"
     uri_chunks, class_chunks = [], []
-    for page in storage.list_pages(src):
+    for page in place.pages():
         uris, classes = [], []
         for uri in page:
             parts = uri[len(prefix) :].split("/")

@@ -11,10 +11,9 @@ from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 
 from shards.errors import SourceError
-from shards.io import storage
+from shards.io.source import ObjectSource, SourcePlace, source_place
 from shards.sources import arrays, folder, manifest, parquet, tar
 from shards.sources.folder import IMAGE_EXTENSIONS, is_image_name
 from shards.sources.listing import Listing
@@ -41,17 +40,16 @@ def check_source(src: Any) -> None:
     if not isinstance(src, str):
         raise SourceError(f"SRC must be a path, a URI or NumPy arrays, got {type(src).__name__}")
     tar.refuse_compressed(src)
-    if storage.is_remote(src):
+    place = source_place(src)
+    if place.remote:
         return
-    if "://" in src and not src.startswith("file://"):
-        raise SourceError(f"{src}: unsupported scheme; SRC is a local path, s3:// or gs://")
-    path = src.removeprefix("file://")
+    path = place.uri
     if "{" in path:
-        missing = [name for name in tar.expand_pattern(path) if not os.path.isfile(name)]
+        missing = [name for name in tar.expand_pattern(path) if not source_place(name).is_file()]
         if missing:
             raise SourceError(f"{src}: {len(missing)} archive(s) of the pattern do not exist, such as {missing[0]}")
         return
-    if os.path.isdir(path) or (os.path.isfile(path) and _file_kind(path) is not None):
+    if place.is_container() or (place.is_file() and _file_kind(path) is not None):
         return
     if os.path.exists(path):
         raise SourceError(f"{src}: SRC must be {KINDS}")
@@ -60,7 +58,12 @@ def check_source(src: Any) -> None:
 
 def indexes_on_cluster(src: Any) -> bool:
     """Whether listing SRC runs Ray tasks (tar archives are indexed in parallel on the cluster)."""
-    return isinstance(src, str) and _string_kind(src.removeprefix("file://")) == "tar"
+    if not isinstance(src, str):
+        return False
+    try:
+        return _string_kind(source_place(src)) == "tar"
+    except SourceError:  # an unknown scheme: check_source refuses it
+        return False
 
 
 def list_sources(
@@ -92,7 +95,7 @@ def list_sources(
     else:
         listing_errors: tuple[type[BaseException], ...] = (OSError, *_boto_errors())
         try:
-            listing = _list_path(src.removeprefix("file://"), columns, exclude, mapper)
+            listing = _list_path(source_place(src), columns, exclude, mapper)
         except listing_errors as exc:
             raise SourceError(f"{src}: cannot list ({str(exc).splitlines()[0]})") from exc
     if len(listing) == 0:
@@ -119,42 +122,42 @@ def _names_targets(listing: Listing, names: tuple[str, ...]) -> bool:
     return tuple(column.target.name for column in listing.targets.columns) == names
 
 
-def _list_path(src: str, columns: _Columns, exclude: str | None, mapper: Mapper | None) -> Listing:
-    kind = _string_kind(src)
+def _list_path(place: SourcePlace, columns: _Columns, exclude: str | None, mapper: Mapper | None) -> Listing:
+    src = place.uri
+    kind = _string_kind(place)
     if kind == "tar":
         archives = tar.archives_in(src)
         if not archives:
             raise SourceError(f"{src}: no .tar archives found")
         return tar.list_tar(archives, mapper, columns.labels, columns.extras)
     if kind == "parquet-folder":
-        files = folder.files_under(src, parquet.PARQUET_EXTENSIONS)
+        files = place.files_under(parquet.PARQUET_EXTENSIONS)
         return parquet.list_parquet(files, columns.image or "image", columns.labels, columns.extras)
     if kind in ("csv", "parquet"):
-        return _list_table(src, columns)
-    if storage.is_remote(src):
-        found = storage.info(src)
-        if found.type != pafs.FileType.Directory:
+        return _list_table(place, columns)
+    if isinstance(place, ObjectSource):
+        if not place.is_container():
             raise SourceError(f"{src}: no such prefix, or an object of no known kind ({KINDS})")
-        return folder.list_prefix(src)
+        return folder.list_prefix(place)
     return folder.list_folder(src, exclude)
 
 
-def _list_table(path: str, columns: _Columns) -> Listing:
+def _list_table(place: SourcePlace, columns: _Columns) -> Listing:
     """A CSV/Parquet file: image bytes (Parquet) or a list of paths."""
-    filesystem, local = storage.resolve(path) if storage.is_remote(path) else (None, path)
+    path = place.uri
+    filesystem, local = place.arrow()
     if _file_kind(path) == "parquet":
         schema = _parquet_schema(local, filesystem, path)
         column = columns.image or ("image" if "image" in schema.names else "path")
         if column in schema.names and parquet.holds_image_bytes(schema.field(column).type):
             return parquet.list_parquet([path], column, columns.labels, columns.extras)
-    base = path.rsplit("/", 1)[0] if storage.is_remote(path) else None
     return manifest.list_manifest(
         local,
         path_column=columns.image or "path",
         label_columns=columns.labels,
         extra_columns=columns.extras,
         filesystem=filesystem,
-        base=base,
+        base=place.base(),
     )
 
 
@@ -178,14 +181,14 @@ def _file_kind(path: str) -> str | None:
     return None
 
 
-def _string_kind(src: str) -> str:
+def _string_kind(place: SourcePlace) -> str:
     """tar, csv, parquet, parquet-folder, or images (a folder or prefix of them)."""
-    if "{" in src:
+    if "{" in place.uri:
         return "tar"
-    kind = _file_kind(src)
+    kind = _file_kind(place.uri)
     if kind is not None:
         return kind
-    names = _first_names(src)
+    names = place.first_names()
     if any(is_image_name(name) for name in names):
         return "images"
     if any(tar.is_tar_name(name) for name in names):
@@ -193,19 +196,6 @@ def _string_kind(src: str) -> str:
     if any(name.lower().endswith(parquet.PARQUET_EXTENSIONS) for name in names):
         return "parquet-folder"
     return "images"
-
-
-def _first_names(src: str) -> list[str]:
-    """The file names directly under a folder (or the first page of a prefix), to tell its kind."""
-    if storage.is_remote(src):
-        try:
-            return [uri.rsplit("/", 1)[-1] for uri in next(iter(storage.list_pages(src)), [])]
-        except OSError:
-            return []
-    try:
-        return [entry.name for entry in os.scandir(src) if not entry.name.startswith(".") and entry.is_file()]
-    except OSError:
-        return []
 
 
 def _boto_errors() -> tuple[type[Exception], ...]:

@@ -18,6 +18,7 @@ from typing import Protocol
 import numpy as np
 import pyarrow as pa
 
+from shards.io.source import any_remote
 from shards.sources.inputs import ShardInputs
 from shards.sources.targets import ListingTargets
 
@@ -94,9 +95,7 @@ class Listing:
     @property
     def remote(self) -> bool:
         """Whether the workers read object storage."""
-        from shards.io import storage
-
-        return self.kind.remote if self.kind is not None else storage.any_remote(self.sources)
+        return self.kind.remote if self.kind is not None else any_remote(self.sources)
 
 
 def _strings_digest(strings: pa.Array | pa.ChunkedArray) -> bytes:
@@ -117,13 +116,6 @@ def containers_of(containers: list[str], index: np.ndarray, positions: np.ndarra
     input's index into that short list: what one shard task needs, not the whole listing's."""
     used = np.unique(index[positions])
     return [containers[i] for i in used.tolist()], np.searchsorted(used, index[positions]).astype(np.int32)
-
-
-def any_remote(paths: Sequence[str]) -> bool:
-    """Whether any of these containers is in object storage."""
-    from shards.io import storage
-
-    return any(storage.is_remote(path) for path in paths)
 
 
 def display_name(raw: str | bytes) -> str:

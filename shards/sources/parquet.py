@@ -17,10 +17,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards.errors import DecodeError, SourceError
-from shards.io import storage
-from shards.sources.files import too_large
+from shards.io.source import any_remote, source_place, too_large
 from shards.sources.inputs import Input
-from shards.sources.listing import Listing, any_remote, containers_of
+from shards.sources.listing import Listing, containers_of
 from shards.sources.targets import ListingTargets, targets_from_columns
 
 PARQUET_EXTENSIONS = (".parquet", ".pq")
@@ -39,10 +38,8 @@ def open_parquet(path: str) -> Any:
     """A `pyarrow.parquet.ParquetFile` on a local path or an object-storage URI."""
     import pyarrow.parquet as pq
 
-    if storage.is_remote(path):
-        filesystem, key = storage.resolve(path)
-        return pq.ParquetFile(filesystem.open_input_file(key))
-    return pq.ParquetFile(path)
+    filesystem, key = source_place(path).arrow()
+    return pq.ParquetFile(filesystem.open_input_file(key) if filesystem is not None else key)
 
 
 def list_parquet(

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import io
 import json
-import os
 import re
 import tarfile
 from collections.abc import Callable, Iterator, Sequence
@@ -28,11 +26,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards.errors import DecodeError, SourceError
-from shards.io import storage
-from shards.sources.files import too_large
-from shards.sources.folder import IMAGE_EXTENSIONS, files_under
+from shards.io.source import any_remote, source_place, too_large
+from shards.sources.folder import IMAGE_EXTENSIONS
 from shards.sources.inputs import Input
-from shards.sources.listing import Listing, any_remote, containers_of, display_name, with_problems
+from shards.sources.listing import Listing, containers_of, display_name, with_problems
 from shards.sources.targets import targets_from_columns, typed_values
 
 TAR_EXTENSION = ".tar"
@@ -140,42 +137,13 @@ def index_archive(job: tuple[str, tuple[str, ...]]) -> pa.Table:
     """
     archive, fields = job
     try:
-        handle, size = _open_stream(archive)
+        handle, size = source_place(archive).open_stream()
     except OSError as exc:
         raise SourceError(f"{archive}: cannot open archive ({exc.strerror or str(exc).splitlines()[0]})") from exc
     with handle:
         if handle.peek(2)[:2] == b"\x1f\x8b":
             raise SourceError(f"{archive}: gzip-compressed; decompress it into a plain .tar (byte ranges need one)")
         return _Indexer(archive, size, fields).run(handle)
-
-
-def _open_stream(archive: str) -> tuple[Any, int]:
-    if storage.is_remote(archive):
-        filesystem, path = storage.resolve(archive)
-        size = filesystem.get_file_info(path).size
-        return io.BufferedReader(_ArrowRaw(filesystem.open_input_stream(path)), 1 << 20), size
-    size = os.stat(archive).st_size
-    return open(archive, "rb", buffering=1 << 20), size
-
-
-class _ArrowRaw(io.RawIOBase):
-    """A pyarrow input stream as a raw io object, so io.BufferedReader can wrap it."""
-
-    def __init__(self, stream: Any) -> None:
-        super().__init__()
-        self.stream = stream
-
-    def readinto(self, buffer: Any) -> int:
-        data = self.stream.read(len(buffer))
-        buffer[: len(data)] = data
-        return len(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def close(self) -> None:
-        self.stream.close()
-        super().close()
 
 
 class _Indexer:
@@ -362,7 +330,7 @@ class RangeInputs:
         archive = self.archives[self.archive_index[start]]
         first, last = int(self.offsets[start]), int(self.offsets[end - 1] + self.sizes[end - 1])
         try:
-            data = _read_range(archive, first, last - first)
+            data = source_place(archive).read_range(first, last - first)
         except OSError as exc:
             reason = DecodeError(f"cannot read archive ({exc.strerror or str(exc).splitlines()[0]})")
             yield from (reason for _ in range(start, end))
@@ -374,23 +342,10 @@ class RangeInputs:
             yield bytes(piece) if len(piece) == self.sizes[i] else DecodeError("truncated archive (member cut off)")
 
 
-def _read_range(archive: str, offset: int, size: int) -> bytes:
-    if storage.is_remote(archive):
-        filesystem, path = storage.resolve(archive)
-
-        def read() -> bytes:
-            with filesystem.open_input_file(path) as handle:
-                return handle.read_at(size, offset)
-
-        return storage.retried(read, f"reading {archive}")
-    with open(archive, "rb", buffering=0) as handle:
-        return os.pread(handle.fileno(), size, offset)
-
-
 def archives_in(src: str) -> list[str]:
     """The .tar files SRC names: one archive, a brace pattern, or a folder/prefix of them."""
     if "{" in src:
         return expand_pattern(src)
     if is_tar_name(src):
         return [src]
-    return files_under(src, (TAR_EXTENSION,))
+    return source_place(src).files_under((TAR_EXTENSION,))
