@@ -196,12 +196,11 @@ def options_from_arguments(args: argparse.Namespace) -> Any:
 
 def run_preprocess(args: argparse.Namespace) -> int:
     options = options_from_arguments(args)
-    if args.endpoint_url:
-        os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
+    from shards.io.storage import endpoint
     from shards.write.run import preprocess  # refuses bad --workers and paths before Ray starts
 
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
-    with _ProgressDisplay(quiet=args.quiet) as display:
+    with endpoint(args.endpoint_url), _ProgressDisplay(quiet=args.quiet) as display:
         summary = preprocess(
             args.src,
             args.dest,

@@ -358,3 +358,14 @@ def test_the_printed_resume_command_finishes_a_cut_run_with_every_option_changed
     assert run("verify", dest).returncode == 0
     assert len(shards.open(dest)) == 12 and shards.open(dest).columns(["uid"])["uid"].tolist()[0].startswith("id-")
     assert PreprocessOptions(max_reject_fraction=0.025).command_flags() == ["--max-rejects", "2.5%"]
+
+
+def test_endpoint_url_applies_to_its_command_and_leaves_the_environment_as_it_was(tmp_path, monkeypatch, capsys):
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    missing = str(tmp_path / "missing")
+    assert cli.main(["preprocess", missing, str(tmp_path / "out"), "--endpoint-url", "http://127.0.0.1:9"]) == 2
+    assert "no such file or folder" in capsys.readouterr().err
+    assert "AWS_ENDPOINT_URL" not in os.environ
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:8")
+    assert cli.main(["preprocess", missing, str(tmp_path / "out"), "--endpoint-url", "http://127.0.0.1:9"]) == 2
+    assert os.environ["AWS_ENDPOINT_URL"] == "http://127.0.0.1:8"

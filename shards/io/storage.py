@@ -8,6 +8,7 @@ Remote I/O, and only remote I/O, is retried.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import os
@@ -33,6 +34,28 @@ ENVIRONMENT = (
 )
 ATTEMPTS = 3
 T = TypeVar("T")
+
+
+@contextlib.contextmanager
+def endpoint(url: str | None) -> Iterator[None]:
+    """Use `url` as the S3-compatible endpoint inside the block, then restore AWS_ENDPOINT_URL.
+
+    `--endpoint-url` is one command's setting: it reaches pyarrow, boto3 and the Ray tasks the
+    command starts (through `environment()`), and leaves the process as it found it, so a
+    library caller running `cli.main` twice, or a test, does not inherit it.
+    """
+    if url is None:
+        yield
+        return
+    before = os.environ.get("AWS_ENDPOINT_URL")
+    os.environ["AWS_ENDPOINT_URL"] = url
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop("AWS_ENDPOINT_URL", None)
+        else:
+            os.environ["AWS_ENDPOINT_URL"] = before
 
 
 def is_remote(uri: str) -> bool:

@@ -22,12 +22,13 @@ import numpy as np
 
 from shards.errors import ConfigError
 from shards.frameworks import import_keras, import_torch, keras_backend, require
-from shards.io import storage
 from shards.io.fileio import write_bytes_atomically
+from shards.io.location import location
 from shards.keras.checkpoint import CHECKPOINT_MODEL, ProgressCheckpoint, read_checkpoint_state
 from shards.keras.dataset import ShardsPyDataset
 from shards.keras.model import load_or_build
 from shards.keras.options import TrainOptions
+from shards.layout.manifest import MANIFEST
 from shards.read.dataset import RunReader
 from shards.read.protocol import BatchSource, RandomAccessSource
 from shards.read.spec import ReadSpec, ReadState
@@ -79,9 +80,10 @@ class TrainingRun:
 def open_for_training(dest: str, data_node: str | None, cache_limit: str | None = None) -> BatchSource:
     """DEST itself when this process can read it (object storage through a bounded local cache);
     otherwise a stream from the node that can."""
-    if storage.is_remote(dest):
+    place = location(dest)
+    if place.local_root is None:  # object storage
         return RunReader(dest, cache_limit=cache_limit)
-    if data_node is None or os.path.exists(os.path.join(dest, "manifest.json")):
+    if data_node is None or place.size(MANIFEST) is not None:
         return RunReader(dest)
     from shards.read.remote import RemoteRunReader
 
