@@ -254,10 +254,10 @@ def quality_section(out: dict) -> None:
     import cv2
     from PIL import Image
 
+    from bench.quality import OUT, PHOTOS, aliasing, encode, lanczos_reference, on_box, zone_plate
+    from bench.quality import psnr as psnr_db
     from shards.write.geometry import place
     from shards.write.imaging import decode_image
-    from tests.test_resample_quality import OUT, PHOTOS, aliasing, encode, lanczos_reference, on_box, zone_plate
-    from tests.test_resample_quality import psnr as psnr_db
 
     def opencv_linear(image: Image.Image) -> np.ndarray:  # 0.2.0's resize (whole-pixel box)
         left, top, right, bottom = (round(v) for v in place(*image.size, OUT, "crop").source)

@@ -54,12 +54,6 @@ def add_bad_files(folder: str) -> dict[str, str]:
     }
 
 
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """Peak signal-to-noise ratio of two uint8 images, in dB."""
-    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float("inf") if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 def wait_for_finished_shards(dest: str, count: int, driver: subprocess.Popen, timeout: float = 180) -> list[str]:
     """Wait until a running preprocess has left `count` shard receipts (or stopped); return them."""
     parts = os.path.join(dest, ".parts")

@@ -7,10 +7,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageOps
 
+from bench.quality import psnr
 from shards.errors import DecodeError
 from shards.synthetic import photo_like
 from shards.write.imaging import decode_image, to_storage
-from tests.conftest import psnr
 
 
 def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:

@@ -10,9 +10,10 @@ import pytest
 from PIL import Image, ImageOps
 
 import shards
+from bench.quality import psnr
 from shards.errors import DestinationError, RejectLimitError
 from shards.options import PreprocessOptions
-from tests.conftest import add_bad_files, psnr
+from tests.conftest import add_bad_files
 
 SMALL = dict(size=(48, 64), shard_size=48 * 64 * 3 * 16)  # 16 samples a shard
 
