@@ -25,7 +25,7 @@ UPGRADE_PIP = -m pip install --quiet --disable-pip-version-check --upgrade pip
 # folder named shards) still imports the package rather than that folder.
 EDITABLE = --config-settings editable_mode=compat
 
-.PHONY: demo test test-newest test-oldest test-torch lint fmt docs bench clean
+.PHONY: demo test test-fast test-newest test-oldest test-torch lint fmt docs bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -53,6 +53,10 @@ demo: $(VENV)/.installed
 # newest and the oldest supported Python, and the PyTorch tests.
 test: lint test-newest test-oldest test-torch
 
+# The inner loop: the tests that start no Ray and no other process (under two minutes here).
+test-fast: $(VENV)/.installed
+	$(PY) -m pytest -m "not slow and not torch" -q
+
 test-newest: $(VENV)/.installed
 	$(PY) -m pytest -m "not torch"
 
@@ -73,7 +77,7 @@ fmt: $(VENV)/.installed
 
 # The API reference, generated from the docstrings into docs/api/ (open docs/api/index.html).
 docs: $(VENV)/.installed
-	$(PY) -m pdoc --docformat google --output-directory docs/api shards shards.tf.adapters
+	$(PY) -m pdoc --docformat google --output-directory docs/api shards shards.dataset shards.read.dataset shards.read.remote shards.tf.adapters
 
 bench: $(VENV)/.installed
 	$(PY) -m bench

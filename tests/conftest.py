@@ -105,3 +105,12 @@ def absent(tmp_path_factory):
         return env
 
     return environment
+
+
+def pytest_collection_modifyitems(items):
+    """Every test that needs the session's Ray (directly or through a fixture that runs a
+    preprocess) is `slow`, as are those marked so by hand for the subprocesses they start:
+    `make test-fast` leaves them out for the inner loop; CI runs them all."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)

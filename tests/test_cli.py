@@ -54,6 +54,7 @@ def test_bad_arguments_fail_fast_with_one_line_before_any_ray_work(photos, held_
     assert not os.path.exists(tmp_path / "out" / "manifest.json")
 
 
+@pytest.mark.slow  # starts an embedded Ray or a process of its own
 def test_preprocess_command_end_to_end_on_an_embedded_ray(photos, tmp_path):
     dest = str(tmp_path / "out")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -71,6 +72,7 @@ def test_preprocess_command_end_to_end_on_an_embedded_ray(photos, tmp_path):
     assert len(ds) == 90 and ds.shape == (32, 40, 3)
 
 
+@pytest.mark.slow  # starts an embedded Ray or a process of its own
 def test_a_run_from_tar_archives_reports_rays_start_up_apart(photos, tmp_path):
     """Tar archives are indexed by Ray tasks, so Ray starts before the listing; the summary
     still gives Ray's share of the start-up (it read 0.0 s)."""
@@ -239,6 +241,7 @@ def test_every_command_has_an_example_and_every_option_says_what_it_does():
             assert action.help and action.help != argparse.SUPPRESS, (name, action.dest)
 
 
+@pytest.mark.slow  # starts an embedded Ray or a process of its own
 def test_verbosity_flags_work_before_or_after_the_command_and_quiet_silences_progress(photos, tmp_path):
     for flags in (["-q", "preprocess"], ["preprocess", "--quiet"]):
         dest = str(tmp_path / "-".join(flags))
@@ -261,6 +264,7 @@ def test_a_bad_input_path_exits_2_before_any_ray_work(tmp_path, make_src, words)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and words in result.stderr, result.stderr
 
 
+@pytest.mark.slow  # starts an embedded Ray or a process of its own
 def test_inspect_shows_the_settings_and_how_to_resume_a_run_cut_short(photos, tmp_path):
     dest = str(tmp_path / "out")
     assert (
@@ -290,6 +294,7 @@ def test_inspect_shows_the_settings_and_how_to_resume_a_run_cut_short(photos, tm
     assert resumed.returncode == 0 and "kept from before" in resumed.stdout, resumed.stderr
 
 
+@pytest.mark.slow  # starts an embedded Ray or a process of its own
 def test_training_refuses_unlabelled_samples_before_tensorflow_with_their_count(photos, tmp_path):
     paths = sorted(os.path.join(photos, "class_0", n) for n in os.listdir(os.path.join(photos, "class_0")))[:4]
     (tmp_path / "list.csv").write_text(
@@ -308,6 +313,7 @@ def test_training_refuses_unlabelled_samples_before_tensorflow_with_their_count(
     )
 
 
+@pytest.mark.slow  # starts an embedded Ray or a process of its own
 def test_a_tensorflow_graph_error_reads_as_its_cause():
     import keras
 

@@ -19,6 +19,8 @@ from shards.options import PreprocessOptions
 from shards.synthetic import make_image_folder
 from tests.conftest import wait_for_finished_shards
 
+pytestmark = pytest.mark.slow  # starts Ray clusters, jobs or other processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RAY = os.path.join(os.path.dirname(sys.executable), "ray")
 

@@ -16,6 +16,8 @@ from shards.options import PreprocessOptions
 from shards.synthetic import make_image_folder
 from tests.conftest import wait_for_finished_shards
 
+pytestmark = pytest.mark.slow  # starts Ray clusters, jobs or other processes
+
 OPTIONS = PreprocessOptions(size=160, shard_size=160 * 160 * 3 * 12)  # 12 samples a shard
 TASK_TITLE = "ray::write_shard_on_node"
 

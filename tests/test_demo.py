@@ -8,6 +8,9 @@ import sys
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
+
+pytestmark = pytest.mark.slow  # runs the whole demo in a process of its own
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

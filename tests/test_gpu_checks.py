@@ -13,6 +13,8 @@ import sys
 import pytest
 import yaml
 
+pytestmark = pytest.mark.slow  # starts Ray clusters, jobs or other processes
+
 try:
     import tomllib
 except ImportError:  # Python 3.10

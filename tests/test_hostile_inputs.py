@@ -94,6 +94,7 @@ def test_names_that_are_not_utf8_and_over_long_names_are_rejects(ray_cluster, tm
         read_file(str(src / ("x" * 300 + ".jpg")), 100)
 
 
+@pytest.mark.slow  # starts an embedded Ray or a process of its own
 @pytest.mark.timeout(240)
 def test_sigterm_ends_a_run_in_one_line_and_leaves_no_ray_process(photos, tmp_path):
     """The embedded cluster's processes all end with the run; `--resume` then finishes it."""

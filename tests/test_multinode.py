@@ -11,6 +11,8 @@ import shards
 from shards.options import PreprocessOptions
 from shards.synthetic import make_image_folder
 
+pytestmark = pytest.mark.slow  # starts Ray clusters, jobs or other processes
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

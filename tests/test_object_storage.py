@@ -16,6 +16,8 @@ from shards.io import storage
 from shards.options import PreprocessOptions
 from shards.sources import list_sources
 
+pytestmark = pytest.mark.slow  # starts Ray clusters, jobs or other processes
+
 OPTIONS = PreprocessOptions(size=(24, 32), shard_size="20KiB")
 
 
