@@ -156,6 +156,21 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--columns", default=None, help="other columns to carry into index.parquet, comma-separated (e.g. id,caption)"
     )
+    parser.add_argument(
+        "--url-column",
+        default=None,
+        help="column of http(s) URLs that the shard tasks fetch (default url, in a list with no image or path column)",
+    )
+    parser.add_argument(
+        "--fetch-timeout",
+        default=None,
+        help="seconds a URL fetch waits to connect and for each read (default 10; 6x that in all)",
+    )
+    parser.add_argument(
+        "--ignore-robots-headers",
+        action="store_true",
+        help="fetch images whose server says X-Robots-Tag: noai, noimageai, noindex or noimageindex",
+    )
     parser.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)")
     parser.add_argument(
         "--endpoint-url",
@@ -170,7 +185,7 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
 
 def options_from_arguments(args: argparse.Namespace) -> Any:
     """Build and validate PreprocessOptions from parsed arguments (raises ConfigError)."""
-    from shards.options import MAX_INPUT_BYTES, PreprocessOptions, parse_max_rejects
+    from shards.options import FETCH_TIMEOUT, MAX_INPUT_BYTES, PreprocessOptions, parse_max_rejects
 
     try:
         seed = int(args.seed)
@@ -191,7 +206,19 @@ def options_from_arguments(args: argparse.Namespace) -> Any:
         image_column=getattr(args, "image_column", None),
         label_column=getattr(args, "label_column", None),
         columns=getattr(args, "columns", None),
+        url_column=getattr(args, "url_column", None),
+        fetch_timeout=_seconds(getattr(args, "fetch_timeout", None), "--fetch-timeout", FETCH_TIMEOUT),
+        ignore_robots_headers=bool(getattr(args, "ignore_robots_headers", False)),
     )
+
+
+def _seconds(text: str | None, flag: str, default: float) -> float:
+    if text is None:
+        return default
+    try:
+        return float(text)
+    except ValueError:
+        raise ConfigError(f"{flag} must be a number of seconds, got {text!r}") from None
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
@@ -201,6 +228,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
 
     mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
     with endpoint(args.endpoint_url), _ProgressDisplay(quiet=args.quiet) as display:
+        called = process_seconds()
         summary = preprocess(
             args.src,
             args.dest,
@@ -211,11 +239,41 @@ def run_preprocess(args: argparse.Namespace) -> int:
             on_progress=display.update,
             worker_logs=not args.quiet,
         )
-    _print_summary(summary)
+    shutdown = _stop_ray()
+    _print_summary(summary, before=called, shutdown=shutdown)
     return 0
 
 
-def _print_summary(summary: Any) -> None:
+def process_seconds() -> float:
+    """How long this process has run, from the kernel's own record of its start (so the figure
+    counts the interpreter's start and every import, as `time shards ...` does)."""
+    try:
+        with open("/proc/self/stat", "rb") as stat, open("/proc/uptime", "rb") as uptime:
+            started = int(stat.read().rsplit(b")", 1)[1].split()[19]) / os.sysconf("SC_CLK_TCK")
+            return float(uptime.read().split()[0]) - started
+    except (OSError, ValueError, IndexError):  # not Linux: since this module was imported
+        return time.monotonic() - _IMPORTED
+
+
+_IMPORTED = time.monotonic()
+
+
+def _stop_ray() -> float:
+    """Shut Ray down now rather than at exit (where Ray's own hook first sleeps 0.5 s), so the
+    summary that follows can count it; the seconds it took."""
+    if "ray" not in sys.modules:
+        return 0.0
+    import ray
+
+    begun = time.perf_counter()
+    if ray.is_initialized():
+        ray.shutdown()
+    return time.perf_counter() - begun
+
+
+def _print_summary(summary: Any, *, before: float = 0.0, shutdown: float = 0.0) -> None:
+    """The run's figures; its time is the whole process's so far (`before`: the seconds before
+    `preprocess` was called: the interpreter and the imports; `shutdown`: Ray's)."""
     rows = [
         ("inputs", f"{summary.inputs:,}"),
         (
@@ -231,8 +289,8 @@ def _print_summary(summary: Any) -> None:
         ("output", f"{summary.bytes / 1e6:,.1f} MB in {summary.dest}"),
         (
             "time",
-            f"{summary.seconds:.1f} s (start-up {summary.startup_seconds:.1f} s, of which Ray "
-            f"{summary.ray_start_seconds:.1f} s), "
+            f"{process_seconds():.1f} s, the whole process (start-up {before + summary.startup_seconds:.1f} s, "
+            f"of which Ray {summary.ray_start_seconds:.1f} s; Ray's shutdown {shutdown:.1f} s), "
             f"{summary.images_per_second:,.0f} images/s",
         ),
     ]

@@ -19,7 +19,12 @@ from shards.errors import ConfigError
 
 RESIZE_MODES = ("stretch", "crop", "pad")
 DTYPES = ("uint8", "float16", "bfloat16", "float32")
-REJECT_POLICY = ("max_rejects", "max_reject_fraction")
+# Decide only which inputs are refused (and whether a run may commit), never a byte of a kept
+# sample: a failed run resumes under a higher limit or a longer timeout.
+REJECT_POLICY = ("max_rejects", "max_reject_fraction", "fetch_timeout")
+# Options added after runs were written: left out of the run key at their defaults, so those
+# runs keep their key (and stay resumable).
+LATER_OPTIONS = ("url_column", "ignore_robots_headers")
 DTYPE_BYTES = {"uint8": 1, "float16": 2, "bfloat16": 2, "float32": 4}
 
 _UNITS = {
@@ -51,6 +56,8 @@ AUTO_MIN_SHARD_BYTES = 4 * 1024**2
 AUTO_MAX_SHARD_BYTES = 256 * 1024**2
 # No input is read past this many bytes (a camera JPEG is 5-30 MB; /dev/zero never ends).
 MAX_INPUT_BYTES = 256 * 1024**2
+# Seconds an HTTP fetch may wait to connect, and then for each read (img2dataset's default is 10).
+FETCH_TIMEOUT = 10.0
 
 
 def parse_size(text: str | int | tuple[int, int]) -> tuple[int, int]:
@@ -134,6 +141,12 @@ class PreprocessOptions:
         label_column: the column of labels (None: `label`); several, comma-separated, make a
             multi-output run (`age,gender`).
         columns: other columns carried into index.parquet, comma-separated (`id,caption`).
+        url_column: the CSV/Parquet column of http(s) URLs to fetch (None: `url`, when the list
+            has neither image bytes nor a `path` column).
+        fetch_timeout: seconds a URL fetch may wait to connect and then for each read; a fetch
+            takes at most 6 times this in all.
+        ignore_robots_headers: fetch images whose server says `X-Robots-Tag: noai`,
+            `noimageai`, `noindex` or `noimageindex` (honoured by default, as img2dataset does).
     """
 
     size: tuple[int, int] = (224, 224)
@@ -149,6 +162,9 @@ class PreprocessOptions:
     image_column: str | None = None
     label_column: str | None = None
     columns: str | None = None
+    url_column: str | None = None
+    fetch_timeout: float = FETCH_TIMEOUT
+    ignore_robots_headers: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", parse_size(self.size))
@@ -164,12 +180,22 @@ class PreprocessOptions:
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"--{name} must be a name, got {getattr(self, name)!r}")
         object.__setattr__(self, "max_input_bytes", parse_bytes(self.max_input_bytes, "--max-input-bytes"))
-        for name in ("image_column", "label_column", "columns"):
+        for name in ("image_column", "label_column", "columns", "url_column"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not all(_names(value))):
                 raise ConfigError(f"--{name.replace('_', '-')} must be column names, got {value!r}")
-        if self.image_column is not None and "," in self.image_column:
-            raise ConfigError(f"--image-column must be one column name, got {self.image_column!r}")
+        for name in ("image_column", "url_column"):
+            value = getattr(self, name)
+            if value is not None and "," in value:
+                raise ConfigError(f"--{name.replace('_', '-')} must be one column name, got {value!r}")
+        if self.image_column is not None and self.url_column is not None:
+            raise ConfigError("--image-column and --url-column name the same thing: give one")
+        timeout = self.fetch_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
+            raise ConfigError(f"--fetch-timeout must be a number of seconds in (0, 3600], got {timeout!r}")
+        object.__setattr__(self, "fetch_timeout", float(timeout))
+        if not isinstance(self.ignore_robots_headers, bool):
+            raise ConfigError(f"ignore_robots_headers must be true or false, got {self.ignore_robots_headers!r}")
         for names in (self.label_columns, self.extra_columns):
             if len(set(names)) < len(names):
                 raise ConfigError(f"a column is named twice in {','.join(names)!r}")
@@ -191,6 +217,19 @@ class PreprocessOptions:
     def extra_columns(self) -> tuple[str, ...]:
         """The columns carried into index.parquet beside the targets."""
         return _names(self.columns) if self.columns else ()
+
+    def listing_arguments(self) -> dict[str, Any]:
+        """What `list_sources` takes from these options: the columns and how URLs are fetched."""
+        from shards.io.http import FetchSettings
+
+        fetch = FetchSettings(timeout=self.fetch_timeout, honour_robots=not self.ignore_robots_headers)
+        return {
+            "image_column": self.image_column,
+            "label_columns": self.label_columns,
+            "extra_columns": self.extra_columns,
+            "url_column": self.url_column,
+            "fetch": fetch,
+        }
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -237,6 +276,9 @@ class PreprocessOptions:
         record = self.to_json()
         for policy in REJECT_POLICY:
             record.pop(policy)
+        for name in LATER_OPTIONS:
+            if record[name] == getattr(PreprocessOptions, name):
+                record.pop(name)
         return record
 
     def command_flags(self) -> list[str]:
@@ -253,7 +295,7 @@ class PreprocessOptions:
             value = getattr(self, field.name)
             if value != getattr(default, field.name):
                 flag, form = _FLAGS[field.name]
-                flags += [flag, shlex.quote(form(value))]
+                flags += [flag] if form is None else [flag, shlex.quote(form(value))]
         return flags
 
     @classmethod
@@ -264,8 +306,8 @@ class PreprocessOptions:
         return cls(**record)
 
 
-#: Each option's command-line flag and how its value is written there.
-_FLAGS: dict[str, tuple[str, Callable[[Any], str]]] = {
+#: Each option's command-line flag and how its value is written there (None: a switch).
+_FLAGS: dict[str, tuple[str, Callable[[Any], str] | None]] = {
     "size": ("--size", lambda size: "x".join(map(str, size))),
     "resize": ("--resize", str),
     "dtype": ("--dtype", str),
@@ -279,6 +321,9 @@ _FLAGS: dict[str, tuple[str, Callable[[Any], str]]] = {
     "image_column": ("--image-column", str),
     "label_column": ("--label-column", str),
     "columns": ("--columns", str),
+    "url_column": ("--url-column", str),
+    "fetch_timeout": ("--fetch-timeout", lambda seconds: f"{seconds:g}"),
+    "ignore_robots_headers": ("--ignore-robots-headers", None),
 }
 
 

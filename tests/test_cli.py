@@ -347,6 +347,7 @@ def test_the_printed_resume_command_finishes_a_cut_run_with_every_option_changed
     options = ["--size", "20x16", "--resize", "pad", "--dtype", "float16", "--format", "tfrecord"]
     options += ["--compression", "gzip", "--shard-size", "9KiB", "--seed", "3", "--max-rejects", "5"]
     options += ["--max-input-bytes", "1MiB", "--image-column", "picture", "--label-column", "kind", "--columns", "uid"]
+    options += ["--fetch-timeout", "7.5", "--ignore-robots-headers"]
     source = str(tmp_path / "list.parquet")
     first = run("preprocess", source, dest, *options, env={"RAY_ADDRESS": ""})
     assert first.returncode == 0, first.stderr
@@ -354,16 +355,25 @@ def test_the_printed_resume_command_finishes_a_cut_run_with_every_option_changed
     changed = [
         f for f in PreprocessOptions.__dataclass_fields__ if getattr(recorded, f) != getattr(PreprocessOptions(), f)
     ]
-    assert len(changed) == len(PreprocessOptions.__dataclass_fields__) - 1  # all but max_reject_fraction
+    # all but max_reject_fraction and url_column (which names what --image-column names here)
+    assert len(changed) == len(PreprocessOptions.__dataclass_fields__) - 2
     os.remove(os.path.join(dest, "manifest.json"))  # as a run killed before its commit leaves it
     command = run("inspect", dest).stdout.split("resume with: ")[1].strip()
-    for flag in ("--image-column picture", "--label-column kind", "--columns uid", "--max-input-bytes 1048576"):
+    for flag in (
+        "--image-column picture",
+        "--label-column kind",
+        "--columns uid",
+        "--max-input-bytes 1048576",
+        "--fetch-timeout 7.5",
+        "--ignore-robots-headers",
+    ):
         assert flag in command, command
     resumed = run(*command.split()[1:], env={"RAY_ADDRESS": ""})
     assert resumed.returncode == 0 and "kept from before" in resumed.stdout, resumed.stderr
     assert run("verify", dest).returncode == 0
     assert len(shards.open(dest)) == 12 and shards.open(dest).columns(["uid"])["uid"].tolist()[0].startswith("id-")
     assert PreprocessOptions(max_reject_fraction=0.025).command_flags() == ["--max-rejects", "2.5%"]
+    assert PreprocessOptions(url_column="link").command_flags() == ["--url-column", "link"]
 
 
 def test_endpoint_url_applies_to_its_command_and_leaves_the_environment_as_it_was(tmp_path, monkeypatch, capsys):

@@ -13,8 +13,6 @@ import sys
 import pytest
 import yaml
 
-pytestmark = pytest.mark.slow  # starts Ray clusters, jobs or other processes
-
 try:
     import tomllib
 except ImportError:  # Python 3.10
@@ -24,6 +22,8 @@ import shards
 from shards.options import PreprocessOptions
 from shards.synthetic import make_image_folder
 from tests.test_cluster import ROOT, start_head, stop_processes_under
+
+pytestmark = pytest.mark.slow  # starts Ray clusters, jobs or other processes
 
 
 @pytest.fixture(scope="module")

@@ -94,3 +94,15 @@ def test_reject_limit_from_count_or_fraction():
 def test_options_round_trip_through_json():
     options = PreprocessOptions(size=(32, 48), resize="pad", dtype="bfloat16", seed=9)
     assert PreprocessOptions.from_json(options.to_json()) == options
+
+
+def test_fetch_options_are_checked_and_leave_the_run_key_of_earlier_runs_alone():
+    with pytest.raises(ConfigError, match=r"--fetch-timeout must be a number of seconds in \(0, 3600\], got 0"):
+        PreprocessOptions(fetch_timeout=0)
+    with pytest.raises(ConfigError, match="--image-column and --url-column name the same thing"):
+        PreprocessOptions(image_column="picture", url_column="link")
+    default = PreprocessOptions().output_json()
+    assert "url_column" not in default and "ignore_robots_headers" not in default  # keys as before they existed
+    assert PreprocessOptions(fetch_timeout=30).output_json() == default  # a resume may wait longer
+    assert PreprocessOptions(url_column="link").output_json()["url_column"] == "link"
+    assert PreprocessOptions(ignore_robots_headers=True).output_json() != default

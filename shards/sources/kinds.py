@@ -13,8 +13,9 @@ from typing import Any, NamedTuple
 import pyarrow as pa
 
 from shards.errors import SourceError
+from shards.io.http import FetchSettings
 from shards.io.source import ObjectSource, SourcePlace, source_place
-from shards.sources import arrays, folder, manifest, parquet, tar
+from shards.sources import arrays, folder, manifest, parquet, tar, urls
 from shards.sources.folder import IMAGE_EXTENSIONS, is_image_name
 from shards.sources.listing import Listing
 
@@ -74,12 +75,17 @@ def list_sources(
     extra_columns: Sequence[str] = (),
     exclude: str | None = None,
     mapper: Mapper | None = None,
+    url_column: str | None = None,
+    fetch: FetchSettings | None = None,
 ) -> Listing:
     """List SRC (see the module's kinds).
 
     Args:
         src: a path or URI, or NumPy arrays (`x` or `(x, y)`).
         image_column: a Parquet/CSV column of image bytes or paths (default `image`, else `path`).
+        url_column: a Parquet/CSV column of http(s) URLs (default `url`, when the list has
+            neither image bytes nor a `path` column).
+        fetch: how the shard tasks fetch a URL list (default `FetchSettings()`).
         label_columns: the target columns (folders: the class folders; arrays: `y`).
         extra_columns: other columns to carry into index.parquet (tables and tar `.json`).
         exclude: a folder never to list (DEST, when it lies inside SRC).
@@ -89,7 +95,7 @@ def list_sources(
         SourceError: SRC cannot be listed, or holds no inputs.
     """
     check_source(src)
-    columns = _Columns(image_column, tuple(label_columns), tuple(extra_columns))
+    columns = _Columns(image_column, tuple(label_columns), tuple(extra_columns), url_column, fetch or FetchSettings())
     if arrays.is_arrays(src):
         listing = arrays.list_arrays(src)
     else:
@@ -116,6 +122,8 @@ class _Columns(NamedTuple):
     image: str | None
     labels: tuple[str, ...]
     extras: tuple[str, ...]
+    url: str | None
+    fetch: FetchSettings
 
 
 def _names_targets(listing: Listing, names: tuple[str, ...]) -> bool:
@@ -143,14 +151,21 @@ def _list_path(place: SourcePlace, columns: _Columns, exclude: str | None, mappe
 
 
 def _list_table(place: SourcePlace, columns: _Columns) -> Listing:
-    """A CSV/Parquet file: image bytes (Parquet) or a list of paths."""
+    """A CSV/Parquet file: image bytes (Parquet), a list of paths, or a list of URLs."""
     path = place.uri
     filesystem, local = place.arrow()
     if _file_kind(path) == "parquet":
         schema = _parquet_schema(local, filesystem, path)
+        names = schema.names
         column = columns.image or ("image" if "image" in schema.names else "path")
         if column in schema.names and parquet.holds_image_bytes(schema.field(column).type):
             return parquet.list_parquet([path], column, columns.labels, columns.extras)
+    else:
+        names = _csv_header(local, filesystem, path)
+    if columns.url is not None or (columns.image is None and "path" not in names and urls.URL_COLUMN in names):
+        url_column = columns.url or urls.URL_COLUMN
+        table = manifest.read_table(local, (url_column, *columns.labels, *columns.extras), filesystem)
+        return urls.list_urls(path, table, url_column, columns.labels, columns.extras, columns.fetch)
     return manifest.list_manifest(
         local,
         path_column=columns.image or "path",
@@ -159,6 +174,18 @@ def _list_table(place: SourcePlace, columns: _Columns) -> Listing:
         filesystem=filesystem,
         base=place.base(),
     )
+
+
+def _csv_header(local: str, filesystem: Any, path: str) -> list[str]:
+    """The column names of a CSV list, from its first block alone."""
+    import pyarrow.csv as pacsv
+
+    try:
+        source = filesystem.open_input_stream(local) if filesystem is not None else local
+        with pacsv.open_csv(source) as reader:
+            return list(reader.schema.names)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise SourceError(f"{path}: cannot read manifest ({str(exc).splitlines()[0]})") from exc
 
 
 def _parquet_schema(local: str, filesystem: Any, path: str) -> pa.Schema:

@@ -225,14 +225,7 @@ def _claim_destination(
     Returns the sink, which holds DEST's lock from here to the commit, and the receipts of the
     shards a resumed run keeps.
     """
-    listing = list_sources(
-        src,
-        image_column=options.image_column,
-        label_columns=options.label_columns,
-        extra_columns=options.extra_columns,
-        exclude=dest,
-        mapper=map_tasks if on_cluster else None,
-    )
+    listing = list_sources(src, exclude=dest, mapper=map_tasks if on_cluster else None, **options.listing_arguments())
     key = run_key(listing.fingerprint(), options)
     plan = plan_shards(
         len(listing), options.samples_per_shard(len(listing)), options.seed, shuffle=not listing.keeps_order

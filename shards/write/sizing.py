@@ -46,9 +46,7 @@ def estimate_run(
         ConfigError: a format or compression that does not exist (before SRC is listed).
     """
     shard_format = check_format(options.format, options.compression)
-    listing = list_sources(
-        src, image_column=options.image_column, label_columns=options.label_columns, extra_columns=options.extra_columns
-    )
+    listing = list_sources(src, **options.listing_arguments())
     targets = listing.targets.targets.stored_dtype
     label_bytes = targets.itemsize
     plan = plan_shards(

@@ -1,0 +1,107 @@
+"""CSV or Parquet lists of http(s) URLs (img2dataset's input): a `url` column, optional label
+and extra columns, fetched by the shard tasks themselves.
+
+The driver lists the URLs and nothing more: no request is made before the tasks run, so a list
+of millions starts at once. Each task fetches its shard's URLs with bounded concurrency
+(`shards.io.http`); a URL that fails (`HTTP 404`, `timed out after 10 s`, too large, not an
+image) is a reject with that reason. Only http:// and https:// are accepted, checked for every
+row before any work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from shards.errors import SourceError
+from shards.io.http import SCHEMES, FetchSettings, fetch_all
+from shards.sources.inputs import Input
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+
+    from shards.sources.listing import Listing
+
+URL_COLUMN = "url"
+
+
+@dataclasses.dataclass(frozen=True)
+class UrlInputs:
+    """One shard's URLs, fetched a window ahead of the decoder (see `fetch_all`)."""
+
+    urls: Sequence[str]
+    settings: FetchSettings
+
+    def read(self, max_bytes: int) -> Iterator[Input]:
+        """Each URL's body, or why not, in order."""
+        return fetch_all(self.urls, max_bytes, self.settings)
+
+
+@dataclasses.dataclass(frozen=True)
+class UrlKind:
+    """How a URL list is read: only `inputs()` of a shard travels to its task."""
+
+    urls: pa.Array | pa.ChunkedArray
+    settings: FetchSettings
+
+    @property
+    def remote(self) -> bool:
+        """URLs need no object-storage settings on the workers."""
+        return False
+
+    def inputs(self, positions: np.ndarray) -> UrlInputs:
+        """The URLs at these listing positions."""
+        return UrlInputs(self.urls.take(positions).to_pylist(), self.settings)
+
+
+def list_urls(
+    path: str,
+    table: pa.Table,
+    url_column: str,
+    label_columns: tuple[str, ...],
+    extra_columns: tuple[str, ...],
+    settings: FetchSettings,
+) -> Listing:
+    """A listing of the URLs in `table` (read from the list at `path`).
+
+    Raises:
+        SourceError: no such column, a row that is empty or not http(s), or bad targets.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from shards.sources.listing import Listing
+    from shards.sources.targets import ListingTargets, targets_from_columns
+
+    if url_column not in table.column_names:
+        raise SourceError(f"{path}: no URL column {url_column!r}; it has {table.column_names}")
+    column = table.column(url_column)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise SourceError(f"{path}: {url_column!r} must hold URLs (strings), found {column.type}")
+    urls = column.cast(pa.large_string())
+    if urls.null_count:
+        raise SourceError(f"{path}: {url_column!r} is empty in {urls.null_count} row(s)")
+    lowered = pc.utf8_lower(urls)
+    fetchable = pc.or_(pc.starts_with(lowered, SCHEMES[0]), pc.starts_with(lowered, SCHEMES[1]))
+    refused = pc.sum(pc.invert(fetchable).cast(pa.int64())).as_py() or 0
+    if refused:
+        first = urls.filter(pc.invert(fetchable))[0].as_py()
+        raise SourceError(
+            f"{path}: {refused:,} row(s) of {url_column!r} are not http:// or https:// URLs, such as {first[:200]!r}"
+        )
+    missing = [name for name in extra_columns if name not in table.column_names]
+    if missing:
+        raise SourceError(f"{path}: no column {missing[0]!r} (--columns); it has {table.column_names}")
+    columns = table.select(list(extra_columns)) if extra_columns else None
+    kind = UrlKind(urls, settings)
+    present = [name for name in label_columns if name in table.column_names]
+    if not present:
+        return Listing(urls, ListingTargets.unlabeled(len(urls)), kind=kind, columns=columns)
+    if len(present) < len(label_columns):
+        absent = next(name for name in label_columns if name not in present)
+        raise SourceError(f"{path}: no label column {absent!r}; it has {table.column_names}")
+    targets, missing_values = targets_from_columns(path, [(name, table.column(name)) for name in label_columns])
+    return Listing(urls, targets, kind=kind, problems=missing_values, columns=columns)
