@@ -561,6 +561,10 @@ def quality_rows(q: dict) -> list[str]:
 def main() -> int:
     if sys.argv[1:2] == ["train"]:
         return train_main(sys.argv[2:])
+    if sys.argv[1:2] == ["urls"]:
+        from bench.url_fetch import main as urls_main
+
+        return urls_main(sys.argv[2:])
     if sys.argv[1:2] == ["fixed-cost"]:
         from bench.fixed_cost import main as fixed_cost_main
 

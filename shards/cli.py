@@ -181,6 +181,11 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="keep verified shards of the same run, redo the rest")
     mode.add_argument("--overwrite", action="store_true", help="replace the run DEST holds")
+    mode.add_argument(
+        "--append",
+        action="store_true",
+        help="add SRC's samples to the finished run in DEST as new shards, with the run's own options",
+    )
 
 
 def options_from_arguments(args: argparse.Namespace) -> Any:
@@ -226,7 +231,7 @@ def run_preprocess(args: argparse.Namespace) -> int:
     from shards.io.storage import endpoint
     from shards.write.run import preprocess  # refuses bad --workers and paths before Ray starts
 
-    mode = "resume" if args.resume else "overwrite" if args.overwrite else "new"
+    mode = "resume" if args.resume else "overwrite" if args.overwrite else "append" if args.append else "new"
     with endpoint(args.endpoint_url), _ProgressDisplay(quiet=args.quiet) as display:
         called = process_seconds()
         summary = preprocess(

@@ -27,7 +27,7 @@ STALL_SECONDS = 20  # a stalled request is answered never within a test; the ser
 
 class Server(http.server.ThreadingHTTPServer):
     daemon_threads = True
-    request_queue_size = 256  # the stdlib's 5 drops the connections of a task's 32 fetches at once
+    request_queue_size = 256  # the stdlib's 5 drops the connections of a task's 64 fetches at once
 
     def __init__(self, images: dict[str, bytes]) -> None:
         super().__init__(("127.0.0.1", 0), Handler)

@@ -32,7 +32,7 @@ from shards.io.source import too_large
 from shards.version import DISTRIBUTION, __version__
 
 SCHEMES = ("http://", "https://")
-CONCURRENCY = 32
+CONCURRENCY = 64
 ATTEMPTS = 3
 BACKOFF = 0.5  # seconds before the first retry; doubled for each further one
 MAX_RETRY_AFTER = 10.0

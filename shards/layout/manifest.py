@@ -343,8 +343,26 @@ def write_index(
 ) -> None:
     """index.parquet: one row per sample, in shard order: shard, row, source, label (the targets
     of the written samples, in that order), then the extra columns (listing order, taken here)."""
-    import pyarrow as pa
+    write_index_table(dest, index_table(shards, positions, sources, labels, columns))
+
+
+def write_index_table(dest: str, table: pa.Table) -> None:
+    """Write `table` as DEST's index.parquet."""
     import pyarrow.parquet as pq
+
+    with location(dest).writing(INDEX) as handle:
+        pq.write_table(table, handle, compression="zstd")
+
+
+def index_table(
+    shards: list[ShardInfo],
+    positions: list[np.ndarray],
+    sources: pa.Array | pa.ChunkedArray,
+    labels: pa.Array,
+    columns: pa.Table | None = None,
+) -> pa.Table:
+    """The rows of index.parquet for these shards (see `write_index`)."""
+    import pyarrow as pa
 
     counts = np.array([len(p) for p in positions], np.int64)
     every = np.concatenate(positions) if positions else np.empty(0, np.int64)
@@ -359,14 +377,14 @@ def write_index(
             **({name: columns.column(name).take(pa.array(every)) for name in columns.column_names} if columns else {}),
         }
     )
-    with location(dest).writing(INDEX) as handle:
-        pq.write_table(table, handle, compression="zstd")
+    return table
 
 
-def write_rejects(dest: str, rejects: list[Reject]) -> None:
-    """rejects.jsonl: one JSON object a line with `source` and `reason`, in listing order."""
+def write_rejects(dest: str, rejects: list[Reject], *, before: bytes = b"") -> None:
+    """rejects.jsonl: one JSON object a line with `source` and `reason`, in listing order
+    (after the lines `before`: an appended run's own)."""
     lines = [json.dumps({"source": r.source, "reason": r.reason}, ensure_ascii=False) for r in rejects]
-    location(dest).write(REJECTS, ("\n".join(lines) + "\n" if lines else "").encode())
+    location(dest).write(REJECTS, before + ("\n".join(lines) + "\n" if lines else "").encode())
 
 
 def read_json(dest: str, relative: str) -> dict[str, Any] | None:

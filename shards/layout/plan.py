@@ -26,10 +26,12 @@ class ShardSpec:
 
 @dataclasses.dataclass(frozen=True)
 class ShardPlan:
-    """The permuted listing cut into shards of `samples_per_shard` (the last may be shorter)."""
+    """The permuted listing cut into shards of `samples_per_shard` (the last may be shorter),
+    named from shard `first` on (an append continues a run's numbering)."""
 
     order: np.ndarray
     samples_per_shard: int
+    first: int = 0
 
     def __len__(self) -> int:
         return (len(self.order) + self.samples_per_shard - 1) // self.samples_per_shard
@@ -41,7 +43,7 @@ class ShardPlan:
         if not 0 <= index < len(self):
             raise IndexError(index)
         begin = index * self.samples_per_shard
-        return ShardSpec(index, shard_name(index), self.order[begin : begin + self.samples_per_shard])
+        return ShardSpec(index, shard_name(self.first + index), self.order[begin : begin + self.samples_per_shard])
 
 
 def shard_name(index: int) -> str:
@@ -49,18 +51,19 @@ def shard_name(index: int) -> str:
     return SHARD_NAME_FORMAT.format(index)
 
 
-def plan_shards(count: int, samples_per_shard: int, seed: int, *, shuffle: bool = True) -> ShardPlan:
+def plan_shards(count: int, samples_per_shard: int, seed: int, *, shuffle: bool = True, first: int = 0) -> ShardPlan:
     """Permute `count` listing positions with `seed` and cut them into shards.
 
     The permutation mixes classes across shards (a folder listing is sorted by class), so any
     contiguous run of shards is a fair sample of the whole set. `shuffle=False` keeps the
     listing's order: for containers (tar archives, Parquet files, arrays), where a shard of
     consecutive inputs reads a few contiguous byte ranges instead of a little of every container.
+    `first` is the number of the first shard (the shards a run already has, for an append).
     """
     if count < 0 or samples_per_shard < 1:
         raise ValueError(f"count must be >= 0 and samples_per_shard >= 1, got {count}, {samples_per_shard}")
     dtype = np.int32 if count < 2**31 else np.int64
     if not shuffle:
-        return ShardPlan(np.arange(count, dtype=dtype), samples_per_shard)
+        return ShardPlan(np.arange(count, dtype=dtype), samples_per_shard, first)
     order = np.random.Generator(np.random.PCG64(seed)).permutation(count).astype(dtype)
-    return ShardPlan(order, samples_per_shard)
+    return ShardPlan(order, samples_per_shard, first)

@@ -26,7 +26,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from shards.errors import SourceError
+from shards.errors import ConfigError, SourceError
 from shards.targets import Target, Targets, arrow_values, multi_hot
 
 UNLABELED = -1
@@ -121,6 +121,52 @@ class ListingTargets:
     def stats(self, positions: np.ndarray) -> list[dict[str, list[float] | list[int]]]:
         return [column.stats(positions) for column in self.columns]
 
+    def into(self, run: Targets, where: str) -> ListingTargets:
+        """These targets in the terms of a run's (`--append`): the same target names, kinds and
+        widths, class indices renumbered into the run's classes. New class names may follow the
+        run's (its sorted classes keep their numbers, its shards stay valid); one that would sort
+        among them, or any new class of a multi-label target (whose stored rows have one byte a
+        class), is refused.
+
+        Raises:
+            ConfigError: the targets do not fit the run's, in one line with the reason.
+        """
+        ours = [column.target for column in self.columns]
+        unlabeled = len(ours) == 1 and ours[0].kind == "class" and not ours[0].classes
+        if unlabeled and len(run.items) == 1 and run.items[0].kind == "class":
+            return ListingTargets((TargetColumn(run.items[0], self.columns[0].values),))
+        if [(t.name, t.kind) for t in ours] != [(t.name, t.kind) for t in run.items]:
+            described = ", ".join(f"{t.name} ({t.kind})" for t in run.items)
+            found = ", ".join(f"{t.name} ({t.kind})" for t in ours)
+            raise ConfigError(f"{where}: its targets are {found}; the run's are {described}")
+        columns = []
+        for column, target in zip(self.columns, run.items):
+            if target.kind == "regression":
+                if column.target.width != target.width:
+                    raise ConfigError(
+                        f"{where}: {target.name!r} has {column.target.width or 1} value(s) a sample, the run "
+                        f"{target.width or 1}"
+                    )
+                columns.append(TargetColumn(target, column.values))
+                continue
+            new = sorted(set(column.target.classes) - set(target.classes))
+            if new and (target.kind == "multilabel" or (target.classes and new[0] < target.classes[-1])):
+                why = (
+                    "a multi-label run's classes are fixed (one stored byte each)"
+                    if target.kind == "multilabel"
+                    else f"they would renumber the run's sorted classes ({new[0]!r} sorts before "
+                    f"{target.classes[-1]!r})"
+                )
+                raise ConfigError(f"{where}: new class(es) {', '.join(map(repr, new[:3]))} for {target.name!r}: {why}")
+            extended = dataclasses.replace(
+                target,
+                classes=target.classes + tuple(new),
+                width=target.width if target.kind != "multilabel" else len(target.classes),
+            )
+            lookup = np.array([extended.classes.index(name) for name in column.target.classes], np.int32)
+            columns.append(TargetColumn(extended, _renumbered(column.values, lookup)))
+        return ListingTargets(tuple(columns))
+
     def digest(self) -> bytes:
         """A digest of every target's kind, classes and values (part of the run's fingerprint)."""
         digest = hashlib.sha256(json.dumps(self.targets.to_json()).encode())
@@ -132,6 +178,18 @@ class ListingTargets:
                 digest.update(pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False).tobytes())
                 digest.update(pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype("<i4").tobytes())
         return digest.digest()
+
+
+def _renumbered(values: np.ndarray | pa.Array, lookup: np.ndarray) -> np.ndarray | pa.Array:
+    """Class indices (int32 with -1 for unlabeled, or Arrow lists of them) through `lookup`."""
+    if isinstance(values, np.ndarray):
+        return np.where(values >= 0, lookup[np.maximum(values, 0)] if len(lookup) else -1, values).astype(np.int32)
+    lists = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+    flat = pc.list_flatten(lists).to_numpy(zero_copy_only=False)
+    renumbered = pa.array(lookup[flat] if len(flat) else np.empty(0, np.int32), pa.int32())
+    lengths = pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False)
+    offsets = pa.array(np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32))
+    return pa.ListArray.from_arrays(offsets, renumbered, mask=lists.is_null())
 
 
 def targets_from_columns(

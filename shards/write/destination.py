@@ -33,7 +33,7 @@ from shards.targets import Targets
 
 logger = logging.getLogger(__name__)
 
-MODES = ("new", "resume", "overwrite")
+MODES = ("new", "resume", "overwrite", "append")
 RECEIPT_THREADS = 8
 
 
@@ -78,6 +78,16 @@ def prepare_destination(
         raise DestinationError(
             f"{dest}: DEST already holds this run; pass --resume to continue it or --overwrite to redo it"
         )
+    place.remove_temporaries()
+    return _verified_receipts(place, key, options, plan, targets)
+
+
+def prepare_append(
+    dest: str, key: str, options: PreprocessOptions, plan: ShardPlan, targets: Targets
+) -> dict[str, Receipt]:
+    """Make DEST (locked by the caller, holding the finished run appended to) ready for an
+    append; return the receipts of the new shards a cut append already finished and that verify."""
+    place = location(dest)
     place.remove_temporaries()
     return _verified_receipts(place, key, options, plan, targets)
 

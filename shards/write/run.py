@@ -36,6 +36,7 @@ from shards.formats import check_format
 from shards.io import storage
 from shards.layout.manifest import (
     HOW_TO_PROCEED,
+    Manifest,
     Receipt,
     reason_kind,
     run_key,
@@ -44,6 +45,7 @@ from shards.layout.plan import ShardSpec, plan_shards
 from shards.options import PreprocessOptions
 from shards.sources import ShardInputs, check_source, describe_source, indexes_on_cluster, list_sources
 from shards.sources.files import FileInputs
+from shards.write import append
 from shards.write.destination import MODES
 from shards.write.sink import DestinationSink, RunIdentity
 from shards.write.task import ShardTask, write_shard_on_node
@@ -149,6 +151,12 @@ def preprocess(
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     check_workers(workers)
     options = with_fields(options or PreprocessOptions(), option_fields)
+    base = None
+    if mode == "resume" and append.unfinished_append(dest) is not None:
+        mode = "append"  # an append cut short: --resume finishes it
+    if mode == "append":
+        base = append.base_run(dest)
+        options = append.append_options(dest, base, options)
     check_format(options.format, options.compression)
     check_source(src)
     head_start: float | None = LISTING_HEAD_START
@@ -158,7 +166,7 @@ def preprocess(
         ray_start_seconds = _timed_connect(address, worker_logs)
         head_start = None
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shards-list") as pool:
-        preparing = pool.submit(_claim_destination, src, dest, options, mode, on_cluster)
+        preparing = pool.submit(_claim_destination, src, dest, options, mode, on_cluster, base)
         try:
             # concurrent.futures.TimeoutError: on 3.10 it is not the builtin TimeoutError
             with contextlib.suppress(concurrent.futures.TimeoutError):
@@ -218,19 +226,28 @@ def _tasks_in_flight(workers: int | None, limit: int) -> int:
 
 
 def _claim_destination(
-    src: Any, dest: str, options: PreprocessOptions, mode: str, on_cluster: bool
+    src: Any, dest: str, options: PreprocessOptions, mode: str, on_cluster: bool, base: Manifest | None = None
 ) -> tuple[DestinationSink, dict[str, Receipt]]:
     """List SRC, plan the shards and claim DEST: the work that overlaps Ray's start-up.
 
     Returns the sink, which holds DEST's lock from here to the commit, and the receipts of the
-    shards a resumed run keeps.
+    shards a resumed run keeps. With `base` (an append), SRC's targets are put in the run's
+    terms and its shards planned after the run's, of the run's size.
     """
     listing = list_sources(src, exclude=dest, mapper=map_tasks if on_cluster else None, **options.listing_arguments())
-    key = run_key(listing.fingerprint(), options)
-    plan = plan_shards(
-        len(listing), options.samples_per_shard(len(listing)), options.seed, shuffle=not listing.keeps_order
-    )
-    sink = DestinationSink(dest, RunIdentity(describe_source(src), listing, options, key, plan), mode=mode)
+    if base is None:
+        key = run_key(listing.fingerprint(), options)
+        per_shard, first = options.samples_per_shard(len(listing)), 0
+    else:
+        listing = dataclasses.replace(listing, targets=listing.targets.into(base.targets, describe_source(src)))
+        key = append.append_key(str(base.record.get("run_key")), listing.fingerprint(), options)
+        per_shard, first = (
+            int(base.record.get("samples_per_shard") or options.samples_per_shard(len(listing))),
+            len(base.shards),
+        )
+    plan = plan_shards(len(listing), per_shard, options.seed, shuffle=not listing.keeps_order, first=first)
+    identity = RunIdentity(describe_source(src), listing, options, key, plan, base)
+    sink = DestinationSink(dest, identity, mode=mode)
     return sink, sink.on_start()
 
 
@@ -378,7 +395,7 @@ class _ShardRun:
         return RunSummary(
             self.dest,
             len(self.listing),
-            int(record["count"]),
+            int(record["count"]) - (self.sink.run.base.count if self.sink.run.base is not None else 0),
             len(rejects),
             len(receipts),
             self.resumed,

@@ -20,22 +20,36 @@ import numpy as np
 from shards.errors import DestinationError
 from shards.io.dest_lock import DestLock, hold_dest
 from shards.io.location import location
-from shards.layout.manifest import Receipt, build_manifest, write_index, write_manifest, write_rejects, write_run_record
+from shards.layout.manifest import (
+    PARTS,
+    Manifest,
+    Receipt,
+    build_manifest,
+    index_table,
+    load_manifest,
+    write_index_table,
+    write_manifest,
+    write_rejects,
+    write_run_record,
+)
 from shards.layout.plan import ShardPlan
 from shards.options import PreprocessOptions
 from shards.sources import Listing
-from shards.write.destination import prepare_destination
+from shards.write import append
+from shards.write.destination import prepare_append, prepare_destination
 
 
 @dataclasses.dataclass(frozen=True)
 class RunIdentity:
-    """What a run is: its source, the options that shape its bytes, its key and plan."""
+    """What a run is: its source, the options that shape its bytes, its key and plan, and for an
+    append (`--append`) the finished run it adds to."""
 
     src: str
     listing: Listing
     options: PreprocessOptions
     key: str
     plan: ShardPlan
+    base: Manifest | None = None
 
 
 class DestinationSink:
@@ -57,11 +71,18 @@ class DestinationSink:
         """
         self._lock = self._held.enter_context(hold_dest(self.dest))
         try:
-            kept = prepare_destination(
-                self.dest, self.mode, self.run.key, self.run.options, self.run.plan, self.run.listing.targets.targets
-            )
+            run, targets = self.run, self.run.listing.targets.targets
+            if run.base is not None:
+                if load_manifest(self.dest).record.get("run_key") != run.base.record.get("run_key"):
+                    raise DestinationError(f"{self.dest}: DEST's run changed while MORE was listed; append again")
+                kept = prepare_append(self.dest, run.key, run.options, run.plan, targets)
+            else:
+                kept = prepare_destination(self.dest, self.mode, run.key, run.options, run.plan, targets)
             try:
-                write_run_record(self.dest, self.run.key, self.run.src, self.run.options)
+                if run.base is not None:
+                    append.claim(self.dest, run.key, run.src)
+                else:
+                    write_run_record(self.dest, run.key, run.src, run.options)
             except OSError as exc:
                 if exc.errno == errno.ENOSPC:
                     raise DestinationError(
@@ -85,18 +106,14 @@ class DestinationSink:
         try:
             if self._lock is not None:
                 self._lock.check()
-            listing, plan = self.run.listing, self.run.plan
-            specs = {spec.name: spec for spec in plan}
-            positions = []
-            for receipt in receipts:
-                refused = np.array([r.position for r in receipt.rejects], np.int64)
-                spec_positions = specs[receipt.shard.name].positions
-                positions.append(spec_positions[~np.isin(spec_positions, refused)])
-            rejects = sorted((r for receipt in receipts for r in receipt.rejects), key=lambda r: r.position)
+            if self.run.base is not None:
+                return self._commit_append(receipts, complete=complete, run_info=run_info)
+            listing = self.run.listing
+            positions, rejects = self._written(receipts)
             shards = [r.shard for r in receipts]
             written = np.concatenate(positions) if positions else np.empty(0, np.int64)
             labels = listing.targets.index_column(written)
-            write_index(self.dest, shards, positions, listing.sources, labels, listing.columns)
+            write_index_table(self.dest, index_table(shards, positions, listing.sources, labels, listing.columns))
             write_rejects(self.dest, rejects)
             record = build_manifest(
                 self.run.options,
@@ -116,6 +133,62 @@ class DestinationSink:
             return record
         finally:
             self._held.close()
+
+    def _written(self, receipts: list[Receipt]) -> tuple[list[np.ndarray], list[Any]]:
+        """Each receipt's written listing positions, and every reject in listing order."""
+        specs = {spec.name: spec for spec in self.run.plan}
+        positions = []
+        for receipt in receipts:
+            refused = np.array([r.position for r in receipt.rejects], np.int64)
+            spec_positions = specs[receipt.shard.name].positions
+            positions.append(spec_positions[~np.isin(spec_positions, refused)])
+        rejects = sorted((r for receipt in receipts for r in receipt.rejects), key=lambda r: r.position)
+        return positions, rejects
+
+    def _commit_append(self, receipts: list[Receipt], *, complete: bool, run_info: dict[str, Any]) -> dict[str, Any]:
+        """The union of the run and the append: index and rejects (the run's rows first), then
+        the manifest. An append that failed its reject limit commits nothing: the run stays as
+        it was, and the new shards wait for `--resume`."""
+        base = self.run.base
+        assert base is not None
+        if not complete:
+            return base.record
+        listing, options = self.run.listing, self.run.options
+        positions, rejects = self._written(receipts)
+        written = np.concatenate(positions) if positions else np.empty(0, np.int64)
+        shards = [r.shard for r in receipts]
+        added = index_table(shards, positions, listing.sources, listing.targets.index_column(written), listing.columns)
+        write_index_table(self.dest, append.union_index(self.dest, added))
+        write_rejects(self.dest, rejects, before=append.union_rejects(self.dest))
+        stats = append.merged_stats(base, listing.targets.stats(written), len(written))
+        record = build_manifest(
+            options,
+            listing.targets.targets,
+            stats,
+            base.shards + shards,
+            inputs=int(base.record.get("inputs", base.count)) + len(listing),
+            rejected=base.rejected + len(rejects),
+            samples_per_shard=self.run.plan.samples_per_shard,
+            source=str(base.record.get("source")),
+            key=self.run.key,
+            complete=True,
+            run=base.record.get("run", {}),
+        )
+        record["appended"] = [
+            *base.record.get("appended", []),
+            {
+                "source": self.run.src,
+                "shards": len(shards),
+                "count": int(len(written)),
+                "inputs": len(listing),
+                "rejected": len(rejects),
+                "run": run_info,
+            },
+        ]
+        write_manifest(self.dest, record)
+        self.place.remove(f"{PARTS}/{append.APPEND_RECORD}")
+        self.place.remove_temporaries()
+        return record
 
     def on_failed(self) -> None:
         """Give DEST up after a failure; what finished stays for `--resume`."""

@@ -1,0 +1,152 @@
+"""`--append`: more samples into a finished run, as new shards made with the run's own options.
+
+An append is a run of its own over MORE, planned after the run's last shard (`shard-00042`
+follows `shard-00041`) and keyed by the run's key and MORE's listing, so a killed append
+finishes with `--resume` and keeps the new shards that verify. The run's shards are never
+touched. Its commit writes index.parquet and rejects.jsonl as the union (the run's rows first,
+unchanged, so positions a reader opened before holds still name the same samples), then the
+manifest, atomically: a reader opened before sees the old run whole, one opened after the union.
+
+Refused before anything is written, in one line: DEST without a finished run, an option that
+differs from the run's (size, resize, dtype, format, compression, columns...), new class names
+that would renumber the run's sorted classes, or targets of another kind or width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from typing import Any
+
+import numpy as np
+
+from shards.errors import ConfigError, DestinationError, ManifestError
+from shards.io.location import location
+from shards.layout.manifest import INDEX, PARTS, REJECTS, Manifest, load_manifest, read_json, run_key
+from shards.options import REJECT_POLICY, PreprocessOptions
+
+#: An unfinished append's claim on DEST, beside the run's own record.
+APPEND_RECORD = "append.json"
+
+
+def base_run(dest: str) -> Manifest:
+    """The finished run in DEST that an append adds to.
+
+    Raises:
+        DestinationError: DEST holds no finished run.
+    """
+    try:
+        return load_manifest(dest)
+    except ManifestError as exc:
+        raise DestinationError(f"{dest}: --append adds to a finished run, and DEST holds none ({exc})") from None
+
+
+def append_options(dest: str, base: Manifest, given: PreprocessOptions) -> PreprocessOptions:
+    """The run's own options, with the reject policy and fetch timeout given for this append.
+
+    Options left at their defaults take the run's; one set to another value than the run's is
+    refused, so an append never writes shards the run's readers could not read alike.
+
+    Raises:
+        ConfigError: an option that differs from the run's, named with both values.
+    """
+    run, default = base.config, PreprocessOptions()
+    for field in dataclasses.fields(PreprocessOptions):
+        mine, theirs = getattr(given, field.name), getattr(run, field.name)
+        if field.name not in REJECT_POLICY and mine != getattr(default, field.name) and mine != theirs:
+            flag = "--" + field.name.replace("_", "-")
+            raise ConfigError(
+                f"{dest}: --append keeps the run's options; {flag} {mine!r} differs from the run's {theirs!r}"
+            )
+    policy = {name: getattr(given, name) for name in REJECT_POLICY}
+    return dataclasses.replace(run, **policy)
+
+
+def append_key(base_key: str, listing_fingerprint: str, options: PreprocessOptions) -> str:
+    """The key of an append: the run's key and MORE's own, so the union is a run of its own."""
+    return hashlib.sha256(f"{base_key}\0{run_key(listing_fingerprint, options)}".encode()).hexdigest()
+
+
+def unfinished_append(dest: str) -> dict[str, Any] | None:
+    """The record of an append cut short in DEST (what `--resume` continues), or None."""
+    try:
+        return read_json(dest, f"{PARTS}/{APPEND_RECORD}")
+    except ManifestError:
+        return None
+
+
+def claim(dest: str, key: str, source: str) -> None:
+    """Claim DEST for an append before any shard is written; refuse another unfinished one.
+
+    Raises:
+        DestinationError: an append of other inputs was cut short here and is not finished.
+    """
+    record = unfinished_append(dest)
+    if record is not None and record.get("run_key") != key:
+        raise DestinationError(
+            f"{dest}: an append of {record.get('source')!r} was cut short here; finish it first "
+            f"(shards preprocess {record.get('source')} {dest} --resume)"
+        )
+    payload = json.dumps({"run_key": key, "source": source}, sort_keys=True).encode()
+    location(dest).write(f"{PARTS}/{APPEND_RECORD}", payload)
+
+
+def union_index(dest: str, added: Any) -> Any:
+    """index.parquet's table with `added` rows after the run's own (shard names kept as text
+    and encoded again, so both parts share one dictionary).
+
+    Raises:
+        ConfigError: the added rows' columns cannot be stored beside the run's.
+    """
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    old = location(dest).read_table(INDEX, list(added.column_names))
+    try:
+        parts = [
+            table.set_column(0, "shard", pc.cast(table.column("shard"), pa.string())).cast(
+                old.schema.set(0, pa.field("shard", pa.string()))
+            )
+            for table in (old, added)
+        ]
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+        raise ConfigError(f"{dest}: the appended rows do not fit index.parquet's columns ({exc})") from None
+    table = pa.concat_tables(parts)
+    return table.set_column(0, "shard", pc.dictionary_encode(table.column("shard")))
+
+
+def union_rejects(dest: str) -> bytes:
+    """The run's rejects.jsonl as it is (the append's lines follow it)."""
+    return location(dest).read(REJECTS) or b""
+
+
+def merged_stats(base: Manifest, added: list[dict[str, Any]], added_count: int) -> list[dict[str, Any]]:
+    """Each target's stats over the run and the append: counts added (the run's padded for
+    classes the append brought), regression minimum, maximum and count-weighted mean."""
+    merged = []
+    old_stats = [entry.get("stats", {}) for entry in base.record.get("targets", [])] or [
+        {"counts": base.record.get("class_counts", [])}
+    ]
+    for old, new in zip(old_stats, added):
+        if "counts" in new:
+            counts = np.zeros(max(len(old.get("counts", [])), len(new["counts"])), np.int64)
+            counts[: len(old.get("counts", []))] += np.asarray(old.get("counts", []), np.int64)
+            counts[: len(new["counts"])] += np.asarray(new["counts"], np.int64)
+            merged.append({"counts": counts.tolist()})
+        elif not old.get("mean"):
+            merged.append(new)
+        elif not new["mean"]:
+            merged.append(old)
+        else:
+            total = base.count + added_count
+            merged.append(
+                {
+                    "min": np.minimum(old["min"], new["min"]).tolist(),
+                    "mean": (
+                        (np.asarray(old["mean"]) * base.count + np.asarray(new["mean"]) * added_count) / total
+                    ).tolist(),
+                    "max": np.maximum(old["max"], new["max"]).tolist(),
+                }
+            )
+    return merged
