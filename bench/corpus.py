@@ -111,3 +111,10 @@ def ensure_listing_fixtures(work: str, parquet_rows: int, tar_members: int) -> t
                 archive.addfile(info, io.BytesIO(b"\xff\xd8"))
         os.replace(archive_path + ".partial", archive_path)
     return parquet, archive_path
+
+
+def cpu_device_line() -> str:
+    """What the CPU benchmarks print first: the device they ran on."""
+    import platform
+
+    return f"device: CPU only ({os.cpu_count()} cores, {platform.processor() or platform.machine()}); no GPU is used"

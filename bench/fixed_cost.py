@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -24,7 +23,7 @@ import subprocess
 import sys
 import time
 
-from bench.corpus import ensure_corpus
+from bench.corpus import cpu_device_line, ensure_corpus
 
 SHARDS = [sys.executable, "-m", "shards.cli"]
 SUMMARY_TIME = re.compile(r"^time\s+([\d.]+) s, the whole process", re.MULTILINE)
@@ -71,7 +70,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--work", default="/tmp/shards-bench")
     args = parser.parse_args(argv)
-    print(f"device: CPU only ({os.cpu_count()} cores, {platform.processor() or platform.machine()}); no GPU is used")
+    print(cpu_device_line())
     small = ensure_corpus(os.path.join(args.work, f"imagenet-{args.small}"), args.small, sizes=(300, 640))
     camera = ensure_corpus(os.path.join(args.work, f"camera-{args.camera}"), args.camera, sizes=(3000, 4000), classes=2)
     print("| images | shards wall | its summary says | bare Pool, full decode | shards / Pool |")

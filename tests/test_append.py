@@ -143,3 +143,13 @@ def shards_cluster_address() -> str:
     import ray
 
     return ray.get_runtime_context().gcs_address
+
+
+def test_the_command_appends_and_refuses_in_one_line(run_and_more, capsys):
+    _, more, dest = run_and_more
+    assert cli.main(["preprocess", more, dest, "--append", "--size", "32"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "--append keeps the run's options; --size (32, 32)" in error
+    assert cli.main(["-q", "preprocess", more, dest, "--append"]) == 0
+    assert "written   25 samples" in capsys.readouterr().out
+    assert len(shards.open(dest)) == 65
