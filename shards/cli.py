@@ -405,6 +405,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         "rejected": manifest.rejected,
         "config": record["config"],
         "rejects_by_reason": _rejects_by_reason(args.dest),
+        "appended": [{k: v for k, v in entry.items() if k != "run"} for entry in record.get("appended", [])],
     }
     if args.json:
         print(json.dumps(summary, indent=1))
@@ -416,6 +417,8 @@ def run_inspect(args: argparse.Namespace) -> int:
     for key in ("inputs", "rejected"):
         print(f"{key:<9} {summary[key]}")
     print(f"{'bytes':<9} {summary['bytes'] / 1e6:,.1f} MB")
+    for entry in summary["appended"]:
+        print(f"{'appended':<9} {entry['count']:,} samples in {entry['shards']} shard(s) from {entry['source']}")
     for line in _target_lines(summary["targets"], summary["classes"]):
         print(line)
     for reason, count in summary["rejects_by_reason"].items():

@@ -153,3 +153,5 @@ def test_the_command_appends_and_refuses_in_one_line(run_and_more, capsys):
     assert cli.main(["-q", "preprocess", more, dest, "--append"]) == 0
     assert "written   25 samples" in capsys.readouterr().out
     assert len(shards.open(dest)) == 65
+    assert cli.main(["inspect", dest]) == 0
+    assert f"appended  25 samples in 3 shard(s) from {more}" in capsys.readouterr().out
