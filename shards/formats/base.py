@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import functools
 import re
 from collections.abc import Mapping
 from typing import Any, BinaryIO
@@ -89,9 +90,10 @@ class SampleLayout:
         """The layout of a run's options."""
         return cls(options.shape, options.dtype, options.compression)
 
-    @property
+    @functools.cached_property
     def storage(self) -> np.dtype:
-        """The NumPy dtype of a sample on disk (bfloat16 as its uint16 bits)."""
+        """The NumPy dtype of a sample on disk (bfloat16 as its uint16 bits); kept, since every
+        written sample is checked against it."""
         return numpy_storage_dtype(self.dtype)
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import dataclasses
+import itertools
 import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -80,18 +81,16 @@ def fetch_all(urls: Sequence[str], max_bytes: int, settings: FetchSettings) -> I
     thread = threading.Thread(target=loop.run_forever, name="shards-fetch", daemon=True)
     thread.start()
     session = asyncio.run_coroutine_threadsafe(_open_session(settings), loop).result()
-    window: collections.deque[Any] = collections.deque()
+
+    def submit(url: str) -> Any:
+        return asyncio.run_coroutine_threadsafe(_fetch(session, url, max_bytes, settings), loop)
+
     pending = iter(urls)
+    window = collections.deque(submit(url) for url in itertools.islice(pending, settings.concurrency))
     try:
-        for url in pending:
-            window.append(asyncio.run_coroutine_threadsafe(_fetch(session, url, max_bytes, settings), loop))
-            if len(window) >= settings.concurrency:
-                break
         while window:
             result = window.popleft().result()
-            for url in pending:
-                window.append(asyncio.run_coroutine_threadsafe(_fetch(session, url, max_bytes, settings), loop))
-                break
+            window.extend(submit(url) for url in itertools.islice(pending, 1))
             yield result
     finally:
         for future in window:
@@ -148,9 +147,7 @@ async def _get(session: Any, url: str, max_bytes: int, settings: FetchSettings) 
                 if len(body) > max_bytes:
                     raise DecodeError(f"over the --max-input-bytes limit of {max_bytes:,} (cut while downloading)")
             return bytes(body)
-    except DecodeError:
-        raise
-    except _Retry:
+    except (DecodeError, _Retry):
         raise
     except aiohttp.TooManyRedirects:
         raise DecodeError(f"more than {MAX_REDIRECTS} redirects") from None

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from shards.errors import SourceError
-from shards.sources.listing import Listing
+from shards.sources.listing import InputKind, Listing
 from shards.sources.targets import ListingTargets, targets_from_columns
 
 MANIFEST_EXTENSIONS = (".csv", ".parquet", ".pq")
@@ -51,12 +51,7 @@ def list_manifest(
     table = read_table(path, (path_column, *label_columns, *extra_columns), filesystem)
     if path_column not in table.column_names:
         raise SourceError(f"{path}: manifest needs a {path_column!r} column, found {table.column_names}")
-    column = table.column(path_column)
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        raise SourceError(f"{path}: {path_column!r} must hold paths (strings), found {column.type}")
-    sources = column.cast(pa.large_string())  # shares the bytes; chunks kept as read
-    if sources.null_count:
-        raise SourceError(f"{path}: {path_column!r} is empty in {sources.null_count} row(s)")
+    sources = text_column(path, table, path_column, "paths")
     is_relative = pc.invert(pc.or_(pc.starts_with(sources, "/"), pc.match_substring(sources, "://")))
     if pc.any(is_relative).as_py():
         folder = base if base is not None else os.path.dirname(os.path.abspath(path))
@@ -65,15 +60,47 @@ def list_manifest(
         )
         sources = pc.if_else(is_relative, joined, sources)
     del is_relative
+    return listing_of(path, table, sources, label_columns, extra_columns)
+
+
+def text_column(path: str, table: pa.Table, name: str, holds: str) -> pa.ChunkedArray:
+    """Column `name` of a list as large strings (sharing the bytes, chunks kept as read).
+
+    Raises:
+        SourceError: it holds something else than text, or is empty in some rows.
+    """
+    column = table.column(name)
+    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
+        raise SourceError(f"{path}: {name!r} must hold {holds} (strings), found {column.type}")
+    values = column.cast(pa.large_string())
+    if values.null_count:
+        raise SourceError(f"{path}: {name!r} is empty in {values.null_count} row(s)")
+    return values
+
+
+def listing_of(
+    path: str,
+    table: pa.Table,
+    sources: pa.ChunkedArray,
+    label_columns: tuple[str, ...],
+    extra_columns: tuple[str, ...],
+    kind: InputKind | None = None,
+) -> Listing:
+    """The listing of a list's rows: `sources` (read by `kind`), the targets of its label
+    columns (unlabeled when it has none of them) and its extra columns.
+
+    Raises:
+        SourceError: an extra or label column it lacks, or bad targets.
+    """
     missing = [name for name in extra_columns if name not in table.column_names]
     if missing:
         raise SourceError(f"{path}: no column {missing[0]!r} (--columns); it has {table.column_names}")
     columns = table.select(list(extra_columns)) if extra_columns else None
     present = [name for name in label_columns if name in table.column_names]
     if not present:
-        return Listing(sources, ListingTargets.unlabeled(len(sources)), columns=columns)
+        return Listing(sources, ListingTargets.unlabeled(len(sources)), kind=kind, columns=columns)
     if len(present) < len(label_columns):
         absent = next(name for name in label_columns if name not in present)
         raise SourceError(f"{path}: no label column {absent!r}; it has {table.column_names}")
     targets, missing_values = targets_from_columns(path, [(name, table.column(name)) for name in label_columns])
-    return Listing(sources, targets, problems=missing_values, columns=columns)
+    return Listing(sources, targets, kind=kind, problems=missing_values, columns=columns)

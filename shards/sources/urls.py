@@ -73,17 +73,11 @@ def list_urls(
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    from shards.sources.listing import Listing
-    from shards.sources.targets import ListingTargets, targets_from_columns
+    from shards.sources.manifest import listing_of, text_column
 
     if url_column not in table.column_names:
         raise SourceError(f"{path}: no URL column {url_column!r}; it has {table.column_names}")
-    column = table.column(url_column)
-    if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)):
-        raise SourceError(f"{path}: {url_column!r} must hold URLs (strings), found {column.type}")
-    urls = column.cast(pa.large_string())
-    if urls.null_count:
-        raise SourceError(f"{path}: {url_column!r} is empty in {urls.null_count} row(s)")
+    urls = text_column(path, table, url_column, "URLs")
     lowered = pc.utf8_lower(urls)
     fetchable = pc.or_(pc.starts_with(lowered, SCHEMES[0]), pc.starts_with(lowered, SCHEMES[1]))
     refused = pc.sum(pc.invert(fetchable).cast(pa.int64())).as_py() or 0
@@ -92,16 +86,4 @@ def list_urls(
         raise SourceError(
             f"{path}: {refused:,} row(s) of {url_column!r} are not http:// or https:// URLs, such as {first[:200]!r}"
         )
-    missing = [name for name in extra_columns if name not in table.column_names]
-    if missing:
-        raise SourceError(f"{path}: no column {missing[0]!r} (--columns); it has {table.column_names}")
-    columns = table.select(list(extra_columns)) if extra_columns else None
-    kind = UrlKind(urls, settings)
-    present = [name for name in label_columns if name in table.column_names]
-    if not present:
-        return Listing(urls, ListingTargets.unlabeled(len(urls)), kind=kind, columns=columns)
-    if len(present) < len(label_columns):
-        absent = next(name for name in label_columns if name not in present)
-        raise SourceError(f"{path}: no label column {absent!r}; it has {table.column_names}")
-    targets, missing_values = targets_from_columns(path, [(name, table.column(name)) for name in label_columns])
-    return Listing(urls, targets, kind=kind, problems=missing_values, columns=columns)
+    return listing_of(path, table, urls, label_columns, extra_columns, kind=UrlKind(urls, settings))
