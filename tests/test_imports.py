@@ -18,7 +18,15 @@ HEAVY = ("tensorflow", "keras", "cv2", "numba", "ray", "boto3", "torch", "jax", 
 #: The floors of DESIGN.md's layout, from the bottom; modules of one floor may import each other
 #: (without a circle), and the package root, which names the public API lazily, is above all.
 FLOORS = (
-    ("shards.errors", "shards.version", "shards.lazy", "shards.io", "shards.frameworks", "shards.synthetic"),
+    (
+        "shards.errors",
+        "shards.version",
+        "shards.lazy",
+        "shards.io",
+        "shards.frameworks",
+        "shards.synthetic",
+        "shards.permutation",
+    ),
     ("shards.options", "shards.targets", "shards.cluster"),
     ("shards.sources",),
     ("shards.formats",),

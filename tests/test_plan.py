@@ -34,3 +34,19 @@ def test_plan_mixes_classes_and_differs_between_seeds():
 def test_shard_names_sort_in_plan_order():
     names = [spec.name for spec in plan_shards(25, 2, 0)]
     assert names == sorted(names) and names[0] == "shard-00000"
+
+
+def test_a_plan_of_a_billion_inputs_holds_no_array_of_them():
+    import tracemalloc
+
+    tracemalloc.start()
+    plan = plan_shards(10**9, 21_845, seed=3)
+    first, last = plan[0], plan[len(plan) - 1]
+    counts = plan.counts()
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 4 * 2**20  # the specs' positions and the counts list, not 10^9 positions
+    assert sum(counts) == 10**9 and len(counts) == len(plan) == -(-(10**9) // 21_845)
+    assert len(first.positions) == 21_845 and len(last.positions) == 10**9 % 21_845
+    assert not set(first.positions.tolist()) & set(last.positions.tolist())
+    assert plan.named(last.name).index == last.index and plan.names()[-1] == last.name

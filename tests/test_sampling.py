@@ -149,3 +149,42 @@ def test_window_order_changes_with_the_epoch_and_mixes_shards_within_a_window():
     assert len(set(shard_of[first[:40]].tolist())) > 1  # samples of a window's shards interleave
     with pytest.raises(ConfigError, match="at least 1 shard"):
         window_order(shard_of, seed=0, epoch=0, window=0)
+
+
+@settings(max_examples=60, deadline=None)
+@given(count=st.integers(0, 5000), seed=st.integers(0, 2**32), epoch=st.integers(0, 50))
+def test_a_computed_permutation_is_a_bijection_with_an_inverse(count, seed, epoch):
+    order = epoch_order(count, shuffle=True, seed=seed, epoch=epoch)
+    every = np.asarray(order)
+    assert sorted(every.tolist()) == list(range(count))
+    assert np.array_equal(order.inverse(every), np.arange(count))
+    assert np.array_equal(order[3:40], every[3:40])
+
+
+def test_an_epoch_over_a_billion_samples_is_computed_batch_by_batch():
+    """No array of the epoch is made: a permutation array of 10^9 would take 8 GB."""
+    import tracemalloc
+
+    tracemalloc.start()
+    order = epoch_order(10**9, shuffle=True, seed=7, epoch=2)
+    batches = rank_batches(order, ReadSpec(256, rank=3, world_size=4), start=512)
+    picked = [batches[0], batches[123_456], batches[len(batches) - 1]]
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 2**20
+    assert len(batches) == (10**9 - 512) // 1024
+    assert all(len(b) == 256 and len(set(b.tolist())) == 256 for b in picked)
+    assert all(b.min() >= 0 and b.max() < 10**9 for b in picked)
+    assert not np.array_equal(picked[0], rank_batches(order, ReadSpec(256, rank=2, world_size=4), start=512)[0])
+
+
+@settings(max_examples=40, deadline=None)
+@given(count=st.integers(1, 300), batch=st.integers(1, 20), world=st.integers(1, 4), drop=st.booleans())
+def test_rank_batches_index_as_they_iterate(count, batch, world, drop):
+    spec = ReadSpec(batch, rank=world - 1, world_size=world, drop_last=drop)
+    batches = rank_batches(epoch_order(count, shuffle=True, seed=1, epoch=0), spec, start=count // 3)
+    listed = list(batches)
+    assert len(listed) == len(batches) == batch_count(count, spec, start=count // 3)
+    assert all(np.array_equal(batches[i], b) for i, b in enumerate(listed))
+    with pytest.raises(IndexError):
+        batches[len(batches)]

@@ -16,7 +16,7 @@ import numpy as np
 
 from shards.frameworks import import_keras
 from shards.read.protocol import RandomAccessSource
-from shards.read.sampling import batch_count, check_start, rank_batches
+from shards.read.sampling import RankBatches, batch_count, check_start, rank_batches
 
 keras = import_keras("to_keras()")
 
@@ -67,7 +67,7 @@ class ShardsPyDataset(keras.utils.PyDataset):  # type: ignore[name-defined]
         )
         check_start(len(dataset), start)
         self.epoch, self.start, self.on_batch = epoch, start, on_batch
-        self._batches: list[np.ndarray] | None = None
+        self._batches: RankBatches | None = None
         self._read: set[int] = set()  # the batches of `epoch` read so far
         self._begun = False
 
@@ -77,8 +77,8 @@ class ShardsPyDataset(keras.utils.PyDataset):  # type: ignore[name-defined]
     def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
         if self._batches is None:
             order = self.dataset.epoch_order(self.spec, self.epoch)
-            self.dataset.schedule(order[self.start :])
-            self._batches = list(rank_batches(order, self.spec, start=self.start))
+            self.dataset.schedule(order, self.start)
+            self._batches = rank_batches(order, self.spec, start=self.start)
         if not 0 <= index < len(self._batches):
             raise IndexError(index)
         positions = np.sort(self._batches[index])

@@ -2,7 +2,8 @@
 
 The plan is a pure function of the number of inputs, the samples per shard and the seed, so the
 same input and options give the same shards whatever the number of workers, and `--resume` can
-recompute it and trust every shard that still verifies.
+recompute it and trust every shard that still verifies. Its order is a computed permutation, not
+an array: planning a billion inputs costs the driver nothing a sample.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
+
+from shards.permutation import Permutation
 
 SHARD_NAME_FORMAT = "shard-{:05d}"
 
@@ -29,7 +32,7 @@ class ShardPlan:
     """The permuted listing cut into shards of `samples_per_shard` (the last may be shorter),
     named from shard `first` on (an append continues a run's numbering)."""
 
-    order: np.ndarray
+    order: Permutation
     samples_per_shard: int
     first: int = 0
 
@@ -38,6 +41,19 @@ class ShardPlan:
 
     def __iter__(self) -> Iterator[ShardSpec]:
         return (self[i] for i in range(len(self)))
+
+    def named(self, name: str) -> ShardSpec:
+        """The spec of the shard called `name`."""
+        return self[int(name.removeprefix(SHARD_NAME_FORMAT.split("{")[0])) - self.first]
+
+    def counts(self) -> list[int]:
+        """Each shard's sample count, in plan order."""
+        full, last = divmod(len(self.order), self.samples_per_shard)
+        return [self.samples_per_shard] * full + ([last] if last else [])
+
+    def names(self) -> list[str]:
+        """The shards' names, in plan order (without computing their positions)."""
+        return [shard_name(self.first + i) for i in range(len(self))]
 
     def __getitem__(self, index: int) -> ShardSpec:
         if not 0 <= index < len(self):
@@ -62,8 +78,4 @@ def plan_shards(count: int, samples_per_shard: int, seed: int, *, shuffle: bool 
     """
     if count < 0 or samples_per_shard < 1:
         raise ValueError(f"count must be >= 0 and samples_per_shard >= 1, got {count}, {samples_per_shard}")
-    dtype = np.int32 if count < 2**31 else np.int64
-    if not shuffle:
-        return ShardPlan(np.arange(count, dtype=dtype), samples_per_shard, first)
-    order = np.random.Generator(np.random.PCG64(seed)).permutation(count).astype(dtype)
-    return ShardPlan(order, samples_per_shard, first)
+    return ShardPlan(Permutation(count, [seed], shuffle=shuffle), samples_per_shard, first)

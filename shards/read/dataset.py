@@ -27,7 +27,7 @@ from shards.layout.manifest import INDEX, load_manifest
 from shards.layout.shard_files import RunFiles, bind_run
 from shards.options import numpy_dtype, parse_bytes
 from shards.read.cache import ShardCache
-from shards.read.sampling import check_start, epoch_order, window_order
+from shards.read.sampling import Order, check_start, epoch_order, window_order
 from shards.read.spec import ReadSpec, ReadState
 from shards.read.stream import BatchStream, BufferPool, aligned_empty
 
@@ -159,20 +159,22 @@ class RunReader:
             self._readers[shard] = reader
         return reader
 
-    def epoch_order(self, spec: ReadSpec, epoch: int) -> np.ndarray:
+    def epoch_order(self, spec: ReadSpec, epoch: int) -> Order:
         """The order of epoch `epoch` over this dataset's positions: storage order, a global
-        permutation, or (with `spec.shuffle_window`) a permutation within windows of shards."""
+        permutation (both computed batch by batch), or (with `spec.shuffle_window`) a
+        permutation within windows of shards."""
         if not spec.shuffle or spec.shuffle_window is None:
             return epoch_order(len(self), shuffle=spec.shuffle, seed=spec.seed, epoch=epoch)
         return window_order(
             self._shard_of(np.arange(len(self))), seed=spec.seed, epoch=epoch, window=spec.shuffle_window
         )
 
-    def schedule(self, order: np.ndarray) -> None:
-        """Tell the cache (if any) which shards the coming reads use, in order of first use."""
-        if self.cache is None or not len(order):
+    def schedule(self, order: Order, start: int = 0) -> None:
+        """Tell the cache (if any) which shards the reads of `order[start:]` use, in order of
+        first use (a local run has no cache, and the order is never computed here)."""
+        if self.cache is None or start >= len(order):
             return
-        shards = self._shard_of(order)
+        shards = self._shard_of(np.asarray(order[start:]))
         _, first = np.unique(shards, return_index=True)
         self.cache.schedule(shards[np.sort(first)].tolist())
 
@@ -390,7 +392,7 @@ class RunReader:
         if prefetch < 0:
             raise ConfigError(f"prefetch must be >= 0, got {prefetch}")
         order = self.epoch_order(spec, epoch)
-        self.schedule(order[start:])
+        self.schedule(order, start)
         return BatchStream(
             self,
             spec,

@@ -13,6 +13,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
+from shards.read.sampling import Order
 from shards.read.spec import ReadSpec
 from shards.targets import Targets
 
@@ -62,12 +63,12 @@ class BatchSource(Protocol):
 class RandomAccessSource(BatchSource, Protocol):
     """A dataset this process reads itself: any batch at any time, and the whole run in memory."""
 
-    def epoch_order(self, spec: ReadSpec, epoch: int) -> np.ndarray:
+    def epoch_order(self, spec: ReadSpec, epoch: int) -> Order:
         """The global order of epoch `epoch` over the dataset's positions."""
         ...
 
-    def schedule(self, order: np.ndarray) -> None:
-        """Say which positions the coming reads use, in order (a cache fetches ahead)."""
+    def schedule(self, order: Order, start: int = 0) -> None:
+        """Say which positions the reads of `order[start:]` use, in order (a cache fetches ahead)."""
         ...
 
     def read(self, indices: np.ndarray, *, pool: Any = None) -> tuple[np.ndarray, Any]:

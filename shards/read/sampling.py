@@ -4,7 +4,8 @@ All ranks cut one global order into global batches of `batch_size * world_size` 
 the r-th slice of each. So for any world size every sample is seen once per epoch, every rank
 gets the same number of batches, and a position in the global order (`start`) means the same
 thing whatever the world size: resuming with another number of workers neither repeats nor
-skips a sample.
+skips a sample. The global order is computed batch by batch (`Permutation`), never held: an
+epoch over a billion samples costs a reader nothing a sample.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ from collections.abc import Iterator
 import numpy as np
 
 from shards.errors import ConfigError
+from shards.permutation import Permutation
 from shards.read.spec import ReadSpec
 
+Order = np.ndarray | Permutation
+"""An epoch's global order: positions by place, as an array or computed (`Permutation`)."""
 
-def epoch_order(count: int, *, shuffle: bool, seed: int, epoch: int) -> np.ndarray:
+
+def epoch_order(count: int, *, shuffle: bool, seed: int, epoch: int) -> Permutation:
     """The global order of an epoch: a permutation from (seed, epoch), or storage order."""
-    if not shuffle:
-        return np.arange(count, dtype=np.int64)
-    return np.random.default_rng([seed, epoch]).permutation(count)
+    return Permutation(count, [seed, epoch], shuffle=shuffle)
 
 
 def window_order(shard_of: np.ndarray, *, seed: int, epoch: int, window: int) -> np.ndarray:
@@ -49,26 +52,45 @@ def check_start(count: int, start: int) -> None:
         raise ConfigError(f"start must be in [0, {count}], got {start}")
 
 
-def rank_batches(order: np.ndarray, spec: ReadSpec, *, start: int = 0) -> Iterator[np.ndarray]:
-    """Yield rank `spec.rank`'s batches of global sample indices from `order[start:]`.
+class RankBatches:
+    """Rank `spec.rank`'s batches of global sample indices from `order[start:]`, computed one
+    at a time: a sequence (`len`, `[i]`, iteration) that holds no array of the epoch.
 
     With `drop_last`, the last incomplete global batch is dropped, so no sample repeats. Without
     it, the remainder is padded to a multiple of `world_size` with the first samples of the order
     (as torch's DistributedSampler pads), so every rank's last batch has the same size.
     """
-    check_start(len(order), start)
-    remaining = order[start:]
-    global_batch, world_size = spec.global_batch, spec.world_size
-    if spec.drop_last:
-        remaining = remaining[: len(remaining) // global_batch * global_batch]
-    else:
-        pad = -len(remaining) % world_size
-        if pad:
-            remaining = np.concatenate([remaining, np.resize(order, pad)])
-    for begin in range(0, len(remaining), global_batch):
-        chunk = remaining[begin : begin + global_batch]
-        share = len(chunk) // world_size
-        yield chunk[spec.rank * share : (spec.rank + 1) * share]
+
+    def __init__(self, order: Order, spec: ReadSpec, *, start: int = 0) -> None:
+        check_start(len(order), start)
+        self.order, self.spec, self.start = order, spec, start
+        remaining = len(order) - start
+        if spec.drop_last:
+            self._remaining = self._total = remaining // spec.global_batch * spec.global_batch
+        else:
+            self._remaining, self._total = remaining, remaining + (-remaining % spec.world_size)
+
+    def __len__(self) -> int:
+        return (self._total + self.spec.global_batch - 1) // self.spec.global_batch
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        begin = index * self.spec.global_batch
+        share = (min(begin + self.spec.global_batch, self._total) - begin) // self.spec.world_size
+        places = np.arange(begin + self.spec.rank * share, begin + (self.spec.rank + 1) * share, dtype=np.int64)
+        padding = places >= self._remaining  # past the end: the first samples of the order again
+        places[~padding] += self.start
+        places[padding] = (places[padding] - self._remaining) % max(1, len(self.order))
+        return np.asarray(self.order[places], np.int64)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return (self[i] for i in range(len(self)))
+
+
+def rank_batches(order: Order, spec: ReadSpec, *, start: int = 0) -> RankBatches:
+    """Rank `spec.rank`'s batches of `order[start:]` (see `RankBatches`)."""
+    return RankBatches(order, spec, start=start)
 
 
 def batch_count(count: int, spec: ReadSpec, *, start: int = 0) -> int:

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from shards.errors import ConfigError
-from shards.read.sampling import batch_count, position_after, rank_batches
+from shards.read.sampling import Order, batch_count, position_after, rank_batches
 from shards.read.spec import ReadSpec, ReadState
 
 if TYPE_CHECKING:
@@ -50,7 +50,7 @@ class BatchStream(Iterator[tuple[Any, ...]]):
         self,
         dataset: RandomAccessSource,
         spec: ReadSpec,
-        order: np.ndarray,
+        order: Order,
         *,
         epoch: int,
         start: int,
@@ -63,7 +63,7 @@ class BatchStream(Iterator[tuple[Any, ...]]):
         self._return_indices, self._columns = return_indices, columns
         self._length = batch_count(len(dataset), spec, start=start)
         self._consumed = 0
-        self._plan: Iterator[np.ndarray] = rank_batches(order, spec, start=start)
+        self._plan: Iterator[np.ndarray] = iter(rank_batches(order, spec, start=start))
         self._part = part
         if part is not None:  # every `count`-th batch from `index`: one of `count` readers of the rank
             index, count = part
