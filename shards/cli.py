@@ -14,7 +14,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from shards.errors import ConfigError, ManifestError, ShardsError, SourceError
@@ -564,12 +564,24 @@ def run_verify(args: argparse.Namespace) -> int:
     raise ShardsError(f"{args.dest}: {len(report.problems)} problem(s) found")
 
 
+def _driver(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    """`command`, run as the driver of a listing: freed memory goes back to the kernel."""
+
+    def run(args: argparse.Namespace) -> int:
+        from shards.io.memory import release_freed_memory
+
+        release_freed_memory()
+        return command(args)
+
+    return run
+
+
 COMMANDS = {
-    "preprocess": run_preprocess,
+    "preprocess": _driver(run_preprocess),
     "inspect": run_inspect,
     "verify": run_verify,
     "preview": run_preview,
-    "plan": run_plan,
+    "plan": _driver(run_plan),
     "train": lambda args: _model_command("train", args),
     "predict": lambda args: _model_command("predict", args),
 }

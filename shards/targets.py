@@ -239,3 +239,33 @@ def _describe(target: Target, value: np.ndarray) -> str:
         return "+".join(target.classes[i] for i in np.flatnonzero(value)) or "(none)"
     values = np.atleast_1d(np.asarray(value, np.float32))
     return ",".join(f"{v:.3g}" for v in values.tolist())
+
+
+def combined_stats(
+    first: list[dict[str, Any]], first_count: int, second: list[dict[str, Any]], second_count: int
+) -> list[dict[str, Any]]:
+    """Each target's stats over two sets of samples (shards of one run, or a run and its append):
+    class counts added (the shorter padded), regression minimum, maximum and count-weighted mean.
+    A commit folds its shards in one at a time, never holding every sample's targets."""
+    merged: list[dict[str, Any]] = []
+    for old, new in zip(first, second):
+        if "counts" in new:
+            counts = np.zeros(max(len(old.get("counts", [])), len(new["counts"])), np.int64)
+            counts[: len(old.get("counts", []))] += np.asarray(old.get("counts", []), np.int64)
+            counts[: len(new["counts"])] += np.asarray(new["counts"], np.int64)
+            merged.append({"counts": counts.tolist()})
+        elif not old.get("mean"):
+            merged.append(new)
+        elif not new["mean"]:
+            merged.append(old)
+        else:
+            total = first_count + second_count
+            mean = (np.asarray(old["mean"]) * first_count + np.asarray(new["mean"]) * second_count) / total
+            merged.append(
+                {
+                    "min": np.minimum(old["min"], new["min"]).tolist(),
+                    "mean": mean.tolist(),
+                    "max": np.maximum(old["max"], new["max"]).tolist(),
+                }
+            )
+    return merged

@@ -99,3 +99,10 @@ def build_corpus(root: str) -> tuple[dict[str, bool], dict[str, str]]:
         reasons["locked.jpg"] = "permission denied"
     accepted.update(dict.fromkeys(reasons, False))
     return accepted, reasons
+
+
+def listed(listing) -> tuple[list[str], list]:
+    """Every listed input's name and first target, in listing order, however the listing is held
+    (in memory, or in parts on disk): what index.parquet would show of them."""
+    rows = listing.index_rows(np.arange(len(listing)))
+    return rows.sources.to_pylist(), rows.labels.to_pylist()

@@ -15,6 +15,7 @@ from shards.errors import SourceError
 from shards.io import storage
 from shards.options import PreprocessOptions
 from shards.sources import list_sources
+from tests.corpus import listed
 
 pytestmark = pytest.mark.slow  # starts Ray clusters, jobs or other processes
 
@@ -63,10 +64,10 @@ def s3(photos):
 def test_listing_an_s3_prefix_of_class_folders(s3, photos):
     remote, local = list_sources("s3://data/photos"), list_sources(photos)
     assert remote.classes == local.classes == ["class_0", "class_1", "class_2"]
-    assert [u.removeprefix("s3://data/photos/") for u in remote.sources.to_pylist()] == [
-        os.path.relpath(p, photos) for p in local.sources.to_pylist()
+    assert [u.removeprefix("s3://data/photos/") for u in listed(remote)[0]] == [
+        os.path.relpath(p, photos) for p in listed(local)[0]
     ]
-    assert remote.labels.tolist() == local.labels.tolist()
+    assert listed(remote)[1] == listed(local)[1]
     with pytest.raises(SourceError, match="no such prefix"):
         list_sources("s3://data/nothing-here")
 
@@ -240,8 +241,8 @@ def test_s3_listing_streams_page_by_page(s3):
     assert [len(page) for page in pages] == [1000, 7]  # ListObjectsV2's pages, never one big list
     listing = list_sources("s3://data/many")
     assert len(listing) == 1005 and listing.classes == ["class_0", "class_1"]
-    uris = listing.sources.to_pylist()
-    assert uris == sorted(uris) and listing.labels.tolist() == [0] * 503 + [1] * 502
+    uris = listed(listing)[0]
+    assert uris == sorted(uris) and listed(listing)[1] == [0] * 503 + [1] * 502
     client.put_object(Bucket="data", Key="many/loose.jpg", Body=b"x")
     with pytest.raises(SourceError, match="class folders and 1 loose image"):
         list_sources("s3://data/many")

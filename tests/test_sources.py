@@ -11,6 +11,7 @@ from shards.io.fileio import open_regular_descriptor, read_descriptor
 from shards.sources import files as reading
 from shards.sources import list_sources
 from shards.sources.files import FileInputs, read_file
+from tests.corpus import listed
 
 
 def _touch_image(path: str) -> None:
@@ -27,7 +28,7 @@ def test_class_folders_give_sorted_classes_and_labels(tmp_path):
             _touch_image(str(path))
     listing = list_sources(str(tmp_path))
     assert listing.classes == ["a", "b", "c"]
-    rows = dict(zip((os.path.relpath(s, tmp_path) for s in listing.sources.to_pylist()), listing.labels.tolist()))
+    rows = dict(zip((os.path.relpath(s, tmp_path) for s in listed(listing)[0]), listed(listing)[1]))
     assert rows == {"a/1.JPG": 0, "a/sub/3.png": 0, "b/2.jpg": 1, "c/4.jpeg": 2}
 
 
@@ -35,7 +36,7 @@ def test_flat_folder_is_unlabeled(tmp_path):
     for name in ["x.webp", "y.TIFF", "z.gif"]:
         _touch_image(str(tmp_path / name))
     listing = list_sources(str(tmp_path))
-    assert listing.classes == [] and listing.labels.tolist() == [-1, -1, -1]
+    assert listing.classes == [] and listed(listing)[1] == [-1, -1, -1]
     assert len(listing) == 3
 
 
@@ -43,20 +44,20 @@ def test_csv_with_string_labels_and_relative_paths(tmp_path):
     (tmp_path / "list.csv").write_text("path,label\nimgs/a.jpg,dog\n/abs/b.jpg,cat\nimgs/c.jpg,dog\nimgs/d.jpg,\n")
     listing = list_sources(str(tmp_path / "list.csv"))
     assert listing.classes == ["cat", "dog"]
-    assert listing.labels.tolist() == [1, 0, 1, -1]
-    assert listing.sources.to_pylist()[0] == os.path.join(str(tmp_path), "imgs/a.jpg")
-    assert listing.sources.to_pylist()[1] == "/abs/b.jpg"
+    assert listed(listing)[1] == [1, 0, 1, -1]
+    assert listed(listing)[0][0] == os.path.join(str(tmp_path), "imgs/a.jpg")
+    assert listed(listing)[0][1] == "/abs/b.jpg"
 
 
 def test_parquet_with_integer_labels(tmp_path):
     pq.write_table(pa.table({"path": ["/x/1.jpg", "/x/2.jpg"], "label": [3, 0]}), tmp_path / "m.parquet")
     listing = list_sources(str(tmp_path / "m.parquet"))
-    assert listing.labels.tolist() == [3, 0] and listing.classes == ["0", "1", "2", "3"]
+    assert listed(listing)[1] == [3, 0] and listing.classes == ["0", "1", "2", "3"]
 
 
 def test_manifest_without_labels_is_unlabeled(tmp_path):
     (tmp_path / "list.csv").write_text("path\n/a.jpg\n/b.jpg\n")
-    assert list_sources(str(tmp_path / "list.csv")).labels.tolist() == [-1, -1]
+    assert listed(list_sources(str(tmp_path / "list.csv")))[1] == [-1, -1]
 
 
 @pytest.mark.parametrize(
@@ -81,11 +82,12 @@ def test_missing_empty_and_ambiguous_sources(tmp_path):
         list_sources(str(tmp_path / "mixed"))
 
 
-def test_listing_is_compact_arrow_and_fingerprint_tracks_content(tmp_path):
+def test_listing_labels_are_int32_and_fingerprint_tracks_content(tmp_path):
     for i in range(5):
         _touch_image(str(tmp_path / "k" / f"{i}.png"))
     listing = list_sources(str(tmp_path))
-    assert isinstance(listing.sources, pa.Array) and listing.labels.dtype == np.int32
+    rows = listing.shard_rows(np.arange(len(listing)))
+    assert rows.values.dtype == np.int32 and rows.values.tolist() == [0] * 5
     assert listing.fingerprint() == list_sources(str(tmp_path)).fingerprint()
     _touch_image(str(tmp_path / "k" / "5.png"))
     assert listing.fingerprint() != list_sources(str(tmp_path)).fingerprint()

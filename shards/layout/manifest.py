@@ -333,51 +333,75 @@ def write_run_record(dest: str, key: str, source: str, options: PreprocessOption
     location(dest).write(f"{PARTS}/{RUN_RECORD}", _dumps(record))
 
 
-def write_index(
-    dest: str,
-    shards: list[ShardInfo],
-    positions: list[np.ndarray],
-    sources: pa.Array | pa.ChunkedArray,
-    labels: pa.Array,
-    columns: pa.Table | None = None,
-) -> None:
-    """index.parquet: one row per sample, in shard order: shard, row, source, label (the targets
-    of the written samples, in that order), then the extra columns (listing order, taken here)."""
-    write_index_table(dest, index_table(shards, positions, sources, labels, columns))
+class IndexWriter:
+    """index.parquet written a shard at a time (pyarrow's ParquetWriter, a row group or more a
+    shard), so a commit holds one shard's rows and never the run's. Columns: shard (a dictionary
+    of the shards' names), row, source, label (the stored targets), then the extra columns.
 
+    Use as a context manager; the file appears whole when the block succeeds, or not at all.
+    """
 
-def write_index_table(dest: str, table: pa.Table) -> None:
-    """Write `table` as DEST's index.parquet."""
-    import pyarrow.parquet as pq
+    def __init__(self, dest: str, shard_names: list[str]) -> None:
+        import pyarrow as pa
 
-    with location(dest).writing(INDEX) as handle:
-        pq.write_table(table, handle, compression="zstd")
+        self.dest = dest
+        self._names = pa.array(shard_names, pa.string())
+        self._lookup = {name: index for index, name in enumerate(shard_names)}
+        self._writing = location(dest).writing(INDEX)
+        self._handle: Any = None
+        self._writer: Any = None
+        self._schema: Any = None
 
+    def __enter__(self) -> IndexWriter:
+        self._handle = self._writing.__enter__()
+        return self
 
-def index_table(
-    shards: list[ShardInfo],
-    positions: list[np.ndarray],
-    sources: pa.Array | pa.ChunkedArray,
-    labels: pa.Array,
-    columns: pa.Table | None = None,
-) -> pa.Table:
-    """The rows of index.parquet for these shards (see `write_index`)."""
-    import pyarrow as pa
+    def add(self, shard: str | None, sources: pa.Array, labels: pa.Array, columns: pa.Table | None = None) -> None:
+        """The rows of `shard`, in row order (its samples' sources, labels and extra columns);
+        None with no rows gives the file its columns."""
+        import pyarrow as pa
 
-    counts = np.array([len(p) for p in positions], np.int64)
-    every = np.concatenate(positions) if positions else np.empty(0, np.int64)
-    shard_ids = np.repeat(np.arange(len(shards), dtype=np.int32), counts)
-    rows = np.concatenate([np.arange(c, dtype=np.int32) for c in counts]) if len(counts) else np.empty(0, np.int32)
-    table = pa.table(
-        {
-            "shard": pa.DictionaryArray.from_arrays(pa.array(shard_ids), pa.array([s.name for s in shards])),
-            "row": pa.array(rows),
-            "source": sources.take(pa.array(every)),
-            "label": labels,
-            **({name: columns.column(name).take(pa.array(every)) for name in columns.column_names} if columns else {}),
-        }
-    )
-    return table
+        count = len(sources)
+        ids = pa.array(np.full(count, self._lookup[shard] if shard is not None else 0, np.int32))
+        table = pa.table(
+            {
+                "shard": pa.DictionaryArray.from_arrays(ids, self._names),
+                "row": pa.array(np.arange(count, dtype=np.int32)),
+                "source": sources,
+                "label": labels,
+                **({name: columns.column(name) for name in columns.column_names} if columns is not None else {}),
+            }
+        )
+        self.write(table)
+
+    def write(self, table: pa.Table) -> None:
+        """Rows already in index.parquet's columns (an appended run's own), shard as text or a
+        dictionary of names among this writer's.
+
+        Raises:
+            ManifestError: the rows' columns cannot be stored beside the rows written before.
+        """
+        import pyarrow as pa
+        import pyarrow.compute as pc
+        import pyarrow.parquet as pq
+
+        names = pc.cast(table.column("shard"), pa.string())
+        ids = pc.index_in(names, value_set=self._names).cast(pa.int32())
+        table = table.set_column(0, "shard", pa.DictionaryArray.from_arrays(ids.combine_chunks(), self._names))
+        if self._writer is None:
+            self._schema = table.schema
+            self._writer = pq.ParquetWriter(self._handle, self._schema, compression="zstd")
+        else:
+            try:
+                table = table.cast(self._schema)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
+                raise ManifestError(f"{self.dest}: rows do not fit index.parquet's columns ({exc})") from None
+        self._writer.write_table(table)
+
+    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        self._writing.__exit__(kind, error, trace)
 
 
 def write_rejects(dest: str, rejects: list[Reject], *, before: bytes = b"") -> None:

@@ -8,7 +8,9 @@
 - `arrays`: NumPy arrays in memory (the Python API only).
 
 Listings are compact (Arrow arrays, paged for object storage), so ten million inputs cost their
-bytes and not ten million Python objects; how each input is read is the listing's `kind`.
+bytes and not ten million Python objects; how each input is read is the listing's `kind`. Folders,
+path and URL lists, tar archives and Parquet files list in parts spilled to local disk
+(`parts.PartedListing`): the driver keeps a few numbers a part, nothing a sample.
 
 The names below load on first use (PEP 562): a shard task imports this package on its way to
 its inputs' module (`shards.sources.files` for files), and the listing side (pyarrow, every

@@ -21,11 +21,12 @@ from shards.errors import SourceError
 from shards.io.location import location
 from shards.io.source import ObjectSource
 from shards.sources.listing import Listing, display_name, strings
+from shards.sources.parts import ListingSpill, PartedListing
 from shards.sources.targets import UNLABELED, ListingTargets
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
 NOT_UTF8 = "file name is not valid UTF-8"
-_CHUNK = 65536
+_CHUNK = 8192  # names gathered as Python strings before they become Arrow
 
 
 def is_image_name(name: str) -> bool:
@@ -33,7 +34,7 @@ def is_image_name(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
 
 
-def list_folder(folder: str, exclude: str | None = None) -> Listing:
+def list_folder(folder: str, exclude: str | None = None) -> PartedListing:
     """List a local folder of class folders or of loose images; `exclude` (DEST) is skipped."""
     folder = os.path.abspath(folder)
     skip = _Skip(exclude)
@@ -44,25 +45,19 @@ def list_folder(folder: str, exclude: str | None = None) -> Listing:
     visible = [(entry, _is_dir(entry)) for entry in entries if not entry.name.startswith(".")]
     class_dirs = [entry for entry, is_dir in visible if is_dir and not skip.skips(entry.path)]
     top_images = [entry for entry, is_dir in visible if not is_dir and is_image_name(entry.name)]
+    spill = ListingSpill(folder)
     if not class_dirs:
         names, problems = _collect(e.path for e in top_images)
-        return Listing(names, ListingTargets.unlabeled(len(names)), problems=problems)
+        spill.add_cut(Listing(names, ListingTargets.unlabeled(len(names)), problems=problems))
+        return spill.finish(keeps_order=False)
     if top_images:
         raise mixed_layout(folder, [display_name(e.name) for e in top_images])
-    names_parts, problem_parts, labels = [], [], []
-    for label, entry in enumerate(class_dirs):
-        names, problems = _collect(_walk_images(entry.path, skip))
-        names_parts.append(names)
-        problem_parts.append(problems if problems is not None else pa.nulls(len(names), pa.large_string()))
-        labels.append(np.full(len(names), label, np.int32))
-    names = pa.chunked_array(names_parts, pa.large_string()).combine_chunks()
-    problems = pa.chunked_array(problem_parts, pa.large_string()).combine_chunks()
     classes = [display_name(e.name) for e in class_dirs]
-    return Listing(
-        names,
-        ListingTargets.of_classes(np.concatenate(labels), classes),
-        problems=problems if problems.null_count < len(problems) else None,
-    )
+    for label, entry in enumerate(class_dirs):  # one class folder's names held at a time
+        names, problems = _collect(_walk_images(entry.path, skip))
+        targets = ListingTargets.of_classes(np.full(len(names), label, np.int32), classes)
+        spill.add_cut(Listing(names, targets, problems=problems))
+    return spill.finish(keeps_order=False)
 
 
 def _is_dir(entry: os.DirEntry[str]) -> bool:
@@ -101,17 +96,17 @@ def _walk_images(folder: str, skip: _Skip) -> Iterator[str]:
     while stack:
         current = stack.pop()
         try:
-            entries = list(os.scandir(current))
+            with os.scandir(current) as entries:  # read as it goes: no list of a folder's entries
+                for entry in entries:
+                    if entry.name.startswith("."):
+                        continue
+                    if _is_dir(entry):
+                        if not skip.skips(entry.path):
+                            stack.append(entry.path)
+                    elif is_image_name(entry.name):
+                        yield entry.path
         except OSError as exc:
             raise SourceError(f"{display_name(current)}: cannot list folder ({exc.strerror or exc})") from exc
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            if _is_dir(entry):
-                if not skip.skips(entry.path):
-                    stack.append(entry.path)
-            elif is_image_name(entry.name):
-                yield entry.path
 
 
 def _collect(paths: Iterator[str]) -> tuple[pa.Array, pa.Array | None]:

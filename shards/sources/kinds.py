@@ -7,7 +7,7 @@ imports it, nor the Arrow listings it builds.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, NamedTuple
 
 import pyarrow as pa
@@ -17,9 +17,10 @@ from shards.io.http import FetchSettings
 from shards.io.source import ObjectSource, SourcePlace, source_place
 from shards.sources import arrays, folder, manifest, parquet, tar, urls
 from shards.sources.folder import IMAGE_EXTENSIONS, is_image_name
-from shards.sources.listing import Listing
+from shards.sources.listing import RunListing
+from shards.sources.parts import ListingSpill
 
-Mapper = Callable[[Callable[[str], pa.Table], Sequence[str]], list[pa.Table]]
+Mapper = Callable[[Callable[[str], pa.Table], Sequence[str]], Iterable[pa.Table]]
 KINDS = "a folder or prefix of images, .tar archives or .parquet files, a .tar, .csv or .parquet file"
 
 
@@ -77,7 +78,7 @@ def list_sources(
     mapper: Mapper | None = None,
     url_column: str | None = None,
     fetch: FetchSettings | None = None,
-) -> Listing:
+) -> RunListing:
     """List SRC (see the module's kinds).
 
     Args:
@@ -96,6 +97,7 @@ def list_sources(
     """
     check_source(src)
     columns = _Columns(image_column, tuple(label_columns), tuple(extra_columns), url_column, fetch or FetchSettings())
+    listing: RunListing
     if arrays.is_arrays(src):
         listing = arrays.list_arrays(src)
     else:
@@ -126,11 +128,11 @@ class _Columns(NamedTuple):
     fetch: FetchSettings
 
 
-def _names_targets(listing: Listing, names: tuple[str, ...]) -> bool:
-    return tuple(column.target.name for column in listing.targets.columns) == names
+def _names_targets(listing: RunListing, names: tuple[str, ...]) -> bool:
+    return tuple(target.name for target in listing.run_targets.items) == names
 
 
-def _list_path(place: SourcePlace, columns: _Columns, exclude: str | None, mapper: Mapper | None) -> Listing:
+def _list_path(place: SourcePlace, columns: _Columns, exclude: str | None, mapper: Mapper | None) -> RunListing:
     src = place.uri
     kind = _string_kind(place)
     if kind == "tar":
@@ -150,7 +152,7 @@ def _list_path(place: SourcePlace, columns: _Columns, exclude: str | None, mappe
     return folder.list_folder(src, exclude)
 
 
-def _list_table(place: SourcePlace, columns: _Columns) -> Listing:
+def _list_table(place: SourcePlace, columns: _Columns) -> RunListing:
     """A CSV/Parquet file: image bytes (Parquet), a list of paths, or a list of URLs."""
     path = place.uri
     filesystem, local = place.arrow()
@@ -164,8 +166,10 @@ def _list_table(place: SourcePlace, columns: _Columns) -> Listing:
         names = _csv_header(local, filesystem, path)
     if columns.url is not None or (columns.image is None and "path" not in names and urls.URL_COLUMN in names):
         url_column = columns.url or urls.URL_COLUMN
-        table = manifest.read_table(local, (url_column, *columns.labels, *columns.extras), filesystem)
-        return urls.list_urls(path, table, url_column, columns.labels, columns.extras, columns.fetch)
+        spill = ListingSpill(path)
+        for table in manifest.read_parts(local, (url_column, *columns.labels, *columns.extras), filesystem):
+            spill.add(urls.list_urls(path, table, url_column, columns.labels, columns.extras, columns.fetch))
+        return spill.finish(keeps_order=False)
     return manifest.list_manifest(
         local,
         path_column=columns.image or "path",

@@ -4,6 +4,7 @@ own folder or prefix), optional label columns and extra columns (`--columns`).""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import pyarrow as pa
@@ -11,25 +12,44 @@ import pyarrow.compute as pc
 
 from shards.errors import SourceError
 from shards.sources.listing import InputKind, Listing
+from shards.sources.parts import PART_ROWS, ListingSpill, PartedListing
 from shards.sources.targets import ListingTargets, targets_from_columns
 
 MANIFEST_EXTENSIONS = (".csv", ".parquet", ".pq")
+CSV_BLOCK_BYTES = 16 * 2**20  # a CSV's column types are inferred from its first block
 
 
-def read_table(path: str, columns: tuple[str, ...], filesystem: Any = None) -> pa.Table:
-    """The wanted columns of a CSV or Parquet list (those it has; the first is read as text)."""
+def read_parts(path: str, columns: tuple[str, ...], filesystem: Any = None) -> Iterator[pa.Table]:
+    """The wanted columns of a CSV or Parquet list (those it has; the first is read as text), a
+    part of at most PART_ROWS rows at a time: a list of a billion rows is never held whole.
+
+    Raises:
+        SourceError: the list cannot be read (also when a later block of a CSV holds another
+            type than its first block: give such a column one type, or convert it to Parquet).
+    """
     try:
         if path.lower().endswith(".csv"):
             import pyarrow.csv as pacsv
 
             source = filesystem.open_input_stream(path) if filesystem is not None else path
-            return pacsv.read_csv(
-                source, convert_options=pacsv.ConvertOptions(column_types={columns[0]: pa.large_string()})
+            reader = pacsv.open_csv(
+                source,
+                read_options=pacsv.ReadOptions(block_size=CSV_BLOCK_BYTES),
+                convert_options=pacsv.ConvertOptions(column_types={columns[0]: pa.large_string()}),
             )
-        import pyarrow.parquet as pq
+            batches: Iterator[pa.RecordBatch] = iter(reader)
+            schema = reader.schema
+        else:
+            import pyarrow.parquet as pq
 
-        names = pq.read_schema(path, filesystem=filesystem).names
-        return pq.read_table(path, columns=[c for c in names if c in columns], filesystem=filesystem)
+            opened = pq.ParquetFile(path, filesystem=filesystem)
+            wanted = [c for c in opened.schema_arrow.names if c in columns]
+            schema = opened.schema_arrow
+            schema = pa.schema([schema.field(c) for c in wanted])
+            batches = opened.iter_batches(batch_size=PART_ROWS, columns=wanted)
+        for batch in batches:
+            for begin in range(0, batch.num_rows, PART_ROWS):
+                yield pa.Table.from_batches([batch.slice(begin, PART_ROWS)], schema)
     except (pa.ArrowInvalid, OSError) as exc:
         raise SourceError(f"{path}: cannot read manifest ({str(exc).splitlines()[0]})") from exc
 
@@ -42,13 +62,26 @@ def list_manifest(
     extra_columns: tuple[str, ...] = (),
     filesystem: Any = None,
     base: str | None = None,
-) -> Listing:
+) -> PartedListing:
     """List a CSV/Parquet manifest of paths; `base` is the folder relative paths start from.
 
     Raises:
         SourceError: no path column, an extra column it does not have, or bad targets.
     """
-    table = read_table(path, (path_column, *label_columns, *extra_columns), filesystem)
+    spill = ListingSpill(path)
+    for table in read_parts(path, (path_column, *label_columns, *extra_columns), filesystem):
+        spill.add(_paths_part(path, table, path_column, label_columns, extra_columns, base))
+    return spill.finish(keeps_order=False)
+
+
+def _paths_part(
+    path: str,
+    table: pa.Table,
+    path_column: str,
+    label_columns: tuple[str, ...],
+    extra_columns: tuple[str, ...],
+    base: str | None,
+) -> Listing:
     if path_column not in table.column_names:
         raise SourceError(f"{path}: manifest needs a {path_column!r} column, found {table.column_names}")
     sources = text_column(path, table, path_column, "paths")

@@ -20,6 +20,7 @@ from shards.errors import DecodeError, SourceError
 from shards.io.source import any_remote, source_place, too_large
 from shards.sources.inputs import Input
 from shards.sources.listing import Listing, containers_of
+from shards.sources.parts import ListingSpill, PartedListing
 from shards.sources.targets import ListingTargets, targets_from_columns
 
 PARQUET_EXTENSIONS = (".parquet", ".pq")
@@ -47,55 +48,57 @@ def list_parquet(
     image_column: str,
     label_columns: Sequence[str] = ("label",),
     extra_columns: Sequence[str] = (),
-) -> Listing:
-    """List the rows of Parquet files with image bytes in `image_column`, in file then row order.
+) -> PartedListing:
+    """List the rows of Parquet files with image bytes in `image_column`, in file then row order,
+    a part per file spilled to local disk.
 
     Listing reads the footers, the label columns and the extra columns, never the images.
     """
-    names, file_index, rows, tables, unlabeled_files = [], [], [], [], []
-    for index, path in enumerate(files):
+    spill = ListingSpill(files[0])
+    unlabeled = []
+    for path in files:
         try:
-            parquet = open_parquet(path)
-            schema = parquet.schema_arrow
-            count = parquet.metadata.num_rows
-            if image_column not in schema.names or not holds_image_bytes(schema.field(image_column).type):
-                found = schema.field(image_column).type if image_column in schema.names else "no such column"
-                raise SourceError(f"{path}: {image_column!r} must hold encoded image bytes, found {found}")
-            missing = [name for name in extra_columns if name not in schema.names]
-            if missing:
-                raise SourceError(f"{path}: no column {missing[0]!r} (--columns); it has {schema.names}")
-            present = [name for name in label_columns if name in schema.names]
-            if present and len(present) < len(label_columns):
-                absent = next(name for name in label_columns if name not in present)
-                raise SourceError(f"{path}: no label column {absent!r}; it has {schema.names}")
-            if not present:
-                unlabeled_files.append(path)
-            tables.append(parquet.read(columns=[*present, *extra_columns]))
+            part, has_labels = _file_listing(path, image_column, label_columns, extra_columns)
         except (pa.ArrowInvalid, OSError) as exc:
             raise SourceError(f"{path}: cannot read Parquet ({str(exc).splitlines()[0]})") from exc
-        row_numbers = np.arange(count, dtype=np.int64)
-        names.append(
-            pc.binary_join_element_wise(
-                pa.scalar(f"{path}#", pa.large_string()),
-                pc.cast(pa.array(row_numbers), pa.large_string()),
-                pa.scalar("", pa.large_string()),
-            )
-        )
-        file_index.append(np.full(count, index, np.int32))
-        rows.append(row_numbers)
-    sources = pa.chunked_array(names, pa.large_string())
-    kind = ParquetKind(list(files), np.concatenate(file_index), np.concatenate(rows), image_column)
-    if unlabeled_files and len(unlabeled_files) < len(files):
-        raise SourceError(f"{unlabeled_files[0]}: no {label_columns[0]!r} column, unlike other files of SRC")
-    try:
-        table = pa.concat_tables(tables)
-    except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
-        raise SourceError(f"{files[0]}: a label or extra column differs in type between files ({exc})") from exc
+        if not has_labels:
+            unlabeled.append(path)
+        spill.add(part)
+    if unlabeled and len(unlabeled) < len(files):
+        raise SourceError(f"{unlabeled[0]}: no {label_columns[0]!r} column, unlike other files of SRC")
+    return spill.finish(keeps_order=True)
+
+
+def _file_listing(
+    path: str, image_column: str, label_columns: Sequence[str], extra_columns: Sequence[str]
+) -> tuple[Listing, bool]:
+    """One file's rows as a listing of their own, and whether it has the label columns."""
+    parquet = open_parquet(path)
+    schema = parquet.schema_arrow
+    count = parquet.metadata.num_rows
+    if image_column not in schema.names or not holds_image_bytes(schema.field(image_column).type):
+        found = schema.field(image_column).type if image_column in schema.names else "no such column"
+        raise SourceError(f"{path}: {image_column!r} must hold encoded image bytes, found {found}")
+    missing = [name for name in extra_columns if name not in schema.names]
+    if missing:
+        raise SourceError(f"{path}: no column {missing[0]!r} (--columns); it has {schema.names}")
+    present = [name for name in label_columns if name in schema.names]
+    if present and len(present) < len(label_columns):
+        absent = next(name for name in label_columns if name not in present)
+        raise SourceError(f"{path}: no label column {absent!r}; it has {schema.names}")
+    table = parquet.read(columns=[*present, *extra_columns])
+    row_numbers = np.arange(count, dtype=np.int64)
+    sources = pc.binary_join_element_wise(
+        pa.scalar(f"{path}#", pa.large_string()),
+        pc.cast(pa.array(row_numbers), pa.large_string()),
+        pa.scalar("", pa.large_string()),
+    )
+    kind = ParquetKind([path], np.zeros(count, np.int32), row_numbers, image_column)
     extras = table.select(list(extra_columns)) if extra_columns else None
-    if unlabeled_files:
-        return Listing(sources, ListingTargets.unlabeled(len(sources)), kind=kind, keeps_order=True, columns=extras)
-    targets, unusable = targets_from_columns(files[0], [(name, table.column(name)) for name in label_columns])
-    return Listing(sources, targets, kind=kind, problems=unusable, keeps_order=True, columns=extras)
+    if not present:
+        return Listing(sources, ListingTargets.unlabeled(count), kind=kind, keeps_order=True, columns=extras), False
+    targets, unusable = targets_from_columns(path, [(name, table.column(name)) for name in label_columns])
+    return Listing(sources, targets, kind=kind, problems=unusable, keeps_order=True, columns=extras), True
 
 
 @dataclasses.dataclass(frozen=True)

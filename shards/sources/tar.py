@@ -13,12 +13,13 @@ link, data cut off by a truncated archive, no image in a sample) becomes that sa
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
 import dataclasses
 import json
 import re
 import tarfile
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -30,6 +31,7 @@ from shards.io.source import any_remote, source_place, too_large
 from shards.sources.folder import IMAGE_EXTENSIONS
 from shards.sources.inputs import Input
 from shards.sources.listing import Listing, containers_of, display_name, with_problems
+from shards.sources.parts import ListingSpill, PartedListing
 from shards.sources.targets import targets_from_columns, typed_values
 
 TAR_EXTENSION = ".tar"
@@ -72,37 +74,42 @@ def expand_pattern(src: str) -> list[str]:
 
 def list_tar(
     archives: Sequence[str],
-    mapper: Callable[[Callable[[Any], pa.Table], Sequence[Any]], list[pa.Table]] | None = None,
+    mapper: Callable[[Callable[[Any], pa.Table], Sequence[Any]], Iterable[pa.Table]] | None = None,
     label_columns: Sequence[str] = ("label",),
     extra_columns: Sequence[str] = (),
-) -> Listing:
-    """Index every archive (in parallel through `mapper`) and list their samples in order."""
+) -> PartedListing:
+    """Index every archive (in parallel through `mapper`, results taken in order one at a time)
+    and list their samples in order, a part per archive spilled to local disk."""
     fields = tuple(dict.fromkeys([*label_columns, *extra_columns]))
+    spill = ListingSpill(archives[0])
     tables = (mapper or map_with_threads)(index_archive, [(archive, fields) for archive in archives])
-    sources, archive_index, offsets, sizes, label_ints, found, problems = [], [], [], [], [], [], []
-    for index, (archive, table) in enumerate(zip(archives, tables)):
-        sources.append(_joined(f"{archive}#", table.column("name")))
-        archive_index.append(np.full(table.num_rows, index, np.int32))
-        offsets.append(table.column("offset").to_numpy())
-        sizes.append(table.column("size").to_numpy())
-        label_ints.append(table.column("label_int"))
-        found.append(table.column("fields"))
-        problems.append(table.column("problem"))
-    kind = TarKind(list(archives), np.concatenate(archive_index), np.concatenate(offsets), np.concatenate(sizes))
-    values = _field_values(archives[0], pa.chunked_array(found, pa.large_string()), fields)
-    classes = pa.chunked_array(label_ints, pa.int64())
+    for archive, table in zip(archives, tables):
+        spill.add(_archive_listing(archive, table, fields, label_columns, extra_columns))
+    return spill.finish(keeps_order=True)
+
+
+def _archive_listing(
+    archive: str, table: pa.Table, fields: tuple[str, ...], label_columns: Sequence[str], extra_columns: Sequence[str]
+) -> Listing:
+    """One archive's samples, from its index, as a listing of their own."""
+    kind = TarKind(
+        [archive],
+        np.zeros(table.num_rows, np.int32),
+        table.column("offset").to_numpy(),
+        table.column("size").to_numpy(),
+    )
+    values = _field_values(archive, table.column("fields"), fields)
+    classes = table.column("label_int")
     if list(label_columns) == ["label"] and classes.null_count < len(classes):
         in_json = values["label"]
         if in_json.null_count < len(in_json) and not pa.types.is_integer(in_json.type):
-            raise SourceError(
-                f"{archives[0]}: labels mix integers (.cls) and {in_json.type} .json labels; use one kind"
-            )
+            raise SourceError(f"{archive}: labels mix integers (.cls) and {in_json.type} .json labels; use one kind")
         # A sample's .cls wins over its .json label, as WebDataset's decoders read them.
         values["label"] = pc.coalesce(classes.combine_chunks(), in_json.cast(pa.int64()))
-    targets, missing = targets_from_columns(archives[0], [(name, values[name]) for name in label_columns])
-    problem_column = pa.chunked_array(problems, pa.large_string()).combine_chunks()
+    targets, missing = targets_from_columns(archive, [(name, values[name]) for name in label_columns])
+    problem_column = table.column("problem").combine_chunks()
     return Listing(
-        pa.chunked_array(sources, pa.large_string()),
+        _joined(f"{archive}#", table.column("name")),
         targets,
         kind=kind,
         problems=with_problems(problem_column if problem_column.null_count < len(problem_column) else None, missing),
@@ -122,10 +129,20 @@ def _field_values(where: str, found: pa.ChunkedArray, fields: Sequence[str]) -> 
     return {name: typed_values(where, [record.get(name) for record in records], name) for name in fields}
 
 
-def map_with_threads(function: Callable[[Any], pa.Table], jobs: Sequence[Any]) -> list[pa.Table]:
-    """Index archives on a few threads (when no Ray cluster is up: `shards plan`)."""
+def map_with_threads(function: Callable[[Any], pa.Table], jobs: Sequence[Any]) -> Iterator[pa.Table]:
+    """Index archives on a few threads (when no Ray cluster is up: `shards plan`), results in
+    order, a few ahead of the caller."""
     with concurrent.futures.ThreadPoolExecutor(INDEX_THREADS, thread_name_prefix="shards-index") as pool:
-        return list(pool.map(function, jobs))
+        pending = collections.deque(jobs)
+        running: collections.deque[concurrent.futures.Future[pa.Table]] = collections.deque()
+        try:
+            while pending or running:
+                while pending and len(running) < 2 * INDEX_THREADS:
+                    running.append(pool.submit(function, pending.popleft()))
+                yield running.popleft().result()
+        finally:
+            for future in running:
+                future.cancel()
 
 
 def index_archive(job: tuple[str, tuple[str, ...]]) -> pa.Table:

@@ -68,9 +68,9 @@ class TargetColumn:
         if kind == "multilabel":
             flat = pc.list_flatten(self.values.take(pa.array(positions))).to_numpy(zero_copy_only=False)
             return {"counts": np.bincount(flat, minlength=self.target.width).tolist()}
-        values = np.asarray(self.values)[positions].reshape(len(positions), -1).astype(np.float64)
-        if not len(values):
+        if not len(positions):
             return {"min": [], "mean": [], "max": []}
+        values = np.asarray(self.values)[positions].reshape(len(positions), -1).astype(np.float64)
         return {
             "min": values.min(axis=0).tolist(),
             "mean": values.mean(axis=0).tolist(),
@@ -167,6 +167,23 @@ class ListingTargets:
             columns.append(TargetColumn(extended, _renumbered(column.values, lookup)))
         return ListingTargets(tuple(columns))
 
+    def select(self, positions: np.ndarray) -> ListingTargets:
+        """The targets of the inputs at `positions`, in that order."""
+        return ListingTargets(tuple(TargetColumn(c.target, _taken(c.values, positions)) for c in self.columns))
+
+    @staticmethod
+    def concat(parts: Sequence[ListingTargets]) -> ListingTargets:
+        """Targets of several listings in the same terms (see `into`), one after the other."""
+        columns = []
+        for index, column in enumerate(parts[0].columns):
+            values = [part.columns[index].values for part in parts]
+            if isinstance(column.values, np.ndarray):
+                joined: np.ndarray | pa.Array = np.concatenate(values)
+            else:
+                joined = pa.concat_arrays([v.combine_chunks() if isinstance(v, pa.ChunkedArray) else v for v in values])
+            columns.append(TargetColumn(column.target, joined))
+        return ListingTargets(tuple(columns))
+
     def digest(self) -> bytes:
         """A digest of every target's kind, classes and values (part of the run's fingerprint)."""
         digest = hashlib.sha256(json.dumps(self.targets.to_json()).encode())
@@ -178,6 +195,12 @@ class ListingTargets:
                 digest.update(pc.list_value_length(lists).fill_null(0).to_numpy(zero_copy_only=False).tobytes())
                 digest.update(pc.list_flatten(lists).to_numpy(zero_copy_only=False).astype("<i4").tobytes())
         return digest.digest()
+
+
+def _taken(values: np.ndarray | pa.Array, positions: np.ndarray) -> np.ndarray | pa.Array:
+    if isinstance(values, np.ndarray):
+        return values[positions]
+    return values.take(pa.array(positions, pa.int64()))
 
 
 def _renumbered(values: np.ndarray | pa.Array, lookup: np.ndarray) -> np.ndarray | pa.Array:
@@ -350,3 +373,42 @@ def typed_values(where: str, values: Sequence[object], name: str) -> pa.Array:
         raise SourceError(
             f"{where}: {name!r} mixes types ({str(exc).splitlines()[0]}); use one kind per column"
         ) from None
+
+
+def merged_targets(where: str, parts: Sequence[Targets]) -> Targets:
+    """The targets of a listing made of parts (`shards.sources.parts`), each part's listed on
+    its own: the same names and kinds, regression widths equal, and each class target's classes
+    those of every part: the longest when the others are its prefixes (integer labels "0".."K-1"
+    keep their numeric order), else the sorted union of the names. Every part's classes are then
+    among the merged ones, so `ListingTargets.into` renumbers a part without refusing any.
+
+    Raises:
+        SourceError: parts whose targets differ in names, kinds or widths.
+    """
+    first = parts[0]
+    if any(len(part.items) != len(first.items) for part in parts):
+        raise SourceError(f"{where}: the parts of SRC have different numbers of targets")
+    merged = []
+    for position, target in enumerate(first.items):
+        found = [part.items[position] for part in parts]
+        for other in found:
+            if (other.name, other.kind) != (target.name, target.kind):
+                raise SourceError(
+                    f"{where}: target {target.name!r} is {target.kind} in one part of SRC and "
+                    f"{other.kind} ({other.name!r}) in another"
+                )
+        if target.kind == "regression":
+            widths = {other.width for other in found}
+            if len(widths) > 1:
+                raise SourceError(f"{where}: {target.name!r} has {sorted(widths)} values a sample in different parts")
+            merged.append(target)
+            continue
+        longest = max((other.classes for other in found), key=len)
+        if all(longest[: len(other.classes)] == other.classes for other in found):
+            classes = longest
+        else:
+            classes = tuple(sorted({name for other in found for name in other.classes}))
+        merged.append(
+            dataclasses.replace(target, classes=classes, width=len(classes) if target.kind == "multilabel" else 0)
+        )
+    return Targets(tuple(merged))

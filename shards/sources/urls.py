@@ -56,6 +56,19 @@ class UrlKind:
         """The URLs at these listing positions."""
         return UrlInputs(self.urls.take(positions).to_pylist(), self.settings)
 
+    def select(self, positions: np.ndarray) -> UrlKind:
+        """The kind of the listing's rows at `positions` (`Listing.select`)."""
+        return UrlKind(self.urls.take(positions), self.settings)
+
+    def concat(self, others: Sequence[UrlKind]) -> UrlKind:
+        """This kind's URLs followed by the others' (`Listing.concat`)."""
+        import pyarrow as pa
+
+        chunks = [kind.urls for kind in (self, *others)]
+        return UrlKind(
+            pa.chunked_array([c for part in chunks for c in _chunks(part)], pa.large_string()), self.settings
+        )
+
 
 def list_urls(
     path: str,
@@ -87,3 +100,9 @@ def list_urls(
             f"{path}: {refused:,} row(s) of {url_column!r} are not http:// or https:// URLs, such as {first[:200]!r}"
         )
     return listing_of(path, table, urls, label_columns, extra_columns, kind=UrlKind(urls, settings))
+
+
+def _chunks(values: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
+    import pyarrow as pa
+
+    return values.chunks if isinstance(values, pa.ChunkedArray) else [values]

@@ -19,12 +19,11 @@ import hashlib
 import json
 from typing import Any
 
-import numpy as np
-
 from shards.errors import ConfigError, DestinationError, ManifestError
 from shards.io.location import location
-from shards.layout.manifest import INDEX, PARTS, REJECTS, Manifest, load_manifest, read_json, run_key
+from shards.layout.manifest import INDEX, PARTS, REJECTS, IndexWriter, Manifest, load_manifest, read_json, run_key
 from shards.options import REJECT_POLICY, PreprocessOptions
+from shards.targets import combined_stats
 
 #: An unfinished append's claim on DEST, beside the run's own record.
 APPEND_RECORD = "append.json"
@@ -92,28 +91,12 @@ def claim(dest: str, key: str, source: str) -> None:
     location(dest).write(f"{PARTS}/{APPEND_RECORD}", payload)
 
 
-def union_index(dest: str, added: Any) -> Any:
-    """index.parquet's table with `added` rows after the run's own (shard names kept as text
-    and encoded again, so both parts share one dictionary).
-
-    Raises:
-        ConfigError: the added rows' columns cannot be stored beside the run's.
-    """
-    import pyarrow as pa
-    import pyarrow.compute as pc
-
-    old = location(dest).read_table(INDEX, list(added.column_names))
-    try:
-        parts = [
-            table.set_column(0, "shard", pc.cast(table.column("shard"), pa.string())).cast(
-                old.schema.set(0, pa.field("shard", pa.string()))
-            )
-            for table in (old, added)
-        ]
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
-        raise ConfigError(f"{dest}: the appended rows do not fit index.parquet's columns ({exc})") from None
-    table = pa.concat_tables(parts)
-    return table.set_column(0, "shard", pc.dictionary_encode(table.column("shard")))
+def copy_index(dest: str, index: IndexWriter) -> None:
+    """The run's own index.parquet rows into `index` (the union's writer), a row group at a
+    time: the appended rows follow them, and must fit their columns (ManifestError if not)."""
+    old = location(dest).parquet_file(INDEX)
+    for group in range(old.num_row_groups):
+        index.write(old.read_row_group(group))
 
 
 def union_rejects(dest: str) -> bytes:
@@ -122,31 +105,8 @@ def union_rejects(dest: str) -> bytes:
 
 
 def merged_stats(base: Manifest, added: list[dict[str, Any]], added_count: int) -> list[dict[str, Any]]:
-    """Each target's stats over the run and the append: counts added (the run's padded for
-    classes the append brought), regression minimum, maximum and count-weighted mean."""
-    merged = []
+    """Each target's stats over the run and the append (see `combined_stats`)."""
     old_stats = [entry.get("stats", {}) for entry in base.record.get("targets", [])] or [
         {"counts": base.record.get("class_counts", [])}
     ]
-    for old, new in zip(old_stats, added):
-        if "counts" in new:
-            counts = np.zeros(max(len(old.get("counts", [])), len(new["counts"])), np.int64)
-            counts[: len(old.get("counts", []))] += np.asarray(old.get("counts", []), np.int64)
-            counts[: len(new["counts"])] += np.asarray(new["counts"], np.int64)
-            merged.append({"counts": counts.tolist()})
-        elif not old.get("mean"):
-            merged.append(new)
-        elif not new["mean"]:
-            merged.append(old)
-        else:
-            total = base.count + added_count
-            merged.append(
-                {
-                    "min": np.minimum(old["min"], new["min"]).tolist(),
-                    "mean": (
-                        (np.asarray(old["mean"]) * base.count + np.asarray(new["mean"]) * added_count) / total
-                    ).tolist(),
-                    "max": np.maximum(old["max"], new["max"]).tolist(),
-                }
-            )
-    return merged
+    return combined_stats(old_stats, base.count, added, added_count)

@@ -119,19 +119,19 @@ def _verified_receipts(
     # cache: a resume downloads nothing. Receipts are fetched a few at a time.
     deep = place.local_root is not None
     sizes = None if deep else place.sizes()
-    specs = list(plan)
+    names = plan.names()
     with concurrent.futures.ThreadPoolExecutor(RECEIPT_THREADS) as pool:
-        receipts = list(pool.map(lambda spec: read_receipt(place.root, spec.name), specs))
-    for spec, receipt in zip(specs, receipts):
+        receipts = list(pool.map(lambda name: read_receipt(place.root, name), names))
+    for name, receipt in zip(names, receipts):
         if receipt is None or receipt.run_key != key:
             continue
         problems = shard_problems(
             place.root, receipt.shard, options.format, options.shape, options.dtype, targets, deep=deep, sizes=sizes
         )
         if problems:
-            logger.warning("redoing %s: %s", spec.name, problems[0])
+            logger.warning("redoing %s: %s", name, problems[0])
             continue
-        kept[spec.name] = receipt
+        kept[name] = receipt
     return kept
 
 

@@ -43,8 +43,7 @@ from shards.layout.manifest import (
 )
 from shards.layout.plan import ShardSpec, plan_shards
 from shards.options import PreprocessOptions
-from shards.sources import ShardInputs, check_source, describe_source, indexes_on_cluster, list_sources
-from shards.sources.files import FileInputs
+from shards.sources import check_source, describe_source, indexes_on_cluster, list_sources
 from shards.write import append
 from shards.write.destination import MODES
 from shards.write.sink import DestinationSink, RunIdentity
@@ -239,13 +238,14 @@ def _claim_destination(
         key = run_key(listing.fingerprint(), options)
         per_shard, first = options.samples_per_shard(len(listing)), 0
     else:
-        listing = dataclasses.replace(listing, targets=listing.targets.into(base.targets, describe_source(src)))
+        listing = listing.into(base.targets, describe_source(src))
         key = append.append_key(str(base.record.get("run_key")), listing.fingerprint(), options)
         per_shard, first = (
             int(base.record.get("samples_per_shard") or options.samples_per_shard(len(listing))),
             len(base.shards),
         )
     plan = plan_shards(len(listing), per_shard, options.seed, shuffle=not listing.keeps_order, first=first)
+    listing = listing.planned(plan.order, plan.samples_per_shard)
     identity = RunIdentity(describe_source(src), listing, options, key, plan, base)
     sink = DestinationSink(dest, identity, mode=mode)
     return sink, sink.on_start()
@@ -290,14 +290,16 @@ class _ShardRun:
 
         remote = storage.is_remote(self.dest) or self.listing.remote
         task = ray.remote(write_shard_on_node).options(**cpu_task_options(reads_object_storage=remote))
-        pending = collections.deque(spec for spec in self.plan if spec.name not in self.receipts)
+        # Specs are made as they are submitted: a spec holds its shard's positions.
+        pending = (spec for spec in self.plan if spec.name not in self.receipts)
+        upcoming = next(pending, None)
         in_flight: dict[Any, ShardSpec] = {}
         self._report()
         try:
-            while pending or in_flight:
-                while pending and len(in_flight) < in_flight_limit:
-                    spec = pending.popleft()
-                    in_flight[task.remote(self._task(spec))] = spec
+            while upcoming is not None or in_flight:
+                while upcoming is not None and len(in_flight) < in_flight_limit:
+                    in_flight[task.remote(self._task(upcoming))] = upcoming
+                    upcoming = next(pending, None)
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in ready:
                     spec = in_flight.pop(ref)
@@ -314,22 +316,16 @@ class _ShardRun:
             raise
 
     def _task(self, spec: ShardSpec) -> ShardTask:
-        listing, positions = self.listing, spec.positions
-        names = listing.sources.take(positions).to_pylist()
-        problems = listing.shard_problems(positions)
-        if listing.kind is None:  # the names are the paths
-            inputs: ShardInputs = FileInputs([name for name, problem in zip(names, problems) if problem is None])
-        else:
-            inputs = listing.kind.inputs(positions[[problem is None for problem in problems]])
+        rows = self.listing.shard_rows(spec.positions)
         return ShardTask(
             self.dest,
             spec.name,
-            positions,
-            names,
-            listing.targets.targets,
-            listing.targets.rows(positions),
-            problems,
-            inputs,
+            spec.positions,
+            rows.names,
+            self.listing.run_targets,
+            rows.values,
+            rows.problems,
+            rows.inputs,
             self.options,
             self.key,
         )
@@ -379,7 +375,7 @@ class _ShardRun:
 
     def commit(self, *, complete: bool, workers: int, ray_start_seconds: float) -> RunSummary:
         """Commit the finished shards through the sink, in plan order, and summarise the run."""
-        receipts = [self.receipts[spec.name] for spec in self.plan if spec.name in self.receipts]
+        receipts = [self.receipts[name] for name in self.plan.names() if name in self.receipts]
         seconds = time.perf_counter() - self.started
         run_info = {
             "workers": workers,

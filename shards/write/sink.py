@@ -22,19 +22,19 @@ from shards.io.dest_lock import DestLock, hold_dest
 from shards.io.location import location
 from shards.layout.manifest import (
     PARTS,
+    IndexWriter,
     Manifest,
     Receipt,
     build_manifest,
-    index_table,
     load_manifest,
-    write_index_table,
     write_manifest,
     write_rejects,
     write_run_record,
 )
 from shards.layout.plan import ShardPlan
 from shards.options import PreprocessOptions
-from shards.sources import Listing
+from shards.sources.listing import RunListing
+from shards.targets import combined_stats
 from shards.write import append
 from shards.write.destination import prepare_append, prepare_destination
 
@@ -45,7 +45,7 @@ class RunIdentity:
     append (`--append`) the finished run it adds to."""
 
     src: str
-    listing: Listing
+    listing: RunListing
     options: PreprocessOptions
     key: str
     plan: ShardPlan
@@ -71,7 +71,7 @@ class DestinationSink:
         """
         self._lock = self._held.enter_context(hold_dest(self.dest))
         try:
-            run, targets = self.run, self.run.listing.targets.targets
+            run, targets = self.run, self.run.listing.run_targets
             if run.base is not None:
                 if load_manifest(self.dest).record.get("run_key") != run.base.record.get("run_key"):
                     raise DestinationError(f"{self.dest}: DEST's run changed while MORE was listed; append again")
@@ -109,16 +109,18 @@ class DestinationSink:
             if self.run.base is not None:
                 return self._commit_append(receipts, complete=complete, run_info=run_info)
             listing = self.run.listing
-            positions, rejects = self._written(receipts)
             shards = [r.shard for r in receipts]
-            written = np.concatenate(positions) if positions else np.empty(0, np.int64)
-            labels = listing.targets.index_column(written)
-            write_index_table(self.dest, index_table(shards, positions, listing.sources, labels, listing.columns))
+            with IndexWriter(self.dest, [shard.name for shard in shards]) as index:
+                _, stats = self._index_shards(index, receipts)
+                if not receipts:  # the columns, with no rows
+                    rows = listing.index_rows(np.empty(0, np.int64))
+                    index.add(None, rows.sources, rows.labels, rows.columns)
+            rejects = _rejects(receipts)
             write_rejects(self.dest, rejects)
             record = build_manifest(
                 self.run.options,
-                listing.targets.targets,
-                listing.targets.stats(written),
+                listing.run_targets,
+                stats,
                 shards,
                 inputs=len(listing),
                 rejected=len(rejects),
@@ -134,16 +136,21 @@ class DestinationSink:
         finally:
             self._held.close()
 
-    def _written(self, receipts: list[Receipt]) -> tuple[list[np.ndarray], list[Any]]:
-        """Each receipt's written listing positions, and every reject in listing order."""
-        specs = {spec.name: spec for spec in self.run.plan}
-        positions = []
+    def _index_shards(self, index: IndexWriter, receipts: list[Receipt]) -> tuple[int, list[dict[str, Any]]]:
+        """Each receipt's rows into `index`, one shard at a time (the listing answers for one
+        shard's positions, never all), and the written samples' count and target stats."""
+        listing, plan = self.run.listing, self.run.plan
+        written = 0
+        stats = listing.stats(np.empty(0, np.int64))
         for receipt in receipts:
+            spec = plan.named(receipt.shard.name)
             refused = np.array([r.position for r in receipt.rejects], np.int64)
-            spec_positions = specs[receipt.shard.name].positions
-            positions.append(spec_positions[~np.isin(spec_positions, refused)])
-        rejects = sorted((r for receipt in receipts for r in receipt.rejects), key=lambda r: r.position)
-        return positions, rejects
+            positions = spec.positions[~np.isin(spec.positions, refused)]
+            rows = listing.index_rows(positions)
+            index.add(receipt.shard.name, rows.sources, rows.labels, rows.columns)
+            stats = combined_stats(stats, written, listing.stats(positions), len(positions))
+            written += len(positions)
+        return written, stats
 
     def _commit_append(self, receipts: list[Receipt], *, complete: bool, run_info: dict[str, Any]) -> dict[str, Any]:
         """The union of the run and the append: index and rejects (the run's rows first), then
@@ -154,16 +161,16 @@ class DestinationSink:
         if not complete:
             return base.record
         listing, options = self.run.listing, self.run.options
-        positions, rejects = self._written(receipts)
-        written = np.concatenate(positions) if positions else np.empty(0, np.int64)
         shards = [r.shard for r in receipts]
-        added = index_table(shards, positions, listing.sources, listing.targets.index_column(written), listing.columns)
-        write_index_table(self.dest, append.union_index(self.dest, added))
+        with IndexWriter(self.dest, [shard.name for shard in base.shards + shards]) as index:
+            append.copy_index(self.dest, index)
+            written, added_stats = self._index_shards(index, receipts)
+        rejects = _rejects(receipts)
         write_rejects(self.dest, rejects, before=append.union_rejects(self.dest))
-        stats = append.merged_stats(base, listing.targets.stats(written), len(written))
+        stats = append.merged_stats(base, added_stats, written)
         record = build_manifest(
             options,
-            listing.targets.targets,
+            listing.run_targets,
             stats,
             base.shards + shards,
             inputs=int(base.record.get("inputs", base.count)) + len(listing),
@@ -179,7 +186,7 @@ class DestinationSink:
             {
                 "source": self.run.src,
                 "shards": len(shards),
-                "count": int(len(written)),
+                "count": int(written),
                 "inputs": len(listing),
                 "rejected": len(rejects),
                 "run": run_info,
@@ -193,3 +200,8 @@ class DestinationSink:
     def on_failed(self) -> None:
         """Give DEST up after a failure; what finished stays for `--resume`."""
         self._held.close()
+
+
+def _rejects(receipts: list[Receipt]) -> list[Any]:
+    """Every reject of `receipts`, in listing order."""
+    return sorted((r for receipt in receipts for r in receipt.rejects), key=lambda r: r.position)

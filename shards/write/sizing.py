@@ -47,12 +47,12 @@ def estimate_run(
     """
     shard_format = check_format(options.format, options.compression)
     listing = list_sources(src, **options.listing_arguments())
-    targets = listing.targets.targets.stored_dtype
+    targets = listing.run_targets.stored_dtype
     label_bytes = targets.itemsize
     plan = plan_shards(
         len(listing), options.samples_per_shard(len(listing)), options.seed, shuffle=not listing.keeps_order
     )
-    counts = [len(spec.positions) for spec in plan]
+    counts = plan.counts()
     by_dtype = {
         dtype: sum(
             shard_format.shard_bytes(n, SampleLayout(options.shape, dtype, options.compression), targets)
@@ -69,7 +69,7 @@ def estimate_run(
         largest_device = memory // (device_sample + label_bytes)
     return RunEstimate(
         samples=len(listing),
-        classes=len(listing.classes),
+        classes=len(listing.run_targets.classes),
         shards=len(plan),
         samples_per_shard=plan.samples_per_shard,
         bytes_on_disk=by_dtype[options.dtype],

@@ -1,0 +1,88 @@
+"""Listings held in parts on local disk (shards.sources.parts): what the driver keeps of a
+listing does not grow with it, and nothing is lost or mislabelled on the way through the parts,
+the shuffled plan's buckets and the commit's index rows."""
+
+import collections
+import gc
+import io
+import tarfile
+import tracemalloc
+
+import numpy as np
+import pyarrow as pa
+
+from shards.layout.plan import plan_shards
+from shards.sources import list_sources
+from shards.sources.parts import PART_ROWS, PartedListing
+
+ROWS = 40_000  # three parts of a path list
+
+
+def _path_list(tmp_path) -> tuple[str, list[str]]:
+    """A CSV of ROWS paths (listing never opens them) whose class is in the path; the first
+    part holds only classes b and d, so later parts' classes renumber the first's."""
+    labels = ["b" if i % 2 else "d" for i in range(PART_ROWS)] + ["abcd"[i % 4] for i in range(ROWS - PART_ROWS)]
+    path = tmp_path / "list.csv"
+    path.write_text("path,label\n" + "".join(f"/data/{label}/{i:06d}.jpg,{label}\n" for i, label in enumerate(labels)))
+    return str(path), labels
+
+
+def test_a_path_list_in_parts_plans_every_input_once_with_its_label(tmp_path):
+    src, labels = _path_list(tmp_path)
+    listing = list_sources(src)
+    assert isinstance(listing, PartedListing) and listing.parts == 3 and len(listing) == ROWS
+    assert listing.run_targets.classes == ["a", "b", "c", "d"]
+    plan = plan_shards(len(listing), 1000, seed=5, shuffle=not listing.keeps_order)
+    planned = listing.planned(plan.order, plan.samples_per_shard)
+    seen = []
+    for spec in plan:
+        rows = planned.shard_rows(spec.positions)
+        assert [name.split("/")[2] for name in rows.names] == [listing.run_targets.classes[v] for v in rows.values]
+        assert [int(name[-10:-4]) for name in rows.names] == spec.positions.tolist()
+        assert planned.index_rows(spec.positions).sources.to_pylist() == rows.names
+        seen.extend(rows.names)
+    assert len(seen) == len(set(seen)) == ROWS
+    counts = planned.stats(np.arange(ROWS))[0]["counts"]
+    assert counts == [collections.Counter(labels)[c] for c in "abcd"]
+    # The first shard mixes the listing: inputs from every part, not the first part's alone.
+    assert (plan[0].positions >= PART_ROWS).mean() > 0.4
+
+
+def _tar(path, labels: list[int], first: int) -> None:
+    with tarfile.open(path, "w") as archive:
+        for i, label in enumerate(labels):
+            for suffix, data in ((".jpg", f"image {first + i}".encode()), (".cls", str(label).encode())):
+                info = tarfile.TarInfo(f"{first + i:06d}{suffix}")
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+
+
+def test_archives_listed_apart_merge_their_classes_and_a_shard_reads_across_them(tmp_path):
+    _tar(tmp_path / "data-000000.tar", [0, 1, 2] * 3, 0)
+    _tar(tmp_path / "data-000001.tar", [4, 3, 0] * 3, 9)
+    listing = list_sources(str(tmp_path / "data-{000000..000001}.tar"))
+    assert listing.parts == 2 and listing.run_targets.classes == ["0", "1", "2", "3", "4"]
+    positions = np.arange(5, 14)  # the last 4 of the first archive, the first 5 of the second
+    rows = listing.shard_rows(positions)
+    assert rows.values.tolist() == [2, 0, 1, 2, 4, 3, 0, 4, 3]
+    assert list(rows.inputs.read(2**20)) == [f"image {i}".encode() for i in positions]
+    assert rows.names[0].endswith("data-000000.tar#000005.jpg") and rows.names[-1].endswith("#000013.jpg")
+
+
+def test_a_listing_in_parts_keeps_nothing_a_sample_on_the_driver(tmp_path):
+    """12,000 samples in 6 archives. Held in memory they took ~100 bytes each (names, byte
+    ranges, labels): over 1 MB. In parts the driver keeps a few numbers an archive."""
+    for part in range(6):
+        _tar(tmp_path / f"data-{part:06d}.tar", [part % 3] * 2000, part * 2000)
+    src = str(tmp_path / "data-{000000..000005}.tar")
+    list_sources(src)  # imports and first-use allocations out of the measure
+    gc.collect()
+    arrow_before = pa.total_allocated_bytes()
+    tracemalloc.start()
+    listing = list_sources(src)
+    gc.collect()
+    kept, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    arrow_kept = pa.total_allocated_bytes() - arrow_before
+    assert len(listing) == 12_000 and listing.parts == 6
+    assert kept + arrow_kept < 150_000, (kept, arrow_kept)
