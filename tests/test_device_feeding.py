@@ -166,8 +166,9 @@ strategy = tf.distribute.MirroredStrategy(["/cpu:0"])
 with strategy.scope():
     model = build_model(dataset.shape, dataset.targets, "uint8")
     if sys.argv[4] == "sgd":  # not scale-invariant as Adam is: shows a step of the wrong size
+        # 0.02: at 0.05 the loss spiked in some epoch for 3 of 4 shuffle seeds
         loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
-        model.compile(optimizer=keras.optimizers.SGD(0.05, momentum=0.9), loss=loss)
+        model.compile(optimizer=keras.optimizers.SGD(0.02, momentum=0.9), loss=loss)
     else:
         model = compile_model(model, 3e-3, dataset.targets)
 print("optimizer", type(model.optimizer).__name__)
