@@ -38,6 +38,7 @@ def available_memory() -> int:
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
 MMAP_THRESHOLD = 64 * 1024  # bytes: larger blocks are mapped alone, and unmapped when freed
+ARROW_POOL = "ARROW_DEFAULT_MEMORY_POOL"  # read by Arrow C++ once, when pyarrow is imported
 
 
 def release_freed_memory() -> None:
@@ -48,16 +49,30 @@ def release_freed_memory() -> None:
     thread, the run's, the commit's). Arrow's default mimalloc pool keeps what each thread
     freed, and glibc's per-thread arenas keep freed blocks between live ones: a 200,000-sample
     tar run's driver peaked 17 MB (98 bytes a sample) above a 20,000-sample one with neither
-    setting, 4.5 MB (26 bytes) with the first alone, and within 1 MB with both. The driver makes
-    few large allocations, so their speed does not matter. Called by the `shards` command for
-    its own process only: a program that calls `shards.preprocess` keeps its allocators (or
+    setting, 4.5 MB (26 bytes) with the first alone, and within 1 MB with both.
+
+    Arrow's C++ code (the Parquet writer of index.parquet among it) takes the pool that
+    ARROW_DEFAULT_MEMORY_POOL names when pyarrow is imported; `pa.set_memory_pool` reaches only
+    what pyarrow's Python calls allocate. Writing a 21,845-row shard's index kept 22 MB in
+    mimalloc's arena after the writer closed, 1 MB with the system pool. So the variable is set
+    around pyarrow's import when this process has not imported it yet, and taken away after it:
+    Ray's workers, which inherit the driver's environment, keep Arrow's own pool. The driver
+    makes few large allocations, so their speed does not matter. Called by the `shards` command
+    for its own process only: a program that calls `shards.preprocess` keeps its allocators (or
     starts with ARROW_DEFAULT_MEMORY_POOL=system and MALLOC_MMAP_THRESHOLD_=65536).
     """
     import ctypes
     import ctypes.util
+    import sys
 
-    import pyarrow as pa
-
+    chosen = "pyarrow" not in sys.modules and ARROW_POOL not in os.environ
+    if chosen:
+        os.environ[ARROW_POOL] = "system"
+    try:
+        import pyarrow as pa
+    finally:
+        if chosen:
+            del os.environ[ARROW_POOL]
     pa.set_memory_pool(pa.system_memory_pool())
     name = ctypes.util.find_library("c")
     try:

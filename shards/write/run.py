@@ -44,10 +44,12 @@ from shards.layout.manifest import (
 from shards.layout.plan import ShardSpec, plan_shards
 from shards.options import PreprocessOptions
 from shards.sources import check_source, describe_source, indexes_on_cluster, list_sources
+from shards.sources.arrays import ArrayInputs
+from shards.sources.inputs import ChainedInputs
 from shards.write import append
 from shards.write.destination import MODES
 from shards.write.sink import DestinationSink, RunIdentity
-from shards.write.task import ShardTask, write_shard_on_node
+from shards.write.task import PackedTask, ShardTask, write_shard_on_node
 
 logger = logging.getLogger(__name__)
 
@@ -209,6 +211,15 @@ def _timed_connect(address: str | None, worker_logs: bool) -> float:
     return time.perf_counter() - started
 
 
+def _packed(task: ShardTask) -> ShardTask | PackedTask:
+    """`task` as it is submitted: deflated, unless its inputs are pixels already in memory
+    (arrays deflate poorly, and a 256 MiB shard of them would cost the driver a second)."""
+    parts = task.inputs.parts if isinstance(task.inputs, ChainedInputs) else (task.inputs,)
+    if any(isinstance(part, ArrayInputs) for part in parts):
+        return task
+    return PackedTask.of(task)
+
+
 def _tasks_in_flight(workers: int | None, limit: int) -> int:
     """How many shard tasks the driver keeps submitted for `limit` workers.
 
@@ -298,7 +309,7 @@ class _ShardRun:
         try:
             while upcoming is not None or in_flight:
                 while upcoming is not None and len(in_flight) < in_flight_limit:
-                    in_flight[task.remote(self._task(upcoming))] = upcoming
+                    in_flight[task.remote(_packed(self._task(upcoming)))] = upcoming
                     upcoming = next(pending, None)
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in ready:

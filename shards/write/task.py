@@ -3,13 +3,19 @@
 Nothing here depends on Ray, so it can be called and tested directly. The task returns only the
 small receipt; image bytes never travel through the object store (in-memory arrays, which have
 nowhere else to come from, travel in the task's own arguments).
+
+A task of names and byte ranges travels deflated (`PackedTask`): Ray keeps an argument over
+100 KB in the object store, whose pages count in the driver's memory while the task is queued
+or running, and a tar shard's names repeat the archive's path on every row.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
+import pickle
 import time
+import zlib
 from collections.abc import Sequence
 
 import numpy as np
@@ -56,6 +62,35 @@ class ShardTask:
     run_key: str
 
 
+#: zlib's fastest level: a 21,845-row tar shard's task, 2.3 MB pickled, deflates to 180 KB in
+#: 6 ms (13x); level 6 saves 6% more in 4x the time.
+PACK_LEVEL = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedTask:
+    """A ShardTask pickled and deflated by the driver, inflated by the task.
+
+    Attributes:
+        data: the deflated pickle.
+    """
+
+    data: bytes
+
+    @classmethod
+    def of(cls, task: ShardTask) -> PackedTask:
+        """`task` packed. Ray's cloudpickle writes it: it pickles what Ray would have."""
+        from ray import cloudpickle
+
+        return cls(zlib.compress(cloudpickle.dumps(task, protocol=5), PACK_LEVEL))
+
+    def unpack(self) -> ShardTask:
+        task = pickle.loads(zlib.decompress(self.data))
+        if not isinstance(task, ShardTask):
+            raise TypeError(f"a packed task holds a {type(task).__name__}, not a ShardTask")
+        return task
+
+
 def write_shard(task: ShardTask, node: str = "") -> Receipt:
     """Write the task's shard and leave its receipt in DEST/.parts.
 
@@ -73,11 +108,13 @@ def write_shard(task: ShardTask, node: str = "") -> Receipt:
     return receipt
 
 
-def write_shard_on_node(task: ShardTask) -> Receipt:
+def write_shard_on_node(task: ShardTask | PackedTask) -> Receipt:
     """The Ray task: record the node it ran on, then write the shard. It lives here, not beside
     the driver's loop in `shards.write.run`, so a worker imports only what a shard needs."""
     import ray
 
+    if isinstance(task, PackedTask):
+        task = task.unpack()
     return write_shard(task, node=ray.get_runtime_context().get_node_id())
 
 
