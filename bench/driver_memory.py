@@ -9,11 +9,14 @@ over the samples added. A reader reports the same for `shards.open` and a whole 
 plan` on a generated Parquet list of 100M paths (which need not exist) shows the listing and
 planning at a scale this machine cannot preprocess; the 1B row projects from the measured slope.
 `--append` in the same run: time to add 20k samples to a 20k run against a fresh run of them.
+`--counts 20000,200000,2000000 --kinds tar --runs 1` adds the 2M row (7 GB of archives and 25 GB
+of shards under --work); growth is shown between each two sizes.
 """
 
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
 import subprocess
@@ -226,9 +229,15 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench driver", description=__doc__.splitlines()[0])
     parser.add_argument("--counts", default="20000,200000", help="sample counts (whole archives of 10k)")
     parser.add_argument("--plan-rows", type=int, default=100_000_000, help="rows of the Parquet path list (0: skip)")
+    parser.add_argument("--kinds", default="tar,folder", help="sources to run: tar, folder or both")
+    parser.add_argument("--runs", type=int, default=RUNS, help="driver runs a size (the median is shown)")
+    parser.add_argument("--append", action=argparse.BooleanOptionalAction, default=True, help="time --append")
     parser.add_argument("--work", default="/tmp/shards-bench-driver")
     args = parser.parse_args(argv)
     counts = [int(c) for c in args.counts.split(",")]
+    kinds = [kind for kind in args.kinds.split(",") if kind]
+    if not set(kinds) <= {"tar", "folder"}:
+        parser.error(f"--kinds: tar or folder, got {args.kinds!r}")
     os.makedirs(args.work, exist_ok=True)
     print(cpu_device_line())
     rows: dict[tuple[str, int], dict] = {}
@@ -236,12 +245,12 @@ def main(argv: list[str]) -> int:
         f"{'source':<7}{'samples':>11}  {'wall':>8}  {'us/img':>7}  {'driver VmHWM':>13}  {'RssAnon':>11}  "
         f"{'reader VmHWM':>13}  {'RssAnon':>11}"
     )
-    for kind in ("tar", "folder"):
+    for kind in kinds:
         for count in counts:
             src = ensure_tars(args.work, count) if kind == "tar" else ensure_folder(args.work, count)
             dest = os.path.join(args.work, "out")
             # Median of RUNS: Ray's own threads move a driver's peak by a few MB from run to run.
-            runs = sorted((run_driver(src, dest) for _ in range(RUNS)), key=lambda r: r["peak_rss_anon"])
+            runs = sorted((run_driver(src, dest) for _ in range(args.runs)), key=lambda r: r["peak_rss_anon"])
             driver = dict(runs[len(runs) // 2], seconds=sorted(r["seconds"] for r in runs)[len(runs) // 2])
             driver["peak_rss"] = sorted(r["peak_rss"] for r in runs)[len(runs) // 2]
             reader = run_reader(dest)
@@ -253,11 +262,10 @@ def main(argv: list[str]) -> int:
                 f"{mib(reader['peak_rss']):>13}  {mib(reader['peak_rss_anon']):>11}",
                 flush=True,
             )
-    low, high = counts[0], counts[-1]
     slopes = {}
-    if high > low:
+    for low, high in itertools.pairwise(counts):
         print(f"growth a sample, {low:,} -> {high:,} (the budget: 16 bytes):")
-        for kind in ("tar", "folder"):
+        for kind in kinds:
             r_low, r_high = rows[(kind, low)], rows[(kind, high)]
             for side in ("driver", "reader"):
                 for key in ("peak_rss", "peak_rss_anon"):
@@ -266,10 +274,13 @@ def main(argv: list[str]) -> int:
                     print(f"  {kind:<7}{side:<7}{key:<14}{slope:7.1f} B")
             ratio = (r_high["driver"]["seconds"] / high) / (r_low["driver"]["seconds"] / low)
             print(f"  {kind:<7}per-image time {high:,} / {low:,}: {ratio:.2f}x")
-        for kind in ("tar", "folder"):
+    if len(counts) > 1:
+        high = counts[-1]
+        for kind in kinds:
             peak = rows[(kind, high)]["driver"]["peak_rss"]
             slope = max(0.0, slopes[(kind, "driver", "peak_rss")])
-            print(f"  projected driver VmHWM at 1B ({kind}): {(peak + slope * (10**9 - high)) / 2**30:.2f} GiB")
+            projected = (peak + slope * (10**9 - high)) / 2**30
+            print(f"  projected driver VmHWM at 1B ({kind}, the last slope): {projected:.2f} GiB")
     if args.plan_rows:
         listed = ensure_path_list(args.work, args.plan_rows)
         plan = run_plan(listed)
@@ -277,6 +288,8 @@ def main(argv: list[str]) -> int:
             f"shards plan on a {args.plan_rows:,}-row Parquet list: {plan['seconds']:.0f} s, "
             f"VmHWM {mib(plan['peak_rss'])}"
         )
+    if not args.append:
+        return 0
     times = append_times(args.work)
     print(
         f"--append of 20,000 samples to a 20,000-sample run: {times['append_seconds']:.1f} s; a fresh run of them "

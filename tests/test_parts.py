@@ -86,3 +86,36 @@ def test_a_listing_in_parts_keeps_nothing_a_sample_on_the_driver(tmp_path):
     arrow_kept = pa.total_allocated_bytes() - arrow_before
     assert len(listing) == 12_000 and listing.parts == 6
     assert kept + arrow_kept < 150_000, (kept, arrow_kept)
+
+
+INLINE_LIMIT = 100 * 1024  # Ray's max_direct_call_object_size: larger values go to the object store
+
+
+def test_what_crosses_ray_for_an_archive_stays_under_the_inline_limit_and_comes_back_whole(tmp_path):
+    """An archive's index (10,000 members) and a 3,125-row shard's task cross Ray packed: each
+    under the size Ray returns or sends inline, so the driver maps no object-store pages for
+    them, and each unpacks to exactly what was packed."""
+    from shards.options import PreprocessOptions
+    from shards.sources.tar import _unpacked, index_archive, index_archive_packed
+    from shards.write.task import PackedTask, ShardTask
+
+    archive = tmp_path / f"{'long-folder-name/' * 4}data-000000.tar"
+    archive.parent.mkdir(parents=True)
+    _tar(archive, [i % 10 for i in range(10_000)], 0)
+    job = (str(archive), ("label",))
+    packed = index_archive_packed(job)
+    assert len(packed) < INLINE_LIMIT and _unpacked(packed).equals(index_archive(job))
+
+    listing = list_sources(str(archive))
+    positions = np.arange(1000, 4125)
+    rows = listing.shard_rows(positions)
+    task = ShardTask(
+        str(tmp_path / "out"), "shard-00000", positions, rows.names, listing.run_targets, rows.values,
+        rows.problems, rows.inputs, PreprocessOptions(size=16), "key",
+    )  # fmt: skip
+    data = PackedTask.of(task).data
+    assert len(data) < INLINE_LIMIT
+    back = PackedTask(data).unpack()
+    assert list(back.names) == list(task.names) and back.positions.tolist() == positions.tolist()
+    assert back.values.tolist() == task.values.tolist() and back.options == task.options
+    assert list(back.inputs.read(2**20)) == [f"image {i}".encode() for i in positions]

@@ -20,7 +20,7 @@ from shards.sources.folder import IMAGE_EXTENSIONS, is_image_name
 from shards.sources.listing import RunListing
 from shards.sources.parts import ListingSpill
 
-Mapper = Callable[[Callable[[str], pa.Table], Sequence[str]], Iterable[pa.Table]]
+Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[Any]]
 KINDS = "a folder or prefix of images, .tar archives or .parquet files, a .tar, .csv or .parquet file"
 
 

@@ -74,7 +74,7 @@ def expand_pattern(src: str) -> list[str]:
 
 def list_tar(
     archives: Sequence[str],
-    mapper: Callable[[Callable[[Any], pa.Table], Sequence[Any]], Iterable[pa.Table]] | None = None,
+    mapper: Callable[[Callable[[Any], Any], Sequence[Any]], Iterable[Any]] | None = None,
     label_columns: Sequence[str] = ("label",),
     extra_columns: Sequence[str] = (),
 ) -> PartedListing:
@@ -82,7 +82,11 @@ def list_tar(
     and list their samples in order, a part per archive spilled to local disk."""
     fields = tuple(dict.fromkeys([*label_columns, *extra_columns]))
     spill = ListingSpill(archives[0])
-    tables = (mapper or map_with_threads)(index_archive, [(archive, fields) for archive in archives])
+    jobs = [(archive, fields) for archive in archives]
+    if mapper is None:
+        tables: Iterable[pa.Table] = map_with_threads(index_archive, jobs)
+    else:
+        tables = (_unpacked(data) for data in mapper(index_archive_packed, jobs))
     for archive, table in zip(archives, tables):
         spill.add(_archive_listing(archive, table, fields, label_columns, extra_columns))
     return spill.finish(keeps_order=True)
@@ -143,6 +147,22 @@ def map_with_threads(function: Callable[[Any], pa.Table], jobs: Sequence[Any]) -
         finally:
             for future in running:
                 future.cancel()
+
+
+def index_archive_packed(job: tuple[str, tuple[str, ...]]) -> bytes:
+    """`index_archive` as a Ray task returns it: Arrow IPC with zstd buffers, 42 KB for the
+    612 KB index of a 10,000-member archive. Under Ray's 100 KB limit a result comes back inline,
+    in the driver's heap, freed when taken; over it, it lands in the object store, whose pages
+    stay counted in the driver's memory once it has read them."""
+    table = index_archive(job)
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema, options=pa.ipc.IpcWriteOptions(compression="zstd")) as writer:
+        writer.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _unpacked(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(data).read_all()
 
 
 def index_archive(job: tuple[str, tuple[str, ...]]) -> pa.Table:
