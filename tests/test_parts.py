@@ -10,9 +10,10 @@ import tracemalloc
 
 import numpy as np
 import pyarrow as pa
+import pytest
 
 from shards.layout.plan import plan_shards
-from shards.sources import list_sources
+from shards.sources import list_sources, parts
 from shards.sources.parts import PART_ROWS, PartedListing
 
 ROWS = 40_000  # three parts of a path list
@@ -27,7 +28,12 @@ def _path_list(tmp_path) -> tuple[str, list[str]]:
     return str(path), labels
 
 
-def test_a_path_list_in_parts_plans_every_input_once_with_its_label(tmp_path):
+@pytest.mark.parametrize("least", [parts.REGROUP_ROWS, 1000])
+def test_a_path_list_in_parts_plans_every_input_once_with_its_label(tmp_path, monkeypatch, least):
+    """The regroup's budget in groups of buckets: 3 groups at the default least budget, 40 (and
+    3 x 40 scattered pieces) at 1,000 inputs."""
+    monkeypatch.setattr(parts, "REGROUP_ROWS", least)
+    monkeypatch.setattr(parts, "REGROUP_GROWTH", 0)
     src, labels = _path_list(tmp_path)
     listing = list_sources(src)
     assert isinstance(listing, PartedListing) and listing.parts == 3 and len(listing) == ROWS
