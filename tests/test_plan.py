@@ -50,3 +50,21 @@ def test_a_plan_of_a_billion_inputs_holds_no_array_of_them():
     assert len(first.positions) == 21_845 and len(last.positions) == 10**9 % 21_845
     assert not set(first.positions.tolist()) & set(last.positions.tolist())
     assert plan.named(last.name).index == last.index and plan.names()[-1] == last.name
+
+
+# The plan order of each PLAN_ORDER, as a digest: a run resumed by code whose permutation
+# differs would keep shards of one order and write the rest by the other.
+PLAN_ORDER_DIGESTS = {2: "3bd9a7e90ba99140"}
+
+
+def test_the_plan_order_is_the_one_its_run_key_names():
+    import hashlib
+
+    from shards.layout.manifest import PLAN_ORDER
+
+    order = np.asarray(plan_shards(1000, 100, seed=0).order, dtype="<i8")
+    digest = hashlib.sha256(order.tobytes()).hexdigest()[:16]
+    assert PLAN_ORDER_DIGESTS.get(PLAN_ORDER) == digest, (
+        f"the plan's order changed (digest {digest}) under PLAN_ORDER {PLAN_ORDER}: raise "
+        "shards.layout.manifest.PLAN_ORDER, so runs of the old order are not resumed, and record the digest here"
+    )

@@ -44,6 +44,11 @@ HOW_TO_PROCEED = (
 # two resamplers in one run. 2: 0.3.0's first antialiased resampler (0.2.0 keys had no such
 # field); 3: Pillow's bicubic filter (shards.write.resample).
 PIXELS = 3
+# Raised when equal inputs, options and seed start to put other samples in each shard, so
+# `--resume` never keeps shards of one plan order and writes the rest by another (each sample
+# would then be written twice or not at all). 2: the computed permutation (shards.permutation)
+# that replaced 0.3.0's permutation array; keys before it had no such field.
+PLAN_ORDER = 2
 _RUN_KEY = re.compile(r"[0-9a-f]{64}")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _REQUIRED = ("version", "format", "complete", "count", "shape", "dtype", "classes", "rejected", "shards", "config")
@@ -127,9 +132,15 @@ def run_key(listing_fingerprint: str, options: PreprocessOptions) -> str:
     The reject policy (`--max-rejects`) is left out: it shapes no byte, and a run that failed
     its limit must be resumable under a higher one. Runs written before this rule carry keys
     that included it; they open as before but cannot be resumed by this version. `PIXELS`
-    names the resampler, so a run started by another one is not resumed either.
+    names the resampler and `PLAN_ORDER` the plan's permutation, so a run started by another
+    one is not resumed either.
     """
-    record = {"listing": listing_fingerprint, "config": options.output_json(), "pixels": PIXELS}
+    record = {
+        "listing": listing_fingerprint,
+        "config": options.output_json(),
+        "pixels": PIXELS,
+        "plan_order": PLAN_ORDER,
+    }
     payload = json.dumps(record, sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()
 
