@@ -2,12 +2,18 @@
 from local files, in one run.
 
 An aiohttp server in a process of its own serves the corpus on loopback and waits `--latency`
-(default 50 ms) before each answer, as a distant server would. shards preprocesses the corpus
-twice at default options: from its folder, and from a CSV list of the same images' URLs (each
-shard task keeps 64 fetches in flight). The rows are the steady rate (shards' own figure, Ray's
-start left out) and the whole-process rate; the ratio is URL over local, interleaved rounds,
-median of each. The URL runs share the machine's cores with the server, which a node fetching
-from the internet would not: the server's share of the CPU is printed beside the ratio.
+(default 50 ms) before each answer, as a distant server would; a second one answers at once.
+shards preprocesses the corpus three times at default options: from its folder, from a CSV list
+of the same images' URLs on the prompt server, and from one on the slow server (each shard task
+keeps 64 fetches in flight). The rows are the steady rate (shards' own figure, Ray's start left
+out) and the whole-process rate, interleaved rounds, median of each. Two ratios split the gap
+to local files: the prompt server against local files is what HTTP costs in CPU (the client's
+parsing in the task, and the server's, which shares the machine's cores, as a server on the
+internet would not: its share of the CPU is printed); the slow server against the prompt one
+is what the latency costs once that CPU is paid, which the window of fetches in flight hides
+but for its fill: each shard task opens its window anew and waits one latency for its first
+image. The default 20,000 images make shards of 313 (auto), as a run of that size has; at 2,000
+they are 32 images, and that wait was a third of each shard's time.
 """
 
 from __future__ import annotations
@@ -85,57 +91,74 @@ def shards_run(src: str, dest: str) -> dict:
     return json.loads(line[len("RESULT ") :])
 
 
+def start_server(corpus: str, latency: float) -> tuple[subprocess.Popen, int]:
+    """A server process for the corpus on a free loopback port, once it accepts connections."""
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "bench.url_fetch", "serve", corpus, str(port), str(latency)])
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                return server, port
+        time.sleep(0.1)
+    server.kill()
+    raise SystemExit(f"the bench's HTTP server did not listen on port {port} within 30 s")
+
+
 def main(argv: list[str]) -> int:
     if argv[:1] == ["serve"]:
         serve(*argv[1:])
         return 0
     parser = argparse.ArgumentParser(prog="python -m bench urls", description=__doc__.splitlines()[0])
-    parser.add_argument("--images", type=int, default=2000, help="ImageNet-sized JPEGs (default 2000)")
+    parser.add_argument("--images", type=int, default=20_000, help="ImageNet-sized JPEGs (default 20,000)")
     parser.add_argument("--latency", type=float, default=0.05, help="seconds before each answer (default 0.05)")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--work", default="/tmp/shards-bench")
     args = parser.parse_args(argv)
     print(cpu_device_line())
     corpus = ensure_corpus(os.path.join(args.work, f"imagenet-{args.images}"), args.images, sizes=(300, 640))
-    port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "bench.url_fetch", "serve", corpus, str(port), str(args.latency)])
+    servers: dict[str, subprocess.Popen] = {}
+    results: dict[str, list[dict]] = {"local": []}
+    shares: dict[str, list[float]] = {}
     try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.1)
-        url_list = os.path.join(args.work, f"urls-{args.images}.csv")
-        count = write_url_list(corpus, port, url_list)
-        local, remote, server_share = [], [], []
+        lists = {}
+        for name, latency in (("prompt", 0.0), ("slow", args.latency)):
+            servers[name], port = start_server(corpus, latency)
+            lists[name] = os.path.join(args.work, f"urls-{args.images}-{name}.csv")
+            count = write_url_list(corpus, port, lists[name])
+            results[name], shares[name] = [], []
         for _ in range(args.rounds):
-            local.append(shards_run(corpus, os.path.join(args.work, "urls-bench-local")))
-            used, begun = cpu_seconds(server.pid), time.perf_counter()
-            remote.append(shards_run(url_list, os.path.join(args.work, "urls-bench-remote")))
-            spent = cpu_seconds(server.pid) - used
-            server_share.append(spent / ((time.perf_counter() - begun) * (os.cpu_count() or 1)))
+            results["local"].append(shards_run(corpus, os.path.join(args.work, "urls-bench-local")))
+            for name, url_list in lists.items():
+                used, begun = cpu_seconds(servers[name].pid), time.perf_counter()
+                results[name].append(shards_run(url_list, os.path.join(args.work, "urls-bench-remote")))
+                spent = cpu_seconds(servers[name].pid) - used
+                shares[name].append(spent / ((time.perf_counter() - begun) * (os.cpu_count() or 1)))
     finally:
-        server.terminate()
-        server.wait(timeout=30)
+        for server in servers.values():
+            server.terminate()
+            server.wait(timeout=30)
 
-    def median(results: list[dict], key: str) -> float:
-        return statistics.median(result[key] for result in results)
+    def steady(name: str) -> float:
+        return statistics.median(result["steady_images_per_second"] for result in results[name])
 
-    def whole(results: list[dict]) -> float:
-        return statistics.median(result["images"] / result["seconds"] for result in results)
+    def whole(name: str) -> float:
+        return statistics.median(result["images"] / result["seconds"] for result in results[name])
 
-    print(f"{count} images, {args.latency * 1000:.0f} ms before each answer, {args.rounds} rounds (medians)")
-    print("| source | steady img/s | whole-process img/s |")
-    print("|---|---|---|")
-    print(f"| local files | {median(local, 'steady_images_per_second'):,.0f} | {whole(local):,.0f} |")
-    print(f"| URL list | {median(remote, 'steady_images_per_second'):,.0f} | {whole(remote):,.0f} |")
-    steady = median(remote, "steady_images_per_second") / median(local, "steady_images_per_second")
-    print(f"URL list / local files: steady {steady:.2f}x, whole process {whole(remote) / whole(local):.2f}x")
-    print(
-        f"the loopback server itself took {statistics.median(server_share):.0%} of the machine's CPU during the "
-        "URL runs (a remote server would not)"
-    )
+    ms = f"{args.latency * 1000:.0f} ms"
+    print(f"{count} images, {args.rounds} rounds (medians)")
+    print("| source | steady img/s | whole-process img/s | server's share of the CPU |")
+    print("|---|---|---|---|")
+    print(f"| local files | {steady('local'):,.0f} | {whole('local'):,.0f} | |")
+    for name, label in (("prompt", "URL list, server answers at once"), ("slow", f"URL list, server waits {ms}")):
+        share = statistics.median(shares[name])
+        print(f"| {label} | {steady(name):,.0f} | {whole(name):,.0f} | {share:.0%} |")
+    for name, base, what in (
+        ("slow", "local", f"URL list ({ms}) / local files"),
+        ("prompt", "local", "HTTP's CPU: prompt server / local files"),
+        ("slow", "prompt", f"latency: {ms} / prompt server"),
+    ):
+        print(f"{what}: steady {steady(name) / steady(base):.2f}x, whole process {whole(name) / whole(base):.2f}x")
     return 0
 
 
