@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import csv
 import os
 import socket
@@ -57,15 +58,14 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def write_url_list(root: str, port: int, out: str) -> int:
-    paths = jpeg_paths(root)
+def write_url_list(root: str, paths: list[str], port: int, out: str) -> None:
+    """A CSV of `url,label` for the corpus's files on the server at `port`."""
     with open(out, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["url", "label"])
         for path in paths:
             relative = os.path.relpath(path, root)
             writer.writerow([f"http://127.0.0.1:{port}/{relative}", relative.split(os.sep)[0]])
-    return len(paths)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -117,16 +117,16 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     print(cpu_device_line())
     corpus = ensure_corpus(os.path.join(args.work, f"imagenet-{args.images}"), args.images, sizes=(300, 640))
+    paths = jpeg_paths(corpus)
     servers: dict[str, subprocess.Popen] = {}
-    results: dict[str, list[dict]] = {"local": []}
-    shares: dict[str, list[float]] = {}
+    results: dict[str, list[dict]] = collections.defaultdict(list)
+    shares: dict[str, list[float]] = collections.defaultdict(list)
     try:
         lists = {}
         for name, latency in (("prompt", 0.0), ("slow", args.latency)):
             servers[name], port = start_server(corpus, latency)
             lists[name] = os.path.join(args.work, f"urls-{args.images}-{name}.csv")
-            count = write_url_list(corpus, port, lists[name])
-            results[name], shares[name] = [], []
+            write_url_list(corpus, paths, port, lists[name])
         for _ in range(args.rounds):
             results["local"].append(shards_run(corpus, os.path.join(args.work, "urls-bench-local")))
             for name, url_list in lists.items():
@@ -146,7 +146,7 @@ def main(argv: list[str]) -> int:
         return statistics.median(result["images"] / result["seconds"] for result in results[name])
 
     ms = f"{args.latency * 1000:.0f} ms"
-    print(f"{count} images, {args.rounds} rounds (medians)")
+    print(f"{len(paths)} images, {args.rounds} rounds (medians)")
     print("| source | steady img/s | whole-process img/s | server's share of the CPU |")
     print("|---|---|---|---|")
     print(f"| local files | {steady('local'):,.0f} | {whole('local'):,.0f} | |")
