@@ -31,7 +31,8 @@ def shards_preprocess(
     (off for throughput runs: the sampler's /proc scans cost CPU on a 2-core machine)."""
     import shards
 
-    options = shards.PreprocessOptions(size=SIZE, format=fmt, shard_size=shard_size)
+    # The URL bench's servers are on loopback, which a URL list may not reach by default.
+    options = shards.PreprocessOptions(size=SIZE, format=fmt, shard_size=shard_size, allow_private_urls=True)
     sampler = PeakSampler({"driver": lambda: ["self"], "workers": ray_worker_pids}) if memory == "on" else None
     with sampler or contextlib.nullcontext():
         summary = shards.preprocess(src, dest, options, mode="overwrite", workers=_workers(workers))

@@ -171,6 +171,11 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fetch images whose server says X-Robots-Tag: noai, noimageai, noindex or noimageindex",
     )
+    parser.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        help="fetch URLs whose address is loopback, private, link-local or otherwise not public (refused by default)",
+    )
     parser.add_argument("--address", default=None, help="Ray cluster to join (default: RAY_ADDRESS or a local one)")
     parser.add_argument(
         "--endpoint-url",
@@ -214,6 +219,7 @@ def options_from_arguments(args: argparse.Namespace) -> Any:
         url_column=getattr(args, "url_column", None),
         fetch_timeout=_seconds(getattr(args, "fetch_timeout", None), "--fetch-timeout", FETCH_TIMEOUT),
         ignore_robots_headers=bool(getattr(args, "ignore_robots_headers", False)),
+        allow_private_urls=bool(getattr(args, "allow_private_urls", False)),
     )
 
 

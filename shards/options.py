@@ -21,7 +21,7 @@ RESIZE_MODES = ("stretch", "crop", "pad")
 DTYPES = ("uint8", "float16", "bfloat16", "float32")
 # Decide only which inputs are refused (and whether a run may commit), never a byte of a kept
 # sample: a failed run resumes under a higher limit or a longer timeout.
-REJECT_POLICY = ("max_rejects", "max_reject_fraction", "fetch_timeout")
+REJECT_POLICY = ("max_rejects", "max_reject_fraction", "fetch_timeout", "allow_private_urls")
 # Options added after runs were written: left out of the run key at their defaults, so those
 # runs keep their key (and stay resumable).
 LATER_OPTIONS = ("url_column", "ignore_robots_headers")
@@ -147,6 +147,9 @@ class PreprocessOptions:
             takes at most 6 times this in all.
         ignore_robots_headers: fetch images whose server says `X-Robots-Tag: noai`,
             `noimageai`, `noindex` or `noimageindex` (honoured by default, as img2dataset does).
+        allow_private_urls: fetch URLs whose address is not public (loopback, private,
+            link-local, ...); refused by default, so a list from the internet cannot reach
+            services inside the cluster.
     """
 
     size: tuple[int, int] = (224, 224)
@@ -165,6 +168,7 @@ class PreprocessOptions:
     url_column: str | None = None
     fetch_timeout: float = FETCH_TIMEOUT
     ignore_robots_headers: bool = False
+    allow_private_urls: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", parse_size(self.size))
@@ -194,8 +198,9 @@ class PreprocessOptions:
         if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 3600:
             raise ConfigError(f"--fetch-timeout must be a number of seconds in (0, 3600], got {timeout!r}")
         object.__setattr__(self, "fetch_timeout", float(timeout))
-        if not isinstance(self.ignore_robots_headers, bool):
-            raise ConfigError(f"ignore_robots_headers must be true or false, got {self.ignore_robots_headers!r}")
+        for name in ("ignore_robots_headers", "allow_private_urls"):
+            if not isinstance(getattr(self, name), bool):
+                raise ConfigError(f"{name} must be true or false, got {getattr(self, name)!r}")
         for names in (self.label_columns, self.extra_columns):
             if len(set(names)) < len(names):
                 raise ConfigError(f"a column is named twice in {','.join(names)!r}")
@@ -222,7 +227,11 @@ class PreprocessOptions:
         """What `list_sources` takes from these options: the columns and how URLs are fetched."""
         from shards.io.http import FetchSettings
 
-        fetch = FetchSettings(timeout=self.fetch_timeout, honour_robots=not self.ignore_robots_headers)
+        fetch = FetchSettings(
+            timeout=self.fetch_timeout,
+            honour_robots=not self.ignore_robots_headers,
+            allow_private=self.allow_private_urls,
+        )
         return {
             "image_column": self.image_column,
             "label_columns": self.label_columns,
@@ -324,6 +333,7 @@ _FLAGS: dict[str, tuple[str, Callable[[Any], str] | None]] = {
     "url_column": ("--url-column", str),
     "fetch_timeout": ("--fetch-timeout", lambda seconds: f"{seconds:g}"),
     "ignore_robots_headers": ("--ignore-robots-headers", None),
+    "allow_private_urls": ("--allow-private-urls", None),
 }
 
 

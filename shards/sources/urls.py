@@ -6,6 +6,9 @@ of millions starts at once. Each task fetches its shard's URLs with bounded conc
 (`shards.io.http`); a URL that fails (`HTTP 404`, `timed out after 10 s`, too large, not an
 image) is a reject with that reason. Only http:// and https:// are accepted, checked for every
 row before any work.
+
+A URL's credentials (`http://user:secret@host/...`) are used to fetch it and never written:
+index.parquet, rejects.jsonl and every message name it as `http://***@host/...`.
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ if TYPE_CHECKING:
     from shards.sources.listing import Listing
 
 URL_COLUMN = "url"
+#: A URL's userinfo: everything of the authority before its last "@".
+_USERINFO = r"^([A-Za-z][A-Za-z0-9+.-]*://)[^/?#]*@"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -93,13 +98,21 @@ def list_urls(
     urls = text_column(path, table, url_column, "URLs")
     lowered = pc.utf8_lower(urls)
     fetchable = pc.or_(pc.starts_with(lowered, SCHEMES[0]), pc.starts_with(lowered, SCHEMES[1]))
+    names = redacted(urls)
     refused = pc.sum(pc.invert(fetchable).cast(pa.int64())).as_py() or 0
     if refused:
-        first = urls.filter(pc.invert(fetchable))[0].as_py()
+        first = names.filter(pc.invert(fetchable))[0].as_py()
         raise SourceError(
             f"{path}: {refused:,} row(s) of {url_column!r} are not http:// or https:// URLs, such as {first[:200]!r}"
         )
-    return listing_of(path, table, urls, label_columns, extra_columns, kind=UrlKind(urls, settings))
+    return listing_of(path, table, names, label_columns, extra_columns, kind=UrlKind(urls, settings))
+
+
+def redacted(urls: pa.ChunkedArray) -> pa.ChunkedArray:
+    """`urls` as they are written and printed: userinfo replaced by `***`."""
+    import pyarrow.compute as pc
+
+    return pc.replace_substring_regex(urls, pattern=_USERINFO, replacement=r"\1***@")
 
 
 def _chunks(values: pa.Array | pa.ChunkedArray) -> list[pa.Array]:
