@@ -15,7 +15,7 @@ import pytest
 
 import shards
 from shards import cli
-from shards.errors import ConfigError, DestinationError
+from shards.errors import ConfigError, DestinationError, ManifestError, RejectLimitError
 from shards.synthetic import make_image_folder
 from tests.conftest import wait_for_finished_shards
 
@@ -155,3 +155,114 @@ def test_the_command_appends_and_refuses_in_one_line(run_and_more, capsys):
     assert len(shards.open(dest)) == 65
     assert cli.main(["inspect", dest]) == 0
     assert f"appended  25 samples in 3 shard(s) from {more}" in capsys.readouterr().out
+
+
+def run_files(folder: str) -> dict[str, bytes]:
+    """Every file under DEST (its .parts included) and its bytes."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        for name in names:
+            path = os.path.join(root, name)
+            found[os.path.relpath(path, folder)] = open(path, "rb").read()
+    return found
+
+
+def test_an_append_cut_in_its_commit_then_resumed_commits_what_an_uncut_one_would(run_and_more, tmp_path):
+    """The driver is killed between rejects.jsonl and the manifest (the commit's last step): the
+    files then hold the union's rows beside the run's manifest. `--resume` takes the run's own
+    rows only, so the union verifies and names every sample's source rightly."""
+    _, more, dest = run_and_more
+    add_bad_files_light(os.path.join(more, "class_0"))
+    cut = (
+        "import os, signal, sys; import shards.write.sink as sink; "
+        "sink.write_manifest = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL); "
+        "from shards import cli; sys.exit(cli.main(sys.argv[1:]))"
+    )
+    command = ["-q", "preprocess", more, dest, "--append", "--address", shards_cluster_address()]
+    killed = subprocess.run([sys.executable, "-c", cut, *command], stdout=subprocess.DEVNULL, timeout=300)
+    assert killed.returncode == -9
+    base = shards.open(dest)
+    assert len(base) == 40 and len(base.labels()) == 40  # the base run, read as before
+    summary = shards.preprocess(more, dest, mode="resume")
+    assert summary.resumed_shards >= 1
+    assert cli.main(["verify", dest]) == 0
+    record = json.load(open(os.path.join(dest, "manifest.json")))
+    assert record["count"] == 65 and record["rejected"] == 2
+    assert len(open(os.path.join(dest, "rejects.jsonl")).read().splitlines()) == 2
+    union = shards.open(dest)
+    sources = union.columns(["source"])["source"].tolist()
+    assert len(sources) == 65 and sum(s.startswith(more) for s in sources) == 25
+    for source, label in zip(sources, union.labels().tolist()):
+        assert union.classes[label] == os.path.basename(os.path.dirname(source)), (source, label)
+    later = tmp_path / "later"
+    make_image_folder(str(later), 5, classes=1, sizes=(32, 40), seed=7)
+    shards.preprocess(str(later), dest, mode="append")
+    assert cli.main(["verify", dest]) == 0
+    assert sum(s.startswith(str(later)) for s in shards.open(dest).columns(["source"])["source"].tolist()) == 5
+
+
+def add_bad_files_light(folder: str) -> None:
+    """Two inputs that are rejected at once: an empty file and text named as an image."""
+    os.makedirs(folder, exist_ok=True)
+    open(os.path.join(folder, "empty.jpg"), "wb").close()
+    with open(os.path.join(folder, "notes.png"), "wb") as handle:
+        handle.write(b"this is a text file with an image extension\n" * 20)
+
+
+def test_an_append_whose_inputs_are_all_rejected_leaves_dest_as_it_was(run_and_more, tmp_path):
+    _, more, dest = run_and_more
+    allbad = str(tmp_path / "allbad")
+    add_bad_files_light(os.path.join(allbad, "class_0"))
+    before = run_files(dest)
+    with pytest.raises(
+        RejectLimitError,
+        match=r"all 2 inputs were rejected \(1 empty file, 1 not an image Pillow can read\); nothing was",
+    ):
+        shards.preprocess(allbad, dest, mode="append")
+    after = run_files(dest)
+    assert after.keys() == before.keys() and after == before  # no claim, shard or receipt left
+    with pytest.raises(RejectLimitError, match="all 2 inputs were rejected"):
+        shards.preprocess(allbad, dest, mode="append", max_rejects="100%")
+    assert run_files(dest) == before
+    shards.preprocess(more, dest, mode="append")  # DEST takes the next append
+    assert len(shards.open(dest)) == 65 and cli.main(["verify", dest]) == 0
+
+
+def test_a_reader_keeps_to_its_run_after_an_append_and_refuses_after_an_overwrite(run_and_more, tmp_path):
+    _, more, dest = run_and_more
+    opened = shards.open(dest)
+    labels, sources = opened.labels().tolist(), opened.columns(["source"])["source"].tolist()
+    shards.preprocess(more, dest, mode="append")
+    fresh = shards.open(dest)  # a new reader of the same run: its columns are not yet read
+    assert len(fresh) == 65
+    assert opened.labels().tolist() == labels  # the run it opened: 40, not the union's 65
+    reopened_before = copy_of_reader_without_cached_columns(opened)
+    assert reopened_before.columns(["source"])["source"].tolist() == sources
+    other = tmp_path / "other"
+    make_image_folder(str(other), 30, classes=2, sizes=(32, 40), seed=8)
+    shards.preprocess(str(other), dest, mode="overwrite", size=SIZE, resize="stretch")
+    with pytest.raises(ManifestError, match="index.parquet belongs to another run than the one opened"):
+        opened.labels()
+    with pytest.raises(ManifestError, match="index.parquet belongs to another run than the one opened"):
+        copy_of_reader_without_cached_columns(fresh).columns(["source"])
+
+
+def copy_of_reader_without_cached_columns(reader):
+    """The reader as it was opened, before it read any column (columns are read once, then kept)."""
+    import copy
+
+    view = copy.copy(reader)
+    view._columns = {}
+    return view
+
+
+def test_an_append_onto_a_run_whose_index_disagrees_with_its_manifest_is_refused(run_and_more):
+    import pyarrow.parquet as pq
+
+    _, more, dest = run_and_more
+    index = pq.read_table(os.path.join(dest, "index.parquet"))
+    pq.write_table(index.slice(0, 39).replace_schema_metadata(None), os.path.join(dest, "index.parquet"))
+    before = run_files(dest)
+    with pytest.raises(ManifestError, match="index.parquet holds 39 rows and manifest.json counts 40; they disagree"):
+        shards.preprocess(more, dest, mode="append")
+    assert run_files(dest) == before

@@ -43,7 +43,7 @@ def test_predict_writes_one_row_per_sample_in_order_with_injected_oom(model_and_
 
     out = str(tmp_path / "p.parquet")
     result = predict_to_parquet(
-        dataset, fragile, out, PredictOptions(batch_size="auto", top_k=2), sources=index_sources(dest)
+        dataset, fragile, out, PredictOptions(batch_size="auto", top_k=2), sources=index_sources(dataset)
     )
     table = pq.read_table(out)
     assert result["rows"] == table.num_rows == 90 and result["batch_size"] == 11
@@ -54,7 +54,7 @@ def test_predict_writes_one_row_per_sample_in_order_with_injected_oom(model_and_
     assert sum(sizes[4:]) == 90  # after backing off, every sample predicted exactly once
     expected = model.predict_on_batch(dataset.read(np.arange(90))[0]).argmax(1)
     assert table.column("prediction").to_pylist() == expected.tolist()
-    assert table.column("source").to_pylist() == index_sources(dest).to_pylist()
+    assert table.column("source").to_pylist() == index_sources(dataset).to_pylist()
     assert all(len(k) == 2 for k in table.column("top_k").to_pylist())
 
 

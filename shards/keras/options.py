@@ -85,8 +85,8 @@ def check_training(dest: str, options: TrainOptions, *, workers: int, gpus_per_w
         ManifestError: DEST holds no finished run.
     """
     from shards.cluster import check_workers
-    from shards.io.location import location
-    from shards.layout.manifest import INDEX, load_manifest
+    from shards.layout.index import read_run_index
+    from shards.layout.manifest import load_manifest
 
     check_workers(workers)
     if gpus_per_worker is not None and gpus_per_worker < 0:
@@ -102,7 +102,7 @@ def check_training(dest: str, options: TrainOptions, *, workers: int, gpus_per_w
     # (Multi-label samples may have no label at all; regression samples without one were rejects.)
     if not any(target.kind == "class" for target in targets.items):
         return
-    stored = targets.from_index(location(dest).read_table(INDEX, ["label"]).column("label"))
+    stored = targets.from_index(read_run_index(dest, manifest, ["label"]).column("label"))
     classes = [stored[t.name] if targets.multi else stored for t in targets.items if t.kind == "class"]
     unlabeled = int(sum((values < 0).sum() for values in classes))
     if unlabeled:

@@ -11,7 +11,7 @@ import dataclasses
 import hashlib
 import json
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -20,9 +20,6 @@ from shards.formats import FORMATS, ShardInfo, get_format
 from shards.io.location import location
 from shards.options import DTYPE_BYTES, DTYPES, MAX_SIDE, PreprocessOptions
 from shards.targets import Targets
-
-if TYPE_CHECKING:  # pyarrow is imported where it is used: a shard task's receipt never needs it
-    import pyarrow as pa
 
 # 3: `targets` records each target's kind (class, multilabel, regression), classes and width,
 # with per-target statistics; version 2 runs hold one class target (their `classes`).
@@ -342,77 +339,6 @@ def write_run_record(dest: str, key: str, source: str, options: PreprocessOption
     """Claim DEST for a run before any shard is written, so a crashed run is still recognised."""
     record = {"version": MANIFEST_VERSION, "run_key": key, "source": source, "config": options.to_json()}
     location(dest).write(f"{PARTS}/{RUN_RECORD}", _dumps(record))
-
-
-class IndexWriter:
-    """index.parquet written a shard at a time (pyarrow's ParquetWriter, a row group or more a
-    shard), so a commit holds one shard's rows and never the run's. Columns: shard (a dictionary
-    of the shards' names), row, source, label (the stored targets), then the extra columns.
-
-    Use as a context manager; the file appears whole when the block succeeds, or not at all.
-    """
-
-    def __init__(self, dest: str, shard_names: list[str]) -> None:
-        import pyarrow as pa
-
-        self.dest = dest
-        self._names = pa.array(shard_names, pa.string())
-        self._lookup = {name: index for index, name in enumerate(shard_names)}
-        self._writing = location(dest).writing(INDEX)
-        self._handle: Any = None
-        self._writer: Any = None
-        self._schema: Any = None
-
-    def __enter__(self) -> IndexWriter:
-        self._handle = self._writing.__enter__()
-        return self
-
-    def add(self, shard: str | None, sources: pa.Array, labels: pa.Array, columns: pa.Table | None = None) -> None:
-        """The rows of `shard`, in row order (its samples' sources, labels and extra columns);
-        None with no rows gives the file its columns."""
-        import pyarrow as pa
-
-        count = len(sources)
-        ids = pa.array(np.full(count, self._lookup[shard] if shard is not None else 0, np.int32))
-        table = pa.table(
-            {
-                "shard": pa.DictionaryArray.from_arrays(ids, self._names),
-                "row": pa.array(np.arange(count, dtype=np.int32)),
-                "source": sources,
-                "label": labels,
-                **({name: columns.column(name) for name in columns.column_names} if columns is not None else {}),
-            }
-        )
-        self.write(table)
-
-    def write(self, table: pa.Table) -> None:
-        """Rows already in index.parquet's columns (an appended run's own), shard as text or a
-        dictionary of names among this writer's.
-
-        Raises:
-            ManifestError: the rows' columns cannot be stored beside the rows written before.
-        """
-        import pyarrow as pa
-        import pyarrow.compute as pc
-        import pyarrow.parquet as pq
-
-        names = pc.cast(table.column("shard"), pa.string())
-        ids = pc.index_in(names, value_set=self._names).cast(pa.int32())
-        table = table.set_column(0, "shard", pa.DictionaryArray.from_arrays(ids.combine_chunks(), self._names))
-        if self._writer is None:
-            self._schema = table.schema
-            self._writer = pq.ParquetWriter(self._handle, self._schema, compression="zstd")
-        else:
-            try:
-                table = table.cast(self._schema)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, ValueError) as exc:
-                raise ManifestError(f"{self.dest}: rows do not fit index.parquet's columns ({exc})") from None
-        self._writer.write_table(table)
-
-    def __exit__(self, kind: Any, error: Any, trace: Any) -> None:
-        if self._writer is not None:
-            self._writer.close()
-        self._writing.__exit__(kind, error, trace)
 
 
 def write_rejects(dest: str, rejects: list[Reject], *, before: bytes = b"") -> None:

@@ -12,6 +12,7 @@ from shards.errors import ManifestError
 from shards.formats import ShardInfo, get_format
 from shards.io.fileio import NotRegularFileError
 from shards.io.location import location
+from shards.layout.index import run_lineage
 from shards.layout.manifest import INDEX, load_manifest
 from shards.layout.shard_files import RunFiles
 from shards.targets import Targets
@@ -88,6 +89,12 @@ def verify_dest(dest: str) -> VerifyReport:
         problems.append(f"{dest}: the manifest lists a shard twice")
     for info in manifest.shards:
         problems += shard_problems(dest, info, manifest.format, manifest.shape, manifest.dtype, manifest.targets)
+    try:
+        run_lineage(dest, manifest, location(dest).parquet_file(INDEX))
+    except ManifestError as exc:
+        problems.append(str(exc))
+    except (OSError, ValueError):
+        pass  # unreadable: said once, below
     try:
         index = location(dest).read_table(INDEX, ["shard", "row"])
         counts = index.column("shard").combine_chunks().dictionary_encode().value_counts().to_pylist()

@@ -23,7 +23,8 @@ from shards.errors import ConfigError
 from shards.formats import get_format
 from shards.formats.base import ShardReader
 from shards.io.location import location
-from shards.layout.manifest import INDEX, load_manifest
+from shards.layout.index import read_run_index
+from shards.layout.manifest import load_manifest
 from shards.layout.shard_files import RunFiles, bind_run
 from shards.options import numpy_dtype, parse_bytes
 from shards.read.cache import ShardCache
@@ -184,8 +185,12 @@ class RunReader:
 
     def labels(self) -> np.ndarray | dict[str, np.ndarray]:
         """Every sample's targets in dataset order, as batches hand them out, from index.parquet:
-        no image is read."""
-        stored = self.targets.from_index(self._place.read_table(INDEX, ["label"]).column("label"))
+        no image is read. Only the opened run's rows, whatever was appended since.
+
+        Raises:
+            ManifestError: DEST was overwritten since it was opened (the index is another run's).
+        """
+        stored = self.targets.from_index(read_run_index(self.dest, self.manifest, ["label"]).column("label"))
         return self.targets.output(stored if self._subset is None else stored[self._subset])
 
     def columns(self, names: list[str] | tuple[str, ...], positions: np.ndarray | None = None) -> dict[str, np.ndarray]:
@@ -194,6 +199,7 @@ class RunReader:
 
         Raises:
             ConfigError: a column the run did not carry.
+            ManifestError: DEST was overwritten since it was opened (the index is another run's).
         """
         wanted = [name for name in names if name not in self._columns]
         if wanted:
@@ -204,7 +210,7 @@ class RunReader:
                     f"{self.dest}: no column {missing[0]!r} in index.parquet (carried: {', '.join(carried) or 'none'}; "
                     "preprocess with --columns to carry more)"
                 )
-            table = self._place.read_table(INDEX, wanted)
+            table = read_run_index(self.dest, self.manifest, wanted)
             self._columns.update({name: table.column(name).combine_chunks() for name in wanted})
         if positions is None:
             positions = np.arange(len(self))

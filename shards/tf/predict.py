@@ -332,13 +332,12 @@ def _is_linear(model: Any, name: str) -> bool:
     return getattr(getattr(layer, "activation", None), "__name__", "linear") == "linear"
 
 
-def index_sources(dest: str) -> pa.Array | None:
-    """The source of every sample, from index.parquet (None if it is missing)."""
-    from shards.io.location import location
-    from shards.layout.manifest import INDEX
+def index_sources(dataset: RunReader) -> pa.Array | None:
+    """The source of every sample of the opened run, from index.parquet (None if it is missing)."""
+    from shards.layout.index import read_run_index
 
     try:
-        table = location(dest).read_table(INDEX, ["source"])
+        table = read_run_index(dataset.dest, dataset.manifest, ["source"])
     except FileNotFoundError:
         return None
     return table.column("source").combine_chunks()
@@ -354,7 +353,7 @@ def _predict_part(
         out,
         options,
         positions=positions,
-        sources=index_sources(dest),
+        sources=index_sources(dataset),
     )
 
 

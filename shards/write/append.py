@@ -6,6 +6,8 @@ finishes with `--resume` and keeps the new shards that verify. The run's shards 
 touched. Its commit writes index.parquet and rejects.jsonl as the union (the run's rows first,
 unchanged, so positions a reader opened before holds still name the same samples), then the
 manifest, atomically: a reader opened before sees the old run whole, one opened after the union.
+The run's rows are the base manifest's (its count, its rejects), never what a commit cut before
+its manifest left in the files, so a `--resume` of a cut commit writes what an uncut one would.
 
 Refused before anything is written, in one line: DEST without a finished run, an option that
 differs from the run's (size, resize, dtype, format, compression, columns...), new class names
@@ -21,7 +23,8 @@ from typing import Any
 
 from shards.errors import ConfigError, DestinationError, ManifestError
 from shards.io.location import location
-from shards.layout.manifest import INDEX, PARTS, REJECTS, IndexWriter, Manifest, load_manifest, read_json, run_key
+from shards.layout.index import open_base_index
+from shards.layout.manifest import PARTS, REJECTS, Manifest, load_manifest, read_json, run_key
 from shards.options import REJECT_POLICY, PreprocessOptions
 from shards.targets import combined_stats
 
@@ -34,11 +37,15 @@ def base_run(dest: str) -> Manifest:
 
     Raises:
         DestinationError: DEST holds no finished run.
+        ManifestError: the run's index or rejects disagree with its manifest.
     """
     try:
-        return load_manifest(dest)
+        base = load_manifest(dest)
     except ManifestError as exc:
         raise DestinationError(f"{dest}: --append adds to a finished run, and DEST holds none ({exc})") from None
+    open_base_index(dest, base)
+    base_rejects(dest, base)
+    return base
 
 
 def append_options(dest: str, base: Manifest, given: PreprocessOptions) -> PreprocessOptions:
@@ -91,17 +98,20 @@ def claim(dest: str, key: str, source: str) -> None:
     location(dest).write(f"{PARTS}/{APPEND_RECORD}", payload)
 
 
-def copy_index(dest: str, index: IndexWriter) -> None:
-    """The run's own index.parquet rows into `index` (the union's writer), a row group at a
-    time: the appended rows follow them, and must fit their columns (ManifestError if not)."""
-    old = location(dest).parquet_file(INDEX)
-    for group in range(old.num_row_groups):
-        index.write(old.read_row_group(group))
+def base_rejects(dest: str, base: Manifest) -> bytes:
+    """The run's own lines of rejects.jsonl, `base.rejected` of them (the append's follow):
+    lines past them are a cut commit's, and are written again by the commit that finishes it.
 
-
-def union_rejects(dest: str) -> bytes:
-    """The run's rejects.jsonl as it is (the append's lines follow it)."""
-    return location(dest).read(REJECTS) or b""
+    Raises:
+        ManifestError: the file has fewer lines than the run rejected.
+    """
+    lines = (location(dest).read(REJECTS) or b"").splitlines(keepends=True)
+    if len(lines) < base.rejected:
+        raise ManifestError(
+            f"{dest}: rejects.jsonl holds {len(lines)} lines and manifest.json counts {base.rejected} rejects; "
+            "they disagree (run shards verify)"
+        )
+    return b"".join(lines[: base.rejected])
 
 
 def merged_stats(base: Manifest, added: list[dict[str, Any]], added_count: int) -> list[dict[str, Any]]:

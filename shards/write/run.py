@@ -197,6 +197,12 @@ def preprocess(
         sink.on_failed()
         raise
     if written == 0:
+        if base is not None:  # taken back whole (DestinationSink._commit_append): rejects.jsonl is the run's
+            reasons = ", ".join(f"{count} {kind}" for kind, count in sorted(summary.reject_reasons.items()))
+            raise RejectLimitError(
+                f"{sink.run.src}: all {summary.inputs} inputs were rejected ({reasons}); nothing was appended "
+                f"and {sink.dest} is as it was"
+            )
         raise RejectLimitError(
             f"{sink.run.src}: all {summary.inputs} inputs were rejected; see {sink.dest}/rejects.jsonl"
         )

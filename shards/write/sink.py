@@ -20,9 +20,9 @@ import numpy as np
 from shards.errors import DestinationError
 from shards.io.dest_lock import DestLock, hold_dest
 from shards.io.location import location
+from shards.layout.index import IndexWriter, copy_rows, open_base_index
 from shards.layout.manifest import (
     PARTS,
-    IndexWriter,
     Manifest,
     Receipt,
     build_manifest,
@@ -110,7 +110,8 @@ class DestinationSink:
                 return self._commit_append(receipts, complete=complete, run_info=run_info)
             listing = self.run.listing
             shards = [r.shard for r in receipts]
-            with IndexWriter(self.dest, [shard.name for shard in shards]) as index:
+            lineage = [(self.run.key, sum(shard.count for shard in shards))]
+            with IndexWriter(self.dest, [shard.name for shard in shards], lineage) as index:
                 _, stats = self._index_shards(index, receipts)
                 if not receipts:  # the columns, with no rows
                     rows = listing.index_rows(np.empty(0, np.int64))
@@ -155,18 +156,24 @@ class DestinationSink:
     def _commit_append(self, receipts: list[Receipt], *, complete: bool, run_info: dict[str, Any]) -> dict[str, Any]:
         """The union of the run and the append: index and rejects (the run's rows first), then
         the manifest. An append that failed its reject limit commits nothing: the run stays as
-        it was, and the new shards wait for `--resume`."""
+        it was, and the new shards wait for `--resume`. One that ran every shard and wrote no
+        sample (all its inputs rejected) is taken back whole: DEST is left as it found it, and
+        open to the next append."""
         base = self.run.base
         assert base is not None
         if not complete:
+            if len(receipts) == len(self.run.plan) and not any(r.shard.count for r in receipts):
+                self._discard_append(receipts)
             return base.record
         listing, options = self.run.listing, self.run.options
         shards = [r.shard for r in receipts]
-        with IndexWriter(self.dest, [shard.name for shard in base.shards + shards]) as index:
-            append.copy_index(self.dest, index)
+        old, lineage = open_base_index(self.dest, base)
+        lineage.append((self.run.key, base.count + sum(shard.count for shard in shards)))
+        with IndexWriter(self.dest, [shard.name for shard in base.shards + shards], lineage) as index:
+            copy_rows(old, base.count, index)
             written, added_stats = self._index_shards(index, receipts)
         rejects = _rejects(receipts)
-        write_rejects(self.dest, rejects, before=append.union_rejects(self.dest))
+        write_rejects(self.dest, rejects, before=append.base_rejects(self.dest, base))
         stats = append.merged_stats(base, added_stats, written)
         record = build_manifest(
             options,
@@ -196,6 +203,16 @@ class DestinationSink:
         self.place.remove(f"{PARTS}/{append.APPEND_RECORD}")
         self.place.remove_temporaries()
         return record
+
+    def _discard_append(self, receipts: list[Receipt]) -> None:
+        """Remove what an append that wrote nothing left: its empty shards, their receipts and
+        its claim (last, so a removal cut short is still known as this append's)."""
+        for receipt in receipts:
+            for name in receipt.shard.files:
+                self.place.remove(name)
+            self.place.remove(f"{PARTS}/{receipt.shard.name}.json")
+        self.place.remove(f"{PARTS}/{append.APPEND_RECORD}")
+        self.place.remove_temporaries()
 
     def on_failed(self) -> None:
         """Give DEST up after a failure; what finished stays for `--resume`."""
