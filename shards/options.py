@@ -131,7 +131,8 @@ class PreprocessOptions:
             (`--shard-size auto`, the default) derives them from the number of inputs (see
             `samples_per_shard`).
         seed: seeds the permutation that mixes classes across shards.
-        max_rejects: the most refused inputs a run accepts before failing, as a count.
+        max_rejects: the most refused inputs a run accepts before failing, as a count (or as
+            text: `"10"`, or `"5%"`, which sets `max_reject_fraction`).
         max_reject_fraction: the same as a fraction of the inputs (from `P%`).
         compression: `none`, or a compression the format writes (`gzip` for TFRecord shards).
         max_input_bytes: an input file, archive member or Parquet value larger than this is a
@@ -158,7 +159,7 @@ class PreprocessOptions:
     format: str = "npy"
     shard_size: int | None = None
     seed: int = 0
-    max_rejects: int | None = None
+    max_rejects: int | str | None = None
     max_reject_fraction: float | None = None
     compression: str = "none"
     max_input_bytes: int = MAX_INPUT_BYTES
@@ -184,6 +185,14 @@ class PreprocessOptions:
             if not isinstance(getattr(self, name), str):
                 raise ConfigError(f"--{name} must be a name, got {getattr(self, name)!r}")
         object.__setattr__(self, "max_input_bytes", parse_bytes(self.max_input_bytes, "--max-input-bytes"))
+        if self.max_rejects is not None:  # `max_rejects="5%"` from Python, as on the command line
+            count, fraction = parse_max_rejects(self.max_rejects)
+            if fraction is not None and self.max_reject_fraction is not None:
+                raise ConfigError("give max_rejects or max_reject_fraction, not both")
+            object.__setattr__(self, "max_rejects", count)
+            object.__setattr__(
+                self, "max_reject_fraction", fraction if fraction is not None else self.max_reject_fraction
+            )
         for name in ("image_column", "label_column", "columns", "url_column"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not all(_names(value))):
@@ -268,7 +277,7 @@ class PreprocessOptions:
     def reject_limit(self, inputs: int) -> int | None:
         """The most rejects allowed for a run over `inputs` files, or None for no limit."""
         if self.max_rejects is not None:
-            return self.max_rejects
+            return int(self.max_rejects)
         if self.max_reject_fraction is not None:
             return int(self.max_reject_fraction * inputs)
         return None
