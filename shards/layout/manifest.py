@@ -44,8 +44,9 @@ PIXELS = 3
 # Raised when equal inputs, options and seed start to put other samples in each shard, so
 # `--resume` never keeps shards of one plan order and writes the rest by another (each sample
 # would then be written twice or not at all). 2: the computed permutation (shards.permutation)
-# that replaced 0.3.0's permutation array; keys before it had no such field.
-PLAN_ORDER = 2
+# that replaced 0.3.0's permutation array; keys before it had no such field. 3: swap-or-not for
+# counts up to shards.permutation.SMALL, whose Feistel orders were far from uniform.
+PLAN_ORDER = 3
 _RUN_KEY = re.compile(r"[0-9a-f]{64}")
 _SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _REQUIRED = ("version", "format", "complete", "count", "shape", "dtype", "classes", "rejected", "shards", "config")
