@@ -69,7 +69,7 @@ def connect_ray(address: str | None, *, worker_logs: bool = True) -> None:
     sigterm = signal.getsignal(signal.SIGTERM) if on_main_thread else None
     try:
         ray.init(**kwargs)
-    except (ConnectionError, RuntimeError, ValueError) as exc:
+    except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
         where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
         raise ShardsError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}") from exc
     if callable(sigterm):

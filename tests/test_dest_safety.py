@@ -2,6 +2,7 @@
 stay failures. Every case runs the real `shards` command or a real second process."""
 
 import contextlib
+import glob
 import json
 import os
 import signal
@@ -22,8 +23,10 @@ SHARDS = [sys.executable, "-m", "shards.cli"]
 SMALL = ["--size", "16", "--shard-size", str(16 * 16 * 3 * 10)]  # 10 samples a shard
 
 
-def run(*args, timeout=300):
-    return subprocess.run([*SHARDS, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+def run(*args, timeout=300, env=None):
+    return subprocess.run(
+        [*SHARDS, *map(str, args)], capture_output=True, text=True, timeout=timeout, env=env and {**os.environ, **env}
+    )
 
 
 def error_lines(result):
@@ -282,6 +285,50 @@ def test_a_full_dest_is_one_line_that_says_so_and_the_run_resumes_once_there_is_
         assert resumed.returncode == 0, resumed.stderr
         assert_one_whole_run(dest)
         assert len(shards.open(dest)) == 90
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
+def test_a_read_only_tmpdir_is_one_line_before_ray_starts_and_dest_is_left_as_it_was(photos, tmp_path):
+    with small_file_system(str(tmp_path / "scratch"), "1m") as scratch:
+        subprocess.run(["mount", "-o", "remount,ro", scratch], check=True)
+        dest = tmp_path / "out"
+        refused = run("preprocess", photos, dest, *SMALL, env={"TMPDIR": scratch}, timeout=60)
+        one_line_error(refused, f"TMPDIR {scratch} cannot be written (Read-only file system)", "set TMPDIR")
+        assert not dest.exists()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small file system needs root")
+def test_a_tmpdir_that_fills_during_the_listing_is_one_line_and_dest_is_left_as_it_was(
+    photos, tmp_path, ray_cluster, monkeypatch
+):
+    """2,000 paths spill a few hundred KB while they are listed and regrouped: more than 64 KiB."""
+    import tempfile
+
+    from shards.errors import ShardsError
+
+    image = sorted(glob.glob(os.path.join(photos, "*", "*.jpg")))[0]
+    with open(tmp_path / "list.csv", "w") as listing:
+        listing.write("path,label\n" + "".join(f"{image},class_{i % 7}\n" for i in range(2000)))
+    dest = tmp_path / "out"
+    with small_file_system(str(tmp_path / "scratch"), "64k") as scratch:
+        monkeypatch.setenv("TMPDIR", scratch)
+        monkeypatch.setattr(tempfile, "tempdir", scratch)
+        with pytest.raises(ShardsError, match=f"^TMPDIR {scratch} is full \\(No space left on device\\)"):
+            shards.preprocess(str(tmp_path / "list.csv"), str(dest), size=16)
+    assert not dest.exists()
+
+
+def test_a_run_whose_ray_cannot_start_leaves_dest_as_it_found_it(photos, tmp_path, address):
+    dest = tmp_path / "out"
+    failed = run("preprocess", photos, dest, *SMALL, "--address", "127.0.0.1:notaport", timeout=120)
+    one_line_error(failed, "cannot start or reach Ray at 127.0.0.1:notaport")
+    assert not dest.exists()  # made for the claim, and taken back
+    os.makedirs(dest)
+    failed = run("preprocess", photos, dest, *SMALL, "--address", "127.0.0.1:notaport", timeout=120)
+    assert failed.returncode == 1 and os.listdir(dest) == []  # found empty, left empty
+    filled = run("preprocess", photos, dest, *SMALL, "--address", address)  # no --resume needed
+    assert filled.returncode == 0, filled.stderr
+    assert_one_whole_run(dest)
 
 
 def _set(field, value):

@@ -33,6 +33,7 @@ import numpy as np
 import pyarrow as pa
 
 from shards.errors import SourceError
+from shards.io.scratch import spilling
 from shards.permutation import Permutation
 from shards.sources.inputs import ChainedInputs, Names
 from shards.sources.listing import IndexRows, Listing, ShardRows
@@ -56,7 +57,8 @@ class ListingSpill:
 
     def __init__(self, where: str) -> None:
         self.where = where
-        self._file: IO[bytes] = tempfile.TemporaryFile(prefix="shards-listing-")
+        with spilling():
+            self._file: IO[bytes] = tempfile.TemporaryFile(prefix="shards-listing-")
         self._bounds: list[tuple[int, int]] = []  # each part's (byte offset, byte length)
         self._counts: list[int] = []
         self._targets: Targets | None = None  # the parts' so far, merged
@@ -67,8 +69,9 @@ class ListingSpill:
     def add(self, part: Listing) -> None:
         """Spill one part (the driver lets go of it on return)."""
         data = pickle.dumps(part, protocol=pickle.HIGHEST_PROTOCOL)
-        self._bounds.append((self._file.tell(), len(data)))
-        self._file.write(data)
+        with spilling():
+            self._bounds.append((self._file.tell(), len(data)))
+            self._file.write(data)
         self._counts.append(len(part))
         # Merged as they come: a part's class names are not kept (a list of 100M paths in 6,100
         # parts of 1,024 classes each held 370 MB of names).
@@ -92,7 +95,8 @@ class ListingSpill:
 
     def finish(self, *, keeps_order: bool) -> PartedListing:
         """The listing of every part added, in order."""
-        self._file.flush()
+        with spilling():
+            self._file.flush()
         targets = self._targets if self._targets is not None else ListingTargets.unlabeled(0).targets
         self._fingerprints.update(json.dumps(targets.to_json()).encode())
         return PartedListing(
@@ -292,10 +296,11 @@ class _PlannedListing(PartedListing):
         self.__dict__.update(listing.__dict__, _loaded={})
         self._order, self._rows = order, rows
         budget = rows * max(1, -(-regroup_budget(len(listing)) // rows))  # whole buckets a group
-        self._buckets = tempfile.TemporaryFile(prefix="shards-plan-")
-        with tempfile.TemporaryFile(prefix="shards-scatter-") as scattered:
-            pieces = self._scatter(listing, budget, scattered)
-            self._bucket_bounds = self._gather(pieces, budget, scattered)
+        with spilling():
+            self._buckets = tempfile.TemporaryFile(prefix="shards-plan-")
+            with tempfile.TemporaryFile(prefix="shards-scatter-") as scattered:
+                pieces = self._scatter(listing, budget, scattered)
+                self._bucket_bounds = self._gather(pieces, budget, scattered)
 
     def _scatter(self, listing: PartedListing, budget: int, into: IO[bytes]) -> np.ndarray:
         """Spill the parts as pieces of one group each: rows (group, byte offset, byte length)."""

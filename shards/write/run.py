@@ -34,6 +34,7 @@ from shards.cluster import (
 from shards.errors import ConfigError, RejectLimitError, ShardsError
 from shards.formats import check_format
 from shards.io import storage
+from shards.io.scratch import check_scratch
 from shards.layout.manifest import (
     HOW_TO_PROCEED,
     Manifest,
@@ -160,6 +161,7 @@ def preprocess(
         options = append.append_options(dest, base, options)
     check_format(options.format, options.compression)
     check_source(src)
+    check_scratch()
     head_start: float | None = LISTING_HEAD_START
     ray_start_seconds = 0.0
     on_cluster = indexes_on_cluster(src)
@@ -273,7 +275,7 @@ def _release(preparing: concurrent.futures.Future[tuple[DestinationSink, dict[st
     listing has claimed it, so the next run finds DEST as it was."""
     with contextlib.suppress(Exception):
         sink, _ = preparing.result()
-        sink.on_failed()
+        sink.on_abandoned()
 
 
 class _ShardRun:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
+import os
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from shards.io.location import location
 from shards.layout.index import IndexWriter, copy_rows, open_base_index
 from shards.layout.manifest import (
     PARTS,
+    RUN_RECORD,
     Manifest,
     Receipt,
     build_manifest,
@@ -62,6 +64,9 @@ class DestinationSink:
         self.mode = mode
         self._held = contextlib.ExitStack()
         self._lock: DestLock | None = None
+        self._found: list[str] | None = None  # DEST's entries before this run claimed it (None: absent)
+        self._claim = f"{PARTS}/{append.APPEND_RECORD if run.base is not None else RUN_RECORD}"
+        self._claimed_before = False
 
     def on_start(self) -> dict[str, Receipt]:
         """Lock and claim DEST; return the receipts of the shards a resume keeps.
@@ -69,8 +74,10 @@ class DestinationSink:
         Raises:
             DestinationError: another run holds DEST, or DEST cannot receive this run.
         """
+        self._found = self.place.names()
         self._lock = self._held.enter_context(hold_dest(self.dest))
         try:
+            self._claimed_before = self.place.read(self._claim) is not None
             run, targets = self.run, self.run.listing.run_targets
             if run.base is not None:
                 if load_manifest(self.dest).record.get("run_key") != run.base.record.get("run_key"):
@@ -217,6 +224,23 @@ class DestinationSink:
     def on_failed(self) -> None:
         """Give DEST up after a failure; what finished stays for `--resume`."""
         self._held.close()
+
+    def on_abandoned(self) -> None:
+        """Give DEST up before any shard task ran (Ray could not start, or the run was stopped
+        first): the claim this run made is taken back, so DEST is as it was found and the same
+        command fills it again without `--resume`. A claim found there (a run or append cut
+        short) stays."""
+        try:
+            if not self._claimed_before:
+                self.place.remove(self._claim)
+                if not self.place.names(PARTS):
+                    self.place.remove(PARTS)
+        finally:
+            self._held.close()
+        folder = self.place.local_root
+        if self._found is None and folder is not None:
+            with contextlib.suppress(OSError):
+                os.rmdir(folder)  # made by this run, and empty again (never removed when not empty)
 
 
 def _rejects(receipts: list[Receipt]) -> list[Any]:
