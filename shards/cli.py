@@ -114,15 +114,15 @@ def _add_verbosity(parser: argparse.ArgumentParser, *, default: Any) -> None:
 
 def _add_output_arguments(parser: argparse.ArgumentParser) -> None:
     """What the samples and shards will be: shared by `preprocess` and `plan`."""
-    parser.add_argument("--size", default="224", help="output size: N or HxW (default 224)")
-    parser.add_argument("--resize", default="crop", help="stretch | crop | pad (default crop)")
-    parser.add_argument("--dtype", default="uint8", help="uint8 | float16 | bfloat16 | float32 (default uint8)")
+    parser.add_argument("--size", default=None, help="output size: N or HxW (default 224)")
+    parser.add_argument("--resize", default=None, help="stretch | crop | pad (default crop)")
+    parser.add_argument("--dtype", default=None, help="uint8 | float16 | bfloat16 | float32 (default uint8)")
     parser.add_argument(
         "--shard-size",
-        default="auto",
+        default=None,
         help="image bytes per shard, e.g. 64MiB; auto (default): 64 shards of 4-256 MiB, from the input count",
     )
-    parser.add_argument("--seed", default="0", help="seed of the shard plan's permutation (default 0)")
+    parser.add_argument("--seed", default=None, help="seed of the shard plan's permutation (default 0)")
 
 
 def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
@@ -136,13 +136,13 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("dest", help="output folder, or an s3:// / gs:// prefix")
     _add_output_arguments(parser)
-    parser.add_argument("--format", default="npy", help=f"{' | '.join(FORMATS)} (default npy)")
+    parser.add_argument("--format", default=None, help=f"{' | '.join(FORMATS)} (default npy)")
     compressed = {f.name: [c for c in f.compressions if c != "none"] for f in FORMATS.values()}
     compressions = ", ".join(f"{' | '.join(c)} for {name} shards" for name, c in compressed.items() if c)
-    parser.add_argument("--compression", default="none", help=f"none, or {compressions} (default none)")
+    parser.add_argument("--compression", default=None, help=f"none, or {compressions} (default none)")
     parser.add_argument("--max-rejects", default=None, help="fail past N rejected inputs, or P%% of them")
     parser.add_argument(
-        "--max-input-bytes", default="256MiB", help="reject any input larger than this, unread (default 256MiB)"
+        "--max-input-bytes", default=None, help="reject any input larger than this, unread (default 256MiB)"
     )
     parser.add_argument(
         "--image-column", default=None, help="Parquet/CSV column of image bytes or paths (default image, else path)"
@@ -191,41 +191,50 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="add SRC's samples to the finished run in DEST as new shards, with the run's own options",
     )
+    parser.add_argument(
+        "--allow-duplicates",
+        action="store_true",
+        help="with --append: add SRC even if the run or one of its appends already holds the same inputs",
+    )
 
 
 def options_from_arguments(args: argparse.Namespace) -> Any:
     """Build and validate PreprocessOptions from parsed arguments (raises ConfigError)."""
-    from shards.options import FETCH_TIMEOUT, MAX_INPUT_BYTES, PreprocessOptions, parse_max_rejects
+    from shards.options import PreprocessOptions
 
-    try:
-        seed = int(args.seed)
-    except ValueError:
-        raise ConfigError(f"--seed must be a non-negative integer, got {args.seed!r}") from None
+    return PreprocessOptions(**given_options(args))
+
+
+def given_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The PreprocessOptions fields the command line gave, parsed; the rest keep their
+    defaults. An append (`--append`) refuses a given option that differs from the run's, even
+    one given at its default (`--size 224` onto a 16 px run)."""
+    from shards.options import parse_max_rejects
+
+    fields: dict[str, Any] = {}
+    for name in ("size", "resize", "dtype", "format", "shard_size", "compression", "max_input_bytes"):
+        if getattr(args, name, None) is not None:
+            fields[name] = getattr(args, name)
+    if args.seed is not None:
+        try:
+            fields["seed"] = int(args.seed)
+        except ValueError:
+            raise ConfigError(f"--seed must be a non-negative integer, got {args.seed!r}") from None
     count, fraction = parse_max_rejects(getattr(args, "max_rejects", None))
-    return PreprocessOptions(
-        size=args.size,
-        resize=args.resize,
-        dtype=args.dtype,
-        format=getattr(args, "format", "npy"),
-        shard_size=args.shard_size,
-        seed=seed,
-        max_rejects=count,
-        max_reject_fraction=fraction,
-        compression=getattr(args, "compression", "none"),
-        max_input_bytes=getattr(args, "max_input_bytes", None) or MAX_INPUT_BYTES,
-        image_column=getattr(args, "image_column", None),
-        label_column=getattr(args, "label_column", None),
-        columns=getattr(args, "columns", None),
-        url_column=getattr(args, "url_column", None),
-        fetch_timeout=_seconds(getattr(args, "fetch_timeout", None), "--fetch-timeout", FETCH_TIMEOUT),
-        ignore_robots_headers=bool(getattr(args, "ignore_robots_headers", False)),
-        allow_private_urls=bool(getattr(args, "allow_private_urls", False)),
-    )
+    fields.update({"max_rejects": count} if count is not None else {})
+    fields.update({"max_reject_fraction": fraction} if fraction is not None else {})
+    for name in ("image_column", "label_column", "columns", "url_column"):
+        if getattr(args, name, None) is not None:
+            fields[name] = getattr(args, name)
+    if getattr(args, "fetch_timeout", None) is not None:
+        fields["fetch_timeout"] = _seconds(args.fetch_timeout, "--fetch-timeout")
+    for name in ("ignore_robots_headers", "allow_private_urls"):
+        if getattr(args, name, False):
+            fields[name] = True
+    return fields
 
 
-def _seconds(text: str | None, flag: str, default: float) -> float:
-    if text is None:
-        return default
+def _seconds(text: str, flag: str) -> float:
     try:
         return float(text)
     except ValueError:
@@ -233,7 +242,8 @@ def _seconds(text: str | None, flag: str, default: float) -> float:
 
 
 def run_preprocess(args: argparse.Namespace) -> int:
-    options = options_from_arguments(args)
+    fields = given_options(args)
+    options_from_arguments(args)  # every option checked before anything else
     from shards.io.storage import endpoint
     from shards.write.run import preprocess  # refuses bad --workers and paths before Ray starts
 
@@ -243,12 +253,13 @@ def run_preprocess(args: argparse.Namespace) -> int:
         summary = preprocess(
             args.src,
             args.dest,
-            options,
             mode=mode,
             address=args.address,
             workers=args.workers,
             on_progress=display.update,
             worker_logs=not args.quiet,
+            allow_duplicates=args.allow_duplicates,
+            **fields,
         )
     shutdown = _stop_ray()
     _print_summary(summary, before=called, shutdown=shutdown)

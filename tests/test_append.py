@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -150,6 +151,8 @@ def test_the_command_appends_and_refuses_in_one_line(run_and_more, capsys):
     assert cli.main(["preprocess", more, dest, "--append", "--size", "32"]) == 2
     error = capsys.readouterr().err.strip()
     assert error.count("\n") == 0 and "--append keeps the run's options; --size (32, 32)" in error
+    assert cli.main(["preprocess", more, dest, "--append", "--size", "224"]) == 2  # said, though the default
+    assert "--size (224, 224) differs from the run's (24, 24)" in capsys.readouterr().err
     assert cli.main(["-q", "preprocess", more, dest, "--append"]) == 0
     assert "written   25 samples" in capsys.readouterr().out
     assert len(shards.open(dest)) == 65
@@ -209,16 +212,20 @@ def add_bad_files_light(folder: str) -> None:
         handle.write(b"this is a text file with an image extension\n" * 20)
 
 
-def test_an_append_whose_inputs_are_all_rejected_leaves_dest_as_it_was(run_and_more, tmp_path):
+def test_an_append_whose_inputs_are_all_rejected_leaves_dest_as_it_was(run_and_more, tmp_path, caplog):
     _, more, dest = run_and_more
     allbad = str(tmp_path / "allbad")
     add_bad_files_light(os.path.join(allbad, "class_0"))
     before = run_files(dest)
-    with pytest.raises(
-        RejectLimitError,
-        match=r"all 2 inputs were rejected \(1 empty file, 1 not an image Pillow can read\); nothing was",
+    with (
+        caplog.at_level(logging.INFO, logger="shards.write.run"),
+        pytest.raises(
+            RejectLimitError,
+            match=r"all 2 inputs were rejected \(1 empty file, 1 not an image Pillow can read\); nothing was",
+        ),
     ):
         shards.preprocess(allbad, dest, mode="append")
+    assert f"rejected {os.path.join(allbad, 'class_0', 'empty.jpg')}: empty file" in caplog.text  # -v shows it
     after = run_files(dest)
     assert after.keys() == before.keys() and after == before  # no claim, shard or receipt left
     with pytest.raises(RejectLimitError, match="all 2 inputs were rejected"):
@@ -266,3 +273,17 @@ def test_an_append_onto_a_run_whose_index_disagrees_with_its_manifest_is_refused
     with pytest.raises(ManifestError, match="index.parquet holds 39 rows and manifest.json counts 40; they disagree"):
         shards.preprocess(more, dest, mode="append")
     assert run_files(dest) == before
+
+
+def test_inputs_appended_before_are_refused_unless_duplicates_are_allowed(run_and_more):
+    first, more, dest = run_and_more
+    with pytest.raises(DestinationError, match="the run was made from these inputs already"):
+        shards.preprocess(first, dest, mode="append")
+    shards.preprocess(more, dest, mode="append")
+    with pytest.raises(DestinationError, match=f"{more!r} was appended with these inputs already"):
+        shards.preprocess(more, dest, mode="append")
+    with pytest.raises(DestinationError, match="the run was made from these inputs already"):
+        shards.preprocess(first, dest, mode="append")  # the origin is remembered past appends
+    assert len(shards.open(dest)) == 65
+    shards.preprocess(more, dest, mode="append", allow_duplicates=True)
+    assert len(shards.open(dest)) == 90 and cli.main(["verify", dest]) == 0

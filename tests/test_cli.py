@@ -347,7 +347,7 @@ def test_the_printed_resume_command_finishes_a_cut_run_with_every_option_changed
     options = ["--size", "20x16", "--resize", "pad", "--dtype", "float16", "--format", "tfrecord"]
     options += ["--compression", "gzip", "--shard-size", "9KiB", "--seed", "3", "--max-rejects", "5"]
     options += ["--max-input-bytes", "1MiB", "--image-column", "picture", "--label-column", "kind", "--columns", "uid"]
-    options += ["--fetch-timeout", "7.5", "--ignore-robots-headers"]
+    options += ["--fetch-timeout", "7.5", "--ignore-robots-headers", "--allow-private-urls"]
     source = str(tmp_path / "list.parquet")
     first = run("preprocess", source, dest, *options, env={"RAY_ADDRESS": ""})
     assert first.returncode == 0, first.stderr
@@ -366,6 +366,7 @@ def test_the_printed_resume_command_finishes_a_cut_run_with_every_option_changed
         "--max-input-bytes 1048576",
         "--fetch-timeout 7.5",
         "--ignore-robots-headers",
+        "--allow-private-urls",
     ):
         assert flag in command, command
     resumed = run(*command.split()[1:], env={"RAY_ADDRESS": ""})

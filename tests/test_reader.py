@@ -89,6 +89,12 @@ def test_drop_last_gives_only_full_batches(dataset_dir):
     assert len(batches) == len(ds) // 16 and all(len(images) == 8 for images, _ in batches)
 
 
+@pytest.mark.parametrize("epoch", [-1, 1.5, True])
+def test_an_epoch_that_names_no_epoch_is_refused_in_words_that_name_it(dataset_dir, epoch):
+    with pytest.raises(ConfigError, match=f"epoch must be a non-negative integer, got {epoch!r}"):
+        next(iter(shards.open(dataset_dir).batches(8, shuffle=True, epoch=epoch)))
+
+
 def test_prefetch_is_bounded_and_an_abandoned_stream_stops_its_thread(dataset_dir):
     ds = shards.open(dataset_dir)
     before = threading.active_count()

@@ -28,7 +28,7 @@ from shards.layout.manifest import load_manifest
 from shards.layout.shard_files import RunFiles, bind_run
 from shards.options import numpy_dtype, parse_bytes
 from shards.read.cache import ShardCache
-from shards.read.sampling import Order, check_start, epoch_order, window_order
+from shards.read.sampling import Order, check_epoch, check_start, epoch_order, window_order
 from shards.read.spec import ReadSpec, ReadState
 from shards.read.stream import BatchStream, BufferPool, aligned_empty
 
@@ -388,8 +388,10 @@ class RunReader:
         each of the rank's batches once.
 
         Raises:
-            ConfigError: `start` outside the epoch, a negative `prefetch`, or a bad `part`.
+            ConfigError: a negative `epoch`, `start` outside the epoch, a negative `prefetch`, or a
+                bad `part`.
         """
+        check_epoch(epoch)
         check_start(len(self), start)
         if part is not None and not (part[1] >= 1 and 0 <= part[0] < part[1]):
             raise ConfigError(f"part must be (index, count) with 0 <= index < count, got {part}")

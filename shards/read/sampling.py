@@ -46,6 +46,12 @@ def window_order(shard_of: np.ndarray, *, seed: int, epoch: int, window: int) ->
     return np.lexsort((keys, slot[shard_of] // window)).astype(np.int64)
 
 
+def check_epoch(epoch: int) -> None:
+    """Refuse an epoch number that names no epoch (its order is keyed by it)."""
+    if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
+        raise ConfigError(f"epoch must be a non-negative integer, got {epoch!r}")
+
+
 def check_start(count: int, start: int) -> None:
     """Refuse a resume position outside the epoch."""
     if not 0 <= start <= count:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+from collections.abc import Collection
 from typing import Any
 
 from shards.errors import ConfigError, DestinationError, ManifestError
@@ -48,25 +49,57 @@ def base_run(dest: str) -> Manifest:
     return base
 
 
-def append_options(dest: str, base: Manifest, given: PreprocessOptions) -> PreprocessOptions:
-    """The run's own options, with the reject policy and fetch timeout given for this append.
+def append_options(
+    dest: str, base: Manifest, options: PreprocessOptions, *, given: Collection[str] = ()
+) -> PreprocessOptions:
+    """The run's own options, with the reject policy and fetch settings given for this append.
 
-    Options left at their defaults take the run's; one set to another value than the run's is
-    refused, so an append never writes shards the run's readers could not read alike.
+    Options left unsaid take the run's; one said (named in `given`, or in `options` at another
+    value than its default) with another value than the run's is refused, so an append never
+    writes shards the run's readers could not read alike, nor lets a user think it did.
 
     Raises:
         ConfigError: an option that differs from the run's, named with both values.
     """
     run, default = base.config, PreprocessOptions()
     for field in dataclasses.fields(PreprocessOptions):
-        mine, theirs = getattr(given, field.name), getattr(run, field.name)
-        if field.name not in REJECT_POLICY and mine != getattr(default, field.name) and mine != theirs:
+        mine, theirs = getattr(options, field.name), getattr(run, field.name)
+        said = field.name in given or mine != getattr(default, field.name)
+        if field.name not in REJECT_POLICY and said and mine != theirs:
             flag = "--" + field.name.replace("_", "-")
             raise ConfigError(
                 f"{dest}: --append keeps the run's options; {flag} {mine!r} differs from the run's {theirs!r}"
             )
-    policy = {name: getattr(given, name) for name in REJECT_POLICY}
+    policy = {name: getattr(options, name) for name in REJECT_POLICY}
     return dataclasses.replace(run, **policy)
+
+
+def listing_key(listing_fingerprint: str, options: PreprocessOptions) -> str:
+    """What an append's inputs are, under the run's options: equal for the same inputs."""
+    return run_key(listing_fingerprint, options)
+
+
+def refuse_duplicate(dest: str, base: Manifest, mine: str) -> None:
+    """Refuse MORE (its inputs' `listing_key`, `mine`) when the run, or one of its appends, was
+    made from the same inputs: every
+    sample would be in the run twice (`--allow-duplicates` says that is meant).
+
+    Raises:
+        DestinationError: the inputs were added before, naming when.
+    """
+    appended = base.record.get("appended", [])
+    origin = base.record.get("origin_key") if appended else base.record.get("run_key")
+    if mine == origin:
+        raise DestinationError(
+            f"{dest}: the run was made from these inputs already; appending them would hold every sample "
+            "twice (--allow-duplicates to append them all the same)"
+        )
+    for entry in appended:
+        if entry.get("listing_key") == mine:
+            raise DestinationError(
+                f"{dest}: {entry.get('source')!r} was appended with these inputs already; appending them again "
+                "would hold every sample twice (--allow-duplicates to append them all the same)"
+            )
 
 
 def append_key(base_key: str, listing_fingerprint: str, options: PreprocessOptions) -> str:

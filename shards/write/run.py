@@ -118,6 +118,7 @@ def preprocess(
     workers: int | None = None,
     on_progress: Callable[[Progress], None] | None = None,
     worker_logs: bool = True,
+    allow_duplicates: bool = False,
     **option_fields: Any,
 ) -> RunSummary:
     """Turn SRC into shards in DEST on Ray.
@@ -140,6 +141,8 @@ def preprocess(
         workers: the most shard tasks in flight; default: the cluster's CPUs.
         on_progress: called after every finished shard.
         worker_logs: show the shard tasks' output on this terminal (`shards -q` turns it off).
+        allow_duplicates: with mode `append`, add SRC even when the run, or an append of it,
+            was made from the same inputs (refused by default: every sample would come twice).
         **option_fields: `PreprocessOptions` fields (size, resize, dtype, format, shard_size,
             seed, ...).
 
@@ -158,7 +161,7 @@ def preprocess(
         mode = "append"  # an append cut short: --resume finishes it
     if mode == "append":
         base = append.base_run(dest)
-        options = append.append_options(dest, base, options)
+        options = append.append_options(dest, base, options, given=option_fields)
     check_format(options.format, options.compression)
     check_source(src)
     check_scratch()
@@ -169,7 +172,7 @@ def preprocess(
         ray_start_seconds = _timed_connect(address, worker_logs)
         head_start = None
     with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shards-list") as pool:
-        preparing = pool.submit(_claim_destination, src, dest, options, mode, on_cluster, base)
+        preparing = pool.submit(_claim_destination, src, dest, options, mode, on_cluster, base, allow_duplicates)
         try:
             # concurrent.futures.TimeoutError: on 3.10 it is not the builtin TimeoutError
             with contextlib.suppress(concurrent.futures.TimeoutError):
@@ -244,7 +247,13 @@ def _tasks_in_flight(workers: int | None, limit: int) -> int:
 
 
 def _claim_destination(
-    src: Any, dest: str, options: PreprocessOptions, mode: str, on_cluster: bool, base: Manifest | None = None
+    src: Any,
+    dest: str,
+    options: PreprocessOptions,
+    mode: str,
+    on_cluster: bool,
+    base: Manifest | None = None,
+    allow_duplicates: bool = False,
 ) -> tuple[DestinationSink, dict[str, Receipt]]:
     """List SRC, plan the shards and claim DEST: the work that overlaps Ray's start-up.
 
@@ -257,6 +266,9 @@ def _claim_destination(
         key = run_key(listing.fingerprint(), options)
         per_shard, first = options.samples_per_shard(len(listing)), 0
     else:
+        inputs = append.listing_key(listing.fingerprint(), options)  # as the run's own key names them
+        if not allow_duplicates:
+            append.refuse_duplicate(dest, base, inputs)
         listing = listing.into(base.targets, describe_source(src))
         key = append.append_key(str(base.record.get("run_key")), listing.fingerprint(), options)
         per_shard, first = (
@@ -265,7 +277,7 @@ def _claim_destination(
         )
     plan = plan_shards(len(listing), per_shard, options.seed, shuffle=not listing.keeps_order, first=first)
     listing = listing.planned(plan.order, plan.samples_per_shard)
-    identity = RunIdentity(describe_source(src), listing, options, key, plan, base)
+    identity = RunIdentity(describe_source(src), listing, options, key, plan, base, key if base is None else inputs)
     sink = DestinationSink(dest, identity, mode=mode)
     return sink, sink.on_start()
 
@@ -323,6 +335,8 @@ class _ShardRun:
                 for ref in ready:
                     spec = in_flight.pop(ref)
                     receipt = self.receipts[spec.name] = self._result(ref, spec)
+                    for reject in receipt.rejects:  # the task's own log stays on its worker
+                        logger.info("rejected %s: %s", reject.source, reject.reason)
                     self.inputs_done += receipt.shard.count + len(receipt.rejects)
                     self.rejected += len(receipt.rejects)
                     self._report()

@@ -52,6 +52,7 @@ class RunIdentity:
     key: str
     plan: ShardPlan
     base: Manifest | None = None
+    inputs: str = ""  # what the inputs are (`append.listing_key`), to refuse appending them twice
 
 
 class DestinationSink:
@@ -195,10 +196,12 @@ class DestinationSink:
             complete=True,
             run=base.record.get("run", {}),
         )
+        record["origin_key"] = base.record.get("origin_key") or base.record.get("run_key")
         record["appended"] = [
             *base.record.get("appended", []),
             {
                 "source": self.run.src,
+                "listing_key": self.run.inputs,
                 "shards": len(shards),
                 "count": int(written),
                 "inputs": len(listing),
