@@ -231,6 +231,9 @@ def test_an_append_whose_inputs_are_all_rejected_leaves_dest_as_it_was(run_and_m
     with pytest.raises(RejectLimitError, match="all 2 inputs were rejected"):
         shards.preprocess(allbad, dest, mode="append", max_rejects="100%")
     assert run_files(dest) == before
+    with pytest.raises(RejectLimitError, match="over the --max-rejects limit of 0; nothing was appended and"):
+        shards.preprocess(allbad, dest, mode="append", max_rejects=0)
+    assert run_files(dest) == before
     shards.preprocess(more, dest, mode="append")  # DEST takes the next append
     assert len(shards.open(dest)) == 65 and cli.main(["verify", dest]) == 0
 

@@ -192,9 +192,16 @@ def preprocess(
             run.execute(_tasks_in_flight(workers, limit))
         except _RejectLimitReached as exc:
             run.commit(complete=False, workers=limit, ray_start_seconds=ray_start_seconds)
-            raise RejectLimitError(
-                f"{sink.run.src}: {exc.rejected} inputs rejected, over the --max-rejects limit of "
-                f"{run.reject_limit} (see {sink.dest}/rejects.jsonl): {HOW_TO_PROCEED}"
+            over = f"{sink.run.src}: {exc.rejected} inputs rejected, over the --max-rejects limit of {run.reject_limit}"
+            if base is None:
+                raise RejectLimitError(f"{over} (see {sink.dest}/rejects.jsonl): {HOW_TO_PROCEED}") from None
+            if sink.discarded:
+                raise RejectLimitError(
+                    f"{over}; nothing was appended and {sink.dest} is as it was (append again with a higher "
+                    "--max-rejects, or without those inputs)"
+                ) from None
+            raise RejectLimitError(  # an append's rejects join rejects.jsonl when it commits
+                f"{over}; the append waits: finish it with --resume and a higher --max-rejects"
             ) from None
         written = run.inputs_done - run.rejected
         summary = run.commit(complete=written > 0, workers=limit, ray_start_seconds=ray_start_seconds)

@@ -68,6 +68,8 @@ class DestinationSink:
         self._found: list[str] | None = None  # DEST's entries before this run claimed it (None: absent)
         self._claim = f"{PARTS}/{append.APPEND_RECORD if run.base is not None else RUN_RECORD}"
         self._claimed_before = False
+        #: an append that wrote no sample was taken back whole (DEST is as it was found)
+        self.discarded = False
 
     def on_start(self) -> dict[str, Receipt]:
         """Lock and claim DEST; return the receipts of the shards a resume keeps.
@@ -223,6 +225,7 @@ class DestinationSink:
             self.place.remove(f"{PARTS}/{receipt.shard.name}.json")
         self.place.remove(f"{PARTS}/{append.APPEND_RECORD}")
         self.place.remove_temporaries()
+        self.discarded = True
 
     def on_failed(self) -> None:
         """Give DEST up after a failure; what finished stays for `--resume`."""
