@@ -90,13 +90,12 @@ def verify_dest(dest: str) -> VerifyReport:
     for info in manifest.shards:
         problems += shard_problems(dest, info, manifest.format, manifest.shape, manifest.dtype, manifest.targets)
     try:
-        run_lineage(dest, manifest, location(dest).parquet_file(INDEX))
-    except ManifestError as exc:
-        problems.append(str(exc))
-    except (OSError, ValueError):
-        pass  # unreadable: said once, below
-    try:
-        index = location(dest).read_table(INDEX, ["shard", "row"])
+        opened = location(dest).parquet_file(INDEX)  # one open: its lineage and its rows
+        try:
+            run_lineage(dest, manifest, opened)
+        except ManifestError as exc:
+            problems.append(str(exc))
+        index = opened.read(columns=["shard", "row"])
         counts = index.column("shard").combine_chunks().dictionary_encode().value_counts().to_pylist()
         by_name = {str(item["values"]): item["counts"] for item in counts}
         for info in manifest.shards:

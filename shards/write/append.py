@@ -74,13 +74,8 @@ def append_options(
     return dataclasses.replace(run, **policy)
 
 
-def listing_key(listing_fingerprint: str, options: PreprocessOptions) -> str:
-    """What an append's inputs are, under the run's options: equal for the same inputs."""
-    return run_key(listing_fingerprint, options)
-
-
 def refuse_duplicate(dest: str, base: Manifest, mine: str) -> None:
-    """Refuse MORE (its inputs' `listing_key`, `mine`) when the run, or one of its appends, was
+    """Refuse MORE (`mine`: its inputs' `run_key` under the run's options) when the run, or one of its appends, was
     made from the same inputs: every
     sample would be in the run twice (`--allow-duplicates` says that is meant).
 

@@ -273,7 +273,7 @@ def _claim_destination(
         key = run_key(listing.fingerprint(), options)
         per_shard, first = options.samples_per_shard(len(listing)), 0
     else:
-        inputs = append.listing_key(listing.fingerprint(), options)  # as the run's own key names them
+        inputs = run_key(listing.fingerprint(), options)  # the key a run of MORE alone would have
         if not allow_duplicates:
             append.refuse_duplicate(dest, base, inputs)
         listing = listing.into(base.targets, describe_source(src))

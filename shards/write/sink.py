@@ -52,7 +52,7 @@ class RunIdentity:
     key: str
     plan: ShardPlan
     base: Manifest | None = None
-    inputs: str = ""  # what the inputs are (`append.listing_key`), to refuse appending them twice
+    inputs: str = ""  # MORE's own run key, to refuse appending the same inputs twice
 
 
 class DestinationSink:
