@@ -182,7 +182,12 @@ def add_preprocess_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="S3-compatible endpoint for s3:// SRC or DEST (default: AWS_ENDPOINT_URL, else AWS)",
     )
-    parser.add_argument("--workers", type=int, default=None, help="shard tasks in flight (default: cluster CPUs)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="shard tasks in flight (default: cluster CPUs; 0: no Ray, this process writes the shards in turn)",
+    )
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--resume", action="store_true", help="keep verified shards of the same run, redo the rest")
     mode.add_argument("--overwrite", action="store_true", help="replace the run DEST holds")

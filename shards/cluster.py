@@ -18,10 +18,10 @@ from typing import Any
 from shards.errors import ConfigError, ShardsError
 
 
-def check_workers(workers: int | None) -> None:
-    """Refuse `--workers` below 1 (None: the default, which the caller derives)."""
-    if workers is not None and workers < 1:
-        raise ConfigError(f"--workers must be at least 1, got {workers}")
+def check_workers(workers: int | None, *, least: int = 1) -> None:
+    """Refuse `--workers` below `least` (None: the default, which the caller derives)."""
+    if workers is not None and workers < least:
+        raise ConfigError(f"--workers must be at least {least}, got {workers}")
 
 
 # Ray's own config names (ray_config_def.h), given only to the embedded cluster:

@@ -39,7 +39,8 @@ def held_run(ray_cluster, photos, tmp_path):
         (["preprocess", "PHOTOS", "OUT", "--dtype", "int3"], "--dtype must be one of"),
         (["preprocess", "PHOTOS", "OUT", "--size", "0"], "--size must be"),
         (["preprocess", "PHOTOS", "OUT", "--shard-size", "lots"], "--shard-size"),
-        (["preprocess", "PHOTOS", "OUT", "--workers", "0"], "--workers must be at least 1"),
+        (["preprocess", "PHOTOS", "OUT", "--workers", "-1"], "--workers must be at least 0"),
+        (["preprocess", "PHOTOS", "OUT", "--workers", "0", "--address", "auto"], "--workers 0 writes the shards"),
         (["preprocess", "PHOTOS", "HELD", "--size", "64", "--resume"], "holds a different dataset"),
         (["preprocess", "PHOTOS", "HELD", "--size", "20", "--shard-size", "36000"], "already holds this run"),
     ],
@@ -54,6 +55,7 @@ def test_bad_arguments_fail_fast_with_one_line_before_any_ray_work(photos, held_
     assert not os.path.exists(tmp_path / "out" / "manifest.json")
 
 
+@pytest.mark.oldest
 @pytest.mark.slow  # starts an embedded Ray or a process of its own
 def test_preprocess_command_end_to_end_on_an_embedded_ray(photos, tmp_path):
     dest = str(tmp_path / "out")

@@ -24,6 +24,7 @@ def read_all(dest):
     return ds, images, labels
 
 
+@pytest.mark.oldest
 def test_round_trip_every_input_once_with_its_label_and_pixels(ray_cluster, photos, tmp_path):
     options = PreprocessOptions(**SMALL)
     summary = shards.preprocess(photos, str(tmp_path / "out"), options)
@@ -53,19 +54,28 @@ def test_npy_shards_load_with_plain_numpy(ray_cluster, photos, tmp_path):
     assert isinstance(images, np.memmap) and images.shape == (16, 48, 64, 3) and labels.shape == (16,)
 
 
-def test_one_and_two_workers_give_byte_identical_output(ray_cluster, photos, tmp_path):
+def test_no_ray_one_and_two_workers_give_byte_identical_output(ray_cluster, photos, tmp_path, monkeypatch):
+    """`workers=0` writes the shards in this process without Ray: the same files as a Ray run."""
+    import ray
+
     options = PreprocessOptions(**SMALL, seed=11)
     shards.preprocess(photos, str(tmp_path / "one"), options, workers=1)
     shards.preprocess(photos, str(tmp_path / "two"), options, workers=2)
+    with monkeypatch.context() as patch:  # any Ray call would fail the run
+        patch.setattr(ray, "remote", None)
+        patch.setattr(ray, "init", None)
+        shards.preprocess(photos, str(tmp_path / "none"), options, workers=0)
     names = sorted(n for n in os.listdir(tmp_path / "one") if n.startswith("shard-") or n.endswith(".parquet"))
-    assert names and names == sorted(
-        n for n in os.listdir(tmp_path / "two") if n.startswith("shard-") or n.endswith(".parquet")
-    )
-    for name in names + ["rejects.jsonl"]:
-        assert (tmp_path / "one" / name).read_bytes() == (tmp_path / "two" / name).read_bytes(), name
-    one, two = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("one", "two"))
-    one.pop("run"), two.pop("run")
-    assert one == two
+    for other in ("two", "none"):
+        assert names and names == sorted(
+            n for n in os.listdir(tmp_path / other) if n.startswith("shard-") or n.endswith(".parquet")
+        )
+        for name in names + ["rejects.jsonl"]:
+            assert (tmp_path / "one" / name).read_bytes() == (tmp_path / other / name).read_bytes(), name
+    one, two, none = (json.loads((tmp_path / d / "manifest.json").read_text()) for d in ("one", "two", "none"))
+    assert set(none["run"]["nodes"].values()) == {""} and none["run"]["workers"] == 1
+    one.pop("run"), two.pop("run"), none.pop("run")
+    assert one == two == none
 
 
 def test_explicit_workers_cap_the_tasks_submitted_and_the_default_queues_one_more_per_cpu(

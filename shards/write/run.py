@@ -50,7 +50,7 @@ from shards.sources.inputs import ChainedInputs
 from shards.write import append
 from shards.write.destination import MODES
 from shards.write.sink import DestinationSink, RunIdentity
-from shards.write.task import PackedTask, ShardTask, write_shard_on_node
+from shards.write.task import PackedTask, ShardTask, write_shard, write_shard_on_node
 
 logger = logging.getLogger(__name__)
 
@@ -138,7 +138,9 @@ def preprocess(
         mode: `new` (DEST must not hold a run), `resume` (keep verified shards of the same run) or
             `overwrite` (remove a previous run first).
         address: a Ray cluster to join; None starts an embedded one (or joins RAY_ADDRESS).
-        workers: the most shard tasks in flight; default: the cluster's CPUs.
+        workers: the most shard tasks in flight; default: the cluster's CPUs. 0 writes the
+            shards in this process, one after another, without Ray (as a DataLoader's
+            `num_workers=0`): the same files, for a small set, a debugger, or a test.
         on_progress: called after every finished shard.
         worker_logs: show the shard tasks' output on this terminal (`shards -q` turns it off).
         allow_duplicates: with mode `append`, add SRC even when the run, or an append of it,
@@ -154,7 +156,10 @@ def preprocess(
     started, begun = time.perf_counter(), time.time()
     if mode not in MODES:
         raise ConfigError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-    check_workers(workers)
+    check_workers(workers, least=0)
+    here = workers == 0
+    if here and address is not None:
+        raise ConfigError("--workers 0 writes the shards in this process, without Ray; it takes no --address")
     options = with_fields(options or PreprocessOptions(), option_fields)
     base = None
     if mode == "resume" and append.unfinished_append(dest) is not None:
@@ -167,7 +172,7 @@ def preprocess(
     check_scratch()
     head_start: float | None = LISTING_HEAD_START
     ray_start_seconds = 0.0
-    on_cluster = indexes_on_cluster(src)
+    on_cluster = indexes_on_cluster(src) and not here
     if on_cluster:  # the archives' index is built by Ray tasks: Ray first
         ray_start_seconds = _timed_connect(address, worker_logs)
         head_start = None
@@ -179,17 +184,20 @@ def preprocess(
                 preparing.result(timeout=head_start)  # the listing's own error, if it ended in one
             # Ray starts on this thread: it ties the life of the processes it forks to the thread
             # that forked them (PR_SET_PDEATHSIG), so the helper thread could not start it.
-            if not on_cluster:
+            if not on_cluster and not here:
                 ray_start_seconds = _timed_connect(address, worker_logs)
         except BaseException:
             _release(preparing)
             raise
         sink, kept = preparing.result()
     try:
-        limit = workers or max(1, int(cluster_resource("CPU", 1.0)))
+        limit = 1 if here else workers or max(1, int(cluster_resource("CPU", 1.0)))
         run = _ShardRun(sink, kept, on_progress, started, work_started=time.perf_counter(), begun=begun)
         try:
-            run.execute(_tasks_in_flight(workers, limit))
+            if here:
+                run.execute_here()
+            else:
+                run.execute(_tasks_in_flight(workers, limit))
         except _RejectLimitReached as exc:
             run.commit(complete=False, workers=limit, ray_start_seconds=ray_start_seconds)
             over = f"{sink.run.src}: {exc.rejected} inputs rejected, over the --max-rejects limit of {run.reject_limit}"
@@ -341,19 +349,35 @@ class _ShardRun:
                 ready, _ = ray.wait(list(in_flight), num_returns=1)
                 for ref in ready:
                     spec = in_flight.pop(ref)
-                    receipt = self.receipts[spec.name] = self._result(ref, spec)
-                    for reject in receipt.rejects:  # the task's own log stays on its worker
-                        logger.info("rejected %s: %s", reject.source, reject.reason)
-                    self.inputs_done += receipt.shard.count + len(receipt.rejects)
-                    self.rejected += len(receipt.rejects)
-                    self._report()
-                    self._check_rejects()
+                    self._finished(spec, self._result(ref, spec))
             # Again when nothing was left to run: a resumed run must not commit past its limit
             # on rejects that its kept shards recorded.
             self._check_rejects()
         except BaseException as exc:
             _abandon(list(in_flight), interrupted=not isinstance(exc, Exception))
             raise
+
+    def execute_here(self) -> None:
+        """Write each pending shard in this process, in plan order: `workers=0`, no Ray."""
+        self._report()
+        for spec in self.plan:
+            if spec.name in self.receipts:
+                continue
+            try:
+                receipt = write_shard(self._task(spec))
+            except Exception as exc:
+                raise ShardsError(f"{spec.name}: {self._failure(exc)}") from exc
+            self._finished(spec, receipt)
+        self._check_rejects()
+
+    def _finished(self, spec: ShardSpec, receipt: Receipt) -> None:
+        self.receipts[spec.name] = receipt
+        for reject in receipt.rejects:  # the task's own log stays on its worker
+            logger.info("rejected %s: %s", reject.source, reject.reason)
+        self.inputs_done += receipt.shard.count + len(receipt.rejects)
+        self.rejected += len(receipt.rejects)
+        self._report()
+        self._check_rejects()
 
     def _task(self, spec: ShardSpec) -> ShardTask:
         rows = self.listing.shard_rows(spec.positions)
