@@ -27,31 +27,39 @@ CLASS_TINTS = [
 
 
 def photo_like(rng: np.random.Generator, height: int, width: int, tint: Sequence[int]) -> np.ndarray:
-    """An (height, width, 3) uint8 image with the statistics of a blurry photograph."""
-    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    yy /= max(height - 1, 1)
-    xx /= max(width - 1, 1)
+    """An (height, width, 3) uint8 image with the statistics of a blurry photograph.
+
+    Every term but the noise is separable, so it is made from a row and a column (a 1 Mpx image
+    takes ~0.1 s instead of 0.3 s); the random draws are the same, in the same order."""
+    y = np.arange(height, dtype=np.float32)[:, None] / max(height - 1, 1)
+    x = np.arange(width, dtype=np.float32)[None, :] / max(width - 1, 1)
     angle = rng.uniform(0, 2 * np.pi)
-    ramp = np.cos(angle) * xx + np.sin(angle) * yy
-    image = np.empty((height, width, 3), np.float32)
+    ramp = np.float32(np.cos(angle)) * x + np.float32(np.sin(angle)) * y
     base = np.asarray(tint, np.float32)
-    for channel in range(3):
-        image[..., channel] = base[channel] * (0.55 + 0.45 * ramp)
+    image = (0.55 + 0.45 * ramp)[..., None] * base
     for _ in range(int(rng.integers(3, 7))):
         cy, cx = rng.uniform(0, 1, 2)
-        radius = rng.uniform(0.05, 0.3)
-        blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * radius**2))
+        spread = np.float32(2 * rng.uniform(0.05, 0.3) ** 2)
+        blob = np.exp(-((y - np.float32(cy)) ** 2) / spread) * np.exp(-((x - np.float32(cx)) ** 2) / spread)
         image += blob[..., None] * rng.uniform(-90, 90, 3).astype(np.float32)
-    frequency = rng.uniform(8, 40)
-    image += (12 * np.sin(frequency * (xx + rng.uniform()) * np.pi) * np.cos(frequency * yy * np.pi))[..., None]
+    frequency = np.float32(rng.uniform(8, 40))
+    phase = np.float32(rng.uniform())
+    image += (12 * np.sin(frequency * (x + phase) * np.float32(np.pi)) * np.cos(frequency * y * np.float32(np.pi)))[
+        ..., None
+    ]
     image += rng.normal(0, 6, image.shape).astype(np.float32)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+#: The longest side made at full size; larger images are upscaled from a quarter size.
+RENDER_FULL = 800
+
+
 def _render(rng: np.random.Generator, height: int, width: int, tint: Sequence[int]) -> np.ndarray:
-    """Camera-sized images are rendered at a quarter size, upscaled and given full-size sensor
-    noise: ten times cheaper to make, and just as costly to decode."""
-    if max(height, width) <= 1500:
+    """Images over RENDER_FULL px are rendered at a quarter size, upscaled and given full-size
+    sensor noise: several times cheaper to make, and as costly to decode (the noise is what
+    the entropy coder pays for)."""
+    if max(height, width) <= RENDER_FULL:
         return photo_like(rng, height, width, tint)
     small = Image.fromarray(photo_like(rng, height // 4, width // 4, tint))
     large = np.asarray(small.resize((width, height), Image.Resampling.BICUBIC), np.int16)
