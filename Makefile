@@ -60,8 +60,11 @@ test-fast: $(VENV)/.installed
 test-newest: $(VENV)/.installed
 	$(PY) -m pytest -m "not torch"
 
+# The oldest Python runs every test that starts no Ray (the library's logic, the readers on runs
+# written without Ray, the formats) and the `oldest` end-to-end cases on Ray; the cluster,
+# fault and training cases, whose behaviour is Ray's and the frameworks', run once, above.
 test-oldest: $(VENV_OLDEST)/.installed
-	$(VENV_OLDEST)/bin/python -m pytest -m "not torch and not jax"
+	$(VENV_OLDEST)/bin/python -m pytest -m "(not slow or oldest) and not torch and not jax"
 
 test-torch: $(VENV_TORCH)/.installed
 	$(VENV_TORCH)/bin/python -m pytest -m torch tests/test_torch_*.py

@@ -114,3 +114,20 @@ def pytest_collection_modifyitems(items):
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _fast_tests_start_no_ray(request):
+    """A test that is not `slow` must not start Ray: one that did (a preprocess without
+    `workers=0`, a trainer) would slip an embedded cluster into the inner loop and the oldest
+    Python's run, and make the session's `ray.init` fail after it."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+    import sys
+
+    before = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+    yield
+    if not before and "ray" in sys.modules and sys.modules["ray"].is_initialized():
+        sys.modules["ray"].shutdown()
+        pytest.fail("this test started Ray: give it the ray_cluster fixture or mark it slow")

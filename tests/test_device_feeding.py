@@ -17,14 +17,15 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def colours(ray_cluster, tmp_path_factory):
+def colours(tmp_path_factory):
     root = tmp_path_factory.mktemp("device")
     make_image_folder(str(root / "photos"), 96, classes=3, sizes=(30, 60), seed=5)
     dest = str(root / "out")
-    shards.preprocess(str(root / "photos"), dest, PreprocessOptions(size=16, shard_size="8KiB"))
+    shards.preprocess(str(root / "photos"), dest, PreprocessOptions(size=16, shard_size="8KiB"), workers=0)
     return dest
 
 
+@pytest.mark.slow  # trains in a process of its own
 def test_mixed_precision_and_jit_train_on_the_cpu(colours, tmp_path):
     """The policy is process-wide, so the run is its own process: `shards train` as users run it."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
@@ -97,6 +98,7 @@ def test_a_budget_too_small_is_refused_before_anything_is_loaded(colours):
     assert len(dataset.in_memory(needed)) == len(dataset)
 
 
+@pytest.mark.slow  # trains in a process of its own
 def test_train_in_memory_trains_and_a_small_budget_fails_in_one_line(colours, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     command = [sys.executable, "jobs/train.py", colours, "--epochs", "2", "--batch-size", "8", "--in-memory"]
@@ -184,6 +186,7 @@ fit_with_strategy(model, strategy, inputs, epochs=4, initial_epoch=0, callback=L
 """
 
 
+@pytest.mark.slow  # trains in a process of its own
 @pytest.mark.parametrize(
     "policy, jit, optimizer", [("mixed_float16", "eager", "sgd"), ("float32", "jit", "adam"), ("float32", "jit", "sgd")]
 )

@@ -15,13 +15,15 @@ from shards.synthetic import make_image_folder
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMEWORKS = ("tensorflow", "keras", "torch", "jax")
 
+pytestmark = pytest.mark.slow  # each case runs the CLI or Python in a process of its own
+
 
 @pytest.fixture(scope="module")
-def small_run(ray_cluster, tmp_path_factory):
+def small_run(tmp_path_factory):
     root = tmp_path_factory.mktemp("extras")
     make_image_folder(str(root / "photos"), 24, classes=2, sizes=(30, 60), seed=4)
     dest = str(root / "out")
-    shards.preprocess(str(root / "photos"), dest, PreprocessOptions(size=16, shard_size="8KiB"))
+    shards.preprocess(str(root / "photos"), dest, PreprocessOptions(size=16, shard_size="8KiB"), workers=0)
     return dest
 
 
@@ -35,7 +37,6 @@ def python(code, env, cwd=ROOT):
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=cwd, timeout=300)
 
 
-@pytest.mark.slow
 def test_preprocess_and_read_need_no_framework(absent, tmp_path):
     env = absent(*FRAMEWORKS)
     make_image_folder(str(tmp_path / "src"), 12, classes=2, sizes=(30, 60), seed=1)

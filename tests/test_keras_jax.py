@@ -18,12 +18,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def colours(ray_cluster, tmp_path_factory):
+def colours(tmp_path_factory):
     """A learnable toy task: each class has its own colour cast."""
     root = tmp_path_factory.mktemp("jax-colours")
     make_image_folder(str(root / "photos"), 120, classes=3, sizes=(40, 90), seed=2)
     dest = str(root / "out")
-    shards.preprocess(str(root / "photos"), dest, PreprocessOptions(size=24, shard_size="20KiB"))
+    shards.preprocess(str(root / "photos"), dest, PreprocessOptions(size=24, shard_size="20KiB"), workers=0)
     return dest
 
 

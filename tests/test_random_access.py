@@ -13,11 +13,11 @@ from shards.synthetic import make_image_folder
 
 
 @pytest.fixture(scope="module")
-def run(ray_cluster, tmp_path_factory):
+def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("random-access")
     make_image_folder(str(root / "photos"), 30, classes=3, sizes=(30, 60), seed=5)
     dest = str(root / "out")
-    shards.preprocess(str(root / "photos"), dest, PreprocessOptions(size=12, shard_size="4KiB"))
+    shards.preprocess(str(root / "photos"), dest, PreprocessOptions(size=12, shard_size="4KiB"), workers=0)
     return dest
 
 

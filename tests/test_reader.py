@@ -14,9 +14,9 @@ from shards.options import PreprocessOptions
 
 
 @pytest.fixture(scope="module")
-def dataset_dir(ray_cluster, photos, tmp_path_factory):
+def dataset_dir(photos, tmp_path_factory):
     dest = str(tmp_path_factory.mktemp("read") / "out")
-    shards.preprocess(photos, dest, PreprocessOptions(size=(24, 24), shard_size=24 * 24 * 3 * 13))
+    shards.preprocess(photos, dest, PreprocessOptions(size=(24, 24), shard_size=24 * 24 * 3 * 13), workers=0)
     return dest
 
 

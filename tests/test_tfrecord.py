@@ -17,9 +17,9 @@ SIZE = (24, 32)
 
 
 @pytest.fixture(scope="module")
-def npy_run(ray_cluster, photos, tmp_path_factory):
+def npy_run(photos, tmp_path_factory):
     dest = str(tmp_path_factory.mktemp("npy") / "out")
-    shards.preprocess(photos, dest, PreprocessOptions(size=SIZE, shard_size="40KiB"))
+    shards.preprocess(photos, dest, PreprocessOptions(size=SIZE, shard_size="40KiB"), workers=0)
     return dest
 
 
@@ -41,6 +41,7 @@ PLAIN_TF_READER = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # reads with TensorFlow in a process of its own
 @pytest.mark.parametrize("dtype, compression", [("uint8", "none"), ("float16", "gzip"), ("bfloat16", "none")])
 def test_plain_tf_data_reads_the_same_pixels_as_the_npy_output(npy_run, photos, tmp_path, dtype, compression):
     dest = str(tmp_path / "tf")
@@ -48,6 +49,7 @@ def test_plain_tf_data_reads_the_same_pixels_as_the_npy_output(npy_run, photos, 
         photos,
         dest,
         PreprocessOptions(size=SIZE, format="tfrecord", dtype=dtype, compression=compression, shard_size="40KiB"),
+        workers=0,
     )
     suffix = ".tfrecord.gz" if compression == "gzip" else ".tfrecord"
     assert glob.glob(f"{dest}/shard-*{suffix}")
@@ -73,11 +75,11 @@ def test_plain_tf_data_reads_the_same_pixels_as_the_npy_output(npy_run, photos, 
     assert manifest["format"] == "tfrecord" and manifest["dtype"] == dtype
 
 
-def test_verify_finds_a_truncated_tfrecord(ray_cluster, photos, tmp_path, capsys):
+def test_verify_finds_a_truncated_tfrecord(photos, tmp_path, capsys):
     from shards import cli
 
     dest = str(tmp_path / "tf")
-    shards.preprocess(photos, dest, PreprocessOptions(size=SIZE, format="tfrecord", shard_size="40KiB"))
+    shards.preprocess(photos, dest, PreprocessOptions(size=SIZE, format="tfrecord", shard_size="40KiB"), workers=0)
     assert cli.main(["verify", dest]) == 0
     path = f"{dest}/shard-00001.tfrecord"
     with open(path, "r+b") as handle:

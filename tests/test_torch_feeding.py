@@ -19,14 +19,16 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def run(ray_cluster, tmp_path_factory):
+def run(tmp_path_factory):
     """60 samples in shards of ~9, as uint8 and as bfloat16."""
     root = tmp_path_factory.mktemp("torch")
     make_image_folder(str(root / "photos"), 60, classes=3, sizes=(30, 60), seed=6)
     runs = {}
     for dtype in ("uint8", "bfloat16"):
         runs[dtype] = str(root / dtype)
-        shards.preprocess(str(root / "photos"), runs[dtype], PreprocessOptions(size=12, dtype=dtype, shard_size="4KiB"))
+        shards.preprocess(
+            str(root / "photos"), runs[dtype], PreprocessOptions(size=12, dtype=dtype, shard_size="4KiB"), workers=0
+        )
     return runs
 
 
@@ -116,6 +118,7 @@ def test_the_dataset_serves_a_map_style_dataloader(run):
     assert np.array_equal(images.numpy(), want_images) and np.array_equal(labels.numpy(), want_labels)
 
 
+@pytest.mark.slow  # fits in a process of its own
 def test_keras_fits_from_to_keras_on_the_torch_backend_without_tensorflow(absent, run):
     code = (
         "import importlib.util, json, sys, keras, shards\n"

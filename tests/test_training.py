@@ -117,6 +117,7 @@ def test_resume_mid_epoch_with_another_world_size_sees_each_sample_once(colour_c
     assert os.path.exists(tmp_path / "m.keras")
 
 
+@pytest.mark.oldest
 def test_trainer_actor_trains_and_writes_the_model(colour_classes, tmp_path):
     from shards.tf.training import TrainOptions
     from shards.trainer import run_training
