@@ -60,7 +60,16 @@ def main(argv: list[str] | None = None) -> int:
     model_path = os.path.join(args.folder, "model.keras")
     print(f"\ntraining a small CNN for {args.epochs} epochs in a Ray trainer actor, fed by the stream ...")
     report = run_training(
-        out, TrainOptions(epochs=args.epochs, batch_size=32, output=model_path, validation_split=0.2, augment=("flip",))
+        out,
+        TrainOptions(
+            epochs=args.epochs,
+            batch_size=32,
+            output=model_path,
+            validation_split=0.2,
+            augment=("flip",),
+            overwrite=True,  # the demo's folder is its own: each run replaces it
+        ),
+        worker_logs=False,  # the epochs are printed below, once (as `shards train` does without -v)
     )
     for epoch in report["epochs"]:
         print(

@@ -41,6 +41,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--model", default=None, help="a saved .keras model to train instead of the default CNN")
     parser.add_argument("--output", default=train_default("output"), help="where the model goes (%(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace an --output model that exists")
     parser.add_argument("--augment", default="", help="comma-separated: flip,rotation,shift,zoom,brightness")
     parser.add_argument(
         "--validation-split", type=float, default=train_default("validation_split"), help="default %(default)s"
@@ -83,6 +84,7 @@ def run_train(args: argparse.Namespace) -> int:
         stop_after_batches=args.stop_after_batches,
         audit_dir=args.audit_dir,
         cache_limit=args.cache_limit,
+        overwrite=args.overwrite,
     )
     from shards.trainer import run_training  # refuses a bad request before TensorFlow loads
 
@@ -114,6 +116,7 @@ def add_predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dest", help="a finished shards run (folder or s3:// / gs:// prefix)")
     parser.add_argument("--model", required=True, help="a saved .keras model")
     parser.add_argument("--out", required=True, help="the Parquet file to write")
+    parser.add_argument("--overwrite", action="store_true", help="replace an --out file that exists")
     parser.add_argument(
         "--batch-size", default=default(PredictOptions, "batch_size"), help="N, or auto (halves on out-of-memory)"
     )
@@ -159,6 +162,7 @@ def run_predict(args: argparse.Namespace) -> int:
         mixed_precision=args.mixed_precision,
         address=args.address,
         worker_logs=args.verbose,
+        overwrite=args.overwrite,
     )
     rows, batch = result["rows"], result["batch_size"]
     print(f"wrote {rows:,} rows to {args.out} (batch size {batch}); scores are {result['scores']}")

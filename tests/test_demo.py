@@ -24,7 +24,10 @@ def test_the_demo_trains_a_model_that_predicts_as_well_as_it_trained(tmp_path):
     assert demo.returncode == 0, demo.stderr[-3000:]
     assert "planted" in demo.stdout and "a JPEG cut off after its header" in demo.stdout
     assert re.search(r"rejected, not fatal: .*broken\.jpg: corrupt image", demo.stdout), demo.stdout
-    last = [line for line in demo.stdout.splitlines() if line.startswith("epoch ")][-1]
+    epochs = [line for line in demo.stdout.splitlines() if "epoch " in line]
+    assert [line.split(":")[0] for line in epochs] == ["epoch 1", "epoch 2", "epoch 3"], demo.stdout  # once each
+    assert "\x1b[" not in demo.stdout + demo.stderr  # no terminal colour codes in a log
+    last = epochs[-1]
     accuracy = float(re.search(r" accuracy ([0-9.]+)", last).group(1))
     validation = float(re.search(r"val_accuracy ([0-9.]+)", last).group(1))
     assert accuracy > 0.6 and abs(accuracy - validation) <= 0.1, last

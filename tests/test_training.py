@@ -172,8 +172,8 @@ def test_train_job_refuses_a_missing_dest_or_model_before_any_ray_work(colour_cl
     from shards.tf.training import TrainOptions
     from shards.trainer import run_training
 
-    with pytest.raises(shards.ManifestError, match="no manifest.json"):
-        run_training(str(tmp_path / "nothing"), TrainOptions(), address="127.0.0.1:9")
+    with pytest.raises(shards.ManifestError, match="nothing: no such folder"):
+        run_training(str(tmp_path / "nothing"), TrainOptions(output=str(tmp_path / "m.keras")), address="127.0.0.1:9")
     with pytest.raises(shards.ConfigError, match="--model .*no such file"):
         run_training(colour_classes, TrainOptions(model_path=str(tmp_path / "missing.keras")), address="127.0.0.1:9")
 
@@ -207,7 +207,11 @@ def test_a_two_worker_training_run_is_quiet_and_numbers_epochs_from_one(colour_c
         "epoch 1",
         "epoch 2",
     ]
-    verbose = subprocess.run([*command, "-v"], capture_output=True, text=True, env=env, timeout=600)
+    refused = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
+        f"shards: error: --output {tmp_path / 'm.keras'} already exists; pass --overwrite to replace it"
+    ], refused.stderr
+    verbose = subprocess.run([*command, "-v", "--overwrite"], capture_output=True, text=True, env=env, timeout=600)
     assert verbose.returncode == 0, verbose.stderr[-3000:]
     worker_epochs = {int(n) for n in re.findall(r"RayTrainWorker.*epoch (\d+): ", verbose.stderr)}
     assert worker_epochs == {1, 2}, verbose.stderr[-3000:]

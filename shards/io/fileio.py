@@ -96,6 +96,21 @@ def temporary_path(path: str, *, durable: bool = True) -> Iterator[str]:
         raise
 
 
+def check_output(path: str, flag: str, *, overwrite: bool) -> None:
+    """Refuse to replace a file a user made before (a trained model, predictions, a preview)
+    unless `overwrite`: preprocess protects DEST, and an output file is protected the same way.
+
+    Raises:
+        ConfigError: `path` exists and `overwrite` is False, or it is a folder.
+    """
+    from shards.errors import ConfigError
+
+    if os.path.isdir(path):
+        raise ConfigError(f"{flag} {path} is a folder; name a file")
+    if os.path.lexists(path) and not overwrite:
+        raise ConfigError(f"{flag} {path} already exists; pass --overwrite to replace it")
+
+
 @contextlib.contextmanager
 def atomic_write(path: str, *, durable: bool = True) -> Iterator[HashingWriter]:
     """Write `path` atomically; the yielded writer's `digest()` describes what was written."""

@@ -37,6 +37,7 @@ class TrainOptions:
     stop_after_batches: int | None = None
     audit_dir: str | None = None
     cache_limit: str | None = None
+    overwrite: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -81,10 +82,12 @@ def check_training(dest: str, options: TrainOptions, *, workers: int, gpus_per_w
     """Refuse a training request that cannot work, before TensorFlow or Ray is loaded.
 
     Raises:
-        ConfigError: bad worker or GPU counts, or a `--model` file that does not exist.
+        ConfigError: bad worker or GPU counts, a `--model` file that does not exist, or an
+            `--output` that exists without `overwrite`.
         ManifestError: DEST holds no finished run.
     """
     from shards.cluster import check_workers
+    from shards.io.fileio import check_output
     from shards.layout.index import read_run_index
     from shards.layout.manifest import load_manifest
 
@@ -93,6 +96,7 @@ def check_training(dest: str, options: TrainOptions, *, workers: int, gpus_per_w
         raise ConfigError(f"--gpus-per-worker must be >= 0, got {gpus_per_worker}")
     if options.model_path and not os.path.isfile(options.model_path):
         raise ConfigError(f"--model {options.model_path}: no such file")
+    check_output(options.output, "--output", overwrite=options.overwrite)
     manifest = load_manifest(dest)
     targets = manifest.targets
     if not targets.labelled:

@@ -22,7 +22,7 @@ import numpy as np
 
 from shards.errors import ConfigError
 from shards.frameworks import import_keras, import_torch, keras_backend, require
-from shards.io.fileio import write_bytes_atomically
+from shards.io.fileio import temporary_path, write_bytes_atomically
 from shards.io.location import location
 from shards.keras.checkpoint import CHECKPOINT_MODEL, ProgressCheckpoint, read_checkpoint_state
 from shards.keras.dataset import ShardsPyDataset
@@ -160,7 +160,9 @@ def finish(model: Any, run: TrainingRun) -> dict[str, Any]:
     options, callback = run.options, run.callback
     if run.rank == 0 and not model.stop_training:
         os.makedirs(os.path.dirname(os.path.abspath(options.output)), exist_ok=True)
-        model.save(options.output)
+        with temporary_path(options.output) as temp:  # a cut save leaves the old model whole
+            model.save(temp + ".keras")  # Keras picks the format by the name's ending
+            os.replace(temp + ".keras", temp)
     if options.audit_dir:
         _write_audit(options.audit_dir, run.rank, run.audit, callback)
     return {

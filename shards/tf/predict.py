@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 
 from shards.cluster import check_workers, cluster_resource, connect_ray
 from shards.errors import ShardsError
-from shards.io.fileio import temporary_path
+from shards.io.fileio import check_output, temporary_path
 from shards.io.memory import default_budget
 from shards.keras.options import PredictOptions
 from shards.read.dataset import RunReader
@@ -367,14 +367,17 @@ def predict_dataset(
     mixed_precision: bool = False,
     address: str | None = None,
     worker_logs: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Predict DEST into `out`: in this process, or as `workers` Ray tasks over groups of shards
     (whose output stays off this terminal with `worker_logs=False`).
 
     Parts are written by the tasks (one GPU each where the cluster has them) and joined in
-    dataset order, so the output is the same whatever the number of workers.
+    dataset order, so the output is the same whatever the number of workers. An `out` that
+    exists is refused unless `overwrite`; it is replaced only once the new one is whole.
     """
     check_workers(workers)
+    check_output(out, "--out", overwrite=overwrite)
     dataset = RunReader(dest)
     if workers == 1:
         return _predict_part(dest, model_path, out, options, np.arange(len(dataset)), mixed_precision)
