@@ -83,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     preview = _add_command(commands, "preview", "a contact sheet of samples, rendered from the shards", common)
     preview.add_argument("dest", help="a shards run (folder or s3:// / gs:// prefix)")
     preview.add_argument("-o", "--output", required=True, help="the PNG to write")
+    preview.add_argument("--overwrite", action="store_true", help="replace an -o file that exists")
     preview.add_argument("--n", type=int, default=64, help="samples (per class with --per-class); default 64")
     preview.add_argument("--per-class", action="store_true", help="one row of samples per class")
     preview.add_argument("--seed", type=int, default=0, help="which samples are drawn (default 0)")
@@ -267,7 +268,8 @@ def run_preprocess(args: argparse.Namespace) -> int:
             **fields,
         )
     shutdown = _stop_ray()
-    _print_summary(summary, before=called, shutdown=shutdown)
+    if not args.quiet:  # -q: errors only
+        _print_summary(summary, before=called, shutdown=shutdown)
     return 0
 
 
@@ -360,7 +362,7 @@ class _ProgressDisplay:
         finished = progress.shards_done == progress.shards_total
         if finished or now - self._last_log >= LOG_EVERY_SECONDS:
             self._last_log = now
-            rate = progress.inputs_done / progress.elapsed if progress.elapsed else 0.0
+            rate = progress.images_per_second
             left = progress.inputs_total - progress.inputs_done
             eta = f", ETA {left / rate:,.0f} s" if rate and left else ""
             print(
@@ -521,17 +523,20 @@ def _rejects_by_reason(dest: str) -> dict[str, int]:
 
 def run_preview(args: argparse.Namespace) -> int:
     from shards.dataset import open_shards
+    from shards.io.fileio import check_output, temporary_path
     from shards.read.preview import choose_samples, render_contact_sheet
 
     if args.n < 1:
         raise ConfigError(f"--n must be at least 1, got {args.n}")
     if not args.output.lower().endswith(".png"):
         raise ConfigError(f"-o must name a .png file, got {args.output!r}")
+    check_output(args.output, "-o", overwrite=args.overwrite)
     dataset = open_shards(args.dest)
     indices = choose_samples(dataset, args.n, per_class=args.per_class, seed=args.seed)
     columns = args.n if args.per_class and dataset.classes else None
     sheet = render_contact_sheet(dataset, indices, columns=columns)
-    sheet.image.save(args.output)
+    with temporary_path(args.output) as temp:
+        sheet.image.save(temp, format="PNG")
     print(f"wrote {args.output}: {len(indices)} samples, {sheet.image.width}x{sheet.image.height} px")
     return 0
 

@@ -11,6 +11,7 @@ import collections
 import logging
 import os
 import signal
+import socket
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -65,17 +66,61 @@ def connect_ray(address: str | None, *, worker_logs: bool = True) -> None:
         # for this Ray cluster" is dropped, which every embedded run printed. (Setting
         # RAY_AUTH_MODE=token instead made the embedded GCS refuse its own driver.)
         logging.getLogger("ray._private.authentication.authentication_token_setup").addFilter(_token_notice)
+    target = address or os.environ.get("RAY_ADDRESS")
+    if target:
+        check_reachable(target)
     on_main_thread = threading.current_thread() is threading.main_thread()
     sigterm = signal.getsignal(signal.SIGTERM) if on_main_thread else None
     try:
         ray.init(**kwargs)
     except (ConnectionError, RuntimeError, ValueError, OSError) as exc:
-        where = address or os.environ.get("RAY_ADDRESS") or "a new local cluster"
-        raise ShardsError(f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}") from exc
+        where = target or "a new local cluster"
+        raise ShardsError(
+            f"cannot start or reach Ray at {where}: {str(exc).splitlines()[0]}{_auth_hint(target)}"
+        ) from exc
     if callable(sigterm):
         # ray.init replaces a SIGTERM handler with its own sys.exit(); the caller's (the CLI
         # ends a run in one line, resumable) is put back.
         signal.signal(signal.SIGTERM, sigterm)
+
+
+#: Seconds to open a TCP connection to a given cluster address before giving up on it.
+REACH_TIMEOUT = 5.0
+
+
+def check_reachable(address: str, timeout: float = REACH_TIMEOUT) -> None:
+    """Refuse a `host:port` cluster address that nothing answers on, in one line and within
+    seconds: Ray itself retries an absent GCS for minutes, printing a warning every few seconds.
+    Other forms (`auto`, `local`, `ray://`) are left to Ray.
+
+    Raises:
+        ShardsError: the host cannot be resolved, or its port refuses or does not answer.
+    """
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        return
+    host = host.strip("[]")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except socket.gaierror as exc:
+        reason = f"cannot resolve {host} ({exc.strerror})"
+    except TimeoutError:
+        reason = f"no answer within {timeout:g} s"
+    except OSError as exc:
+        reason = exc.strerror or type(exc).__name__
+    raise ShardsError(f"cannot reach Ray at {address}: {reason}; is the cluster's head running there?")
+
+
+def _auth_hint(target: str | None) -> str:
+    """What to set when a cluster that uses token authentication (Ray's default since 2.5x:
+    `ray start --head` writes ~/.ray/auth_token) refuses a client that sends no token."""
+    if not target or os.environ.get("RAY_AUTH_MODE") == "token":
+        return ""
+    return (
+        "; if the cluster uses token authentication, set RAY_AUTH_MODE=token (the token is read from "
+        "RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+    )
 
 
 TASK_RETRIES = 3

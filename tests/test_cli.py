@@ -214,16 +214,37 @@ def test_train_command_and_job_share_parsing_and_exit_codes(held_run, tmp_path, 
     no run exits 1, each with one `shards: error:` line, before any Ray work."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     env = dict(os.environ, RAY_ADDRESS="127.0.0.1:9")
+    made = tmp_path / "good.keras"
+    made.write_bytes(b"a model someone trained for days")
     for args, code, words in [
         ([held_run, "--epochs", "0"], 2, "--epochs and --batch-size must be at least 1"),
         ([held_run, "--augment", "sepia"], 2, "unknown: sepia"),
         ([held_run, "--workers", "0"], 2, "--workers must be at least 1"),
-        ([str(tmp_path / "nothing")], 1, "no manifest.json"),
+        ([str(tmp_path / "nothing")], 1, "nothing: no such folder"),
+        ([held_run, "--output", str(made)], 2, f"--output {made} already exists; pass --overwrite to replace it"),
     ]:
         result = subprocess.run([*entry, *args], capture_output=True, text=True, timeout=120, env=env, cwd=root)
         lines = result.stderr.strip().splitlines()
         assert result.returncode == code, result.stderr
         assert len(lines) == 1 and lines[0].startswith("shards: error:") and words in lines[0], result.stderr
+
+
+def test_predictions_and_previews_are_never_written_over_without_overwrite(held_run, tmp_path):
+    out, sheet = tmp_path / "p.parquet", tmp_path / "sheet.png"
+    out.write_bytes(b"yesterday's predictions")
+    sheet.write_bytes(b"a preview")
+    result = run("predict", held_run, "--model", "m.keras", "--out", str(out))
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"shards: error: --out {out} already exists; pass --overwrite to replace it"
+    )
+    result = run("preview", held_run, "-o", str(sheet))
+    assert result.returncode == 2 and result.stderr.strip() == (
+        f"shards: error: -o {sheet} already exists; pass --overwrite to replace it"
+    )
+    assert out.read_bytes() == b"yesterday's predictions" and sheet.read_bytes() == b"a preview"
+    assert run("preview", held_run, "-o", str(sheet), "--overwrite").returncode == 0
+    assert sheet.read_bytes().startswith(b"\x89PNG")
+    assert [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")] == []
 
 
 def test_predict_command_refuses_a_bad_batch_size_in_one_line(held_run, tmp_path):
@@ -249,7 +270,8 @@ def test_verbosity_flags_work_before_or_after_the_command_and_quiet_silences_pro
         dest = str(tmp_path / "-".join(flags))
         result = run(*flags, photos, dest, "--size", "16", env={"RAY_ADDRESS": ""})
         assert result.returncode == 0, result.stderr
-        assert "progress:" not in result.stderr and "written   90 samples" in result.stdout
+        assert result.stdout == "" and result.stderr == ""  # errors only: no progress, no summary
+        assert os.path.exists(os.path.join(dest, "manifest.json"))
     both = run("-v", "inspect", str(tmp_path), "-q")
     assert both.returncode == 2 and "exclude each other" in both.stderr
 

@@ -162,7 +162,9 @@ def test_dest_that_holds_a_run_is_never_silently_overwritten(ray_cluster, photos
     shards.preprocess(photos, dest, PreprocessOptions(**SMALL))
     with pytest.raises(DestinationError, match="already holds this run"):
         shards.preprocess(photos, dest, PreprocessOptions(**SMALL))
-    with pytest.raises(DestinationError, match=r"different dataset \(options differ: size"):
+    with pytest.raises(
+        DestinationError, match=r"different dataset \(options differ: size \[48, 64\] in DEST, \[32, 32\] asked"
+    ):
         shards.preprocess(photos, dest, PreprocessOptions(size=32, shard_size=SMALL["shard_size"]), mode="resume")
     summary = shards.preprocess(photos, dest, PreprocessOptions(size=32), mode="overwrite")
     assert summary.written == 90 and shards.open(dest).shape == (32, 32, 3)
@@ -185,8 +187,12 @@ def test_resume_keeps_verified_shards_and_redoes_damaged_ones(ray_cluster, photo
         handle.seek(500)
         handle.write(b"\x00\xff")
     kept_mtime = os.stat(dest / "shard-00000.images.npy").st_mtime_ns
-    summary = shards.preprocess(photos, str(dest), options, mode="resume")
+    reports = []
+    summary = shards.preprocess(photos, str(dest), options, mode="resume", on_progress=reports.append)
     assert summary.resumed_shards == 4 and summary.written == 90
+    # The kept shards' inputs count as done, never as this run's speed (it read 32 of 90).
+    assert reports[0].inputs_done == reports[0].inputs_kept == 58 and reports[0].images_per_second == 0
+    assert reports[-1].inputs_done == 90 and reports[-1].images_per_second * reports[-1].elapsed == pytest.approx(32)
     assert os.stat(dest / "shard-00000.images.npy").st_mtime_ns == kept_mtime
     assert {n: (dest / n).read_bytes() for n in clean} == clean
 

@@ -134,8 +134,11 @@ def test_manifest_of_another_version_or_escaping_names_is_refused(dataset_dir, t
     (tmp_path / "manifest.json").write_text(json.dumps(record))
     with pytest.raises(ManifestError, match="not a plain file name"):
         shards.open(str(tmp_path))
-    with pytest.raises(ManifestError, match="no manifest.json"):
+    with pytest.raises(ManifestError, match="nothing: no such folder"):
         shards.open(str(tmp_path / "nothing"))
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ManifestError, match="empty: no manifest.json; not a finished shards run"):
+        shards.open(str(tmp_path / "empty"))
 
 
 def test_reused_batch_buffers_never_change_a_batch_someone_still_holds(dataset_dir):

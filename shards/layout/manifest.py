@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 import re
 from typing import Any
 
@@ -17,6 +18,7 @@ import numpy as np
 
 from shards.errors import ManifestError
 from shards.formats import FORMATS, ShardInfo, get_format
+from shards.io import storage
 from shards.io.location import location
 from shards.options import DTYPE_BYTES, DTYPES, MAX_SIDE, PreprocessOptions
 from shards.targets import Targets
@@ -209,6 +211,8 @@ def load_manifest(dest: str, *, allow_incomplete: bool = False) -> Manifest:
     path = f"{dest.rstrip('/')}/{MANIFEST}"
     record = read_json(dest, MANIFEST)
     if record is None:
+        if not storage.is_remote(dest) and not os.path.isdir(dest):
+            raise ManifestError(f"{dest}: no such folder")
         raise ManifestError(f"{dest}: no {MANIFEST}; not a finished shards run")
     version = record.get("version")
     if version not in READABLE_VERSIONS or isinstance(version, bool):

@@ -138,7 +138,9 @@ def _verified_receipts(
 def _difference(record: dict, options: PreprocessOptions) -> str:
     theirs = record.get("config", {})
     ours = options.output_json()
-    changed = [f"{name} {theirs.get(name)!r} vs {ours[name]!r}" for name in ours if theirs.get(name) != ours[name]]
+    changed = [
+        f"{name} {theirs.get(name)!r} in DEST, {ours[name]!r} asked" for name in ours if theirs.get(name) != ours[name]
+    ]
     return "options differ: " + ", ".join(changed) if changed else "the inputs differ"
 
 

@@ -105,3 +105,14 @@ def _bicubic(pixels: np.ndarray, box: tuple[float, float, float, float], width: 
     wide = np.empty((width, height * 3), np.uint8)
     kernels.filter_rows(turned, 0, height * 3, columns, weights, wide)
     return cv2.transpose(wide.reshape(width, height, 3))
+
+
+def warm_up() -> None:
+    """Compile the resampler's loops now, or load them from numba's cache (~3 s to compile on
+    one core of a fresh install, ~0.3 s to load): an embedded run does it on a thread while Ray
+    starts, so its shard tasks load the cached code instead of each compiling it at once on a
+    busy machine. A failure here is left for the tasks to meet and report."""
+    try:
+        resize_array(np.zeros((48, 64, 3), np.uint8), (24, 24), "crop")
+    except Exception:
+        return

@@ -17,6 +17,7 @@ import dataclasses
 import datetime
 import errno
 import logging
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -49,6 +50,7 @@ from shards.sources.arrays import ArrayInputs
 from shards.sources.inputs import ChainedInputs
 from shards.write import append
 from shards.write.destination import MODES
+from shards.write.resample import warm_up
 from shards.write.sink import DestinationSink, RunIdentity
 from shards.write.task import PackedTask, ShardTask, write_shard, write_shard_on_node
 
@@ -69,6 +71,12 @@ class Progress:
     written: int
     rejected: int
     elapsed: float  # seconds of shard work: Ray's start-up excluded, as in the summary's rate
+    inputs_kept: int = 0  # of inputs_done, those of shards a resumed run kept: not this run's work
+
+    @property
+    def images_per_second(self) -> float:
+        """This run's rate: the inputs it read itself, over its seconds of shard work."""
+        return (self.inputs_done - self.inputs_kept) / self.elapsed if self.elapsed > 0 else 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -176,8 +184,11 @@ def preprocess(
     if on_cluster:  # the archives' index is built by Ray tasks: Ray first
         ray_start_seconds = _timed_connect(address, worker_logs)
         head_start = None
-    with concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="shards-list") as pool:
+    with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="shards-list") as pool:
         preparing = pool.submit(_claim_destination, src, dest, options, mode, on_cluster, base, allow_duplicates)
+        # An embedded cluster's workers share this machine, and numba's cache: the resampler is
+        # compiled once, here, while Ray starts, instead of by every worker at once.
+        warming = pool.submit(warm_up) if not here and _embedded(address) else None
         try:
             # concurrent.futures.TimeoutError: on 3.10 it is not the builtin TimeoutError
             with contextlib.suppress(concurrent.futures.TimeoutError):
@@ -186,10 +197,15 @@ def preprocess(
             # that forked them (PR_SET_PDEATHSIG), so the helper thread could not start it.
             if not on_cluster and not here:
                 ray_start_seconds = _timed_connect(address, worker_logs)
-        except BaseException:
+        except BaseException as exc:
+            refusal = _listing_refusal(preparing) if isinstance(exc, ShardsError) else None
             _release(preparing)
+            if refusal is not None:
+                raise refusal from None
             raise
         sink, kept = preparing.result()
+        if warming is not None:
+            warming.result()
     try:
         limit = 1 if here else workers or max(1, int(cluster_resource("CPU", 1.0)))
         run = _ShardRun(sink, kept, on_progress, started, work_started=time.perf_counter(), begun=begun)
@@ -227,6 +243,11 @@ def preprocess(
             f"{sink.run.src}: all {summary.inputs} inputs were rejected; see {sink.dest}/rejects.jsonl"
         )
     return summary
+
+
+def _embedded(address: str | None) -> bool:
+    """Whether `connect_ray` starts a cluster on this machine rather than joining one."""
+    return address is None and not os.environ.get("RAY_ADDRESS")
 
 
 def _timed_connect(address: str | None, worker_logs: bool) -> float:
@@ -297,6 +318,18 @@ def _claim_destination(
     return sink, sink.on_start()
 
 
+LISTING_GRACE = 10.0  # seconds a failed Ray start waits for the listing's own refusal
+
+
+def _listing_refusal(preparing: concurrent.futures.Future[Any]) -> BaseException | None:
+    """The listing's own refusal (no such SRC, a DEST that holds another run), when Ray failed
+    to start first: it is the one the user can act on, and it names no cluster. A listing still
+    going after LISTING_GRACE is not waited for."""
+    with contextlib.suppress(concurrent.futures.TimeoutError):
+        return preparing.exception(timeout=LISTING_GRACE)
+    return None
+
+
 def _release(preparing: concurrent.futures.Future[tuple[DestinationSink, dict[str, Receipt]]]) -> None:
     """Ray failed to start, or the run was interrupted before its tasks: let go of DEST once the
     listing has claimed it, so the next run finds DEST as it was."""
@@ -325,7 +358,7 @@ class _ShardRun:
         self.kept = set(kept)
         self.resumed = len(kept)
         # Running totals, so progress and the reject limit cost O(1) per finished shard.
-        self.inputs_done = sum(r.shard.count + len(r.rejects) for r in kept.values())
+        self.inputs_done = self.inputs_kept = sum(r.shard.count + len(r.rejects) for r in kept.values())
         self.rejected = sum(len(r.rejects) for r in kept.values())
         self.on_progress = on_progress
         self.started, self.work_started, self.begun = started, work_started, begun
@@ -434,6 +467,7 @@ class _ShardRun:
                 self.inputs_done - self.rejected,
                 self.rejected,
                 time.perf_counter() - self.work_started,
+                self.inputs_kept,
             )
         )
 
