@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     for epoch in report["epochs"]:
         print(
-            f"epoch {epoch['epoch'] + 1}: loss {epoch['loss']:.4f}, "
+            f"epoch {epoch['epoch'] + 1}: loss {epoch['loss']:.4f}, accuracy {epoch['accuracy']:.4f}, "
             f"{epoch['images_per_second']:,.0f} images/s on rank 0 of {report['world_size']}"
         )
     if args.report:

@@ -33,6 +33,7 @@ def test_torch_trainer_on_two_workers_sees_each_sample_once_an_epoch(ray_cluster
     result = json.load(open(report))
     assert result["world_size"] == 2 and [e["epoch"] for e in result["epochs"]] == [0, 1, 2]
     assert result["epochs"][-1]["loss"] < result["epochs"][0]["loss"], result["epochs"]
+    assert result["epochs"][-1]["accuracy"] > 1 / 3, result["epochs"]  # 3 classes: above chance
     ranks = [json.load(open(audit / f"rank-{rank}.json")) for rank in (0, 1)]
     every = sorted(shards.open(dest).columns(["source"])["source"].tolist())
     for epoch in ("0", "1", "2"):

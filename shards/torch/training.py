@@ -101,15 +101,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     epochs, seen = [], {}
     for epoch in range(options.epochs):
         feed.set_epoch(epoch)
-        started, total, samples = time.perf_counter(), 0.0, 0
+        started, samples = time.perf_counter(), 0
+        # Summed on the device, detached: float(loss) on a tensor that requires grad warned on
+        # every rank, and each float() waits for the device.
+        total, correct = torch.zeros((), device=device), torch.zeros((), device=device)
         sources: list[str] = []
         for batch in loader:
             images, labels = batch[0].to(device), batch[1].to(device).long()
             optimizer.zero_grad()
-            loss = loss_of(model(images), labels)
+            logits = model(images)
+            loss = loss_of(logits, labels)
             loss.backward()
             optimizer.step()
-            total += float(loss) * len(labels)
+            total += loss.detach() * len(labels)
+            correct += (logits.detach().argmax(dim=1) == labels).sum()
             samples += len(labels)
             if audit:
                 sources += batch[2]["source"]
@@ -117,7 +122,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         epochs.append(
             {
                 "epoch": epoch,
-                "loss": total / max(samples, 1),
+                "loss": float(total) / max(samples, 1),
+                "accuracy": float(correct) / max(samples, 1),
                 "samples": samples,
                 "images_per_second": samples / seconds,
             }
