@@ -66,14 +66,14 @@ def check_installed(module: str, needed_for: str) -> None:
 def missing(module: str, needed_for: str) -> MissingExtraError:
     """The one-line error for a module this install lacks, naming the extra that brings it."""
     if module == "keras":
-        install = f"pip install {_quoted('jax')} (or {_quoted('tf')}, {_quoted('torch')})"
-        return MissingExtraError(f"{needed_for} needs Keras 3: {install}")
+        return MissingExtraError(f"{needed_for} needs Keras 3: {install_hint('jax')} (or the tf or torch extra)")
     name, extra = _EXTRAS.get(module, (module, module))
-    return MissingExtraError(f"{needed_for} needs {name}: pip install {_quoted(extra)}")
+    return MissingExtraError(f"{needed_for} needs {name}: {install_hint(extra)}")
 
 
-def _quoted(extra: str) -> str:
-    return f"'imageshards[{extra}]'"
+def install_hint(extra: str) -> str:
+    """How to add `extra`: from PyPI, or from a clone of the repository (in its folder)."""
+    return f"pip install 'imageshards[{extra}]' (from a clone: pip install '.[{extra}]')"
 
 
 def import_tensorflow(*, quiet: bool = False, needed_for: str = "this") -> ModuleType:

@@ -15,6 +15,12 @@ from shards.synthetic import make_image_folder
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FRAMEWORKS = ("tensorflow", "keras", "torch", "jax")
 
+
+def hint(extra):
+    """How a missing extra's message says to install it: from PyPI, or from a clone."""
+    return f"pip install 'imageshards[{extra}]' (from a clone: pip install '.[{extra}]')"
+
+
 pytestmark = pytest.mark.slow  # each case runs the CLI or Python in a process of its own
 
 
@@ -69,7 +75,7 @@ def test_preprocess_and_read_need_no_framework(absent, tmp_path):
 def test_training_without_tensorflow_names_the_extra(absent, small_run, tmp_path):
     result = shards_command(["train", small_run, "--epochs", "1"], absent("tensorflow"), tmp_path)
     assert result.returncode == 2
-    assert result.stderr.strip() == "shards: error: training needs TensorFlow: pip install 'imageshards[tf]'"
+    assert result.stderr.strip() == f"shards: error: training needs TensorFlow: {hint('tf')}"
 
 
 def test_each_adapter_without_its_framework_names_the_extra(absent, small_run):
@@ -85,13 +91,13 @@ def test_each_adapter_without_its_framework_names_the_extra(absent, small_run):
     result = python(code, absent(*FRAMEWORKS))
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.splitlines() == [
-        "MissingExtraError to_tf() needs TensorFlow: pip install 'imageshards[tf]'",
-        "MissingExtraError to_keras() (KERAS_BACKEND tensorflow) needs TensorFlow: pip install 'imageshards[tf]'",
-        "MissingExtraError to_torch() needs PyTorch: pip install 'imageshards[torch]'",
+        f"MissingExtraError to_tf() needs TensorFlow: {hint('tf')}",
+        f"MissingExtraError to_keras() (KERAS_BACKEND tensorflow) needs TensorFlow: {hint('tf')}",
+        f"MissingExtraError to_torch() needs PyTorch: {hint('torch')}",
     ]
     on_jax = python(code.replace("(lambda: ds.to_tf(4), ", "("), absent(*FRAMEWORKS, KERAS_BACKEND="jax"))
     assert on_jax.stdout.splitlines()[0] == (
-        "MissingExtraError to_keras() (KERAS_BACKEND jax) needs JAX: pip install 'imageshards[jax]'"
+        f"MissingExtraError to_keras() (KERAS_BACKEND jax) needs JAX: {hint('jax')}"
     )
 
 
@@ -119,5 +125,5 @@ def test_tfrecord_without_tensorflow_is_refused_before_any_work(absent, tmp_path
         ["preprocess", str(tmp_path / "src"), str(out), "--format", "tfrecord"], absent("tensorflow"), tmp_path
     )
     assert result.returncode == 2
-    assert result.stderr.strip() == "shards: error: --format tfrecord needs TensorFlow: pip install 'imageshards[tf]'"
+    assert result.stderr.strip() == f"shards: error: --format tfrecord needs TensorFlow: {hint('tf')}"
     assert not out.exists()
