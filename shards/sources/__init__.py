@@ -2,6 +2,7 @@
 
 - `folder`: class folders or a flat folder of images, local or under an s3:// / gs:// prefix;
 - `manifest`: a CSV/Parquet list of paths with an optional label column;
+- `urls`: a CSV/Parquet list of http(s) URLs, fetched by the shard tasks;
 - `tar`: tar archives in the WebDataset convention (one, a folder or prefix of them, or a brace
   pattern such as `data-{000000..000099}.tar`);
 - `parquet`: Parquet files whose image column holds encoded bytes (Hugging Face layout);

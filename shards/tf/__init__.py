@@ -1,2 +1,4 @@
-"""Everything that needs TensorFlow (the only package of shards that imports it): tf.data and
-Keras adapters, training, the trainer actor, prediction."""
+"""Everything that needs TensorFlow (the only package of shards that imports it): the tf.data
+adapters, the devices check, training one process or one rank (with the
+MultiWorkerMirroredStrategy loop) and prediction. The trainer actor and the Ray Train entry point
+that run it live in `shards.trainer`."""

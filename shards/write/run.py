@@ -143,9 +143,11 @@ def preprocess(
         dest: the output folder, or an s3:// / gs:// prefix (shards are staged on each worker
             and uploaded once complete; the manifest is uploaded last).
         options: what to produce (default: `PreprocessOptions()`, 224x224 uint8, centre crop).
-        mode: `new` (DEST must not hold a run), `resume` (keep verified shards of the same run) or
-            `overwrite` (remove a previous run first).
-        address: a Ray cluster to join; None starts an embedded one (or joins RAY_ADDRESS).
+        mode: `new` (DEST must not hold a run), `resume` (keep verified shards of the same run,
+            or finish an append cut short), `overwrite` (remove a previous run first) or `append`
+            (add SRC's samples to the finished run in DEST, as new shards).
+        address: a Ray cluster to join; None starts an embedded one (or joins RAY_ADDRESS). A
+            host:port that nothing answers on is refused within seconds.
         workers: the most shard tasks in flight; default: the cluster's CPUs. 0 writes the
             shards in this process, one after another, without Ray (as a DataLoader's
             `num_workers=0`): the same files, for a small set, a debugger, or a test.
