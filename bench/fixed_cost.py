@@ -10,6 +10,10 @@ Ray's start and shutdown, the work), timed from outside by this script:
 
 The ratio is shards' wall time over the pool's: below 1 is faster. Each row is the median of
 `--rounds` runs, interleaved.
+
+Then a first run as a fresh install makes it: numba's cache of the resampler removed (what a new
+install or a new node has), against the run that follows it (the cache in place), on the small
+set, `--rounds` pairs.
 """
 
 from __future__ import annotations
@@ -46,7 +50,7 @@ def measure(src: str, work: str, rounds: int) -> dict:
     for _ in range(rounds):
         dest = os.path.join(work, "fixed-cost-out")
         shutil.rmtree(dest, ignore_errors=True)
-        seconds, output = wall([*SHARDS, "-q", "preprocess", src, dest, "--size", "224"])
+        seconds, output = wall([*SHARDS, "preprocess", src, dest, "--size", "224"])
         shards_walls.append(seconds)
         found = SUMMARY_TIME.search(output)
         summaries.append(float(found.group(1)) if found else float("nan"))
@@ -61,6 +65,34 @@ def measure(src: str, work: str, rounds: int) -> dict:
         "ratio_shards_vs_bare_pool": shards_wall / pool_wall,
         "rounds": {"shards": shards_walls, "summary": summaries, "pool": pool_walls},
     }
+
+
+def numba_cache_files() -> list[str]:
+    """The files numba caches the resampler's compiled loops in, beside its module."""
+    from shards.write import resample_kernels
+
+    folder = os.path.join(os.path.dirname(resample_kernels.__file__), "__pycache__")
+    if not os.path.isdir(folder):
+        return []
+    return [
+        os.path.join(folder, name)
+        for name in os.listdir(folder)
+        if name.startswith("resample_kernels.") and name.endswith((".nbi", ".nbc"))
+    ]
+
+
+def first_run(src: str, work: str, rounds: int) -> dict:
+    """Median wall seconds of a run without numba's cache and of the run after it."""
+    firsts, seconds_ = [], []
+    dest = os.path.join(work, "fixed-cost-first")
+    for _ in range(rounds):
+        for path in numba_cache_files():
+            os.remove(path)
+        for walls in (firsts, seconds_):
+            shutil.rmtree(dest, ignore_errors=True)
+            walls.append(wall([*SHARDS, "preprocess", src, dest, "--size", "224"])[0])
+    first, second = statistics.median(firsts), statistics.median(seconds_)
+    return {"first": first, "second": second, "ratio": first / second, "rounds": {"first": firsts, "second": seconds_}}
 
 
 def main(argv: list[str]) -> int:
@@ -82,4 +114,10 @@ def main(argv: list[str]) -> int:
             f"{row['bare_pool_wall_seconds']:.2f} s | {row['ratio_shards_vs_bare_pool']:.2f}x |",
             flush=True,
         )
+    row = first_run(small, args.work, args.rounds)
+    print(
+        f"\nfirst run of a fresh install (numba's cache removed) {row['first']:.2f} s, the run after it "
+        f"{row['second']:.2f} s: {row['ratio']:.2f}x (runs: {row['rounds']})",
+        flush=True,
+    )
     return 0

@@ -153,7 +153,7 @@ def test_the_command_appends_and_refuses_in_one_line(run_and_more, capsys):
     assert error.count("\n") == 0 and "--append keeps the run's options; --size (32, 32)" in error
     assert cli.main(["preprocess", more, dest, "--append", "--size", "224"]) == 2  # said, though the default
     assert "--size (224, 224) differs from the run's (24, 24)" in capsys.readouterr().err
-    assert cli.main(["-q", "preprocess", more, dest, "--append"]) == 0
+    assert cli.main(["preprocess", more, dest, "--append"]) == 0
     assert "written   25 samples" in capsys.readouterr().out
     assert len(shards.open(dest)) == 65
     assert cli.main(["inspect", dest]) == 0
