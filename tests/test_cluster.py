@@ -236,3 +236,39 @@ def test_shard_tasks_spread_over_nodes_and_a_lost_node_costs_only_its_shards(ray
     for name in os.listdir(clean):
         if name.startswith("shard-"):
             assert open(os.path.join(dest, name), "rb").read() == open(os.path.join(clean, name), "rb").read()
+
+
+def readme_block_after(heading: str) -> str:
+    """The first ``` block of README.md after `heading`."""
+    text = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+    section = text[text.index(heading) :]
+    start = section.index("```")
+    start = section.index("\n", start) + 1
+    return section[start : section.index("```", start)]
+
+
+def test_the_readme_recipe_for_a_cluster_on_one_machine_runs_as_written(tmp_path):
+    """The recipe, run by bash as it is printed, in a home of its own (where `ray start` writes
+    its token and the photos are), from the clone's folder with this environment on PATH."""
+    recipe = readme_block_after("### A cluster on this machine")
+    make_image_folder(str(tmp_path / "photos"), 24, classes=2, sizes=(60, 120), seed=11)
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    env.update(HOME=str(tmp_path), PATH=os.pathsep.join([os.path.dirname(sys.executable), env["PATH"]]))
+    result = subprocess.run(["bash", "-c", recipe], cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    said = result.stdout[-3000:] + result.stderr[-3000:]
+    try:
+        for run in ("photos-cluster", "photos-joined"):
+            assert (tmp_path / run / "manifest.json").is_file(), said
+            assert len(shards.open(str(tmp_path / run))) == 24 and cli_verify(str(tmp_path / run)), run
+        assert (tmp_path / "cluster-model.keras").is_file(), said
+        # `kill %1` stopped the head's processes, and only them (the session's Ray is not touched).
+        left = [p for p in psutil.process_iter(["cmdline"]) if ":6390" in " ".join(p.info["cmdline"] or [])]
+        assert not left, [p.info["cmdline"][:2] for p in left]
+    finally:
+        for process in psutil.process_iter(["cmdline"]):
+            if ":6390" in " ".join(process.info["cmdline"] or []):
+                process.kill()
+
+
+def cli_verify(dest: str) -> bool:
+    return subprocess.run([sys.executable, "-m", "shards.cli", "verify", dest], capture_output=True).returncode == 0
