@@ -52,6 +52,7 @@ def test_the_demo_trains_a_model_that_predicts_as_well_as_it_trained(tmp_path):
         timeout=600,
     )
     assert predict.returncode == 0, predict.stderr[-3000:]
+    assert "absl::InitializeLog" not in predict.stderr and "oneDNN" not in predict.stderr  # TensorFlow's notices
     table = pq.read_table(out, columns=["label", "prediction"]).to_pydict()
     agreement = float(np.mean(np.array(table["label"]) == np.array(table["prediction"])))
     assert abs(agreement - accuracy) <= 0.1, (agreement, accuracy)

@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -60,6 +61,7 @@ def test_train_job_with_two_workers_on_two_nodes_covers_the_set_once_per_epoch(r
             str(tmp_path / "ray_results"),
             "--report",
             str(report),
+            "-v",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -68,6 +70,9 @@ def test_train_job_with_two_workers_on_two_nodes_covers_the_set_once_per_epoch(r
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "epoch 2:" in result.stdout and os.path.exists(tmp_path / "model.keras")
+    # -v shows the workers' own lines, their epochs numbered from 1 as the driver's
+    worker_epochs = {int(n) for n in re.findall(r"RayTrainWorker.*epoch (\d+): ", result.stderr)}
+    assert worker_epochs == {1, 2}, result.stderr[-3000:]
     records = [json.load(open(audit / name)) for name in sorted(os.listdir(audit))]
     assert len(records) == 2  # both workers trained and recorded their slices
     assert {r["node"] for r in records} == set(info["nodes"])  # one worker on each node

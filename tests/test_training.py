@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import shutil
 
 import numpy as np
@@ -122,6 +121,7 @@ def test_trainer_actor_trains_and_writes_the_model(colour_classes, tmp_path):
     from shards.tf.training import TrainOptions
     from shards.trainer import run_training
 
+    (tmp_path / "model.keras").write_bytes(b"yesterday's model")  # replaced: overwrite=True
     report = run_training(
         colour_classes,
         TrainOptions(
@@ -130,8 +130,10 @@ def test_trainer_actor_trains_and_writes_the_model(colour_classes, tmp_path):
             output=str(tmp_path / "model.keras"),
             augment=("flip", "brightness"),
             validation_split=0.2,
+            overwrite=True,
         ),
     )
+    assert not [name for name in os.listdir(tmp_path) if name.startswith(".tmp-")]  # written, then renamed
     assert [e["epoch"] for e in report["epochs"]] == [0, 1]
     assert report["samples"] + report["validation_samples"] == 192 and report["validation_samples"] == 38
     assert "val_loss" in report["epochs"][-1] and report["epochs"][-1]["images_per_second"] > 0
@@ -180,7 +182,8 @@ def test_train_job_refuses_a_missing_dest_or_model_before_any_ray_work(colour_cl
 
 def test_a_two_worker_training_run_is_quiet_and_numbers_epochs_from_one(colour_classes, tmp_path):
     """Workers' TensorFlow and Ray Train start-up chatter stays off the terminal unless -v (it
-    was 69 lines for 2 workers); epochs are numbered alike by the driver and the workers."""
+    was 69 lines for 2 workers); epochs are numbered from 1; a second run to the same --output is
+    refused before any work."""
     import subprocess
     import sys
 
@@ -211,7 +214,4 @@ def test_a_two_worker_training_run_is_quiet_and_numbers_epochs_from_one(colour_c
     assert refused.returncode == 2 and refused.stderr.strip().splitlines() == [
         f"shards: error: --output {tmp_path / 'm.keras'} already exists; pass --overwrite to replace it"
     ], refused.stderr
-    verbose = subprocess.run([*command, "-v", "--overwrite"], capture_output=True, text=True, env=env, timeout=600)
-    assert verbose.returncode == 0, verbose.stderr[-3000:]
-    worker_epochs = {int(n) for n in re.findall(r"RayTrainWorker.*epoch (\d+): ", verbose.stderr)}
-    assert worker_epochs == {1, 2}, verbose.stderr[-3000:]
+    # With -v the workers' own epoch lines show, numbered alike: test_multinode.py's 2-worker run.

@@ -36,7 +36,7 @@ def _out_of_memory_errors() -> tuple[type[BaseException], ...]:
     try:
         from shards.frameworks import import_tensorflow
 
-        errors += (import_tensorflow().errors.ResourceExhaustedError,)
+        errors += (import_tensorflow(quiet=True).errors.ResourceExhaustedError,)
     except ImportError:  # pragma: no cover - TensorFlow is a dependency
         pass
     return errors
@@ -279,7 +279,7 @@ def keras_predictor(model_path: str, *, targets: Targets | None = None, mixed_pr
     """
     from shards.frameworks import import_tensorflow
 
-    tf = import_tensorflow(needed_for="prediction")
+    tf = import_tensorflow(quiet=True, needed_for="prediction")  # without its C++ start-up notices
     import keras
 
     if mixed_precision and tf.config.list_physical_devices("GPU"):
