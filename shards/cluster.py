@@ -44,6 +44,11 @@ EMBEDDED_CONFIG = {
 }
 
 
+def starts_embedded(address: str | None) -> bool:
+    """Whether `connect_ray(address)` starts a cluster on this machine rather than joining one."""
+    return address is None and not os.environ.get("RAY_ADDRESS")
+
+
 def connect_ray(address: str | None, *, worker_logs: bool = True) -> None:
     """Join the cluster at `address` (or RAY_ADDRESS), or start an embedded local one.
 
@@ -59,7 +64,7 @@ def connect_ray(address: str | None, *, worker_logs: bool = True) -> None:
     if ray.is_initialized():
         return
     kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING, "log_to_driver": worker_logs}
-    if address is None and not os.environ.get("RAY_ADDRESS"):
+    if starts_embedded(address):
         # Embedded by default (DESIGN): never join a cluster that happens to run on this machine.
         kwargs.update(address="local", include_dashboard=False, _system_config=EMBEDDED_CONFIG)
         # Token authentication stays on as Ray sets it up; only its notice that it "is enabled

@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from typing import BinaryIO
 
+from shards.errors import ConfigError
 from shards.io import checksum
 
 TEMP_PREFIX = ".tmp-"
@@ -103,8 +104,6 @@ def check_output(path: str, flag: str, *, overwrite: bool) -> None:
     Raises:
         ConfigError: `path` exists and `overwrite` is False, or it is a folder.
     """
-    from shards.errors import ConfigError
-
     if os.path.isdir(path):
         raise ConfigError(f"{flag} {path} is a folder; name a file")
     if os.path.lexists(path) and not overwrite:

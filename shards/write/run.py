@@ -17,7 +17,6 @@ import dataclasses
 import datetime
 import errno
 import logging
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +29,7 @@ from shards.cluster import (
     cpu_task_options,
     map_tasks,
     one_line,
+    starts_embedded,
     task_cause,
 )
 from shards.errors import ConfigError, RejectLimitError, ShardsError
@@ -190,7 +190,7 @@ def preprocess(
         preparing = pool.submit(_claim_destination, src, dest, options, mode, on_cluster, base, allow_duplicates)
         # An embedded cluster's workers share this machine, and numba's cache: the resampler is
         # compiled once, here, while Ray starts, instead of by every worker at once.
-        warming = pool.submit(warm_up) if not here and _embedded(address) else None
+        warming = pool.submit(warm_up) if not here and starts_embedded(address) else None
         try:
             # concurrent.futures.TimeoutError: on 3.10 it is not the builtin TimeoutError
             with contextlib.suppress(concurrent.futures.TimeoutError):
@@ -245,11 +245,6 @@ def preprocess(
             f"{sink.run.src}: all {summary.inputs} inputs were rejected; see {sink.dest}/rejects.jsonl"
         )
     return summary
-
-
-def _embedded(address: str | None) -> bool:
-    """Whether `connect_ray` starts a cluster on this machine rather than joining one."""
-    return address is None and not os.environ.get("RAY_ADDRESS")
 
 
 def _timed_connect(address: str | None, worker_logs: bool) -> float:
