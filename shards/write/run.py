@@ -189,8 +189,14 @@ def preprocess(
     with concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="shards-list") as pool:
         preparing = pool.submit(_claim_destination, src, dest, options, mode, on_cluster, base, allow_duplicates)
         # An embedded cluster's workers share this machine, and numba's cache: the resampler is
-        # compiled once, here, while Ray starts, instead of by every worker at once.
-        warming = pool.submit(warm_up) if not here and starts_embedded(address) else None
+        # compiled once, here, while Ray starts, instead of by every worker at once. Ray is
+        # imported first: OpenCV's import (in the warm-up) puts back a copy of sys.path taken
+        # before, which drops the folder Ray adds to it while it imports (its vendored colorama).
+        warming = None
+        if not here and starts_embedded(address):
+            import ray  # noqa: F401
+
+            warming = pool.submit(warm_up)
         try:
             # concurrent.futures.TimeoutError: on 3.10 it is not the builtin TimeoutError
             with contextlib.suppress(concurrent.futures.TimeoutError):
