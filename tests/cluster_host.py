@@ -10,22 +10,9 @@ node (a node lost mid-run); end of input shuts the whole cluster down.
 from __future__ import annotations
 
 import json
-import os
 import sys
 
-# A killed node is declared dead after ~1.5 s instead of Ray's default ~15-30 s (health checks
-# every 3 s, 5 misses): what the tests check is what follows, not how long the GCS waits. Ray
-# reads its system config from RAY_<name> variables in every process it starts from here.
-HEALTH_CHECKS = {
-    "RAY_health_check_initial_delay_ms": "1000",
-    "RAY_health_check_period_ms": "500",
-    "RAY_health_check_timeout_ms": "1000",
-    "RAY_health_check_failure_threshold": "3",
-}
-for name, value in HEALTH_CHECKS.items():
-    os.environ.setdefault(name, value)
-
-from ray.cluster_utils import Cluster  # noqa: E402  (after the variables Ray reads at import)
+from ray.cluster_utils import Cluster
 
 
 def main() -> None:

@@ -108,10 +108,12 @@ def _bicubic(pixels: np.ndarray, box: tuple[float, float, float, float], width: 
 
 
 def warm_up() -> None:
-    """Compile the resampler's loops now, or load them from numba's cache (~3 s to compile on
-    one core of a fresh install, ~0.3 s to load): an embedded run does it on a thread while Ray
-    starts, so its shard tasks load the cached code instead of each compiling it at once on a
-    busy machine. A failure here is left for the tasks to meet and report."""
+    """Compile the resampler's loops now, or load them from numba's cache (measured in one
+    process: 3.1 s to compile on a busy 2-core machine, 0.85 s to import numba and load): an
+    embedded run does it on a thread while Ray starts, so its shard tasks load the cached code
+    instead of each compiling it at once. A failure here is left for the tasks to meet and
+    report. The caller imports Ray first: this imports OpenCV, whose loader puts back a copy of
+    sys.path taken before, and would drop what Ray adds to sys.path if Ray imported meanwhile."""
     try:
         resize_array(np.zeros((48, 64, 3), np.uint8), (24, 24), "crop")
     except Exception:
