@@ -66,7 +66,10 @@ def connect_ray(address: str | None, *, worker_logs: bool = True) -> None:
     kwargs: dict[str, Any] = {"address": address, "logging_level": logging.WARNING, "log_to_driver": worker_logs}
     if starts_embedded(address):
         # Embedded by default (DESIGN): never join a cluster that happens to run on this machine.
-        kwargs.update(address="local", include_dashboard=False, _system_config=EMBEDDED_CONFIG)
+        # A copy: Ray writes the session's spilling folder into the dict it is given, and a
+        # second embedded start in this process (preprocess, then train) would spill into the
+        # first session's folder, removed since, with a warning about an "unstable API".
+        kwargs.update(address="local", include_dashboard=False, _system_config=dict(EMBEDDED_CONFIG))
         # Token authentication stays on as Ray sets it up; only its notice that it "is enabled
         # for this Ray cluster" is dropped, which every embedded run printed. (Setting
         # RAY_AUTH_MODE=token instead made the embedded GCS refuse its own driver.)

@@ -27,6 +27,9 @@ def test_the_demo_trains_a_model_that_predicts_as_well_as_it_trained(tmp_path):
     epochs = [line for line in demo.stdout.splitlines() if "epoch " in line]
     assert [line.split(":")[0] for line in epochs] == ["epoch 1", "epoch 2", "epoch 3"], demo.stdout  # once each
     assert "\x1b[" not in demo.stdout + demo.stderr  # no terminal colour codes in a log
+    # The second embedded Ray (training, after the preprocess) starts as cleanly as the first:
+    # Ray had written the first session's spilling folder into the config both were given.
+    assert "object spilling config" not in demo.stdout + demo.stderr
     last = epochs[-1]
     accuracy = float(re.search(r" accuracy ([0-9.]+)", last).group(1))
     validation = float(re.search(r"val_accuracy ([0-9.]+)", last).group(1))
