@@ -233,7 +233,13 @@ class RemoteLocation(Location):
 
     def __init__(self, root: str) -> None:
         super().__init__(root.rstrip("/"))
-        self._filesystem, self._path = storage.resolve(self.root)
+        self._endpoint = os.environ.get("AWS_ENDPOINT_URL")  # where it was opened, wherever it is used
+        self._path = storage.resolve(self.root, self._endpoint)[1]
+
+    @property
+    def _filesystem(self) -> pafs.FileSystem:
+        """This process's client (a forked child makes its own; see `storage.resolve`)."""
+        return storage.resolve(self.root, self._endpoint)[0]
 
     def key(self, relative: str) -> str:
         return f"{self._path}/{relative}"
@@ -322,6 +328,10 @@ class RemoteLocation(Location):
 
     @contextlib.contextmanager
     def open(self, relative: str) -> Iterator[BinaryIO]:
+        if self.root.startswith("s3://"):  # a client of this process's own: safe in a forked worker
+            with storage.open_s3_object(storage.join(self.root, relative), self._endpoint) as body:
+                yield body
+            return
         handle = storage.retried(
             lambda: self._filesystem.open_input_stream(self.key(relative)),
             f"opening {storage.join(self.root, relative)}",

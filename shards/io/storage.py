@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, BinaryIO, TypeVar
 
 if TYPE_CHECKING:  # pyarrow is imported where it is used: a task writing local files never needs it
     import pyarrow as pa
@@ -77,11 +79,19 @@ def _filesystem(scheme_and_bucket: str, endpoint: str | None) -> pafs.FileSystem
     return pafs.FileSystem.from_uri(scheme_and_bucket)[0]
 
 
-def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
-    """The filesystem of `uri` and the path within it (`bucket/key`)."""
+# A forked child (a DataLoader worker) must not use its parent's S3 clients: their kept-alive
+# connections are the parent's sockets, and two processes reading replies from one socket got
+# each other's bytes (a shard downloaded whole, of the right size, with a wrong checksum).
+os.register_at_fork(after_in_child=_filesystem.cache_clear)
+
+
+def resolve(uri: str, endpoint: str | None = None) -> tuple[pafs.FileSystem, str]:
+    """The filesystem of `uri` and the path within it (`bucket/key`), at `endpoint` (default:
+    AWS_ENDPOINT_URL); one per process, made again in a forked child."""
     scheme, _, rest = uri.partition("://")
     bucket = rest.split("/", 1)[0]
-    return _filesystem(f"{scheme}://{bucket}", os.environ.get("AWS_ENDPOINT_URL")), rest.rstrip("/")
+    where = endpoint if endpoint is not None else os.environ.get("AWS_ENDPOINT_URL")
+    return _filesystem(f"{scheme}://{bucket}", where), rest.rstrip("/")
 
 
 def join(uri: str, relative: str) -> str:
@@ -135,13 +145,87 @@ def list_pages(uri: str) -> Iterator[list[str]]:
         yield [f"s3://{bucket}/{item['Key']}" for item in page.get("Contents", []) if not item["Key"].endswith("/")]
 
 
-def s3_client() -> Any:
-    """A boto3 S3 client for what pyarrow's S3 file system does not offer (paged listings,
-    conditional writes), configured from the same environment."""
-    import boto3
+_clients: dict[tuple[int, str | None], Any] = {}
+_clients_lock = threading.Lock()
 
-    region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
-    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL"), region_name=region)
+
+def s3_client(endpoint: str | None = None) -> Any:
+    """This process's boto3 S3 client for `endpoint` (default: AWS_ENDPOINT_URL), configured from
+    the same environment as pyarrow's: for what pyarrow's S3 file system does not offer (paged
+    listings, conditional writes) and for reads in processes that may be forked children, since
+    one made in the child owns its connections (pyarrow's S3 client, made again after a fork
+    while the parent had a request in flight, waited for ever on a lock the fork copied held)."""
+    where = endpoint if endpoint is not None else os.environ.get("AWS_ENDPOINT_URL")
+    key = (os.getpid(), where)
+    with _clients_lock:
+        client = _clients.get(key)
+        if client is None:
+            import boto3
+
+            region = os.environ.get("AWS_REGION") or os.environ.get("AWS_DEFAULT_REGION") or "us-east-1"
+            client = _clients[key] = boto3.client("s3", endpoint_url=where, region_name=region)
+        return client
+
+
+def _reset_clients_after_fork() -> None:
+    global _clients_lock
+    _clients_lock = threading.Lock()  # another thread of the parent may have held it
+    _clients.clear()
+
+
+os.register_at_fork(after_in_child=_reset_clients_after_fork)
+
+
+@contextlib.contextmanager
+def open_s3_object(uri: str, endpoint: str | None = None) -> Iterator[BinaryIO]:
+    """A stream of an s3:// object's bytes, read with this process's boto3 client.
+
+    Raises:
+        FileNotFoundError: no such object.
+        OSError: any other failure of the request or of the body midway (a cut connection, a
+            short body, 503 SlowDown after botocore's own retries), so `retried` can retry it.
+    """
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    bucket, _, key = uri.removeprefix("s3://").partition("/")
+    try:
+        body = s3_client(endpoint).get_object(Bucket=bucket, Key=key)["Body"]
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404", "NotFound"):
+            raise FileNotFoundError(uri) from None
+        raise OSError(f"{uri}: {exc}") from exc
+    except BotoCoreError as exc:
+        raise OSError(f"{uri}: {exc}") from exc
+    try:
+        yield _BotoBody(body, uri)  # type: ignore[misc]
+    finally:
+        body.close()
+
+
+class _BotoBody(io.RawIOBase):
+    """A botocore body as a binary file whose failures midway are OSErrors."""
+
+    def __init__(self, body: Any, uri: str) -> None:
+        self._body, self._uri = body, uri
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        from botocore.exceptions import BotoCoreError
+
+        try:
+            return self._body.read(None if size is None or size < 0 else size)
+        except BotoCoreError as exc:
+            raise OSError(f"{self._uri}: {exc}") from exc
+
+    def readall(self) -> bytes:
+        return self.read()
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def list_files(uri: str) -> list[str]:
