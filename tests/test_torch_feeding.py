@@ -80,7 +80,11 @@ def test_tensors_keep_the_stored_dtype_and_layout(run):
 
     ds = shards.open(run["uint8"])
     images, labels = next(iter(ds.to_torch(4)))
-    assert images.dtype == torch.uint8 and tuple(images.shape) == (4, 12, 12, 3) and labels.dtype == torch.int32
+    assert images.dtype == torch.uint8 and tuple(images.shape) == (4, 12, 12, 3) and labels.dtype == torch.int64
+    # Class indices in PyTorch's convention: the loss takes them as pasted (int32 raised
+    # "expected scalar type Long").
+    logits = torch.zeros(4, len(ds.classes), requires_grad=True)
+    torch.nn.functional.cross_entropy(logits, labels).backward()
     first, _ = ds.read(np.arange(4))
     nchw, _ = next(iter(ds.to_torch(4, channels_first=True)))
     assert tuple(nchw.shape) == (4, 3, 12, 12) and np.array_equal(nchw.numpy(), first.transpose(0, 3, 1, 2))

@@ -60,9 +60,9 @@ def to_torch(
 
     Returns:
         An IterableDataset whose `len()` is the rank's batch count. Images are tensors in the
-        stored dtype (torch.uint8 by default, torch.bfloat16 for bfloat16 shards); targets as
-        `batches()` gives them (int32 class indices, float32 multi-hot or values, or a dict
-        of these by target name).
+        stored dtype (torch.uint8 by default, torch.bfloat16 for bfloat16 shards); targets in
+        PyTorch's convention: int64 class indices (what `F.cross_entropy` takes), float32
+        multi-hot or values, or a dict of these by target name (`batches()` keeps int32).
 
     Raises:
         ConfigError: (a ValueError) a batch size below 1, a rank outside [0, world_size), a
@@ -142,7 +142,7 @@ class ShardsIterableDataset(torch.utils.data.IterableDataset):  # type: ignore[n
         if self.channels_first:
             images = images.permute(0, 3, 1, 2)
         labels = batch[1]
-        targets = {name: as_tensor(v) for name, v in labels.items()} if isinstance(labels, dict) else as_tensor(labels)
+        targets = {name: _target(v) for name, v in labels.items()} if isinstance(labels, dict) else _target(labels)
         if not self.columns:
             return images, targets
         extra = {name: _column(values) for name, values in batch[2].items()}
@@ -154,6 +154,14 @@ def as_tensor(array: np.ndarray) -> Any:
     if array.dtype == ml_dtypes.bfloat16:
         return torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
     return torch.from_numpy(array)
+
+
+def _target(values: np.ndarray) -> Any:
+    """Targets in PyTorch's convention: class indices as int64, which `F.cross_entropy` and
+    `nn.NLLLoss` require; multi-hot and regression values stay float32."""
+    if values.dtype.kind in "iu":
+        return torch.from_numpy(values.astype(np.int64))
+    return as_tensor(values)
 
 
 def _column(values: np.ndarray) -> Any:

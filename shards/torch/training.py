@@ -107,7 +107,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         total, correct = torch.zeros((), device=device), torch.zeros((), device=device)
         sources: list[str] = []
         for batch in loader:
-            images, labels = batch[0].to(device), batch[1].to(device).long()
+            images, labels = batch[0].to(device), batch[1].to(device)
             optimizer.zero_grad()
             logits = model(images)
             loss = loss_of(logits, labels)
