@@ -13,6 +13,19 @@ from PIL import Image
 from shards.synthetic import make_image_folder, photo_like
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _node_cache_in_the_sessions_tmp(tmp_path_factory):
+    """Object-storage reads share a node-wide cache folder ($SHARDS_CACHE_DIR); the suite's is
+    its own, under its tmp folder, inherited by the processes it starts."""
+    saved = os.environ.get("SHARDS_CACHE_DIR")
+    os.environ["SHARDS_CACHE_DIR"] = str(tmp_path_factory.mktemp("node-cache"))
+    yield
+    if saved is None:
+        os.environ.pop("SHARDS_CACHE_DIR", None)
+    else:
+        os.environ["SHARDS_CACHE_DIR"] = saved
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """One embedded Ray for the whole session (as Ray's own ray_start_regular_shared does)."""

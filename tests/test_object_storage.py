@@ -1,5 +1,6 @@
 """s3:// sources against a real S3-compatible server (moto's server mode) on 127.0.0.1."""
 
+import hashlib
 import json
 import os
 import time
@@ -328,3 +329,105 @@ def test_tar_and_parquet_sources_on_s3_equal_their_local_runs(ray_cluster, s3, p
                 tmp_path / f"local-{name}" / shard
             ).read_bytes()
         assert shards.open(str(tmp_path / f"remote-{name}")).classes == ["class_0", "class_1", "class_2"]
+
+
+@pytest.fixture(scope="module")
+def s3_node_run(s3, photos, tmp_path_factory):
+    """The photos in 24 small shards on s3://data/runs/node (written without Ray), and the same
+    run in a local folder to compare reads with."""
+    options = PreprocessOptions(size=(24, 32), shard_size="8KiB")
+    local = str(tmp_path_factory.mktemp("node-local"))
+    shards.preprocess(photos, "s3://data/runs/node", options, workers=0)
+    shards.preprocess(photos, local, options, workers=0)
+    return "s3://data/runs/node", local
+
+
+def _node_reader(dataset, rank, part, results):
+    """One of a node's readers: rank `rank` of 4, loader worker `part` of 2, one shuffled epoch."""
+    spec = dataset.read_spec(4, shuffle=True, seed=5, rank=rank, world_size=4)
+    read = []
+    for images, _, positions in dataset.stream(spec, epoch=1, part=(part, 2), return_indices=True):
+        read.append((positions.tolist(), hashlib.sha256(images.tobytes()).hexdigest()))
+    results.put((rank, part, read))
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_a_nodes_readers_share_one_cache_and_fetch_each_shard_once(s3_node_run, s3, tmp_path, start_method):
+    """2 ranks x 2 loader workers of a world of 4, all at once, through a cache a quarter of the
+    run: each sample once a rank-epoch, ranks disjoint, and each shard byte served at most once
+    for the node, counted by a proxy in front of the server."""
+    import multiprocessing
+
+    from shards.read.sampling import rank_batches
+    from tests.s3_proxy import S3Proxy
+
+    remote, local = s3_node_run
+    nearby = shards.open(local)
+    sizes = {name: digest.bytes for info in nearby.manifest.shards for name, digest in info.files.items()}
+    limit = sum(sizes.values()) // 4
+    upstream = os.environ["AWS_ENDPOINT_URL"].removeprefix("http://")
+    with S3Proxy(upstream) as proxy, storage.endpoint(proxy.url):
+        dataset = shards.open(remote, cache_limit=limit, cache_dir=str(tmp_path / "node"))
+        assert len(dataset.manifest.shards) >= 16
+        # The parent reads first, as a training script does before its DataLoader forks: its
+        # pins and download threads must not leak into the workers.
+        next(iter(dataset.batches(4, shuffle=True, seed=5, epoch=1)))
+        context = multiprocessing.get_context(start_method)
+        results = context.Queue()
+        readers = [
+            context.Process(target=_node_reader, args=(dataset, rank, part, results))
+            for rank in range(2)
+            for part in range(2)
+        ]
+        for reader in readers:
+            reader.start()
+        found = [results.get(timeout=180) for _ in readers]
+        for reader in readers:
+            reader.join(timeout=30)
+            assert reader.exitcode == 0
+    spec = dataset.read_spec(4, shuffle=True, seed=5, world_size=4)
+    order = dataset.epoch_order(spec, 1)
+    by_rank: dict[int, list] = {0: [], 1: []}
+    for rank, _part, read in found:
+        by_rank[rank] += [positions for positions, _ in read]
+        for positions, digest in read:
+            images, _ = nearby.read(np.array(positions))
+            assert hashlib.sha256(images.tobytes()).hexdigest() == digest  # the right bytes
+    for rank, batches in by_rank.items():
+        want = sorted(
+            p
+            for batch in rank_batches(order, dataset.read_spec(4, shuffle=True, seed=5, rank=rank, world_size=4))
+            for p in batch.tolist()
+        )
+        assert sorted(p for batch in batches for p in batch) == want  # each of the rank's samples once
+    assert not {p for b in by_rank[0] for p in b} & {p for b in by_rank[1] for p in b}
+    served = {path.rsplit("/", 1)[-1]: count for path, count in proxy.sent.items() if "shard-" in path}
+    twice = {name: (count, sizes[name]) for name, count in served.items() if count > sizes[name]}
+    assert served and not twice, twice  # each shard byte once for the node
+    leftovers = [n for n in os.listdir(dataset.cache.folder) if n.startswith((".tmp-", ".claim-"))]
+    assert not leftovers
+
+
+def test_reads_through_503_slowdowns_and_cut_downloads_equal_a_clean_read(s3_node_run, tmp_path):
+    """Every 5th shard GET answered 503 SlowDown and every 7th cut halfway: the reader retries
+    (botocore's backoff, then the cache's) and hands out exactly the batches of a clean read."""
+    from tests.s3_proxy import S3Proxy
+
+    remote, local = s3_node_run
+    clean = [(images, labels) for images, labels in shards.open(local).batches(8, shuffle=True, seed=2)]
+    upstream = os.environ["AWS_ENDPOINT_URL"].removeprefix("http://")
+    with S3Proxy(upstream, slow_down_every=5, cut_every=7) as proxy, storage.endpoint(proxy.url):
+        dataset = shards.open(remote, cache_dir=str(tmp_path / "node"))
+        local_order = shards.open(local)
+        assert dataset.shuffle_window is not None
+        read = [(images.copy(), labels.copy()) for images, labels in dataset.batches(8, shuffle=True, seed=2)]
+    assert proxy.slowed and proxy.cut  # the faults happened
+    # The same order needs the same shuffle window: compare sample by sample instead.
+    spec = dataset.read_spec(8, shuffle=True, seed=2)
+    from shards.read.sampling import rank_batches
+
+    for (images, labels), positions in zip(read, rank_batches(dataset.epoch_order(spec, 0), spec)):
+        want_images, want_labels = local_order.read(np.sort(positions))
+        assert np.array_equal(images, want_images) and np.array_equal(labels, want_labels)
+    assert len(read) == len(clean)
+    assert not [n for n in os.listdir(dataset.cache.folder) if n.startswith((".tmp-", ".claim-"))]

@@ -77,7 +77,7 @@ class ShardsPyDataset(keras.utils.PyDataset):  # type: ignore[name-defined]
     def __getitem__(self, index: int) -> tuple[np.ndarray, Any]:
         if self._batches is None:
             order = self.dataset.epoch_order(self.spec, self.epoch)
-            self.dataset.schedule(order, self.start)
+            self.dataset.schedule(order, self.start, self.spec)
             self._batches = rank_batches(order, self.spec, start=self.start)
         if not 0 <= index < len(self._batches):
             raise IndexError(index)

@@ -28,7 +28,7 @@ from shards.layout.manifest import load_manifest
 from shards.layout.shard_files import RunFiles, bind_run
 from shards.options import numpy_dtype, parse_bytes
 from shards.read.cache import ShardCache
-from shards.read.sampling import Order, check_epoch, check_start, epoch_order, window_order
+from shards.read.sampling import Order, check_epoch, check_start, epoch_order, rank_batches, window_order
 from shards.read.spec import ReadSpec, ReadState
 from shards.read.stream import BatchStream, BufferPool, aligned_empty
 
@@ -170,14 +170,32 @@ class RunReader:
             self._shard_of(np.arange(len(self))), seed=spec.seed, epoch=epoch, window=spec.shuffle_window
         )
 
-    def schedule(self, order: Order, start: int = 0) -> None:
-        """Tell the cache (if any) which shards the reads of `order[start:]` use, in order of
-        first use (a local run has no cache, and the order is never computed here)."""
+    def schedule(
+        self, order: Order, start: int = 0, spec: ReadSpec | None = None, part: tuple[int, int] | None = None
+    ) -> None:
+        """Tell the cache (if any) which shards this reader uses from `order[start:]`, in order of
+        first use: with `spec`, only its rank's slice of each global batch (and with `part`, only
+        its share of those batches), so a reader prefetches no shard that another rank reads.
+        A local run has no cache, and nothing is computed."""
         if self.cache is None or start >= len(order):
             return
-        shards = self._shard_of(np.asarray(order[start:]))
+        if spec is None:
+            positions = np.asarray(order[start:])
+        else:
+            batches = rank_batches(order, spec, start=start)
+            picked = range(len(batches)) if part is None else range(part[0], len(batches), part[1])
+            positions = np.concatenate([batches[i] for i in picked]) if len(picked) else np.empty(0, np.int64)
+        shards = self._shard_of(positions)
         _, first = np.unique(shards, return_index=True)
-        self.cache.schedule(shards[np.sort(first)].tolist())
+        used = shards[np.sort(first)]
+        # Each shard's shuffle window: its rank in the epoch's first-use order of shards, cut
+        # in `shuffle_window`s (a window order reads its windows one after the other).
+        everything = self._shard_of(np.asarray(order))
+        _, first_everywhere = np.unique(everything, return_index=True)
+        rank_of = np.empty(int(everything.max()) + 1 if len(everything) else 0, np.int64)
+        rank_of[everything[np.sort(first_everywhere)]] = np.arange(len(first_everywhere))
+        window = spec.shuffle_window if spec is not None and spec.shuffle and spec.shuffle_window else 1
+        self.cache.schedule(used.tolist(), (rank_of[used] // window).tolist())
 
     def _shard_of(self, positions: np.ndarray) -> np.ndarray:
         stored = positions if self._subset is None else self._subset[positions]
@@ -400,7 +418,7 @@ class RunReader:
         if prefetch < 0:
             raise ConfigError(f"prefetch must be >= 0, got {prefetch}")
         order = self.epoch_order(spec, epoch)
-        self.schedule(order, start)
+        self.schedule(order, start, spec, part)
         return BatchStream(
             self,
             spec,

@@ -67,8 +67,11 @@ class RandomAccessSource(BatchSource, Protocol):
         """The global order of epoch `epoch` over the dataset's positions."""
         ...
 
-    def schedule(self, order: Order, start: int = 0) -> None:
-        """Say which positions the reads of `order[start:]` use, in order (a cache fetches ahead)."""
+    def schedule(
+        self, order: Order, start: int = 0, spec: ReadSpec | None = None, part: tuple[int, int] | None = None
+    ) -> None:
+        """Say which positions the reads of `order[start:]` use, in order (a cache fetches ahead):
+        with `spec`, its rank's slice; with `part`, one share of the rank's batches."""
         ...
 
     def read(self, indices: np.ndarray, *, pool: Any = None) -> tuple[np.ndarray, Any]:
