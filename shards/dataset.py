@@ -9,7 +9,10 @@ called, so opening a dataset needs none of them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
+
+import numpy as np
 
 from shards.errors import ConfigError
 from shards.frameworks import import_keras, import_tensorflow, import_torch
@@ -22,7 +25,25 @@ class FrameworkFeeds:
     """`to_tf`, `to_keras` and `to_torch` on any reader of the read Protocol (the class it is
     mixed into is one: hence the casts)."""
 
-    def to_tf(self, batch_size: int, **kwargs: Any) -> Any:
+    # The feeds' keywords are written out, not passed as **kwargs, so help() and editors show
+    # them; tests/test_feed_signatures.py holds them to the reading vocabulary of `batches()`.
+
+    def to_tf(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        start: int = 0,
+        prefetch: int = 2,
+        on_batch: Callable[[int, np.ndarray], None] | None = None,
+        cache: str | None = None,
+        memory_budget: int | str | None = None,
+    ) -> Any:
         """A `tf.data.Dataset` of (images, labels) batches; see `shards.tf.adapters.to_tf`.
 
         Raises:
@@ -31,11 +52,39 @@ class FrameworkFeeds:
         import_tensorflow(quiet=True, needed_for="to_tf()")
         from shards.tf.adapters import to_tf
 
-        return to_tf(cast(BatchSource, self), batch_size, **kwargs)
+        return to_tf(
+            cast(BatchSource, self),
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+            start=start,
+            prefetch=prefetch,
+            on_batch=on_batch,
+            cache=cache,
+            memory_budget=memory_budget,
+        )
 
-    def to_keras(self, batch_size: int, **kwargs: Any) -> Any:
+    def to_keras(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int = 0,
+        world_size: int = 1,
+        drop_last: bool = False,
+        start: int = 0,
+        on_batch: Callable[[int, np.ndarray], None] | None = None,
+        **pydataset_kwargs: Any,
+    ) -> Any:
         """A `keras.utils.PyDataset` of (images, labels) batches, on any Keras 3 backend; see
-        `shards.keras.dataset.ShardsPyDataset`.
+        `shards.keras.dataset.ShardsPyDataset` (`pydataset_kwargs`: PyDataset's `workers`,
+        `use_multiprocessing`, `max_queue_size`).
 
         Raises:
             MissingExtraError: Keras (or its backend's framework) is not installed.
@@ -49,11 +98,38 @@ class FrameworkFeeds:
         import_keras("to_keras()")
         from shards.keras.dataset import ShardsPyDataset
 
-        return ShardsPyDataset(cast(RandomAccessSource, self), batch_size, **kwargs)
+        return ShardsPyDataset(
+            cast(RandomAccessSource, self),
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+            start=start,
+            on_batch=on_batch,
+            **pydataset_kwargs,
+        )
 
-    def to_torch(self, batch_size: int, **kwargs: Any) -> Any:
+    def to_torch(
+        self,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        epoch: int = 0,
+        rank: int | None = None,
+        world_size: int | None = None,
+        drop_last: bool = False,
+        start: int = 0,
+        prefetch: int = 2,
+        columns: list[str] | tuple[str, ...] | None = None,
+        channels_first: bool = False,
+        drop_remainder: bool | None = None,
+    ) -> Any:
         """A `torch.utils.data.IterableDataset` of this rank's batches as tensors; see
-        `shards.torch.dataset.to_torch`.
+        `shards.torch.dataset.to_torch` (`rank`/`world_size` default to torch.distributed's).
 
         Raises:
             MissingExtraError: PyTorch is not installed.
@@ -61,7 +137,21 @@ class FrameworkFeeds:
         import_torch("to_torch()")
         from shards.torch.dataset import to_torch
 
-        return to_torch(cast(BatchSource, self), batch_size, **kwargs)
+        return to_torch(
+            cast(BatchSource, self),
+            batch_size,
+            shuffle=shuffle,
+            seed=seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            drop_last=drop_last,
+            start=start,
+            prefetch=prefetch,
+            columns=columns,
+            channels_first=channels_first,
+            drop_remainder=drop_remainder,
+        )
 
 
 class ShardDataset(FrameworkFeeds, RunReader):
@@ -86,10 +176,11 @@ def open_shards(
 
     Args:
         dest: where the run was written.
-        cache_dir: for object storage, a folder that keeps downloaded shards across processes;
-            default: a temporary folder removed with the dataset.
-        cache_limit: for object storage, the most bytes of shards kept locally (bytes or text
-            such as "2GiB"); default 8 GiB. Must hold at least two shards.
+        cache_dir: for object storage, the node's cache folder, shared by every process that
+            reads the run on this machine and kept between runs; default: $SHARDS_CACHE_DIR,
+            else `shards-cache-<uid>` in the system's temp folder.
+        cache_limit: for object storage, the most bytes of shards the node's cache keeps (bytes
+            or text such as "2GiB"); default 8 GiB. Must hold at least two shards.
         shuffle_window: shuffle within windows of this many shards (the same on every rank).
             Default: the whole dataset for a folder; what fits in the cache for object storage.
         verify: hash each shard file when it is first opened and refuse one whose sha256

@@ -142,3 +142,21 @@ def test_keras_fits_from_to_keras_on_the_torch_backend_without_tensorflow(absent
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert json.loads(result.stdout.splitlines()[-1]) == ["torch", 3, False]
+
+
+def test_to_torch_passes_on_every_keyword_and_drop_remainder_still_works_with_a_warning(run):
+    import inspect
+
+    from shards.dataset import ShardDataset
+    from shards.torch.dataset import to_torch
+
+    method = inspect.signature(ShardDataset.to_torch).parameters
+    wrapped = inspect.signature(to_torch).parameters
+    assert {n: p.default for n, p in method.items() if n != "self"} == {
+        n: p.default for n, p in wrapped.items() if n != "dataset"
+    }
+    ds = shards.open(run["uint8"])
+    with pytest.warns(DeprecationWarning, match=r"to_torch\(drop_remainder=\.\.\.\) is now drop_last"):
+        old = ds.to_torch(16, drop_remainder=True)
+    new = ds.to_torch(16, drop_last=True)
+    assert len(old) == len(new) == len(ds) // 16  # the last incomplete batch dropped by both

@@ -12,6 +12,7 @@ as with `batches()`, so resuming after a change of world size neither repeats no
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -35,11 +36,12 @@ def to_torch(
     epoch: int = 0,
     rank: int | None = None,
     world_size: int | None = None,
+    drop_last: bool = False,
     start: int = 0,
-    drop_remainder: bool = False,
+    prefetch: int = 2,
     columns: list[str] | tuple[str, ...] | None = None,
     channels_first: bool = False,
-    prefetch: int = 2,
+    drop_remainder: bool | None = None,
 ) -> ShardsIterableDataset:
     """An IterableDataset of (images, targets[, columns]) tensor batches of this rank's slice.
 
@@ -50,13 +52,14 @@ def to_torch(
             epoch's global order to resume from; later epochs, from `set_epoch`, start at 0).
         rank, world_size: this reader's slice; default: `torch.distributed`'s rank and world
             size when it is initialised (Ray Train's TorchTrainer does), else 0 of 1.
-        drop_remainder: drop the last incomplete global batch instead of padding it (as
-            `drop_last` of `batches()`).
+        drop_last: drop the last incomplete global batch instead of padding it (as `batches()`).
         columns: extra columns (`--columns`, or `source`) to yield as a third item, a dict
             by name: numeric columns as tensors, others as lists.
         channels_first: images as [B, C, H, W] (a channels-last view of the same memory,
             which PyTorch's convolutions take without a copy); default [B, H, W, C].
         prefetch: batches each reader gathers ahead on a background thread.
+        drop_remainder: the former name of `drop_last`; still taken in this release, with a
+            DeprecationWarning.
 
     Returns:
         An IterableDataset whose `len()` is the rank's batch count. Images are tensors in the
@@ -68,9 +71,17 @@ def to_torch(
         ConfigError: (a ValueError) a batch size below 1, a rank outside [0, world_size), a
             `start` outside the epoch, or an unknown column.
     """
+    if drop_remainder is not None:
+        warnings.warn(
+            "to_torch(drop_remainder=...) is now drop_last=..., as in batches(), to_tf() and to_keras(); "
+            "drop_remainder goes in the next release",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        drop_last = drop_remainder
     rank, world_size = _distributed_slice(rank, world_size)
     spec = dataset.read_spec(
-        batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_remainder
+        batch_size, shuffle=shuffle, seed=seed, rank=rank, world_size=world_size, drop_last=drop_last
     )
     check_start(len(dataset), start)
     names = tuple(columns or ())
