@@ -19,7 +19,7 @@ def parameters(function):
 @pytest.mark.parametrize("feed", ["to_tf", "to_keras", "to_torch"])
 def test_each_feed_takes_the_reading_keywords_of_batches_with_their_defaults(feed):
     batches, method = parameters(RunReader.batches), parameters(getattr(ShardDataset, feed))
-    assert list(method)[0] == "batch_size"
+    assert next(iter(method)) == "batch_size"
     assert not any(p.kind is p.VAR_KEYWORD for name, p in method.items() if name != "pydataset_kwargs")
     for name in READING:
         assert method[name].kind is inspect.Parameter.KEYWORD_ONLY, (feed, name)
