@@ -98,6 +98,7 @@ class ShardCache:
         name = hashlib.sha256(f"{place.root}\n{run_key}".encode()).hexdigest()[:16]
         self._folder = CacheFolder(root, name, [{n: d.bytes for n, d in s.files.items()} for s in shards])
         self._schedule: list[int] = []
+        self._reading: tuple[str, str, dict[str, list[int]]] | None = None
         self._schedule_position: dict[int, int] = {}
         self._group_bounds: list[tuple[int, int]] = []  # by schedule index: its window's [first, end)
         self._pointer = 0
@@ -140,13 +141,21 @@ class ShardCache:
         with self._folder.node_lock():
             return self._folder.held_bytes()
 
-    def schedule(self, order: Sequence[int], windows: Sequence[int] | None = None) -> None:
+    def schedule(
+        self,
+        order: Sequence[int],
+        windows: Sequence[int] | None = None,
+        reading: tuple[str, str, dict[str, list[int]]] | None = None,
+    ) -> None:
         """The shards this process's next read uses, in order of first use, and the shuffle
         window each belongs to (non-decreasing; default: each shard alone); starts prefetching.
 
         The reader needs the shards of the window it is in together (a window's samples are
-        shuffled across them), and none of the windows before it again."""
+        shuffled across them), and none of the windows before it again. `reading` is (pass,
+        this reader's name, the schedules of the node's other readers of the pass): until one of
+        those starts and publishes its own needs, its shards are kept for it."""
         with self._lock:
+            self._reading = reading
             self._schedule = list(order)
             self._schedule_position = {shard: i for i, shard in enumerate(self._schedule)}
             groups = list(windows) if windows is not None else list(range(len(self._schedule)))
@@ -201,9 +210,8 @@ class ShardCache:
         window = self._window()[0] if self._schedule else -1
         if window != self._pinned_window:
             self._pinned_window = window
-            self._folder.publish_needs(
-                self._record_name, self._schedule[max(window, 0) : max(window, 0) + NEEDS_HORIZON]
-            )
+            upcoming = self._schedule[max(window, 0) : max(window, 0) + NEEDS_HORIZON]
+            self._folder.publish_needs(self._record_name, upcoming, self._reading, NEEDS_HORIZON)
             wanted = self._protected() | set(self._extra)
             for shard in [s for s in self._pins if s not in wanted]:
                 self._unpin(shard)
@@ -276,7 +284,7 @@ class ShardCache:
             first = self._window()[0]
             ours = self._folder.path
 
-            needed = {shard for upcoming in self._folder.readers_needs(exclude=self._record_name) for shard in upcoming}
+            needed = self._folder.readers_needs(exclude=self._record_name)
 
             def rank(victim: tuple[str, int, list[str]]) -> tuple[int, int]:
                 run, shard, _ = victim

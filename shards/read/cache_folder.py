@@ -157,38 +157,61 @@ class CacheFolder:
 
     # Readers' needs -------------------------------------------------------------------------------
 
-    def publish_needs(self, reader: str, upcoming: Sequence[int]) -> None:
+    def publish_needs(
+        self,
+        reader: str,
+        upcoming: Sequence[int],
+        reading: tuple[str, str, dict[str, list[int]]] | None = None,
+        horizon: int = 256,
+    ) -> None:
         """Tell the node's other readers which shards `reader` (pid-id) reads next, in order, so
-        that none of them evicts a shard it still needs while another one will do."""
+        none of them evicts a shard it still needs. `reading` is (pass, this reader's name in it,
+        the other readers' of the node's schedules): kept for them until they start."""
+        record: dict[str, object] = {"shards": list(upcoming)}
+        if reading is not None:
+            key, name, peers = reading
+            record.update({"pass": key, "reader": name, "peers": {p: s[:horizon] for p, s in peers.items()}})
         path = os.path.join(self.path, f"{NEEDS_PREFIX}{reader}")
         temp = f"{path}.tmp"
         with open(temp, "w", encoding="utf-8") as handle:
-            json.dump(list(upcoming), handle)
+            json.dump(record, handle)
         os.replace(temp, path)
 
     def withdraw_needs(self, reader: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.remove(os.path.join(self.path, f"{NEEDS_PREFIX}{reader}"))
 
-    def readers_needs(self, exclude: str) -> list[list[int]]:
-        """The upcoming shards of every other live reader of this run (a dead one's are removed)."""
-        found = []
+    def readers_needs(self, exclude: str) -> set[int]:
+        """Every shard a reader of this run on the node still needs, but for `exclude`'s own:
+        the upcoming shards of each live reader, and the schedules live readers published for
+        readers of their pass that have not started yet. A record whose process ended is kept
+        while its pass is read (it says that reader started), then removed."""
+        records = []
         for entry in os.scandir(self.path):
             if not entry.name.startswith(NEEDS_PREFIX) or entry.name.endswith(".tmp"):
                 continue
-            reader = entry.name.removeprefix(NEEDS_PREFIX)
-            if reader == exclude:
-                continue
-            if not _alive(int(reader.split("-", 1)[0])):
-                with contextlib.suppress(FileNotFoundError):
-                    os.remove(entry.path)
-                continue
             try:
                 with open(entry.path, encoding="utf-8") as handle:
-                    found.append([int(shard) for shard in json.load(handle)])
+                    record = json.load(handle)
             except (OSError, ValueError):
                 continue
-        return found
+            owner = entry.name.removeprefix(NEEDS_PREFIX)
+            records.append((entry.path, owner, _alive(int(owner.split("-", 1)[0])), record))
+        live_passes = {r.get("pass") for _, _, alive, r in records if alive}
+        started = {(r.get("pass"), r.get("reader")) for _, _, _, r in records}
+        needed: set[int] = set()
+        for path, owner, alive, record in records:
+            if not alive:
+                if record.get("pass") not in live_passes:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.remove(path)
+                continue
+            if owner != exclude:
+                needed.update(int(shard) for shard in record.get("shards", []))
+            for peer, shards in record.get("peers", {}).items():
+                if (record.get("pass"), peer) not in started:
+                    needed.update(int(shard) for shard in shards)
+        return needed
 
     # The node's accounting ----------------------------------------------------------------------
 

@@ -13,6 +13,9 @@ while training consumes the current one. How a stream orders and slices the data
 from __future__ import annotations
 
 import copy
+import dataclasses
+import hashlib
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -180,22 +183,36 @@ class RunReader:
         if self.cache is None or start >= len(order):
             return
         if spec is None:
-            positions = np.asarray(order[start:])
+            used = self._first_used(np.asarray(order[start:]))
         else:
-            batches = rank_batches(order, spec, start=start)
-            picked = range(len(batches)) if part is None else range(part[0], len(batches), part[1])
-            positions = np.concatenate([batches[i] for i in picked]) if len(picked) else np.empty(0, np.int64)
-        shards = self._shard_of(positions)
-        _, first = np.unique(shards, return_index=True)
-        used = shards[np.sort(first)]
+            used = self._first_used(_reader_positions(order, spec, start, part))
         # Each shard's shuffle window: its rank in the epoch's first-use order of shards, cut
         # in `shuffle_window`s (a window order reads its windows one after the other).
-        everything = self._shard_of(np.asarray(order))
-        _, first_everywhere = np.unique(everything, return_index=True)
+        everything = self._first_used(np.asarray(order))
         rank_of = np.empty(int(everything.max()) + 1 if len(everything) else 0, np.int64)
-        rank_of[everything[np.sort(first_everywhere)]] = np.arange(len(first_everywhere))
+        rank_of[everything] = np.arange(len(everything))
         window = spec.shuffle_window if spec is not None and spec.shuffle and spec.shuffle_window else 1
-        self.cache.schedule(used.tolist(), (rank_of[used] // window).tolist())
+        reading = None
+        if spec is not None:
+            # This reader's name in the pass, and the schedules of the node's other readers of it,
+            # so that their shards are kept for them until they start (see ShardCache.schedule).
+            reader = f"{spec.rank}/{part[0] if part else 0}"
+            count = part[1] if part else 1
+            peers = {
+                f"{rank}/{index}": self._first_used(
+                    _reader_positions(order, dataclasses.replace(spec, rank=rank), start, (index, count))
+                ).tolist()
+                for rank, index in _node_readers(spec, part)
+                if f"{rank}/{index}" != reader
+            }
+            reading = (_pass_key(spec, start, order), reader, peers)
+        self.cache.schedule(used.tolist(), (rank_of[used] // window).tolist(), reading=reading)
+
+    def _first_used(self, positions: np.ndarray) -> np.ndarray:
+        """The shards of `positions`, in order of first use."""
+        shards = self._shard_of(positions)
+        _, first = np.unique(shards, return_index=True)
+        return shards[np.sort(first)]
 
     def _shard_of(self, positions: np.ndarray) -> np.ndarray:
         stored = positions if self._subset is None else self._subset[positions]
@@ -445,6 +462,35 @@ class RunReader:
         return self.stream(
             spec, epoch=saved.epoch, start=saved.position_for(spec), prefetch=prefetch, return_indices=return_indices
         )
+
+
+def _reader_positions(order: Order, spec: ReadSpec, start: int, part: tuple[int, int] | None) -> np.ndarray:
+    """The positions one reader (a rank, or one `part` of its batches) reads, in order."""
+    batches = rank_batches(order, spec, start=start)
+    picked = range(len(batches)) if part is None else range(part[0], len(batches), part[1])
+    return np.concatenate([batches[i] for i in picked]) if len(picked) else np.empty(0, np.int64)
+
+
+def _node_readers(spec: ReadSpec, part: tuple[int, int] | None) -> list[tuple[int, int]]:
+    """(rank, part) of every reader of this node in this pass, as far as it can be known: the
+    rank's loader workers (`part`), and with LOCAL_WORLD_SIZE (set by torchrun and Ray Train)
+    the node's other ranks, which launchers number consecutively."""
+    local = os.environ.get("LOCAL_WORLD_SIZE", "")
+    size = int(local) if local.isdigit() and int(local) > 0 else 1
+    if spec.world_size % size:
+        size = 1
+    first = spec.rank // size * size
+    parts = part[1] if part else 1
+    return [(rank, index) for rank in range(first, first + size) for index in range(parts)]
+
+
+def _pass_key(spec: ReadSpec, start: int, order: Order) -> str:
+    """What makes two readers' schedules parts of one pass over the run: the slicing and the
+    epoch's order (its first positions stand for it: they differ with the seed and the epoch)."""
+    fields = (spec.batch_size, spec.world_size, spec.drop_last, start, len(order))
+    digest = hashlib.sha256(repr(fields).encode())
+    digest.update(np.asarray(order[:64], np.int64).tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _reopen(kind: type[RunReader], dest: str, open_args: dict[str, Any], subset: np.ndarray | None) -> RunReader:
