@@ -1,14 +1,46 @@
-"""An HTTP proxy on 127.0.0.1 in front of an S3-compatible server, for tests: it counts the bytes
-the server sends for each object and can answer `503 SlowDown` or cut a download midway, as a
-busy or flaky object store does. It measures from outside the readers, so no reader can count
-its own downloads wrong."""
+"""An S3-compatible server on 127.0.0.1 for tests (moto's server mode), and an HTTP proxy in front
+of it that counts the bytes the server sends for each object and can answer `503 SlowDown` or cut
+a download midway, as a busy or flaky object store does. The proxy measures from outside the
+readers, so no reader can count its own downloads wrong."""
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import http.server
+import os
 import threading
 from collections import Counter
+from collections.abc import Iterator
+
+
+@contextlib.contextmanager
+def moto_server() -> Iterator[str]:
+    """A moto S3 server on loopback, with the AWS_* environment pointing at it inside the block
+    (inherited by the processes started there); yields its "host:port"."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    settings = {
+        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {name: os.environ.get(name) for name in settings}
+    os.environ.update(settings)
+    try:
+        yield f"{host}:{port}"
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.stop()
+
 
 SLOW_DOWN = (
     b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'

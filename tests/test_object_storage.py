@@ -17,6 +17,7 @@ from shards.io import storage
 from shards.options import PreprocessOptions
 from shards.sources import list_sources
 from tests.corpus import listed
+from tests.s3_proxy import moto_server
 
 pytestmark = pytest.mark.slow  # starts Ray clusters, jobs or other processes
 
@@ -26,19 +27,12 @@ OPTIONS = PreprocessOptions(size=(24, 32), shard_size="20KiB")
 @pytest.fixture(scope="module")
 def s3(photos):
     """A moto S3 server on loopback holding the `photos` set under s3://data/photos/."""
-    from moto.server import ThreadedMotoServer
+    with moto_server() as address:
+        yield _holding_the_photos(address, photos)
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    settings = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
+
+def _holding_the_photos(address, photos):
+    host, port = address.split(":")
     filesystem = pafs.S3FileSystem(
         endpoint_override=f"{host}:{port}",
         scheme="http",
@@ -53,13 +47,7 @@ def s3(photos):
             relative = os.path.relpath(os.path.join(folder, name), photos)
             with filesystem.open_output_stream(f"data/photos/{relative}") as handle:
                 handle.write(open(os.path.join(folder, name), "rb").read())
-    yield filesystem
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    server.stop()
+    return filesystem
 
 
 def test_listing_an_s3_prefix_of_class_folders(s3, photos):

@@ -4,7 +4,6 @@ on 127.0.0.1) through one shared cache, for fork and spawn workers."""
 from __future__ import annotations
 
 import multiprocessing
-import os
 
 import numpy as np
 import pytest
@@ -14,7 +13,7 @@ from shards.io import storage
 from shards.options import PreprocessOptions
 from shards.read.sampling import rank_batches
 from shards.synthetic import make_image_folder
-from tests.s3_proxy import S3Proxy
+from tests.s3_proxy import S3Proxy, moto_server
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 WORLD, BATCH, SEED = 4, 4, 3
@@ -23,32 +22,18 @@ WORLD, BATCH, SEED = 4, 4, 3
 @pytest.fixture(scope="module")
 def s3_run(tmp_path_factory):
     """60 samples in 20 shards on s3://data/run, and the same run in a local folder."""
-    from moto.server import ThreadedMotoServer
+    with moto_server() as address:
+        yield _holding_a_run(address, tmp_path_factory)
 
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    settings = {
-        "AWS_ENDPOINT_URL": f"http://{host}:{port}",
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-    }
-    saved = {name: os.environ.get(name) for name in settings}
-    os.environ.update(settings)
+
+def _holding_a_run(address, tmp_path_factory):
     storage.s3_client().create_bucket(Bucket="data")
     root = tmp_path_factory.mktemp("torch-s3")
     make_image_folder(str(root / "photos"), 60, classes=3, sizes=(30, 60), seed=4)
     options = PreprocessOptions(size=12, shard_size="1KiB")
     shards.preprocess(str(root / "photos"), "s3://data/run", options, workers=0)
     shards.preprocess(str(root / "photos"), str(root / "local"), options, workers=0)
-    yield "s3://data/run", str(root / "local"), f"{host}:{port}"
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
-    server.stop()
+    return "s3://data/run", str(root / "local"), address
 
 
 def _rank(remote, cache, limit, rank, start_method, results, step):
