@@ -105,8 +105,6 @@ class ShardCache:
         self._warned = False
         self._fresh_process_state()
         _caches.add(self)
-        weakref.finalize(self, _unpin_all, self._pins)
-        weakref.finalize(self, self._folder.withdraw_needs, self._record_name)
 
     def _fresh_process_state(self) -> None:
         """What belongs to one process: its pins, its downloads in flight, its threads."""
@@ -118,17 +116,21 @@ class ShardCache:
         self._record_name = f"{os.getpid()}-{id(self)}"
         self._lock = threading.RLock()
         self._pool = concurrent.futures.ThreadPoolExecutor(DOWNLOAD_THREADS, thread_name_prefix="shards-cache")
+        # This process's pins and needs end with the cache (or the process).
+        self._finalizers: list[weakref.finalize] = [
+            weakref.finalize(self, _unpin_all, self._pins),
+            weakref.finalize(self, self._folder.withdraw_needs, self._record_name),
+        ]
 
     def _after_fork(self) -> None:
         """In a forked child (a DataLoader worker): the parent's pins stay the parent's (their
         descriptors are closed here, which leaves the parent's locks), and its threads and
         downloads in flight did not come along."""
+        for finalizer in self._finalizers:
+            finalizer.detach()  # the parent's: they would release its pins and withdraw its needs
         for descriptor in self._pins.values():
             os.close(descriptor)
-        self._pins.clear()  # the parent's finalizer, copied here, then finds nothing to release
         self._fresh_process_state()
-        weakref.finalize(self, _unpin_all, self._pins)
-        weakref.finalize(self, self._folder.withdraw_needs, self._record_name)
 
     @property
     def folder(self) -> str:
