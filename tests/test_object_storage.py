@@ -203,10 +203,13 @@ def test_resume_on_s3_redoes_only_what_is_missing(s3_run, s3):
     assert s3.get_file_info(f"data/{copy}/shard-00000.images.npy").mtime == before["shard-00000.images.npy"]
 
 
-def test_object_storage_dest_refusals_are_one_line(s3_run, s3, capsys):
+def test_object_storage_dest_refusals_are_one_line(s3_run, s3, capsys, tmp_path):
     remote, _ = s3_run
     with pytest.raises(shards.ConfigError, match="fewer than two shards"):
         shards.open(remote, cache_limit="10KiB")
+    (tmp_path / "a-file").write_text("not a folder")
+    with pytest.raises(shards.ConfigError, match=r"cache folder .*a-file/cache: Not a directory; give cache_dir="):
+        shards.open(remote, cache_dir=str(tmp_path / "a-file" / "cache"))
     with s3.open_output_stream("data/foreign/notes.txt") as handle:
         handle.write(b"not a run")
     capsys.readouterr()

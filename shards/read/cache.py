@@ -93,10 +93,16 @@ class ShardCache:
         self._place = place
         self._shards = list(shards)
         root = folder if folder is not None else default_root()
-        os.makedirs(root, exist_ok=True)
         # One sub-folder per run, so one node folder serves several datasets under one limit.
         name = hashlib.sha256(f"{place.root}\n{run_key}".encode()).hexdigest()[:16]
-        self._folder = CacheFolder(root, name, [{n: d.bytes for n, d in s.files.items()} for s in shards])
+        try:
+            os.makedirs(root, exist_ok=True)
+            self._folder = CacheFolder(root, name, [{n: d.bytes for n, d in s.files.items()} for s in shards])
+        except OSError as exc:
+            raise ConfigError(
+                f"cache folder {root}: {exc.strerror or exc}; give cache_dir= (or SHARDS_CACHE_DIR) a folder "
+                "this process can write"
+            ) from None
         self._schedule: list[int] = []
         self._reading: tuple[str, str, dict[str, list[int]]] | None = None
         self._schedule_position: dict[int, int] = {}
