@@ -51,7 +51,8 @@ SLOW_DOWN = (
 class S3Proxy:
     """Forward every request to `upstream` ("host:port"); `sent[path]` counts the body bytes
     passed on for GETs. With `slow_down_every=k`, every k-th GET of a matching path gets a 503
-    SlowDown; with `cut_every=k`, every k-th one stops after half its body."""
+    SlowDown; with `cut_every=k`, every k-th one stops after half its body; each object is
+    faulted at most once."""
 
     def __init__(self, upstream: str, *, match: str = "shard-", slow_down_every: int = 0, cut_every: int = 0) -> None:
         self.upstream, self.match = upstream, match
@@ -59,6 +60,7 @@ class S3Proxy:
         self.sent: Counter[str] = Counter()
         self.gets = 0
         self.slowed = self.cut = 0
+        self._faulted: set[str] = set()
         self._lock = threading.Lock()
         proxy = self
 
@@ -97,13 +99,18 @@ class S3Proxy:
     def _fault(self, request: http.server.BaseHTTPRequestHandler) -> str | None:
         if request.command != "GET" or self.match not in request.path:
             return None
+        path = request.path.split("?")[0]
         with self._lock:
             self.gets += 1
+            if path in self._faulted:  # once an object: a reader's retry then succeeds, so a test is exact
+                return None
             if self.slow_down_every and self.gets % self.slow_down_every == 0:
                 self.slowed += 1
+                self._faulted.add(path)
                 return "slow"
             if self.cut_every and self.gets % self.cut_every == 0:
                 self.cut += 1
+                self._faulted.add(path)
                 return "cut"
         return None
 

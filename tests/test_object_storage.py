@@ -343,10 +343,14 @@ def _node_reader(dataset, rank, part, results):
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
-def test_a_nodes_readers_share_one_cache_and_fetch_each_shard_once(s3_node_run, s3, tmp_path, start_method):
+def test_a_nodes_readers_share_one_cache_and_fetch_each_shard_once(
+    s3_node_run, s3, tmp_path, start_method, monkeypatch
+):
     """2 ranks x 2 loader workers of a world of 4, all at once, through a cache a quarter of the
     run: each sample once a rank-epoch, ranks disjoint, and each shard byte served at most once
-    for the node, counted by a proxy in front of the server."""
+    for the node, counted by a proxy in front of the server. The readers know the node's ranks
+    as torchrun and Ray Train tell them (LOCAL_WORLD_SIZE), so one that starts late finds the
+    shards it needs kept for it."""
     import multiprocessing
 
     from shards.read.sampling import rank_batches
@@ -363,6 +367,7 @@ def test_a_nodes_readers_share_one_cache_and_fetch_each_shard_once(s3_node_run, 
         # The parent reads first, as a training script does before its DataLoader forks: its
         # pins and download threads must not leak into the workers.
         next(iter(dataset.batches(4, shuffle=True, seed=5, epoch=1)))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
         context = multiprocessing.get_context(start_method)
         results = context.Queue()
         readers = [
