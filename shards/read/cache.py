@@ -143,12 +143,6 @@ class ShardCache:
         """This run's folder in the node's cache."""
         return self._folder.path
 
-    @property
-    def held_bytes(self) -> int:
-        """Bytes the node's cache folder holds now, plus those reserved by downloads in flight."""
-        with self._folder.node_lock():
-            return self._folder.held_bytes()
-
     def schedule(
         self,
         order: Sequence[int],
